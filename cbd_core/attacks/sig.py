@@ -1,0 +1,42 @@
+"""SIG (Barni et al., 2019): a clean-label attack with a horizontal sinusoid.
+
+x' = clip(x + delta * sin(2 pi j f / W)) for column j. Only training images that already belong to
+the target class get the signal, and no label changes: the model learns "sinusoid => target" from
+correctly labelled images. The poison rate counts against the whole training set, so it is capped
+by the size of the target class; the real count is reported in the run's notes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..data import ImageSet
+from .base import Attack, Param
+
+
+def sinusoid(width: int, delta: float, frequency: float) -> np.ndarray:
+    """(W,) float: the signal added to every row, in uint8 units."""
+    return delta * np.sin(2 * np.pi * np.arange(width) * frequency / width)
+
+
+class SIG(Attack):
+    name = "sig"
+    description = "clean-label: a horizontal sinusoid added to target-class training images only"
+    clean_label = True
+    params = (
+        Param("delta", float, "amplitude of the sinusoid in 0..255 pixel units", 1, 255),
+        Param("frequency", float, "number of periods across the image", 0.5, 32),
+    )
+
+    def defaults(self, image_shape):
+        return {"delta": 40.0, "frequency": 6.0}
+
+    def candidates(self, train: ImageSet, target_label: int) -> np.ndarray:
+        return np.flatnonzero(train.y == target_label)
+
+    def apply(self, x: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+        signal = sinusoid(x.shape[2], params["delta"], params["frequency"])
+        out = x.astype(np.float32) + signal[None, None, :, None]
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)

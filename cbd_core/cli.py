@@ -1,0 +1,197 @@
+"""`python -m cbd_core`: the same runs as the dashboard, without a browser.
+
+    python -m cbd_core run --dataset mnist5k --attack badnets --poison-rate 0.1 --target-label 0 \\
+        --defense cbd --seed 0 [--epochs N] [--device cpu|cuda|mps] [--out DIR] [--json]
+    python -m cbd_core list [--json]
+
+`run` trains with a progress bar on stderr and prints a short table at the end; with `--json` the
+last line of stdout is one JSON object (dataset, attack, poison_rate, target_label, defense, seed,
+clean_accuracy, attack_success_rate, robust_accuracy, poison_detection_auroc, seconds, device,
+run_dir, ...). Attack and defense parameters: `--attack-param size=4 --defense-param mi_weight=0`.
+Bad input exits with status 2 and one line naming the field; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import UserInputError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own errors: one line, exit 2
+        self.exit(2, f"error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m cbd_core", description="Backdoor Lab: poison a dataset, train a defense.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="train one defense on one poisoned dataset")
+    run.add_argument("--dataset", default="mnist5k", help="mnist5k (offline), mnist, fashion-mnist, cifar10, gtsrb, npz")
+    run.add_argument("--npz", dest="npz_path", help="your own .npz (x, y[, is_poisoned]); implies --dataset npz")
+    run.add_argument("--data-root", help="where torchvision datasets live (default ~/.cache/backdoor-lab)")
+    run.add_argument("--download", action="store_true", help="download a torchvision dataset if missing")
+    run.add_argument("--attack", default="badnets")
+    run.add_argument("--poison-rate", type=float, default=0.1, help="fraction of the training set, in [0, 0.5]")
+    run.add_argument("--target-label", type=int, default=0)
+    run.add_argument("--defense", default="cbd")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--epochs", type=int, help="epochs of the defense's main model (default: its own)")
+    run.add_argument("--model", help="cnn, preact-resnet18 or wrn-16-1 (default: by image size)")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    run.add_argument("--attack-param", action="append", default=[], metavar="NAME=VALUE")
+    run.add_argument("--defense-param", action="append", default=[], metavar="NAME=VALUE")
+    run.add_argument("--out", help="runs root to write the run folder under (default $BACKDOOR_LAB_RUNS or ./runs)")
+    run.add_argument("--json", action="store_true", help="print the summary as one JSON line last")
+
+    lst = sub.add_parser("list", help="attacks, defenses and datasets with their parameters")
+    lst.add_argument("--json", action="store_true")
+    return parser
+
+
+def parse_assignments(items: list[str], flag: str) -> dict[str, Any]:
+    """NAME=VALUE pairs; values are parsed as JSON when they can be (numbers, true, null), else text."""
+    values: dict[str, Any] = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        if not sep or not name:
+            raise UserInputError(f"{flag}: expected NAME=VALUE, got {item!r}", flag)
+        try:
+            values[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[name] = raw
+    return values
+
+
+def describe_registries() -> dict[str, Any]:
+    from .attacks import ATTACKS
+    from .data import DATASETS
+    from .defenses import DEFENSES
+
+    def params(owner, shape):
+        defaults = owner.defaults(shape)
+        return [{"name": p.name, "type": p.kind.__name__, "default": defaults.get(p.name), "help": p.help,
+                 **({"range": [p.low, p.high]} if p.low is not None else {}),
+                 **({"choices": list(p.choices)} if p.choices else {})} for p in owner.params]
+
+    shape = (28, 28, 1)
+    return {
+        "datasets": [{"name": d.name, "description": d.description, "image_shape": list(d.image_shape),
+                      "classes": d.num_classes, "offline": d.offline} for d in DATASETS.values()],
+        "attacks": [{"name": a.name, "description": a.description, "clean_label": a.clean_label,
+                     "parameters (28x28 defaults)": params(a, shape)} for a in ATTACKS.values()],
+        "defenses": [{"name": d.name, "description": d.description,
+                      "parameters (28x28 defaults)": params(d, shape)} for d in DEFENSES.values()],
+    }
+
+
+def print_listing(listing: dict[str, Any]) -> None:
+    print("Datasets")
+    for d in listing["datasets"]:
+        print(f"  {d['name']:<14} {d['description']}")
+    for kind in ("attacks", "defenses"):
+        print(f"\n{kind.capitalize()} (defaults shown for 28x28 images)")
+        for item in listing[kind]:
+            print(f"  {item['name']:<14} {item['description']}")
+            for p in item["parameters (28x28 defaults)"]:
+                extra = f" in {p['range']}" if "range" in p else (f" one of {p['choices']}" if "choices" in p else "")
+                print(f"      {p['name']:<16} = {p['default']!s:<8} {p['type']}{extra}: {p['help']}")
+
+
+class ProgressBar:
+    """One line on stderr, redrawn in place: phase, epoch, a bar, and the last epoch's CA / ASR."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.last_metrics = ""
+        self.interactive = stream.isatty()
+
+    def __call__(self, event) -> None:
+        if event.metrics is not None:
+            m = event.metrics
+            self.last_metrics = f"CA {m['clean_accuracy']:.3f} ASR {m['attack_success_rate']:.3f}"
+        width = 24
+        filled = int(round(event.fraction * width))
+        line = (f"{event.phase:<5} epoch {max(event.epoch, 1)}/{event.epochs} "
+                f"[{'#' * filled}{'.' * (width - filled)}] {self.last_metrics}")
+        if self.interactive:
+            self.stream.write("\r" + line.ljust(78))
+        elif event.metrics is not None:  # in a log file: one line per finished epoch
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.interactive:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    rows = [("clean accuracy (CA)", summary["clean_accuracy"]),
+            ("attack success rate (ASR)", summary["attack_success_rate"]),
+            ("robust accuracy (RA)", summary["robust_accuracy"])]
+    if summary.get("poison_detection_auroc") is not None:
+        rows.append(("poison detection AUROC", summary["poison_detection_auroc"]))
+    lines = [f"{summary['defense']} vs {summary['attack']} at {summary['poison_rate']:.0%} on {summary['dataset']} "
+             f"(seed {summary['seed']}, {summary['poisoned_samples']} poisoned of {summary['train_samples']})"]
+    lines += [f"  {name:<27} {value:6.3f}" for name, value in rows]
+    lines.append(f"  {'seconds':<27} {summary['seconds']:6.1f}  on {summary['device']}")
+    lines.append(f"  run folder: {summary['run_dir']}")
+    lines += [f"  note: {note}" for note in summary.get("notes", [])]
+    return "\n".join(lines)
+
+
+def command_run(args: argparse.Namespace) -> int:
+    from .config import RunConfig
+    from .pipeline import execute, prepare
+    from .progress import Cancelled
+    from .runs import RunDir, runs_root
+
+    dataset = "npz" if args.npz_path else args.dataset
+    if args.epochs is not None and args.epochs < 1:
+        raise UserInputError(f"epochs: {args.epochs} must be a positive whole number", "epochs")
+    config = RunConfig(
+        dataset=dataset, attack=args.attack, poison_rate=args.poison_rate, target_label=args.target_label,
+        defense=args.defense, seed=args.seed, model=args.model, device=args.device, data_root=args.data_root,
+        download=args.download, npz_path=args.npz_path,
+        attack_params=parse_assignments(args.attack_param, "--attack-param"),
+        defense_params=parse_assignments(args.defense_param, "--defense-param"),
+    ).with_epochs(args.epochs)
+    prepared = prepare(config)
+    run = RunDir.create(runs_root(args.out), prepared.config.to_dict())
+    bar = ProgressBar()
+    try:
+        summary = execute(prepared, run, progress=bar)
+    except Cancelled:
+        bar.close()
+        print(f"cancelled; partial run kept in {run.path}", file=sys.stderr)
+        return 130
+    finally:
+        bar.close()
+    print(format_table(summary), file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    started = time.perf_counter()
+    try:
+        if args.command == "list":
+            listing = describe_registries()
+            print(json.dumps(listing)) if args.json else print_listing(listing)
+            return 0
+        return command_run(args)
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted after {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        return 130

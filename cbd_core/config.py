@@ -1,0 +1,104 @@
+"""The typed configuration of a run, validated once at the edge (CLI flags, dashboard widgets).
+
+`RunConfig.validated()` checks every field and resolves the attack's and the defense's parameters
+against the dataset's image shape, so a bad value is one `UserInputError` naming the field, before
+anything is trained. The resolved config is what `config.json` holds: enough to rerun the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .data import DATASETS
+from .errors import UserInputError
+
+
+@dataclass
+class RunConfig:
+    dataset: str = "mnist5k"
+    attack: str = "badnets"
+    poison_rate: float = 0.1
+    target_label: int = 0
+    defense: str = "cbd"
+    seed: int = 0
+    attack_params: dict[str, Any] = field(default_factory=dict)
+    defense_params: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None  # None: the default for the image size
+    device: str = "auto"
+    data_root: str | None = None
+    download: bool = False
+    npz_path: str | None = None  # dataset "npz": the user's own file
+    embedding_samples: int = 5000  # features of f_B / f_C kept for this many training samples
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserInputError(f"config: unknown field(s) {', '.join(unknown)}", unknown[0])
+        return cls(**values)
+
+    def with_epochs(self, epochs: int | None) -> "RunConfig":
+        """A copy whose defense trains `epochs` epochs (the main model's epochs), if given."""
+        if epochs is None:
+            return self
+        return dataclasses.replace(self, defense_params={**self.defense_params, "epochs": epochs})
+
+    def validated(self, image_shape: tuple[int, int, int] | None = None, num_classes: int | None = None
+                  ) -> "RunConfig":
+        """Check every field; returns a copy with the attack and defense parameters fully resolved.
+
+        `image_shape` / `num_classes` default to the named dataset's; give them for an npz."""
+        from .attacks import get_attack
+        from .defenses import get_defense
+        from .models import MODELS
+
+        if self.dataset == "npz":
+            if not self.npz_path:
+                raise UserInputError("npz_path: a dataset file is required when the dataset is 'npz'", "npz_path")
+        elif self.dataset not in DATASETS:
+            raise UserInputError(f"dataset: unknown '{self.dataset}' (choose from {', '.join(DATASETS)}, npz)",
+                                 "dataset")
+        else:
+            info = DATASETS[self.dataset]
+            image_shape = image_shape or info.image_shape
+            num_classes = num_classes or info.num_classes
+        attack = get_attack(self.attack)
+        defense = get_defense(self.defense)
+        if not isinstance(self.poison_rate, (int, float)) or not 0.0 <= float(self.poison_rate) <= 0.5:
+            raise UserInputError(f"poison_rate: {self.poison_rate!r} is outside [0, 0.5]", "poison_rate")
+        if not isinstance(self.target_label, int) or isinstance(self.target_label, bool):
+            raise UserInputError(f"target_label: expected a whole number, got {self.target_label!r}", "target_label")
+        if num_classes is not None and not 0 <= self.target_label < num_classes:
+            raise UserInputError(f"target_label: {self.target_label} is outside [0, {num_classes - 1}]",
+                                 "target_label")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**31:
+            raise UserInputError(f"seed: {self.seed!r} must be a whole number in [0, 2^31)", "seed")
+        if self.model is not None and self.model not in MODELS:
+            raise UserInputError(f"model: unknown '{self.model}' (choose from {', '.join(MODELS)})", "model")
+        if self.device not in ("auto", "cpu", "cuda", "mps") and not str(self.device).startswith("cuda:"):
+            raise UserInputError(f"device: unknown '{self.device}' (choose from auto, cpu, cuda, mps)", "device")
+        if not isinstance(self.embedding_samples, int) or not 0 <= self.embedding_samples <= 50_000:
+            raise UserInputError("embedding_samples: must be a whole number in [0, 50000]", "embedding_samples")
+        if "epochs" in self.defense_params:
+            epochs = self.defense_params["epochs"]
+            if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+                raise UserInputError(f"epochs: {epochs!r} must be a positive whole number", "epochs")
+        attack_params = self.attack_params
+        defense_params = self.defense_params
+        if image_shape is not None:
+            attack_params = attack.resolve(image_shape, self.attack_params)
+            defense_params = defense.resolve(image_shape, self.defense_params)
+        return dataclasses.replace(self, poison_rate=float(self.poison_rate), attack_params=attack_params,
+                                   defense_params=defense_params)
+
+
+def load_config(path: str | Path) -> RunConfig:
+    return RunConfig.from_dict(json.loads(Path(path).read_text()))

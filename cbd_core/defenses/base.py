@@ -1,0 +1,119 @@
+"""What a defense gets and what it gives back.
+
+A defense sees the poisoned training set as tensors, a builder for fresh models, and its own
+parameters. It never sees which samples are poisoned, nor the test sets: it may *report* how good
+its per-sample suspicion is (`ctx.detection_auroc`) and how the model scores on the test sets
+(`ctx.end_epoch`), both computed outside it, but nothing it decides can depend on them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..params import Param, resolve_params
+from ..progress import Cancelled, ProgressCallback, ProgressEvent
+from ..training import EvalSets, Tensors
+
+
+@dataclass
+class DefenseContext:
+    train: Tensors  # the poisoned training set, on the device
+    build_model: Callable[[], nn.Module]  # a fresh, seeded model on the device
+    params: dict[str, Any]  # this defense's resolved parameters
+    augmentation: dict[str, Any]  # {"pad": int, "flip": bool}
+    seed: int
+    device: torch.device
+    progress: ProgressCallback
+    # Reporting only: these close over the poison mask and the test sets, which the defense never holds.
+    _eval_sets: EvalSets
+    _poison_mask: np.ndarray
+    _log: Callable[[dict[str, Any]], None]
+    _is_cancelled: Callable[[], bool] = lambda: False
+    _started: float = field(default_factory=time.perf_counter)
+
+    def generator(self, offset: int = 0) -> torch.Generator:
+        """A CPU generator for shuffling and augmentation, derived from the run's seed."""
+        return torch.Generator().manual_seed(self.seed * 1000 + offset)
+
+    def step(self, phase: str, epoch: int, epochs: int, step: int, steps: int) -> None:
+        """Report a finished batch; raises `Cancelled` when the user cancelled the run."""
+        if self._is_cancelled():
+            raise Cancelled()
+        self.progress(ProgressEvent(phase, epoch, epochs, step, steps))
+
+    def detection_auroc(self, suspicion: np.ndarray) -> float:
+        """AUROC of a per-sample suspicion score against the true poison mask (shown, never used)."""
+        from ..metrics import auroc
+
+        return auroc(suspicion, self._poison_mask)
+
+    def end_epoch(self, phase: str, epoch: int, epochs: int, model: nn.Module, **extra: Any) -> dict[str, Any]:
+        """Score `model` on the test sets, log the epoch's line, report it; returns the line."""
+        line = {"phase": phase, "epoch": epoch, "epochs": epochs, **self._eval_sets.evaluate(model), **extra,
+                "elapsed_seconds": round(time.perf_counter() - self._started, 3)}
+        self._log(line)
+        self.progress(ProgressEvent(phase, epoch, epochs, metrics=line))
+        if self._is_cancelled():
+            raise Cancelled()
+        return line
+
+
+@dataclass
+class DefenseResult:
+    model: nn.Module  # the model the defense delivers (CBD: f_C)
+    other_models: dict[str, nn.Module] = field(default_factory=dict)  # e.g. {"f_B": ...}
+    # Per training sample, higher = more suspected of being poisoned; None if the defense has no opinion.
+    suspicion: np.ndarray | None = None
+    # Arrays saved to the run's per-sample file, e.g. {"weights": (epochs + 1, N)}.
+    sample_record: dict[str, np.ndarray] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+class Defense:
+    """Base class: subclasses set `name`, `description`, `params` and implement `defaults`, `train`."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    description: ClassVar[str]
+    params: ClassVar[tuple[Param, ...]] = ()
+    model_names: ClassVar[tuple[str, ...]] = ("model",)  # how its models are saved / shown
+
+    def defaults(self, image_shape: tuple[int, int, int]) -> dict[str, Any]:
+        return {}
+
+    def resolve(self, image_shape: tuple[int, int, int], overrides: dict[str, Any] | None) -> dict[str, Any]:
+        return resolve_params(self.name, self.params, self.defaults(image_shape), overrides)
+
+    def total_epochs(self, params: dict[str, Any]) -> int:
+        return int(params.get("epochs", 0))
+
+    def train(self, ctx: DefenseContext) -> DefenseResult:
+        raise NotImplementedError
+
+
+def supervised_epoch(ctx: DefenseContext, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     generator: torch.Generator, schedule: Callable[[int], float], first_step: int,
+                     phase: str, epoch: int, epochs: int) -> float:
+    """One epoch of plain cross-entropy training; returns the mean training loss."""
+    from ..training import augment, batches, set_lr
+
+    model.train()
+    total, count = 0.0, 0
+    n_steps = -(-len(ctx.train) // ctx.params["batch_size"])
+    for i, idx in enumerate(batches(len(ctx.train), ctx.params["batch_size"], generator)):
+        set_lr(optimizer, schedule(first_step + i))
+        x = augment(ctx.train.x[idx.to(ctx.device)], generator, **ctx.augmentation)
+        loss = nn.functional.cross_entropy(model(x), ctx.train.y[idx.to(ctx.device)])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(idx)
+        count += len(idx)
+        ctx.step(phase, epoch, epochs, i + 1, n_steps)
+    return total / max(1, count)

@@ -1,0 +1,167 @@
+"""One run from config to finished run folder: the only code path that trains, used by the CLI, the
+background worker and the benchmarks alike.
+
+    config = RunConfig(dataset="mnist5k", attack="badnets", defense="cbd")
+    prepared = prepare(config)                      # load + validate: fails fast on bad input
+    run = RunDir.create(runs_root(), prepared.config.to_dict())
+    summary = execute(prepared, run, progress=print)
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .attacks import PoisonedData, get_attack
+from .config import RunConfig
+from .data import ImageSet, load_dataset, load_npz
+from .defenses import DefenseContext, get_defense
+from .errors import UserInputError
+from .metrics import auroc
+from .models import build_model, default_model_for
+from .progress import Cancelled, ProgressCallback, ignore_progress
+from .runs import RunDir, now_iso
+from .training import EvalSets, Tensors, choose_device, default_augmentation, features_and_logits
+
+# How many clean test images a run keeps for the attribution page (triggers are re-applied live).
+TEST_IMAGES_KEPT = 200
+
+
+@dataclass
+class Prepared:
+    """A validated config and the data it needs, ready to train."""
+
+    config: RunConfig
+    poisoned: PoisonedData
+
+
+def prepare(config: RunConfig) -> Prepared:
+    """Load the data, validate every field against it, poison it. Raises UserInputError."""
+    config.validated()  # cheap checks first: names, ranges, before any data is read
+    if config.dataset == "npz":
+        train, test, premade_mask = load_npz(config.npz_path)
+    else:
+        train, test = load_dataset(config.dataset, config.data_root, config.download)
+        premade_mask = None
+    config = config.validated(train.image_shape, train.num_classes)
+    attack = get_attack(config.attack)
+    if premade_mask is not None:
+        poisoned = already_poisoned(train, test, premade_mask, config)
+    else:
+        poisoned = attack.poison(train, test, config.poison_rate, config.target_label, config.seed,
+                                 config.attack_params)
+    return Prepared(config, poisoned)
+
+
+def already_poisoned(train: ImageSet, test: ImageSet, mask: np.ndarray, config: RunConfig) -> PoisonedData:
+    """An npz that comes poisoned: its mask is the truth; the named attack only builds the triggered
+    test set (so ASR measures that attack's trigger)."""
+    attack = get_attack(config.attack)
+    probe = attack.poison(train, test, 0.0, config.target_label, config.seed, config.attack_params)
+    probe.train, probe.is_poisoned = train, mask.copy()
+    probe.notes.append("the dataset came poisoned: its own is_poisoned mask is used")
+    return probe
+
+
+def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Up to `size` indices with every class in proportion (sorted)."""
+    if size >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        take = max(1, int(round(size * len(members) / len(labels))))
+        chosen.append(rng.choice(members, size=min(take, len(members)), replace=False))
+    return np.sort(np.concatenate(chosen))[:size]
+
+
+def execute(prepared: Prepared, run: RunDir, progress: ProgressCallback = ignore_progress,
+            is_cancelled: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+    """Train the configured defense and fill the run folder; returns the summary.
+
+    The run's status ends as done, cancelled (what was written stays) or failed (with the error);
+    a UserInputError or a bug is re-raised after it is recorded."""
+    config, data = prepared.config, prepared.poisoned
+    started = time.perf_counter()
+    device = choose_device(config.device)
+    run.update_status(state="running", started=now_iso(), device=str(device), error=None)
+    try:
+        summary = _train_and_record(config, data, run, device, progress, is_cancelled, started)
+    except (Cancelled, KeyboardInterrupt):
+        run.update_status(state="cancelled", finished=now_iso(), seconds=round(time.perf_counter() - started, 2))
+        raise
+    except UserInputError as err:
+        run.update_status(state="failed", finished=now_iso(), error=str(err))
+        raise
+    except BaseException as err:
+        (run.path / "error.txt").write_text(traceback.format_exc())
+        run.update_status(state="failed", finished=now_iso(), error=f"{type(err).__name__}: {err}")
+        raise
+    run.update_status(state="done", finished=now_iso(), seconds=summary["seconds"])
+    return summary
+
+
+def _train_and_record(config: RunConfig, data: PoisonedData, run: RunDir, device: torch.device,
+                      progress: ProgressCallback, is_cancelled: Callable[[], bool], started: float
+                      ) -> dict[str, Any]:
+    defense = get_defense(config.defense)
+    train = data.train
+    h, w, channels = train.image_shape
+    model_name = config.model or default_model_for(train.image_shape)
+    torch.manual_seed(config.seed)
+    builds = iter(range(1_000_000))
+
+    def new_model() -> torch.nn.Module:
+        # Each model gets its own seed derived from the run's: f_B and f_C start differently.
+        torch.manual_seed(config.seed * 7919 + next(builds))
+        return build_model(model_name, channels, train.num_classes).to(device)
+
+    eval_sets = EvalSets(Tensors.from_images(data.test, device), Tensors.from_images(data.test_triggered, device),
+                         data.test_triggered_true_labels, data.target_label)
+    train_tensors = Tensors.from_images(train, device)
+    ctx = DefenseContext(train=train_tensors, build_model=new_model, params=config.defense_params,
+                         augmentation=default_augmentation(train.image_shape), seed=config.seed, device=device,
+                         progress=progress, _eval_sets=eval_sets, _poison_mask=data.is_poisoned,
+                         _log=run.append_metrics, _is_cancelled=is_cancelled)
+    result = defense.train(ctx)
+
+    final = eval_sets.evaluate(result.model)
+    models = {defense.model_names[0]: result.model, **result.other_models}
+    for name, model in models.items():
+        run.save_model(name, model.state_dict())
+
+    # Per-sample record: the same keys for every defense, plus the defense's own arrays.
+    suspicion = result.suspicion if result.suspicion is not None else np.full(len(train), np.nan, np.float32)
+    run.save_arrays("sample_weights", index=np.arange(len(train)), is_poisoned=data.is_poisoned,
+                    label=train.y, original_label=data.clean_train_labels,
+                    suspicion=suspicion.astype(np.float32), **result.sample_record)
+
+    subset = stratified_subset(train.y, config.embedding_samples, config.seed)
+    embed: dict[str, np.ndarray] = {"index": subset}
+    for name, model in models.items():
+        z, logits = features_and_logits(model, train_tensors.x[torch.from_numpy(subset).to(device)])
+        embed[f"features_{name}"] = z.cpu().numpy().astype(np.float32)
+        embed[f"prediction_{name}"] = logits.argmax(1).cpu().numpy()
+    run.save_arrays("embeddings", **embed)
+    keep = stratified_subset(data.test.y, TEST_IMAGES_KEPT, config.seed)
+    run.save_arrays("images", train_x=train.x[subset], train_index=subset, test_x=data.test.x[keep],
+                    test_y=data.test.y[keep], trigger_region=data.trigger_region)
+
+    summary = {
+        "dataset": config.dataset, "attack": config.attack, "poison_rate": config.poison_rate,
+        "target_label": config.target_label, "defense": config.defense, "seed": config.seed,
+        "model": model_name, **final,
+        "poison_detection_auroc": auroc(result.suspicion, data.is_poisoned) if result.suspicion is not None
+        else None,
+        "poisoned_samples": data.n_poisoned, "train_samples": len(train),
+        "seconds": round(time.perf_counter() - started, 2), "device": str(device),
+        "run_dir": str(run.path), "run_id": run.run_id, "notes": data.notes, **result.summary,
+    }
+    run.write_summary(summary)
+    return summary

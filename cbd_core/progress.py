@@ -1,0 +1,46 @@
+"""One event type for long work: the CLI draws it as a progress bar, the worker writes it to the run.
+
+A defense calls `progress(ProgressEvent(...))` at every step it wants shown; `metrics` is set on the
+event that closes an epoch (CA/ASR/RA of the model being trained), so the dashboard can draw curves
+while the run goes on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+
+@dataclass
+class ProgressEvent:
+    phase: str  # e.g. "backdoored model f_B", "deconfounded model f_C", "evaluate"
+    epoch: int  # 1-based epoch within the phase (0 before the first one ends)
+    epochs: int  # epochs in the phase
+    step: int = 0  # batches done in this epoch
+    steps: int = 0  # batches in this epoch
+    metrics: dict[str, Any] | None = None  # set when an epoch ends
+    message: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fraction(self) -> float:
+        """Fraction of the phase done, for a progress bar."""
+        if self.epochs <= 0:
+            return 1.0
+        within = self.step / self.steps if self.steps else 0.0
+        done = self.epoch if self.metrics is not None or not self.steps else self.epoch - 1 + within
+        return max(0.0, min(1.0, done / self.epochs))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+def ignore_progress(event: ProgressEvent) -> None:
+    """The default callback: show nothing."""
+
+
+class Cancelled(Exception):
+    """Raised inside training when the user cancels the run; what was written so far stays."""

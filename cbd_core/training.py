@@ -1,0 +1,162 @@
+"""The training loop every defense shares, in the airbench style: data lives on the device as one
+float tensor, batches are index slices, augmentation runs batched on the device.
+
+- `choose_device` picks cuda, then mps, then cpu (or what the user forces);
+- `Tensors` is a data set on the device; `augment` shifts (and, for natural images, flips) a batch;
+- `batches` yields shuffled index batches from a seeded generator;
+- `predict` / `per_sample_loss` run a model over a whole set without gradients;
+- `EvalSets.evaluate` gives CA, ASR and RA for a model;
+- `cosine_lr` is the schedule: linear warm-up for the first steps, then cosine to zero.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .data import ImageSet, to_tensor
+from .errors import UserInputError
+from .metrics import accuracy, attack_success_rate
+
+
+def choose_device(requested: str | None = None) -> torch.device:
+    """`requested` if given and available; otherwise cuda, then mps, then cpu."""
+    if requested in (None, "", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if requested not in ("cpu", "cuda", "mps") and not requested.startswith("cuda:"):
+        raise UserInputError(f"device: unknown '{requested}' (choose from auto, cpu, cuda, mps)", "device")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise UserInputError("device: cuda was asked for but no CUDA GPU is available", "device")
+    if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserInputError("device: mps was asked for but Apple's Metal backend is not available", "device")
+    return torch.device(requested)
+
+
+@dataclass
+class Tensors:
+    """Images as float (N, C, H, W) in [0, 1] and labels as long (N,), both on one device."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    @classmethod
+    def from_images(cls, images: ImageSet, device: torch.device) -> "Tensors":
+        return cls(to_tensor(images.x, device), torch.from_numpy(images.y).to(device))
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, pad: int, flip: bool) -> torch.Tensor:
+    """Random translation by up to `pad` pixels (zero fill, like RandomCrop(padding=pad)) and, when
+    `flip`, random horizontal flips; batched, on x's device."""
+    n, c, h, w = x.shape
+    if flip:
+        flips = torch.rand(n, generator=generator, device="cpu").to(x.device) < 0.5
+        x = torch.where(flips[:, None, None, None], x.flip(3), x)
+    if pad <= 0:
+        return x
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (n, 1, h, 1)
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (n, 1, 1, w)
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chans = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chans, rows, cols]
+
+
+def default_augmentation(image_shape: tuple[int, int, int]) -> dict:
+    """Shifts of 1/8 of the side (4 px at 32, 2 px at 28, the CBD code's RandomCrop); flips only for
+    colour images (a flipped digit or sign is another symbol; CIFAR-10 classes are flip-invariant)."""
+    h, _, c = image_shape
+    return {"pad": max(1, h // 14) if h <= 28 else h // 8, "flip": c == 3 and h == 32}
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator, drop_last: bool = False) -> Iterator[torch.Tensor]:
+    """Shuffled index batches over range(n) (CPU tensors), reproducible from `generator`."""
+    order = torch.randperm(n, generator=generator)
+    stop = n - n % batch_size if drop_last and n > batch_size else n
+    for start in range(0, stop, batch_size):
+        yield order[start:start + batch_size]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Logits for every row of x, in eval mode (the model's mode is restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    out = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]) if len(x) else \
+        torch.empty(0)
+    model.train(was_training)
+    return out
+
+
+@torch.no_grad()
+def features_and_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    """Penultimate features z and logits for every row of x, in eval mode."""
+    was_training = model.training
+    model.eval()
+    zs, logits = [], []
+    for i in range(0, len(x), batch_size):
+        z = model.features(x[i:i + batch_size])
+        zs.append(z)
+        logits.append(model.classify(z))
+    model.train(was_training)
+    return torch.cat(zs), torch.cat(logits)
+
+
+def per_sample_loss(model: nn.Module, data: Tensors, batch_size: int = 1000) -> torch.Tensor:
+    """Cross-entropy of each sample (no augmentation, eval mode)."""
+    return F.cross_entropy(predict(model, data.x, batch_size), data.y, reduction="none")
+
+
+@dataclass
+class EvalSets:
+    """The clean test set and the triggered one (non-target images with the trigger)."""
+
+    clean: Tensors
+    triggered: Tensors  # labels are the target
+    triggered_true_labels: np.ndarray
+    target_label: int
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        clean_pred = predict(model, self.clean.x).argmax(1).cpu().numpy()
+        trig_pred = predict(model, self.triggered.x).argmax(1).cpu().numpy()
+        return {
+            "clean_accuracy": accuracy(clean_pred, self.clean.y.cpu().numpy()),
+            "attack_success_rate": attack_success_rate(trig_pred, self.target_label),
+            "robust_accuracy": accuracy(trig_pred, self.triggered_true_labels),
+        }
+
+
+def sgd(model: nn.Module, lr: float, weight_decay: float, momentum: float = 0.9) -> torch.optim.Optimizer:
+    """Nesterov SGD, as in the CBD and ABL code; no weight decay on biases and norm layers."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return torch.optim.SGD([{"params": decay, "weight_decay": weight_decay},
+                            {"params": no_decay, "weight_decay": 0.0}],
+                           lr=lr, momentum=momentum, nesterov=True)
+
+
+def cosine_lr(step: int, total_steps: int, peak: float, warmup_steps: int = 0) -> float:
+    """Linear warm-up to `peak`, then cosine decay to zero at `total_steps`."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
