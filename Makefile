@@ -19,6 +19,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest
 
 bench: $(VENV)/.installed
+	$(PY) bench/speed.py
 	$(PY) bench/defense_quality.py
 
 clean-venv:

@@ -107,10 +107,10 @@ def print_listing(listing: dict[str, Any]) -> None:
 class ProgressBar:
     """One line on stderr, redrawn in place: phase, epoch, a bar, and the last epoch's CA / ASR."""
 
-    def __init__(self, stream=sys.stderr):
-        self.stream = stream
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
         self.last_metrics = ""
-        self.interactive = stream.isatty()
+        self.interactive = self.stream.isatty()
 
     def __call__(self, event) -> None:
         if event.metrics is not None:
@@ -151,7 +151,7 @@ def command_run(args: argparse.Namespace) -> int:
     from .config import RunConfig
     from .pipeline import execute, prepare
     from .progress import Cancelled
-    from .runs import RunDir, runs_root
+    from .runs import RunDir, runs_root, to_json
 
     dataset = "npz" if args.npz_path else args.dataset
     if args.epochs is not None and args.epochs < 1:
@@ -176,7 +176,7 @@ def command_run(args: argparse.Namespace) -> int:
         bar.close()
     print(format_table(summary), file=sys.stderr if args.json else sys.stdout)
     if args.json:
-        print(json.dumps(summary))
+        print(to_json(summary))
     return 0
 
 

@@ -142,7 +142,7 @@ def load_npz(path: str | Path) -> tuple[ImageSet, ImageSet, np.ndarray | None]:
             raise UserInputError(f"npz: '{key}' must be a vector of {n} labels, got shape {y.shape}", key)
         if not np.issubdtype(y.dtype, np.integer):
             raise UserInputError(f"npz: '{key}' must hold integers, got {y.dtype}", key)
-        if y.min() < 0:
+        if len(y) and y.min() < 0:
             raise UserInputError(f"npz: '{key}' has a negative label ({y.min()})", key)
         return y.astype(np.int64)
 
@@ -150,6 +150,8 @@ def load_npz(path: str | Path) -> tuple[ImageSet, ImageSet, np.ndarray | None]:
         if key not in arrays:
             raise UserInputError(f"npz: missing array '{key}' (found: {', '.join(arrays) or 'nothing'})", key)
     x = images("x")
+    if len(x) == 0:
+        raise UserInputError("npz: 'x' holds no images", "x")
     y = labels("y", len(x))
     is_poisoned = None
     if "is_poisoned" in arrays:
@@ -178,7 +180,7 @@ def load_npz(path: str | Path) -> tuple[ImageSet, ImageSet, np.ndarray | None]:
     if num_classes < 2:
         raise UserInputError("npz: 'y' needs at least two classes", "y")
     if len(train_set) < 20:
-        raise UserInputError(f"npz: at least 20 training images are needed, got {len(train_set)}", "x")
+        raise UserInputError(f"npz: 'x' needs at least 20 training images, got {len(train_set)}", "x")
     return train_set, test_set, is_poisoned
 
 

@@ -144,7 +144,7 @@ def _train_and_record(config: RunConfig, data: PoisonedData, run: RunDir, device
 
     subset = stratified_subset(train.y, config.embedding_samples, config.seed)
     embed: dict[str, np.ndarray] = {"index": subset}
-    for name, model in models.items():
+    for name, model in (models.items() if len(subset) else ()):
         z, logits = features_and_logits(model, train_tensors.x[torch.from_numpy(subset).to(device)])
         embed[f"features_{name}"] = z.cpu().numpy().astype(np.float32)
         embed[f"prediction_{name}"] = logits.argmax(1).cpu().numpy()

@@ -65,8 +65,23 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def finite_or_none(value: Any) -> Any:
+    """The same structure with NaN / infinity replaced by None: JSON has no NaN, and tools reject it."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
+def to_json(value: Any, indent: int | None = None) -> str:
+    return json.dumps(finite_or_none(value), indent=indent, default=_json_default, allow_nan=False)
+
+
 def write_json(path: Path, value: Any) -> None:
-    _atomic_write_bytes(path, (json.dumps(value, indent=2, default=_json_default) + "\n").encode())
+    _atomic_write_bytes(path, (to_json(value, indent=2) + "\n").encode())
 
 
 def _json_default(value: Any) -> Any:
@@ -99,7 +114,7 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
 
 def new_run_id(config: dict[str, Any]) -> str:
     """A sortable, readable id that the code makes (never a path the user typed)."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")[:-3]  # milliseconds: ids sort by creation
     return f"{stamp}-{config['dataset']}-{config['attack']}-{config['defense']}-{secrets.token_hex(2)}"
 
 
@@ -197,7 +212,7 @@ class RunDir:
 
     def append_metrics(self, line: dict[str, Any]) -> None:
         with open(self.path / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(line, default=_json_default) + "\n")
+            f.write(to_json(line) + "\n")
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json(self.path / "summary.json", summary)
@@ -217,12 +232,19 @@ class RunDir:
 
 
 def list_runs(root: str | Path | None = None) -> list[RunDir]:
-    """Every run under the root, newest first (ids start with their creation time)."""
+    """Every run under the root, newest first."""
     folder = runs_root(root)
     if not folder.is_dir():
         return []
     runs = [RunDir(p) for p in folder.iterdir() if p.is_dir() and (p / "config.json").is_file()]
-    return sorted(runs, key=lambda r: r.run_id, reverse=True)
+
+    def created(run: RunDir) -> tuple[int, str]:
+        try:  # config.json is written once, when the run is created
+            return (run.path / "config.json").stat().st_mtime_ns, run.run_id
+        except FileNotFoundError:  # deleted meanwhile
+            return 0, run.run_id
+
+    return sorted(runs, key=created, reverse=True)
 
 
 def wait_for(run: RunDir, timeout: float = 600.0, poll: float = 0.5) -> dict[str, Any]:

@@ -45,7 +45,7 @@ class BadNets(Attack):
     def check_fits(self, image_shape, params):
         h, w, _ = image_shape
         row, col, size = self._box(image_shape, params)
-        if row + size > h or col + size > w:
+        if size > min(h, w) or row < 0 or col < 0 or row + size > h or col + size > w:
             raise UserInputError(f"badnets: a {size}x{size} patch at row {row}, column {col} does not fit "
                                  f"in a {h}x{w} image", "badnets.size")
 

@@ -1,6 +1,6 @@
 """SIG (Barni et al., 2019): a clean-label attack with a horizontal sinusoid.
 
-x' = clip(x + delta * sin(2 pi j f / W)) for column j. Only training images that already belong to
+x' = clip(x + delta * sin(2 pi j f / W)) for column j (delta 20, f 6 on 32x32; delta 80 on 28x28). Only training images that already belong to
 the target class get the signal, and no label changes: the model learns "sinusoid => target" from
 correctly labelled images. The poison rate counts against the whole training set, so it is capped
 by the size of the target class; the real count is reported in the run's notes.
@@ -31,7 +31,10 @@ class SIG(Attack):
     )
 
     def defaults(self, image_shape):
-        return {"delta": 40.0, "frequency": 6.0}
+        # The paper's delta = 20/255 suits 32x32 colour images trained for long; on 28x28 digits and
+        # ten epochs it plants nothing (measured: delta 40 gives ASR 18%, 60 gives 66%, 80 gives 93%),
+        # so MNIST-sized images take the weakest amplitude measured to work.
+        return {"delta": 80.0 if image_shape[0] <= 28 else 20.0, "frequency": 6.0}
 
     def candidates(self, train: ImageSet, target_label: int) -> np.ndarray:
         return np.flatnonzero(train.y == target_label)

@@ -31,6 +31,8 @@ What differs from the official code (zaixizhang/CBD), and why:
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -42,9 +44,42 @@ from ..training import augment, batches, cosine_lr, per_sample_loss, set_lr, sgd
 from .base import Defense, DefenseContext, DefenseResult, supervised_epoch
 
 
+def loss_separation(losses: torch.Tensor) -> float:
+    """How clearly per-sample losses split into two groups, in [0, 1]: the best two-group split of
+    log-losses (Otsu's criterion, exact in 1-D), as between-group variance over total variance.
+
+    A deliberately backdoored model is most useful when the poisoned samples form a low-loss group
+    of their own: once it also fits the clean samples, the two groups merge. This needs no labels
+    and no poison mask, so it may choose which f_B epoch to keep."""
+    x = torch.log(losses.double().clamp_min(1e-8)).sort().values
+    n = len(x)
+    if n < 2 or float(x[-1] - x[0]) == 0.0:
+        return 0.0
+    prefix = torch.cumsum(x, 0)[:-1]
+    k = torch.arange(1, n, dtype=torch.float64, device=x.device)
+    mean_low, mean_high = prefix / k, (x.sum() - prefix) / (n - k)
+    between = k * (n - k) / n**2 * (mean_low - mean_high) ** 2
+    return float(between.max() / x.var(unbiased=False))
+
+
 def cbd_weights(ce_backdoor: torch.Tensor, ce_clean: torch.Tensor) -> torch.Tensor:
     """The paper's per-sample weight CE_B / (CE_B + CE_C), in [0, 1] (1e-8 keeps 0/0 out)."""
     return ce_backdoor / (ce_backdoor + ce_clean + 1e-8)
+
+
+MAX_SAMPLE_WEIGHT = 3.0  # in units of the class's mean weight
+
+
+def class_balanced(weights: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Weights divided by their class's mean, so every class keeps its total weight (its count):
+    re-weighting then moves weight between samples of a label, never between labels."""
+    num_classes = int(labels.max()) + 1
+    sums = torch.zeros(num_classes, device=weights.device).index_add_(0, labels, weights)
+    counts = torch.bincount(labels, minlength=num_classes).clamp_min(1)
+    balanced = weights / (sums / counts).clamp_min(1e-12)[labels]
+    # A class that f_C has not learned yet has a tiny mean weight, and dividing by it can give a few
+    # samples hundreds of times the average weight, which throws SGD off: cap, like gradient clipping.
+    return balanced.clamp_max(MAX_SAMPLE_WEIGHT)
 
 
 def normalise_batch(weights: torch.Tensor) -> torch.Tensor:
@@ -60,8 +95,8 @@ class MIDiscriminator(nn.Module):
         super().__init__()
         hidden = hidden or dim_c
         self.net = nn.Sequential(
-            nn.Dropout(dropout), spectral_norm(nn.Linear(dim_b + dim_c, hidden)), nn.LeakyReLU(0.2),
-            nn.Dropout(dropout), spectral_norm(nn.Linear(hidden, 1)))
+            nn.Dropout(dropout), spectral_norm(nn.Linear(dim_b + dim_c, hidden), n_power_iterations=5), nn.LeakyReLU(0.2),
+            nn.Dropout(dropout), spectral_norm(nn.Linear(hidden, 1), n_power_iterations=5))
 
     def forward(self, z_b: torch.Tensor, z_c: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat((z_b, z_c), dim=1)).squeeze(1)
@@ -80,21 +115,25 @@ class CBD(Defense):
     params = (
         Param("backdoor_epochs", int, "epochs of plain training for the confounding model f_B", 1, 50),
         Param("backdoor_lr", float, "constant learning rate of f_B", 1e-5, 1.0),
+        Param("backdoor_select", str, "separation: keep the f_B epoch whose losses split most clearly in two; "
+              "last: the last epoch (the paper)", choices=("separation", "last")),
+        Param("backdoor_augment", str, "augment f_B's training images (off: f_B captures the trigger sooner)",
+              choices=("off", "on")),
         Param("epochs", int, "epochs of the deconfounded model f_C", 1, 500),
         Param("lr", float, "peak learning rate of f_C (cosine schedule)", 1e-5, 1.0),
         Param("batch_size", int, "batch size", 8, 4096),
         Param("weight_decay", float, "weight decay of both models", 0.0, 0.1),
         Param("mi_weight", float, "strength of the MI penalty between z_C and z_B (0 = off)", 0.0, 100.0),
         Param("disc_lr", float, "Adam learning rate of the MI discriminator", 1e-6, 1.0),
-        Param("weight_memory", str, "min: keep each sample's lowest epoch-end weight; none: the paper's rule",
-              choices=("min", "none")),
+        Param("weighting", str, "stable: per-epoch, class-balanced, lowest weight kept; paper: live per batch",
+              choices=("stable", "paper")),
     )
 
     def defaults(self, image_shape):
         small = image_shape[0] <= 28
-        return {"backdoor_epochs": 2, "backdoor_lr": 0.05, "epochs": 10 if small else 40, "lr": 0.05,
+        return {"backdoor_epochs": 4, "backdoor_lr": 0.05, "backdoor_select": "separation", "backdoor_augment": "off", "epochs": 10 if small else 40, "lr": 0.05,
                 "batch_size": 128, "weight_decay": 5e-4, "mi_weight": 0.01, "disc_lr": 1e-3,
-                "weight_memory": "min"}
+                "weighting": "stable"}
 
     def total_epochs(self, params):
         return params["backdoor_epochs"] + params["epochs"]
@@ -107,11 +146,21 @@ class CBD(Defense):
         f_b = ctx.build_model()
         opt_b = sgd(f_b, p["backdoor_lr"], p["weight_decay"])
         steps_per_epoch = -(-len(ctx.train) // p["batch_size"])
+        best = (-1.0, 0, None)  # (separation, epoch, state) of the f_B that keeps
         for epoch in range(1, p["backdoor_epochs"] + 1):
             loss = supervised_epoch(ctx, f_b, opt_b, generator, lambda s: p["backdoor_lr"],
-                                    (epoch - 1) * steps_per_epoch, "f_B", epoch, p["backdoor_epochs"])
+                                    (epoch - 1) * steps_per_epoch, "f_B", epoch, p["backdoor_epochs"],
+                                    augmented=p["backdoor_augment"] == "on")
+            ce_b = per_sample_loss(f_b, ctx.train)
+            separation = loss_separation(ce_b)
+            if separation > best[0]:
+                best = (separation, epoch, copy.deepcopy(f_b.state_dict()))
             ctx.end_epoch("f_B", epoch, p["backdoor_epochs"], f_b, train_loss=round(loss, 5),
-                          poison_detection_auroc=ctx.detection_auroc(-per_sample_loss(f_b, ctx.train).cpu().numpy()))
+                          loss_separation=round(separation, 4),
+                          poison_detection_auroc=ctx.detection_auroc(-ce_b.cpu().numpy()))
+        if p["backdoor_select"] == "separation":
+            f_b.load_state_dict(best[2])
+        backdoor_epoch = best[1] if p["backdoor_select"] == "separation" else p["backdoor_epochs"]
         f_b.eval()
         for param in f_b.parameters():
             param.requires_grad_(False)
@@ -124,28 +173,35 @@ class CBD(Defense):
         total_steps = p["epochs"] * steps_per_epoch
 
         ce_b_full = per_sample_loss(f_b, ctx.train)
-        history = [cbd_weights(ce_b_full, per_sample_loss(f_c, ctx.train)).cpu().numpy()]  # epoch 0
-        memory = torch.ones(len(ctx.train), device=ctx.device)  # lowest epoch-end weight so far
+        weights_now = cbd_weights(ce_b_full, per_sample_loss(f_c, ctx.train))  # before f_C trains
+        history = [weights_now.cpu().numpy()]
+        stable = p["weighting"] == "stable"
+        memory_from = None  # "stable": the epoch from which each sample's lowest weight is kept
         step = 0
         for epoch in range(1, p["epochs"] + 1):
             f_c.train()
             disc.train()
+            # "stable" trains the epoch on the weights just recorded, balanced per class.
+            epoch_weights = class_balanced(weights_now, ctx.train.y) if stable else None
             sums = {"loss": 0.0, "mi": 0.0, "n": 0}
             for i, idx in enumerate(batches(len(ctx.train), p["batch_size"], generator)):
                 set_lr(opt_c, cosine_lr(step, total_steps, p["lr"], warmup_steps=steps_per_epoch // 2))
                 idx_d = idx.to(ctx.device)
                 x = augment(ctx.train.x[idx_d], generator, **ctx.augmentation)
                 y = ctx.train.y[idx_d]
-                with torch.no_grad():
-                    z_b = f_b.features(x)
-                    ce_b = F.cross_entropy(f_b.classify(z_b), y, reduction="none")
                 z_c = f_c.features(x)
                 ce_c = F.cross_entropy(f_c.classify(z_c), y, reduction="none")
-
-                weights = cbd_weights(ce_b, ce_c.detach())
-                if p["weight_memory"] == "min":
-                    weights = torch.minimum(weights, memory[idx_d])
-                loss = (normalise_batch(weights) * ce_c).mean()
+                need_b = not stable or p["mi_weight"] > 0
+                if need_b:
+                    with torch.no_grad():
+                        z_b = f_b.features(x)
+                if stable:
+                    weights = epoch_weights[idx_d]
+                else:  # the paper and official code: live weights, normalised per batch
+                    with torch.no_grad():
+                        ce_b = F.cross_entropy(f_b.classify(z_b), y, reduction="none")
+                    weights = normalise_batch(cbd_weights(ce_b, ce_c.detach()))
+                loss = (weights * ce_c).mean()
 
                 if p["mi_weight"] > 0:
                     # The critic climbs the MI estimate on detached features, then f_C descends it.
@@ -165,18 +221,25 @@ class CBD(Defense):
                 step += 1
                 ctx.step("f_C", epoch, p["epochs"], i + 1, steps_per_epoch)
 
-            epoch_weights = cbd_weights(ce_b_full, per_sample_loss(f_c, ctx.train))
-            if p["weight_memory"] == "min":
-                memory = torch.minimum(memory, epoch_weights)
-                epoch_weights = memory
-            w = epoch_weights.cpu().numpy()
+            ce_c_full = per_sample_loss(f_c, ctx.train)
+            fresh = cbd_weights(ce_b_full, ce_c_full)
+            if stable:
+                # Evidence counts once f_C has caught up with f_B on the data as a whole (median
+                # loss): before that, a low weight may only mean that f_C is still learning.
+                if memory_from is None and ce_c_full.median() <= ce_b_full.median():
+                    memory_from = epoch
+                weights_now = torch.minimum(weights_now, fresh) if memory_from is not None else fresh
+            else:
+                weights_now = fresh
+            w = weights_now.cpu().numpy()
             history.append(w)
             ctx.end_epoch("f_C", epoch, p["epochs"], f_c, train_loss=round(sums["loss"] / sums["n"], 5),
                           mi_estimate=round(sums["mi"] / sums["n"], 6) if p["mi_weight"] > 0 else None,
                           poison_detection_auroc=ctx.detection_auroc(1.0 - w),
-                          mean_weight=float(w.mean()))
+                          mean_weight=float(w.mean()), memory_from=memory_from)
 
         weights = np.stack(history).astype(np.float32)
         return DefenseResult(
             model=f_c, other_models={"f_B": f_b}, suspicion=1.0 - weights[-1],
-            sample_record={"weights": weights, "loss_backdoor": ce_b_full.cpu().numpy().astype(np.float32)})
+            sample_record={"weights": weights, "loss_backdoor": ce_b_full.cpu().numpy().astype(np.float32)},
+            summary={"weights_kept_from_epoch": memory_from, "f_B_epoch_kept": backdoor_epoch})

@@ -1,0 +1,68 @@
+"""Shared fixtures: the repository root on sys.path, few CPU threads, and cached mnist5k subsets."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+# The tests train tiny models: two threads are plenty and keep the machine usable.
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+from cbd_core.data import ImageSet, load_mnist5k  # noqa: E402
+
+
+def stratified_indices(labels: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
+    """`per_class` indices of every class (sorted), fixed by `seed`."""
+    rng = np.random.default_rng(seed)
+    chosen = [rng.choice(np.flatnonzero(labels == c), size=per_class, replace=False) for c in np.unique(labels)]
+    return np.sort(np.concatenate(chosen))
+
+
+def small_subset(train: ImageSet, test: ImageSet, n_train: int, n_test: int, seed: int = 0
+                 ) -> tuple[ImageSet, ImageSet]:
+    """A stratified (n_train, n_test) subset of a train/test pair with 10 classes."""
+    return (train.subset(stratified_indices(train.y, n_train // train.num_classes, seed)),
+            test.subset(stratified_indices(test.y, n_test // test.num_classes, seed)))
+
+
+@pytest.fixture(scope="session")
+def mnist5k() -> tuple[ImageSet, ImageSet]:
+    """The embedded 4,000 / 1,000 MNIST split, loaded once per session (treat it as read-only)."""
+    return load_mnist5k()
+
+
+@pytest.fixture(scope="session")
+def tiny_sets(mnist5k) -> tuple[ImageSet, ImageSet]:
+    """300 train / 100 test images of mnist5k, 30 / 10 per class."""
+    return small_subset(*mnist5k, 300, 100)
+
+
+@pytest.fixture
+def patch_dataset(monkeypatch, mnist5k):
+    """`patch_dataset(n_train, n_test)`: make `pipeline.load_dataset("mnist5k")` return a stratified
+    subset of that size instead of all 5,000 images (the training runs stay small and fast)."""
+    import cbd_core.pipeline
+
+    def patch(n_train: int = 1500, n_test: int = 500) -> tuple[ImageSet, ImageSet]:
+        train, test = small_subset(*mnist5k, n_train, n_test)
+
+        def fake_load_dataset(name, data_root=None, download=False):
+            assert name == "mnist5k", name
+            return train.subset(np.arange(len(train))), test.subset(np.arange(len(test)))
+
+        monkeypatch.setattr(cbd_core.pipeline, "load_dataset", fake_load_dataset)
+        return train, test
+
+    return patch
