@@ -53,6 +53,16 @@ class DefenseContext:
 
         return auroc(suspicion, self._poison_mask)
 
+    def flagged_report(self, flagged: np.ndarray) -> dict[str, float]:
+        """Precision and recall of a set of samples flagged as poisoned, against the true mask
+        (shown, never used): precision = share of flagged that are poisoned, recall = share of
+        poisoned that are flagged; NaN where undefined."""
+        flagged = np.asarray(flagged, dtype=bool)
+        hits = int((flagged & self._poison_mask).sum())
+        return {"flagged": int(flagged.sum()),
+                "precision": hits / flagged.sum() if flagged.any() else float("nan"),
+                "recall": hits / self._poison_mask.sum() if self._poison_mask.any() else float("nan")}
+
     def end_epoch(self, phase: str, epoch: int, epochs: int, model: nn.Module, **extra: Any) -> dict[str, Any]:
         """Score `model` on the test sets, log the epoch's line, report it; returns the line."""
         line = {"phase": phase, "epoch": epoch, "epochs": epochs, **self._eval_sets.evaluate(model), **extra,
