@@ -2,7 +2,7 @@
 
     python bench/defense_quality.py                          # every attack, undefended + cbd, seeds 0-2
     python bench/defense_quality.py --attacks badnets blend --seeds 0
-    python bench/defense_quality.py --cbd-variants           # CBD ablation: weighting x MI term
+    python bench/defense_quality.py --cbd-variants           # CBD ablation: weighting, f_B choice, MI term
     python bench/defense_quality.py --jobs 2                 # cells in parallel, one core each
 
 Each cell is a real run through the CLI (`python -m cbd_core run --json`), written under --out
@@ -27,12 +27,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ATTACKS = ["badnets", "blend", "trojan", "sig", "wanet"]
 
-# CBD ablation: the paper's weighting against this project's, each with and without the MI term.
+# CBD ablation: this project's choices against the paper's, one at a time (see defenses/cbd.py).
 CBD_VARIANTS = {
-    "cbd (stable, MI 0.01)": {"weighting": "stable", "mi_weight": 0.01},
-    "cbd (stable, no MI)": {"weighting": "stable", "mi_weight": 0},
-    "cbd (paper, MI 0.01)": {"weighting": "paper", "mi_weight": 0.01},
-    "cbd (paper, no MI)": {"weighting": "paper", "mi_weight": 0},
+    "cbd default (stable, MI 0.01)": {},
+    "cbd stable, no MI": {"mi_weight": 0},
+    "cbd stable, MI 0.1": {"mi_weight": 0.1},
+    "cbd paper weighting": {"weighting": "paper"},
+    "cbd paper weighting, no MI": {"weighting": "paper", "mi_weight": 0},
 }
 
 

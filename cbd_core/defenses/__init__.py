@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from ..errors import UserInputError
+from .abl import ABL
 from .base import Defense, DefenseContext, DefenseResult
 from .cbd import CBD
+from .nonlinearity import NONE
 from .undefended import Undefended
 
-DEFENSES: dict[str, Defense] = {d.name: d for d in (Undefended(), CBD())}
+DEFENSES: dict[str, Defense] = {d.name: d for d in (Undefended(), CBD(), ABL(), NONE())}
 
 
 def get_defense(name: str) -> Defense:

@@ -109,7 +109,7 @@ class Defense:
 
 def supervised_epoch(ctx: DefenseContext, model: nn.Module, optimizer: torch.optim.Optimizer,
                      generator: torch.Generator, schedule: Callable[[int], float], first_step: int,
-                     phase: str, epoch: int, epochs: int, augmented: bool = True) -> float:
+                     phase: str, epoch: int, epochs: int) -> float:
     """One epoch of plain cross-entropy training; returns the mean training loss."""
     from ..training import augment, batches, set_lr
 
@@ -118,9 +118,7 @@ def supervised_epoch(ctx: DefenseContext, model: nn.Module, optimizer: torch.opt
     n_steps = -(-len(ctx.train) // ctx.params["batch_size"])
     for i, idx in enumerate(batches(len(ctx.train), ctx.params["batch_size"], generator)):
         set_lr(optimizer, schedule(first_step + i))
-        x = ctx.train.x[idx.to(ctx.device)]
-        if augmented:
-            x = augment(x, generator, **ctx.augmentation)
+        x = augment(ctx.train.x[idx.to(ctx.device)], generator, **ctx.augmentation)
         loss = nn.functional.cross_entropy(model(x), ctx.train.y[idx.to(ctx.device)])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

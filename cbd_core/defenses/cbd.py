@@ -4,7 +4,7 @@ The attack is a confounder: it links the image X and the label Y through the tri
 two models on the same poisoned data.
 
 1. f_B, the *confounding* model, is trained briefly with plain cross-entropy. Backdoors are learned
-   much faster than the real task, so after a couple of epochs f_B has the trigger and only part of
+   much faster than the real task, so after an epoch or two f_B has the trigger and only part of
    the task: its loss CE_B is tiny on poisoned samples and larger on clean ones.
 2. f_C, the *deconfounded* model, is trained on every sample with the weight
        w = CE_B / (CE_B + CE_C)           (normalised to mean 1 in each batch)
@@ -14,19 +14,29 @@ two models on the same poisoned data.
    pairs; MI ~ E[T(z_B, z_C)] - E[T(z_B, z_C')] with z_C' shuffled within the batch; T maximises it
    under a Lipschitz constraint (spectral normalisation), f_C minimises `mi_weight` times it.
 
-What differs from the official code (zaixizhang/CBD), and why:
-- The official estimator divides each weight by the *square root* of its spectral norm, which does
+What differs from the official code (zaixizhang/CBD), and why. Each change has a switch that
+restores the paper's behaviour, and bench/defense_quality.py --cbd-variants measures both.
+
+- Weighting (`weighting="stable"`; "paper" is the official rule). Two faults of the live rule show
+  on small data, and both come from w depending on f_C's own loss:
+  1. The backdoor comes back. With w ~ CE_B / CE_C when CE_C >> CE_B, the weighted gradient
+     w * grad(CE_C) equals CE_B * grad(log CE_C), which, unlike plain cross-entropy, does not fade
+     as f_C starts to fit a sample: f_C slowly memorises the poisoned samples despite their small
+     weights, their CE_C falls, their weights rise, and the backdoor returns (measured on mnist5k,
+     BadNets 10%: ASR 0.8% at epoch 3, 99% by epoch 9 with the paper's rule). "stable" keeps each
+     sample's lowest epoch-end weight once f_C has caught up with f_B (median CE_C <= median CE_B):
+     evidence that a sample is explained by the confounder is not forgotten.
+  2. Whole classes starve. A class that f_B learned early gets small weights everywhere, f_C learns
+     it slowly, its CE_C stays high and its weights stay small (clean accuracy plateaued at 0.87).
+     "stable" divides weights by their class mean, so re-weighting moves weight between samples of
+     a label but never between labels (the label marginal P(Y) is left as the data has it), capped
+     at 3x the class mean for SGD's sake.
+  "stable" computes the weights once per epoch, without augmentation, in eval mode: the weights the
+  dashboard shows are exactly the ones f_C trained on.
+- The official estimator divides each layer by the *square root* of its spectral norm, which does
   not bound the Lipschitz constant; here it is torch's spectral normalisation (divide by sigma).
-- The official code ships the MI term switched off; here it has a switch and a strength
-  (`mi_weight`, 0 = off) and the default was chosen by measurement (README, bench/).
-- `weight_memory="min"` (the default) keeps, for each sample, the lowest weight it has had at an
-  epoch end: w_used = min(w_now, min over past epoch ends). Reason: the weight depends on f_C's own
-  loss. With w ~ CE_B / CE_C when CE_C >> CE_B, the weighted gradient w * grad(CE_C) equals
-  CE_B * grad(log CE_C), which, unlike plain cross-entropy, does not fade as f_C starts to fit the
-  sample: on a small data set f_C slowly memorises the poisoned samples despite their small weights,
-  their CE_C falls, their weights rise, and the backdoor comes back (measured on mnist5k: ASR 0.8%
-  at epoch 3, 99% by epoch 9). Once a sample has shown that it is explained by the confounder, the
-  evidence is kept. `weight_memory="none"` is the paper's rule, for comparison.
+- The official code ships the MI term switched off; here it has a strength (`mi_weight`, 0 = off)
+  and the default was chosen by measurement (README).
 """
 
 from __future__ import annotations
@@ -42,24 +52,6 @@ from torch.nn.utils.parametrizations import spectral_norm
 from ..params import Param
 from ..training import augment, batches, cosine_lr, per_sample_loss, set_lr, sgd
 from .base import Defense, DefenseContext, DefenseResult, supervised_epoch
-
-
-def loss_separation(losses: torch.Tensor) -> float:
-    """How clearly per-sample losses split into two groups, in [0, 1]: the best two-group split of
-    log-losses (Otsu's criterion, exact in 1-D), as between-group variance over total variance.
-
-    A deliberately backdoored model is most useful when the poisoned samples form a low-loss group
-    of their own: once it also fits the clean samples, the two groups merge. This needs no labels
-    and no poison mask, so it may choose which f_B epoch to keep."""
-    x = torch.log(losses.double().clamp_min(1e-8)).sort().values
-    n = len(x)
-    if n < 2 or float(x[-1] - x[0]) == 0.0:
-        return 0.0
-    prefix = torch.cumsum(x, 0)[:-1]
-    k = torch.arange(1, n, dtype=torch.float64, device=x.device)
-    mean_low, mean_high = prefix / k, (x.sum() - prefix) / (n - k)
-    between = k * (n - k) / n**2 * (mean_low - mean_high) ** 2
-    return float(between.max() / x.var(unbiased=False))
 
 
 def cbd_weights(ce_backdoor: torch.Tensor, ce_clean: torch.Tensor) -> torch.Tensor:
@@ -115,10 +107,6 @@ class CBD(Defense):
     params = (
         Param("backdoor_epochs", int, "epochs of plain training for the confounding model f_B", 1, 50),
         Param("backdoor_lr", float, "constant learning rate of f_B", 1e-5, 1.0),
-        Param("backdoor_select", str, "separation: keep the f_B epoch whose losses split most clearly in two; "
-              "last: the last epoch (the paper)", choices=("separation", "last")),
-        Param("backdoor_augment", str, "augment f_B's training images (off: f_B captures the trigger sooner)",
-              choices=("off", "on")),
         Param("epochs", int, "epochs of the deconfounded model f_C", 1, 500),
         Param("lr", float, "peak learning rate of f_C (cosine schedule)", 1e-5, 1.0),
         Param("batch_size", int, "batch size", 8, 4096),
@@ -131,7 +119,7 @@ class CBD(Defense):
 
     def defaults(self, image_shape):
         small = image_shape[0] <= 28
-        return {"backdoor_epochs": 4, "backdoor_lr": 0.05, "backdoor_select": "separation", "backdoor_augment": "off", "epochs": 10 if small else 40, "lr": 0.05,
+        return {"backdoor_epochs": 2, "backdoor_lr": 0.05, "epochs": 10 if small else 40, "lr": 0.05,
                 "batch_size": 128, "weight_decay": 5e-4, "mi_weight": 0.01, "disc_lr": 1e-3,
                 "weighting": "stable"}
 
@@ -146,21 +134,11 @@ class CBD(Defense):
         f_b = ctx.build_model()
         opt_b = sgd(f_b, p["backdoor_lr"], p["weight_decay"])
         steps_per_epoch = -(-len(ctx.train) // p["batch_size"])
-        best = (-1.0, 0, None)  # (separation, epoch, state) of the f_B that keeps
         for epoch in range(1, p["backdoor_epochs"] + 1):
             loss = supervised_epoch(ctx, f_b, opt_b, generator, lambda s: p["backdoor_lr"],
-                                    (epoch - 1) * steps_per_epoch, "f_B", epoch, p["backdoor_epochs"],
-                                    augmented=p["backdoor_augment"] == "on")
-            ce_b = per_sample_loss(f_b, ctx.train)
-            separation = loss_separation(ce_b)
-            if separation > best[0]:
-                best = (separation, epoch, copy.deepcopy(f_b.state_dict()))
+                                    (epoch - 1) * steps_per_epoch, "f_B", epoch, p["backdoor_epochs"])
             ctx.end_epoch("f_B", epoch, p["backdoor_epochs"], f_b, train_loss=round(loss, 5),
-                          loss_separation=round(separation, 4),
-                          poison_detection_auroc=ctx.detection_auroc(-ce_b.cpu().numpy()))
-        if p["backdoor_select"] == "separation":
-            f_b.load_state_dict(best[2])
-        backdoor_epoch = best[1] if p["backdoor_select"] == "separation" else p["backdoor_epochs"]
+                          poison_detection_auroc=ctx.detection_auroc(-per_sample_loss(f_b, ctx.train).cpu().numpy()))
         f_b.eval()
         for param in f_b.parameters():
             param.requires_grad_(False)
@@ -242,4 +220,4 @@ class CBD(Defense):
         return DefenseResult(
             model=f_c, other_models={"f_B": f_b}, suspicion=1.0 - weights[-1],
             sample_record={"weights": weights, "loss_backdoor": ce_b_full.cpu().numpy().astype(np.float32)},
-            summary={"weights_kept_from_epoch": memory_from, "f_B_epoch_kept": backdoor_epoch})
+            summary={"weights_kept_from_epoch": memory_from})
