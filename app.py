@@ -40,6 +40,10 @@ else:
             "clean accuracy": summary.get("clean_accuracy"), "attack success rate": summary.get("attack_success_rate"),
             "robust accuracy": summary.get("robust_accuracy"), "seconds": summary.get("seconds"),
         })
-    st.dataframe(rows, hide_index=True, use_container_width=True)
+    fraction = st.column_config.NumberColumn(format="%.3f")
+    st.dataframe(rows, hide_index=True, use_container_width=True,
+                 column_config={"clean accuracy": fraction, "attack success rate": fraction,
+                                "robust accuracy": fraction,
+                                "seconds": st.column_config.NumberColumn(format="%.0f")})
     st.caption("Clean accuracy: on untouched test images. Attack success rate: share of triggered test images "
                "that the model sends to the attacker's target label (lower is better for a defense).")

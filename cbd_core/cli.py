@@ -195,3 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted after {time.perf_counter() - started:.0f} s", file=sys.stderr)
         return 130
+    except Exception as err:  # a bug, not bad input: one line here, the traceback in the run folder
+        print(f"error: internal error ({type(err).__name__}: {err}); if a run folder was created, its "
+              f"error.txt has the traceback", file=sys.stderr)
+        return 1

@@ -43,6 +43,7 @@ class Prepared:
 def prepare(config: RunConfig) -> Prepared:
     """Load the data, validate every field against it, poison it. Raises UserInputError."""
     config.validated()  # cheap checks first: names, ranges, before any data is read
+    choose_device(config.device)  # a missing GPU is a bad input too: say so before creating a run
     if config.dataset == "npz":
         train, test, premade_mask = load_npz(config.npz_path)
     else:
@@ -89,9 +90,9 @@ def execute(prepared: Prepared, run: RunDir, progress: ProgressCallback = ignore
     a UserInputError or a bug is re-raised after it is recorded."""
     config, data = prepared.config, prepared.poisoned
     started = time.perf_counter()
-    device = choose_device(config.device)
-    run.update_status(state="running", started=now_iso(), device=str(device), error=None)
     try:
+        device = choose_device(config.device)
+        run.update_status(state="running", started=now_iso(), device=str(device), error=None)
         summary = _train_and_record(config, data, run, device, progress, is_cancelled, started)
     except (Cancelled, KeyboardInterrupt):
         run.update_status(state="cancelled", finished=now_iso(), seconds=round(time.perf_counter() - started, 2))

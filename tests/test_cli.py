@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from cbd_core.cli import main, parse_assignments
+from cbd_core.defenses import DEFENSES
 from cbd_core.errors import UserInputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ def test_list_json(capsys):
     assert len(out.strip().splitlines()) == 1
     listing = json.loads(out)
     assert {a["name"] for a in listing["attacks"]} == ATTACK_NAMES
-    assert {d["name"] for d in listing["defenses"]} == {"undefended", "cbd"}
+    assert {d["name"] for d in listing["defenses"]} == set(DEFENSES) >= {"undefended", "cbd"}
     assert "mnist5k" in {d["name"] for d in listing["datasets"]}
     sig = next(a for a in listing["attacks"] if a["name"] == "sig")
     assert sig["clean_label"] is True
