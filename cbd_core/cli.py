@@ -2,6 +2,7 @@
 
     python -m cbd_core run --dataset mnist5k --attack badnets --poison-rate 0.1 --target-label 0 \\
         --defense cbd --seed 0 [--epochs N] [--device cpu|cuda|mps] [--out DIR] [--json]
+    python -m cbd_core matrix --datasets mnist5k --attacks all --defenses all --seeds 0 1 2 [--jobs 2]
     python -m cbd_core list [--json]
 
 `run` trains with a progress bar on stderr and prints a short table at the end; with `--json` the
@@ -49,6 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--defense-param", action="append", default=[], metavar="NAME=VALUE")
     run.add_argument("--out", help="runs root to write the run folder under (default $BACKDOOR_LAB_RUNS or ./runs)")
     run.add_argument("--json", action="store_true", help="print the summary as one JSON line last")
+
+    grid = sub.add_parser("matrix", help="the attack x defense grid over seeds (resumable), as CSV + Markdown")
+    grid.add_argument("--datasets", nargs="+", default=["mnist5k"])
+    grid.add_argument("--attacks", nargs="+", default=["all"], help="names, or all")
+    grid.add_argument("--defenses", nargs="+", default=["all"],
+                      help="names, or all; a defense may carry parameters: cbd:mi_weight=0,weighting=paper")
+    grid.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    grid.add_argument("--poison-rate", type=float, default=0.1)
+    grid.add_argument("--epochs", type=int, help="epochs of every defense's main model (default: their own)")
+    grid.add_argument("--device", default="auto")
+    grid.add_argument("--jobs", type=int, default=1, help="cells run in parallel, sharing the CPU threads")
+    grid.add_argument("--out", help="runs root (default $BACKDOOR_LAB_RUNS or ./runs); tables go in its matrix/")
 
     lst = sub.add_parser("list", help="attacks, defenses and datasets with their parameters")
     lst.add_argument("--json", action="store_true")
@@ -180,6 +193,31 @@ def command_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_matrix(args: argparse.Namespace) -> int:
+    from .attacks import ATTACKS
+    from .defenses import DEFENSES
+    from .matrix import Cell, DefenseSpec, run_matrix, write_tables
+    from .runs import runs_root
+
+    attacks = list(ATTACKS) if args.attacks == ["all"] else args.attacks
+    specs = [DefenseSpec(d) for d in DEFENSES] if args.defenses == ["all"] else \
+        [DefenseSpec.parse(d) for d in args.defenses]
+    if args.jobs < 1:
+        raise UserInputError(f"jobs: {args.jobs} must be at least 1", "jobs")
+    if args.epochs is not None and args.epochs < 1:
+        raise UserInputError(f"epochs: {args.epochs} must be a positive whole number", "epochs")
+    cells = [Cell(dataset, attack, spec, seed, args.poison_rate)
+             for dataset in args.datasets for attack in attacks for spec in specs for seed in args.seeds]
+    for cell in cells[:: max(1, len(args.seeds))]:  # every distinct config fails fast on bad input
+        cell.config(args.epochs, args.device).validated()
+    results = run_matrix(cells, args.out, jobs=args.jobs, epochs=args.epochs, device=args.device,
+                         report=lambda line: print(line, file=sys.stderr, flush=True))
+    csv_path, md_path, markdown = write_tables(results, runs_root(args.out) / "matrix")
+    print(markdown)
+    print(f"\nwritten: {csv_path} and {md_path}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     started = time.perf_counter()
@@ -188,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             listing = describe_registries()
             print(json.dumps(listing)) if args.json else print_listing(listing)
             return 0
+        if args.command == "matrix":
+            return command_matrix(args)
         return command_run(args)
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)

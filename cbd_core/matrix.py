@@ -1,0 +1,181 @@
+"""The attack x defense grid: every cell a real run, resumable, summarised as CSV and Markdown.
+
+    python -m cbd_core matrix --datasets mnist5k --attacks all --defenses all --seeds 0 1 2
+
+A defense may carry parameters, `cbd:mi_weight=0,weighting=paper`, so ablations are grids too.
+Runs go under the runs root like any other; a cell whose finished run (same validated config) is
+already there is not run again, so an interrupted grid picks up where it stopped. With `jobs` > 1
+cells run in parallel processes, each with an equal share of the CPU threads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import RunConfig
+from .errors import UserInputError
+from .runs import RunDir, list_runs, runs_root, to_json
+
+
+@dataclass(frozen=True)
+class DefenseSpec:
+    """A defense name with parameter overrides, written `name` or `name:key=value,key=value`."""
+
+    name: str
+    params: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> "DefenseSpec":
+        name, _, rest = text.partition(":")
+        params = []
+        for item in filter(None, rest.split(",")):
+            key, sep, raw = item.partition("=")
+            if not sep:
+                raise UserInputError(f"defenses: expected key=value in {text!r}, got {item!r}", "defenses")
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw
+            params.append((key, value))
+        return cls(name, tuple(params))
+
+    @property
+    def label(self) -> str:
+        return self.name + (":" + ",".join(f"{k}={v}" for k, v in self.params) if self.params else "")
+
+
+@dataclass(frozen=True)
+class Cell:
+    dataset: str
+    attack: str
+    defense: DefenseSpec
+    seed: int
+    poison_rate: float
+
+    def config(self, epochs: int | None = None, device: str = "auto") -> RunConfig:
+        return RunConfig(dataset=self.dataset, attack=self.attack, poison_rate=self.poison_rate,
+                         defense=self.defense.name, seed=self.seed, defense_params=dict(self.defense.params),
+                         device=device).with_epochs(epochs)
+
+
+METRICS = ("clean_accuracy", "attack_success_rate", "robust_accuracy", "poison_detection_auroc", "seconds")
+
+
+def finished_runs(root: Path) -> dict[str, dict[str, Any]]:
+    """Summaries of the finished runs under `root`, keyed by their config as canonical JSON."""
+    found = {}
+    for run in list_runs(root):
+        if run.status().get("state") != "done":
+            continue
+        summary = run.summary()
+        if summary is not None:
+            found.setdefault(to_json(_comparable(run.config())), summary)
+    return found
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    # The device does not change what a cell means: a grid resumed on another machine reuses runs.
+    return {k: v for k, v in sorted(config.items()) if k != "device"}
+
+
+def _run_cell(config_dict: dict[str, Any], root: str, threads: int) -> dict[str, Any]:
+    """One cell in a worker process (module-level so it pickles)."""
+    import torch
+
+    from .pipeline import execute, prepare
+
+    torch.set_num_threads(threads)
+    prepared = prepare(RunConfig.from_dict(config_dict))
+    run = RunDir.create(Path(root), prepared.config.to_dict())
+    return execute(prepared, run)
+
+
+def run_matrix(cells: list[Cell], root: str | Path | None = None, jobs: int = 1, epochs: int | None = None,
+               device: str = "auto", report: Callable[[str], None] = print) -> list[tuple[Cell, dict[str, Any]]]:
+    """Run every cell not already done under the runs root; returns (cell, summary) in cell order."""
+    folder = runs_root(root)
+    done = finished_runs(folder)
+    todo, results = [], {}
+    for cell in cells:
+        # Validating resolves every default, so "already done" compares the full configs.
+        validated = prepare_config(cell.config(epochs, device))
+        key = to_json(_comparable(validated.to_dict()))
+        if key in done:
+            results[cell] = done[key]
+        else:
+            todo.append((cell, validated))
+    report(f"{len(cells)} cells: {len(results)} already done, {len(todo)} to run, {jobs} at a time")
+
+    def finished(cell: Cell, summary: dict[str, Any]) -> None:
+        results[cell] = summary
+        report(f"  {cell.dataset} {cell.attack:<8} {cell.defense.label:<24} seed {cell.seed}: "
+               f"CA {summary['clean_accuracy']:.3f} ASR {summary['attack_success_rate']:.3f} "
+               f"({summary['seconds']:.0f} s)")
+
+    if jobs <= 1:  # in this process: no fork of a torch that already has threads
+        from .pipeline import execute, prepare
+
+        for cell, validated in todo:
+            prepared = prepare(validated)
+            finished(cell, execute(prepared, RunDir.create(folder, prepared.config.to_dict())))
+    else:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        # "spawn": fresh interpreters, since forking a process whose torch runs threads can hang.
+        import multiprocessing
+
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_run_cell, validated.to_dict(), str(folder), threads): cell
+                       for cell, validated in todo}
+            for future, cell in futures.items():
+                finished(cell, future.result())
+    return [(cell, results[cell]) for cell in cells]
+
+
+def prepare_config(config: RunConfig) -> RunConfig:
+    """The validated config of a cell, resolved against its dataset's image shape (no data loaded)."""
+    return config.validated()
+
+
+def mean_std(values: list[float | None]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def tables(results: list[tuple[Cell, dict[str, Any]]]) -> tuple[list[dict[str, Any]], str]:
+    """Per-run rows (for CSV) and a Markdown table with mean ± std per (dataset, attack, defense)."""
+    rows = [{"dataset": c.dataset, "attack": c.attack, "poison_rate": c.poison_rate, "defense": c.defense.label,
+             "seed": c.seed, **{m: s.get(m) for m in METRICS}, "run_dir": s.get("run_dir")} for c, s in results]
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["dataset"], row["attack"], row["defense"]), []).append(row)
+    lines = ["| dataset | attack | defense | CA | ASR | RA | poison AUROC | seconds |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (dataset, attack, defense), members in groups.items():
+        cells = [mean_std([m[k] for m in members]) for k in METRICS[:4]]
+        seconds = statistics.mean(m["seconds"] for m in members)
+        lines.append(f"| {dataset} | {attack} | {defense} | " + " | ".join(cells) + f" | {seconds:.0f} |")
+    return rows, "\n".join(lines)
+
+
+def write_tables(results: list[tuple[Cell, dict[str, Any]]], folder: Path) -> tuple[Path, Path, str]:
+    import csv
+
+    rows, markdown = tables(results)
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = folder / "matrix.csv", folder / "matrix.md"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]) if rows else ["dataset"])
+        writer.writeheader()
+        writer.writerows(rows)
+    md_path.write_text(markdown + "\n")
+    return csv_path, md_path, markdown
