@@ -1,0 +1,157 @@
+"""ABL: the local-gradient-ascent loss, the isolation of low-loss samples, and a run end to end on
+small stratified subsets of mnist5k (see `patch_dataset` in conftest.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cbd_core.config import RunConfig
+from cbd_core.defenses import DEFENSES, DefenseContext, get_defense
+from cbd_core.defenses.abl import ABL, isolate_lowest, lga_loss
+from cbd_core.errors import UserInputError
+from cbd_core.metrics import auroc
+from cbd_core.models import build_model
+from cbd_core.pipeline import execute, prepare
+from cbd_core.runs import RunDir
+from cbd_core.training import EvalSets, Tensors
+
+
+def _config(**overrides) -> RunConfig:
+    values = dict(dataset="mnist5k", attack="badnets", poison_rate=0.1, target_label=0, defense="abl",
+                  seed=0, device="cpu", embedding_samples=100)
+    values.update(overrides)
+    return RunConfig(**values)
+
+
+# -- the loss and the isolation rule ---------------------------------------------------------------
+
+@pytest.mark.parametrize("value, sign", [(0.8, 1.0), (2.0, 1.0), (0.3, -1.0), (0.01, -1.0)])
+def test_lga_loss_flips_sign_at_gamma(value, sign):
+    loss = torch.tensor(value, requires_grad=True)
+    out = lga_loss(loss, 0.5)
+    out.backward()
+    assert out.item() == pytest.approx(sign * value)
+    assert loss.grad.item() == pytest.approx(sign)  # descent above gamma, ascent below
+
+
+def test_lga_loss_gradient_through_a_model():
+    # Above gamma a step along -grad lowers the cross-entropy; below gamma it raises it.
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    model = torch.nn.Linear(4, 3)
+    ce = torch.nn.functional.cross_entropy(model(x), y)
+    for gamma, expect_lower in ((ce.item() - 0.5, True), (ce.item() + 0.5, False)):
+        model.zero_grad()
+        lga_loss(torch.nn.functional.cross_entropy(model(x), y), gamma).backward()
+        with torch.no_grad():
+            moved = torch.nn.Linear(4, 3)
+            moved.weight.copy_(model.weight - 0.05 * model.weight.grad)
+            moved.bias.copy_(model.bias - 0.05 * model.bias.grad)
+            after = torch.nn.functional.cross_entropy(moved(x), y).item()
+        assert (after < ce.item()) == expect_lower
+
+
+def test_isolate_lowest():
+    losses = np.array([0.5, 0.01, 3.0, 0.02, 0.02, 1.0, 0.9, 0.8, 0.7, 0.6], dtype=np.float32)
+    np.testing.assert_array_equal(np.flatnonzero(isolate_lowest(losses, 0.3)), [1, 3, 4])
+    assert isolate_lowest(losses, 0.001).sum() == 1  # at least one
+    assert isolate_lowest(losses, 0.25).sum() == 2  # int(N * ratio), as the official code
+
+
+def test_registered_with_params():
+    abl = get_defense("abl")
+    assert isinstance(abl, ABL) and DEFENSES["abl"] is abl and abl.title == "ABL"
+    p = abl.resolve((28, 28, 1), None)
+    assert p["gamma"] == 0.5 and p["isolation_ratio"] == 0.01 and p["unlearn_lr"] == 5e-4
+    assert abl.total_epochs(p) == p["isolation_epochs"] + p["epochs"] + p["unlearn_epochs"]
+    assert abl.resolve((28, 28, 1), {"unlearn_epochs": 0})["unlearn_epochs"] == 0
+    with pytest.raises(UserInputError, match="abl.isolation_ratio"):
+        abl.resolve((28, 28, 1), {"isolation_ratio": 0.9})
+    assert _config(defense_params={"epochs": 3}).validated((28, 28, 1), 10).defense_params["epochs"] == 3
+
+
+# -- isolation on a set where the poison is obvious ------------------------------------------------
+
+def _toy_context(n: int = 600, planted: int = 60, seed: int = 0, **params):
+    """Noise images with random labels (nothing to learn but memorisation) and `planted` of them
+    carrying a white 4x4 corner patch and label 0: only the planted ones can reach a low loss."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 28, 28, generator=g) * 0.5
+    y = torch.randint(0, 10, (n,), generator=g)
+    mask = np.zeros(n, dtype=bool)
+    mask[torch.randperm(n, generator=g)[:planted].numpy()] = True
+    x[torch.from_numpy(mask), :, -4:, -4:] = 1.0
+    y[torch.from_numpy(mask)] = 0
+    test_x = torch.rand(50, 1, 28, 28, generator=g) * 0.5
+    test_y = torch.randint(0, 10, (50,), generator=g)
+    triggered = test_x.clone()
+    triggered[:, :, -4:, -4:] = 1.0
+    eval_sets = EvalSets(Tensors(test_x, test_y), Tensors(triggered, torch.zeros(50, dtype=torch.long)),
+                         test_y.numpy(), 0)
+    lines: list[dict] = []
+    builds = iter(range(100))
+
+    def build():
+        torch.manual_seed(seed * 7919 + next(builds))
+        return build_model("cnn", 1, 10)
+
+    defaults = ABL().resolve((28, 28, 1), None)
+    ctx = DefenseContext(train=Tensors(x, y), build_model=build, params={**defaults, **params},
+                         augmentation={"pad": 2, "flip": False}, seed=seed, device=torch.device("cpu"),
+                         progress=lambda event: None, _eval_sets=eval_sets, _poison_mask=mask, _log=lines.append)
+    return ctx, mask, lines
+
+
+def test_isolates_planted_low_loss_samples():
+    ctx, mask, lines = _toy_context(isolation_epochs=3, isolation_ratio=0.05, epochs=1, unlearn_epochs=1,
+                                    batch_size=32, lr=0.05)
+    result = ABL().train(ctx)
+    isolated = result.sample_record["isolated"]
+    assert isolated.sum() == 30  # 5% of 600
+    assert result.summary["isolated_count"] == 30
+    assert result.summary["isolated_precision"] >= 0.9
+    assert result.summary["isolated_precision"] == pytest.approx((isolated & mask).sum() / 30)
+    assert result.summary["isolated_recall"] == pytest.approx((isolated & mask).sum() / 60)
+    assert result.summary["isolation_loss_auroc"] > 0.9
+    np.testing.assert_array_equal(result.suspicion, -result.sample_record["isolation_loss"])
+    assert [line["phase"] for line in lines] == ["isolate"] * 3 + ["train", "unlearn"]
+    assert lines[3]["isolated_precision"] == result.summary["isolated_precision"]
+
+
+# -- end to end ------------------------------------------------------------------------------------
+
+def test_abl_run(tmp_path, patch_dataset):
+    patch_dataset(600, 200)
+    prepared = prepare(_config(defense_params={"isolation_epochs": 1, "epochs": 1, "unlearn_epochs": 1}))
+    run = RunDir.create(tmp_path, prepared.config.to_dict())
+    summary = execute(prepared, run)
+    assert run.status()["state"] == "done"
+    assert run.model_names() == ["model"]
+    model = build_model("cnn", 1, 10)
+    model.load_state_dict(torch.load(run.path / "models" / "model.pt", map_location="cpu", weights_only=True))
+
+    sw = run.arrays("sample_weights")
+    assert {"isolation_loss", "isolated", "suspicion", "is_poisoned"} <= set(sw)
+    assert sw["isolation_loss"].shape == (600,) and sw["isolation_loss"].dtype == np.float32
+    assert sw["isolated"].dtype == bool and sw["isolated"].sum() == 6  # 1% of 600
+    assert np.all(sw["isolation_loss"] >= 0)
+    # the isolated samples are exactly the lowest-loss ones; suspicion is minus the loss
+    assert sw["isolation_loss"][sw["isolated"]].max() <= sw["isolation_loss"][~sw["isolated"]].min()
+    np.testing.assert_allclose(sw["suspicion"], -sw["isolation_loss"])
+
+    hits = int((sw["isolated"] & sw["is_poisoned"]).sum())
+    assert summary["isolated_count"] == 6
+    assert summary["isolated_precision"] == pytest.approx(hits / 6)
+    assert summary["isolated_recall"] == pytest.approx(hits / sw["is_poisoned"].sum())
+    assert summary["isolation_loss_auroc"] == pytest.approx(auroc(sw["suspicion"], sw["is_poisoned"]))
+    assert summary["poison_detection_auroc"] == pytest.approx(summary["isolation_loss_auroc"])
+
+    lines = run.metrics()
+    assert [(line["phase"], line["epoch"], line["epochs"]) for line in lines] == \
+        [("isolate", 1, 1), ("train", 1, 1), ("unlearn", 1, 1)]
+    assert all({"clean_accuracy", "attack_success_rate", "robust_accuracy"} <= set(line) for line in lines)
+    assert lines[1]["isolated_count"] == 6
+    assert lines[1]["isolated_precision"] == pytest.approx(summary["isolated_precision"])
+    assert lines[-1]["clean_accuracy"] == pytest.approx(summary["clean_accuracy"])
