@@ -120,7 +120,7 @@ class CBD(Defense):
     def defaults(self, image_shape):
         small = image_shape[0] <= 28
         return {"backdoor_epochs": 2, "backdoor_lr": 0.05, "epochs": 10 if small else 40, "lr": 0.05,
-                "batch_size": 128, "weight_decay": 5e-4, "mi_weight": 0.01, "disc_lr": 1e-3,
+                "batch_size": 128, "weight_decay": 5e-4, "mi_weight": 0.1, "disc_lr": 1e-3,
                 "weighting": "stable"}
 
     def total_epochs(self, params):
