@@ -8,7 +8,7 @@ import pytest
 
 from cbd_core.cli import main
 from cbd_core.errors import UserInputError
-from cbd_core.matrix import Cell, DefenseSpec, run_matrix, tables
+from cbd_core.matrix import Cell, DefenseSpec, tables
 
 
 def test_defense_spec_parses_parameters():

@@ -11,7 +11,6 @@ import torch
 
 import cbd_core.pipeline as pipeline
 from cbd_core.config import RunConfig
-from cbd_core.defenses import DefenseResult
 from cbd_core.errors import UserInputError
 from cbd_core.metrics import accuracy, auroc
 from cbd_core.models import build_model

@@ -67,16 +67,13 @@ unlearning off for comparison.
 
 from __future__ import annotations
 
-from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 from ..params import Param
-from ..training import Tensors, augment, batches, cosine_lr, per_sample_loss, set_lr, sgd
-from .base import Defense, DefenseContext, DefenseResult
+from ..training import Tensors, cosine_lr, per_sample_loss, sgd
+from .base import Defense, DefenseContext, DefenseResult, train_epoch
 
 
 def lga_loss(batch_mean_loss: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -93,31 +90,6 @@ def isolate_lowest(losses: np.ndarray, ratio: float) -> np.ndarray:
     mask = np.zeros(len(losses), dtype=bool)
     mask[np.argsort(losses, kind="stable")[:count]] = True
     return mask
-
-
-def _epoch(ctx: DefenseContext, model: nn.Module, optimizer: torch.optim.Optimizer, data: Tensors,
-           objective: Callable[[torch.Tensor], torch.Tensor], lr_at: Callable[[int], float], first_step: int,
-           generator: torch.Generator, augmented: bool, phase: str, epoch: int, epochs: int) -> float:
-    """One pass over `data` in train mode minimising `objective(mean cross-entropy of the batch)`;
-    returns the mean cross-entropy seen (not the objective)."""
-    model.train()
-    batch_size = ctx.params["batch_size"]
-    n_steps = -(-len(data) // batch_size)
-    total, count = 0.0, 0
-    for i, idx in enumerate(batches(len(data), batch_size, generator)):
-        set_lr(optimizer, lr_at(first_step + i))
-        idx = idx.to(ctx.device)
-        x = data.x[idx]
-        if augmented:
-            x = augment(x, generator, **ctx.augmentation)
-        ce = F.cross_entropy(model(x), data.y[idx])
-        optimizer.zero_grad(set_to_none=True)
-        objective(ce).backward()
-        optimizer.step()
-        total += ce.item() * len(idx)
-        count += len(idx)
-        ctx.step(phase, epoch, epochs, i + 1, n_steps)
-    return total / max(1, count)
 
 
 class ABL(Defense):
@@ -157,9 +129,9 @@ class ABL(Defense):
         steps = -(-n // p["batch_size"])
         losses = None
         for epoch in range(1, p["isolation_epochs"] + 1):
-            ce = _epoch(ctx, model, optimizer, ctx.train, lambda loss: lga_loss(loss, p["gamma"]),
-                        lambda s: p["lr"], (epoch - 1) * steps, generator, False,
-                        "isolate", epoch, p["isolation_epochs"])
+            ce = train_epoch(ctx, model, optimizer, generator, lambda s: p["lr"], (epoch - 1) * steps,
+                             "isolate", epoch, p["isolation_epochs"],
+                             objective=lambda loss: lga_loss(loss, p["gamma"]), augmented=False)
             losses = per_sample_loss(model, ctx.train).cpu().numpy().astype(np.float32)
             ctx.end_epoch("isolate", epoch, p["isolation_epochs"], model, train_loss=round(ce, 5),
                           poison_detection_auroc=ctx.detection_auroc(-losses))
@@ -176,9 +148,8 @@ class ABL(Defense):
         steps = -(-len(rest) // p["batch_size"])
         total = p["epochs"] * steps
         for epoch in range(1, p["epochs"] + 1):
-            ce = _epoch(ctx, model, optimizer, rest, lambda loss: loss,
-                        lambda s: cosine_lr(s, total, p["lr"]), (epoch - 1) * steps, generator, True,
-                        "train", epoch, p["epochs"])
+            ce = train_epoch(ctx, model, optimizer, generator, lambda s: cosine_lr(s, total, p["lr"]),
+                             (epoch - 1) * steps, "train", epoch, p["epochs"], data=rest)
             extra = {"isolated_count": report["flagged"], "isolated_precision": report["precision"],
                      "isolated_recall": report["recall"], "isolation_loss_auroc": isolation_auroc} \
                 if epoch == 1 else {}
@@ -188,9 +159,9 @@ class ABL(Defense):
         optimizer = sgd(model, p["unlearn_lr"], p["weight_decay"])
         steps = -(-len(suspects) // p["batch_size"])
         for epoch in range(1, p["unlearn_epochs"] + 1):
-            ce = _epoch(ctx, model, optimizer, suspects, lambda loss: -loss,
-                        lambda s: p["unlearn_lr"], (epoch - 1) * steps, generator, False,
-                        "unlearn", epoch, p["unlearn_epochs"])
+            ce = train_epoch(ctx, model, optimizer, generator, lambda s: p["unlearn_lr"], (epoch - 1) * steps,
+                             "unlearn", epoch, p["unlearn_epochs"], data=suspects,
+                             objective=lambda loss: -loss, augmented=False)
             ctx.end_epoch("unlearn", epoch, p["unlearn_epochs"], model, isolated_loss=float(f"{ce:.4g}"))
 
         return DefenseResult(

@@ -107,21 +107,34 @@ class Defense:
         raise NotImplementedError
 
 
-def supervised_epoch(ctx: DefenseContext, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     generator: torch.Generator, schedule: Callable[[int], float], first_step: int,
-                     phase: str, epoch: int, epochs: int) -> float:
-    """One epoch of plain cross-entropy training; returns the mean training loss."""
+def train_epoch(ctx: DefenseContext, model: nn.Module, optimizer: torch.optim.Optimizer,
+                generator: torch.Generator, lr_at: Callable[[int], float], first_step: int,
+                phase: str, epoch: int, epochs: int, data: Tensors | None = None,
+                objective: Callable[[torch.Tensor], torch.Tensor] = lambda loss: loss,
+                augmented: bool = True, frozen_norms: bool = False) -> float:
+    """One pass over `data` (default: the whole training set) minimising `objective(mean batch
+    cross-entropy)` (ABL: its local gradient ascent, or -loss to unlearn); returns the mean
+    cross-entropy seen. With `frozen_norms` the batch norms stay in eval mode (statistics fixed)."""
     from ..training import augment, batches, set_lr
 
+    data = ctx.train if data is None else data
     model.train()
+    if frozen_norms:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+    batch_size = ctx.params["batch_size"]
+    n_steps = -(-len(data) // batch_size)
     total, count = 0.0, 0
-    n_steps = -(-len(ctx.train) // ctx.params["batch_size"])
-    for i, idx in enumerate(batches(len(ctx.train), ctx.params["batch_size"], generator)):
-        set_lr(optimizer, schedule(first_step + i))
-        x = augment(ctx.train.x[idx.to(ctx.device)], generator, **ctx.augmentation)
-        loss = nn.functional.cross_entropy(model(x), ctx.train.y[idx.to(ctx.device)])
+    for i, idx in enumerate(batches(len(data), batch_size, generator)):
+        if len(idx) < 2 and model.training and not frozen_norms:
+            continue  # a batch of one cannot be batch-normalised in train mode
+        set_lr(optimizer, lr_at(first_step + i))
+        idx = idx.to(ctx.device)
+        x = augment(data.x[idx], generator, **ctx.augmentation) if augmented else data.x[idx]
+        loss = nn.functional.cross_entropy(model(x), data.y[idx])
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        objective(loss).backward()
         optimizer.step()
         total += loss.item() * len(idx)
         count += len(idx)

@@ -41,7 +41,6 @@ restores the paper's behaviour, and bench/defense_quality.py --cbd-variants meas
 
 from __future__ import annotations
 
-import copy
 
 import numpy as np
 import torch
@@ -51,7 +50,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from ..params import Param
 from ..training import augment, batches, cosine_lr, per_sample_loss, set_lr, sgd
-from .base import Defense, DefenseContext, DefenseResult, supervised_epoch
+from .base import Defense, DefenseContext, DefenseResult, train_epoch
 
 
 def cbd_weights(ce_backdoor: torch.Tensor, ce_clean: torch.Tensor) -> torch.Tensor:
@@ -135,8 +134,8 @@ class CBD(Defense):
         opt_b = sgd(f_b, p["backdoor_lr"], p["weight_decay"])
         steps_per_epoch = -(-len(ctx.train) // p["batch_size"])
         for epoch in range(1, p["backdoor_epochs"] + 1):
-            loss = supervised_epoch(ctx, f_b, opt_b, generator, lambda s: p["backdoor_lr"],
-                                    (epoch - 1) * steps_per_epoch, "f_B", epoch, p["backdoor_epochs"])
+            loss = train_epoch(ctx, f_b, opt_b, generator, lambda s: p["backdoor_lr"],
+                               (epoch - 1) * steps_per_epoch, "f_B", epoch, p["backdoor_epochs"])
             ctx.end_epoch("f_B", epoch, p["backdoor_epochs"], f_b, train_loss=round(loss, 5),
                           poison_detection_auroc=ctx.detection_auroc(-per_sample_loss(f_b, ctx.train).cpu().numpy()))
         f_b.eval()

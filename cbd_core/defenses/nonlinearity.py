@@ -92,7 +92,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -101,8 +101,8 @@ import torch.nn.functional as F
 
 from ..errors import UserInputError
 from ..params import Param
-from ..training import augment, batches, cosine_lr, set_lr, sgd
-from .base import Defense, DefenseContext, DefenseResult, supervised_epoch
+from ..training import Tensors, cosine_lr, sgd
+from .base import Defense, DefenseContext, DefenseResult, train_epoch
 
 # --------------------------------------------------------------------------------------------------
 # Natural breaks
@@ -408,36 +408,6 @@ def recalibrate_batch_norm(model: nn.Module, x: torch.Tensor, batch_size: int = 
 # --------------------------------------------------------------------------------------------------
 
 
-def _finetune_epoch(ctx: DefenseContext, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    generator: torch.Generator, kept: np.ndarray, lr: Callable[[int], float], first_step: int,
-                    freeze_bn: bool, phase: str, epoch: int, epochs: int) -> float:
-    """One epoch of cross-entropy on the kept samples (augmented); with `freeze_bn` the batch norms
-    stay in eval mode (their running statistics do not move)."""
-    model.train()
-    if freeze_bn:
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-    kept_t = torch.from_numpy(kept)
-    batch_size = ctx.params["batch_size"]
-    n_steps = -(-len(kept) // batch_size)
-    total, count = 0.0, 0
-    for i, pos in enumerate(batches(len(kept), batch_size, generator)):
-        if len(pos) < 2 and not freeze_bn:
-            continue  # a batch of one cannot be batch-normalised
-        set_lr(optimizer, lr(first_step + i))
-        idx = kept_t[pos].to(ctx.device)
-        x = augment(ctx.train.x[idx], generator, **ctx.augmentation)
-        loss = F.cross_entropy(model(x), ctx.train.y[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += loss.item() * len(idx)
-        count += len(idx)
-        ctx.step(phase, epoch, epochs, i + 1, n_steps)
-    return total / max(1, count)
-
-
 def schedule(params: dict[str, Any]) -> tuple[int, list[int]]:
     """(plain training epochs, fine-tuning epochs of each round): `train_fraction` of `epochs` first
     (at least 1, leaving at least 1 per round), the rest shared out over the rounds."""
@@ -504,9 +474,9 @@ class NONE(Defense):
         steps_per_epoch = -(-len(ctx.train) // p["batch_size"])
         total = plain * steps_per_epoch
         for epoch in range(1, plain + 1):
-            loss = supervised_epoch(ctx, model, optimizer, generator,
-                                    lambda s: cosine_lr(s, total, p["lr"], warmup_steps=steps_per_epoch // 2),
-                                    (epoch - 1) * steps_per_epoch, "train", epoch, plain)
+            loss = train_epoch(ctx, model, optimizer, generator,
+                               lambda s: cosine_lr(s, total, p["lr"], warmup_steps=steps_per_epoch // 2),
+                               (epoch - 1) * steps_per_epoch, "train", epoch, plain)
             ctx.end_epoch("train", epoch, plain, model, train_loss=round(loss, 5))
 
         # 2. Rounds of detect, reset, filter, fine-tune.
@@ -523,9 +493,10 @@ class NONE(Defense):
             filtered = natural_breaks_upper(activation) if len(activation) else np.zeros(len(ctx.train), bool)
             for layer in layers:
                 reset_channels(layer, reset[layer.name], p["reset_mode"], reset_generator)
-            kept = np.flatnonzero(~filtered)
+            kept = torch.from_numpy(np.flatnonzero(~filtered)).to(ctx.device)
+            kept_data = Tensors(ctx.train.x[kept], ctx.train.y[kept])
             if p["reset_mode"] == "reinit":
-                recalibrate_batch_norm(model, ctx.train.x[torch.from_numpy(kept).to(ctx.device)])
+                recalibrate_batch_norm(model, kept_data.x)
 
             report = ctx.flagged_report(filtered)
             reports.append(report)
@@ -543,8 +514,8 @@ class NONE(Defense):
             else:
                 lr = lambda s: p["finetune_lr"]
             for epoch in range(1, epochs + 1):
-                loss = _finetune_epoch(ctx, model, optimizer, generator, kept, lr, (epoch - 1) * kept_steps,
-                                       p["finetune_bn"] == "frozen", phase, epoch, epochs)
+                loss = train_epoch(ctx, model, optimizer, generator, lr, (epoch - 1) * kept_steps, phase, epoch,
+                                   epochs, data=kept_data, frozen_norms=p["finetune_bn"] == "frozen")
                 ctx.end_epoch(phase, epoch, epochs, model, train_loss=round(loss, 5), reset_channels=n_reset,
                               filtered=report["flagged"], filtered_precision=report["precision"],
                               filtered_recall=report["recall"], poison_detection_auroc=auroc)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..params import Param
 from ..training import cosine_lr, sgd
-from .base import Defense, DefenseContext, DefenseResult, supervised_epoch
+from .base import Defense, DefenseContext, DefenseResult, train_epoch
 
 
 class Undefended(Defense):
@@ -30,8 +30,8 @@ class Undefended(Defense):
         total = p["epochs"] * steps_per_epoch
         generator = ctx.generator()
         for epoch in range(1, p["epochs"] + 1):
-            loss = supervised_epoch(ctx, model, optimizer, generator,
-                                    lambda s: cosine_lr(s, total, p["lr"], warmup_steps=steps_per_epoch // 2),
-                                    (epoch - 1) * steps_per_epoch, "train", epoch, p["epochs"])
+            loss = train_epoch(ctx, model, optimizer, generator,
+                               lambda s: cosine_lr(s, total, p["lr"], warmup_steps=steps_per_epoch // 2),
+                               (epoch - 1) * steps_per_epoch, "train", epoch, p["epochs"])
             ctx.end_epoch("train", epoch, p["epochs"], model, train_loss=round(loss, 5))
         return DefenseResult(model=model)
