@@ -103,8 +103,9 @@ def run_matrix(cells: list[Cell], root: str | Path | None = None, jobs: int = 1,
     done = finished_runs(folder)
     todo, results = [], {}
     for cell in cells:
-        # Validating resolves every default, so "already done" compares the full configs.
-        validated = prepare_config(cell.config(epochs, device))
+        # Validating resolves every default, so "already done" compares the full configs; and a bad
+        # cell stops the grid here, before anything runs.
+        validated = cell.config(epochs, device).validated()
         key = to_json(_comparable(validated.to_dict()))
         if key in done:
             results[cell] = done[key]
@@ -135,11 +136,6 @@ def run_matrix(cells: list[Cell], root: str | Path | None = None, jobs: int = 1,
             for future, cell in futures.items():
                 finished(cell, future.result())
     return [(cell, results[cell]) for cell in cells]
-
-
-def prepare_config(config: RunConfig) -> RunConfig:
-    """The validated config of a cell, resolved against its dataset's image shape (no data loaded)."""
-    return config.validated()
 
 
 def mean_std(values: list[float | None]) -> str:

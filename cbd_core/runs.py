@@ -38,7 +38,6 @@ import numpy as np
 
 from .errors import UserInputError
 
-STATES = ("queued", "running", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
 
 
