@@ -157,7 +157,8 @@ def _train_and_record(config: RunConfig, data: PoisonedData, run: RunDir, device
     summary = {
         "dataset": config.dataset, "attack": config.attack, "poison_rate": config.poison_rate,
         "target_label": config.target_label, "defense": config.defense, "seed": config.seed,
-        "model": model_name, **final,
+        "model": model_name, "image_shape": list(train.image_shape), "num_classes": train.num_classes,
+        "class_names": list(train.class_names), **final,
         "poison_detection_auroc": auroc(result.suspicion, data.is_poisoned) if result.suspicion is not None
         else None,
         "poisoned_samples": data.n_poisoned, "train_samples": len(train),

@@ -66,3 +66,39 @@ def patch_dataset(monkeypatch, mnist5k):
         return train, test
 
     return patch
+
+
+# -- finished runs for the dashboard's page tests ----------------------------------------------
+
+# Short schedules: every defense writes a complete run folder in a few seconds on 600 images.
+FINISHED_RUN_PARAMS = {
+    "cbd": {"backdoor_epochs": 2, "epochs": 3, "batch_size": 32},
+    "undefended": {"epochs": 3, "batch_size": 32},
+    "abl": {"isolation_epochs": 1, "epochs": 2, "unlearn_epochs": 1, "batch_size": 32},
+    "nonlinearity": {"epochs": 3, "batch_size": 32},
+}
+
+
+@pytest.fixture(scope="session")
+def finished_runs(tmp_path_factory, mnist5k):
+    """A runs root holding one finished BadNets run per defense on 1,000 / 200 images of mnist5k.
+
+    Returns (root, {defense: run_id}). Session-wide and shared: tests must not modify these runs
+    (copy one with `shutil.copytree` first). Pages find the root through $BACKDOOR_LAB_RUNS."""
+    import cbd_core.pipeline as pipeline
+    from cbd_core.config import RunConfig
+    from cbd_core.runs import RunDir
+
+    train, test = small_subset(*mnist5k, 1000, 200)
+    root = tmp_path_factory.mktemp("finished_runs")
+    ids = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pipeline, "load_dataset", lambda name, *a, **k: (train, test))
+        for defense, params in FINISHED_RUN_PARAMS.items():
+            config = RunConfig(dataset="mnist5k", attack="badnets", poison_rate=0.1, defense=defense, seed=0,
+                               device="cpu", embedding_samples=300, defense_params=params)
+            prepared = pipeline.prepare(config)
+            run = RunDir.create(root, prepared.config.to_dict())
+            pipeline.execute(prepared, run)
+            ids[defense] = run.run_id
+    return root, ids
