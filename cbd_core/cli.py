@@ -4,6 +4,7 @@
         --defense cbd --seed 0 [--epochs N] [--device cpu|cuda|mps] [--out DIR] [--json]
     python -m cbd_core matrix --datasets mnist5k --attacks all --defenses all --seeds 0 1 2 [--jobs 2]
     python -m cbd_core list [--json]
+    python -m cbd_core worker --device cpu     (the dashboard starts this itself; see cbd_core/jobs.py)
 
 `run` trains with a progress bar on stderr and prints a short table at the end; with `--json` the
 last line of stdout is one JSON object (dataset, attack, poison_rate, target_label, defense, seed,
@@ -61,6 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--device", default="auto")
     grid.add_argument("--jobs", type=int, default=1, help="cells run in parallel, sharing the CPU threads")
     grid.add_argument("--out", help="runs root (default $BACKDOOR_LAB_RUNS or ./runs); tables go in its matrix/")
+
+    worker = sub.add_parser("worker", help="the dashboard's background worker: trains queued runs of one device")
+    worker.add_argument("--root", help="runs root (default $BACKDOOR_LAB_RUNS or ./runs)")
+    worker.add_argument("--device", default="cpu", help="the queue it serves: cpu, cuda, cuda:1, mps")
+    worker.add_argument("--slot", type=int, default=0, help="which of the device's worker slots")
+    worker.add_argument("--parent-pid", type=int, help="exit when idle once this process is gone")
+    worker.add_argument("--exit-when-idle", action="store_true", help="return once the queue is empty")
+    worker.add_argument("--lock-fd", type=int, help=argparse.SUPPRESS)  # the slot's lock, taken by the spawner
 
     lst = sub.add_parser("list", help="attacks, defenses and datasets with their parameters")
     lst.add_argument("--json", action="store_true")
@@ -221,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "matrix":
             return command_matrix(args)
+        if args.command == "worker":
+            from .jobs import worker_main
+
+            return worker_main(args.root, args.device, args.slot, args.parent_pid, args.exit_when_idle, args.lock_fd)
         return command_run(args)
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)

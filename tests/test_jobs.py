@@ -1,0 +1,190 @@
+"""Background jobs: the queue in the runs root, workers that claim runs once, cancel, recovery after a
+worker dies, and one real worker process end to end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import cbd_core.jobs as jobs
+from cbd_core.config import RunConfig, quick_demo_config
+from cbd_core.errors import UserInputError
+from cbd_core.runs import RunDir, list_runs, wait_for
+
+FAST = {"epochs": 1, "batch_size": 64}
+
+
+def _config(**overrides) -> RunConfig:
+    values = dict(dataset="mnist5k", attack="badnets", poison_rate=0.1, defense="undefended", seed=0,
+                  device="cpu", embedding_samples=200, defense_params=dict(FAST))
+    values.update(overrides)
+    return RunConfig(**values)
+
+
+@pytest.fixture
+def fake_analysis(monkeypatch):
+    """The worker's UMAP step replaced by a quick stand-in that records which runs it saw."""
+    import cbd_core.analysis.embeddings as embeddings
+
+    seen = []
+
+    def compute(run):
+        seen.append(run.run_id)
+        run.save_arrays("umap", index=np.arange(3))
+        return {"total": 0.0}
+
+    monkeypatch.setattr(embeddings, "compute_umap", compute)
+    monkeypatch.setattr(embeddings, "warm_up", lambda: None)
+    monkeypatch.setattr(embeddings, "configure_numba_cache", lambda folder=None: None)
+    return seen
+
+
+def test_submit_validates_and_queues(tmp_path, patch_dataset):
+    patch_dataset(300, 100)
+    with pytest.raises(UserInputError, match="poison_rate"):
+        jobs.submit(_config(poison_rate=0.9), tmp_path, start_worker=False)
+    assert list_runs(tmp_path) == []  # nothing written for bad input
+    first = jobs.submit(_config(), tmp_path, start_worker=False)
+    second = jobs.submit(_config(seed=1), tmp_path, start_worker=False)
+    assert first.status()["state"] == "queued" and first.status()["queue"] == "cpu"
+    assert first.config()["defense_params"]["epochs"] == 1  # the validated, resolved config is stored
+    assert [r.run_id for r in jobs.queued_runs(tmp_path)] == [first.run_id, second.run_id]
+    assert jobs.queue_position(first) == 1 and jobs.queue_position(second) == 2
+
+
+def test_worker_trains_the_queue_in_order(tmp_path, patch_dataset, fake_analysis):
+    patch_dataset(300, 100)
+    runs = [jobs.submit(_config(seed=s), tmp_path, start_worker=False) for s in (0, 1)]
+    cancelled = jobs.submit(_config(seed=2), tmp_path, start_worker=False)
+    assert jobs.request_cancel(cancelled) == "queued"
+    assert cancelled.status()["state"] == "cancelled"
+
+    trained = jobs.Worker(tmp_path, "cpu").serve(exit_when_idle=True)
+    assert trained == 2
+    for run in runs:
+        status = run.status()
+        assert status["state"] == "done", status
+        assert status["worker"]["device"] == "cpu"
+        assert status["progress"]["fraction"] == 1.0
+        assert status["analysis"] == "done"
+        assert run.summary()["run_id"] == run.run_id and run.model_names() == ["model"]
+    assert runs[0].status()["started"] <= runs[1].status()["started"]
+    assert fake_analysis == [runs[0].run_id, runs[1].run_id]
+    assert cancelled.summary() is None and cancelled.metrics() == []
+
+
+def test_worker_backfills_maps_of_finished_runs(tmp_path, patch_dataset, fake_analysis):
+    from cbd_core.pipeline import execute, prepare
+
+    patch_dataset(300, 100)
+    prepared = prepare(_config())
+    run = RunDir.create(tmp_path, prepared.config.to_dict())
+    execute(prepared, run)  # a run made by the CLI: no map yet
+    assert jobs.Worker(tmp_path, "cpu").serve(exit_when_idle=True) == 0
+    assert fake_analysis == [run.run_id] and run.status()["analysis"] == "done"
+
+
+def test_cancel_a_running_run(tmp_path, patch_dataset, fake_analysis):
+    patch_dataset(600, 100)
+    run = jobs.submit(_config(defense_params={"epochs": 30, "batch_size": 32}), tmp_path, start_worker=False)
+    worker = jobs.Worker(tmp_path, "cpu")
+    thread = threading.Thread(target=worker.serve, kwargs={"exit_when_idle": True})
+    thread.start()
+    deadline = time.monotonic() + 60
+    while run.status().get("state") != "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert jobs.request_cancel(run) == "running"
+    thread.join(60)
+    assert not thread.is_alive()
+    assert run.status()["state"] == "cancelled"
+    assert len(run.metrics()) < 30
+    assert fake_analysis == []  # a cancelled run gets no map
+
+
+def test_failed_prepare_is_recorded_and_the_worker_goes_on(tmp_path, patch_dataset, fake_analysis):
+    patch_dataset(300, 100)
+    broken = jobs.submit(_config(), tmp_path, start_worker=False)
+    config = broken.config()
+    config["defense_params"]["epochs"] = -3  # hand-edited into something invalid
+    (broken.path / "config.json").write_text(__import__("json").dumps(config))
+    good = jobs.submit(_config(seed=1), tmp_path, start_worker=False)
+    assert jobs.Worker(tmp_path, "cpu").serve(exit_when_idle=True) == 2
+    assert broken.status()["state"] == "failed" and "epochs" in broken.status()["error"]
+    assert good.status()["state"] == "done"
+
+
+def test_one_worker_per_slot(tmp_path):
+    fd = jobs._try_lock(jobs._lock_path(tmp_path, "cpu", 0))
+    try:
+        assert jobs.slot_is_alive(tmp_path, "cpu", 0)
+        assert jobs.Worker(tmp_path, "cpu").serve(exit_when_idle=True) == 0  # exits at once
+        assert not jobs.slot_is_alive(tmp_path, "cpu", 1)
+    finally:
+        os.close(fd)
+    assert not jobs.slot_is_alive(tmp_path, "cpu", 0)
+
+
+def test_orphaned_runs_are_marked_failed(tmp_path):
+    config = _config().to_dict()
+    orphan = RunDir.create(tmp_path, config, state="running")
+    orphan.update_status(worker={"device": "cpu", "slot": 0, "pid": 2**22 + 12345})
+    (orphan.path / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    queued = RunDir.create(tmp_path, config)
+    live = RunDir.create(tmp_path, config, state="running")
+    live.update_status(worker={"device": "cpu", "slot": 1, "pid": os.getpid()})
+    fd = jobs._try_lock(jobs._lock_path(tmp_path, "cpu", 1))  # slot 1's worker is alive: this process
+    try:
+        assert jobs.recover_orphans(tmp_path) == [orphan.run_id]
+    finally:
+        os.close(fd)
+    assert orphan.status()["state"] == "failed" and "worker stopped" in orphan.status()["error"]
+    assert orphan.metrics() == [{"epoch": 1}]  # what it wrote is kept
+    assert queued.status()["state"] == "queued" and live.status()["state"] == "running"
+
+
+def test_workers_per_device_is_validated(monkeypatch):
+    monkeypatch.setenv("BACKDOOR_LAB_WORKERS_PER_DEVICE", "0")
+    with pytest.raises(UserInputError, match="outside"):
+        jobs.workers_per_device()
+    monkeypatch.setenv("BACKDOOR_LAB_WORKERS_PER_DEVICE", "two")
+    with pytest.raises(UserInputError, match="whole number"):
+        jobs.workers_per_device()
+
+
+def test_tiny_demo_preset(monkeypatch):
+    monkeypatch.delenv("BACKDOOR_LAB_TINY_DEMO", raising=False)
+    assert quick_demo_config().validated().defense_params["epochs"] == 10
+    monkeypatch.setenv("BACKDOOR_LAB_TINY_DEMO", "1")
+    tiny = quick_demo_config().validated()
+    assert (tiny.defense, tiny.attack, tiny.dataset) == ("cbd", "badnets", "mnist5k")
+    assert tiny.defense_params["epochs"] == 1 and tiny.defense_params["backdoor_epochs"] == 1
+
+
+def test_real_worker_process(tmp_path, monkeypatch):
+    """ensure_workers starts a separate worker process that trains a queued run on the full mnist5k,
+    runs its analysis step, and stops on SIGTERM. (No features are kept, so the map step has nothing
+    to fit: real UMAP maps are tested in test_embeddings.py and end to end in the browser test.)"""
+    run = jobs.submit(_config(embedding_samples=0), tmp_path, start_worker=False)
+    pids = jobs.ensure_workers(tmp_path, devices=["cpu"], per_device=1)
+    try:
+        assert len(pids) == 1
+        assert jobs.ensure_workers(tmp_path, devices=["cpu"], per_device=1) == []  # already served
+        status = wait_for(run, timeout=240)
+        assert status["state"] == "done", status
+        deadline = time.monotonic() + 240
+        while run.status().get("analysis") not in ("done", "failed") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert run.status()["analysis"] == "done", run.status()
+        assert np.array_equal(run.arrays("umap")["index"], run.arrays("embeddings")["index"])
+        info = jobs.workers(tmp_path)
+        assert [(w.device, w.slot, w.alive) for w in info] == [("cpu", 0, True)]
+    finally:
+        jobs.stop_workers(tmp_path)
+    assert not jobs.slot_is_alive(tmp_path, "cpu", 0)
