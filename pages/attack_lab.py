@@ -1,4 +1,382 @@
-"""Placeholder: being written."""
+"""Attack lab: choose how the training data is poisoned and look at it before training anything.
+
+Widgets at the top (dataset, attack, poison rate, target label and the attack's own parameters,
+generated from its `Param`s); every choice goes through the same typed `RunConfig` as the CLI, so a
+bad value is one message naming the field. Below: clean and poisoned training images side by side,
+their amplified difference, the trigger on its own, and how many samples each class loses to the
+target. Valid choices are saved to `st.session_state["attack_settings"]`, which the Train page
+takes as its defaults. Poisoning is cheap (milliseconds for 4,000 images) and cached per setting;
+nothing here trains or writes into a run (uploads go to `<runs root>/uploads/`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
 import streamlit as st
 
-st.title("attack_lab")
+from cbd_core.attacks import ATTACKS, Attack, get_attack
+from cbd_core.config import RunConfig
+from cbd_core.data import DATASETS, ImageSet, load_dataset, load_npz
+from cbd_core.params import Param
+from cbd_core.uploads import save_upload
+from pages.common import enlarge, explain, page_errors, runs_root_path
+
+SETTINGS_KEY = "attack_settings"  # read by the Train page as its defaults: keep the keys as they are
+DATASET_CHOICES = [*DATASETS, "npz"]
+PREVIEW_SEED = 0  # the Train page chooses the run's seed; the preview shows seed 0's poisoned set
+PAIRS_SHOWN = 6
+THUMBNAIL = 96  # pixels per preview image
+PATTERN_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "webp"]
+
+
+def _init(key: str, value: Any) -> None:
+    """Start a widget at `value` (the saved settings) unless it already has a state of its own."""
+    if key not in st.session_state:
+        st.session_state[key] = value
+
+
+def _dataset_label(name: str) -> str:
+    if name == "npz":
+        return "npz: upload your own .npz"
+    return f"{name}: {DATASETS[name].description}"
+
+
+def _range_text(param: Param) -> str:
+    if param.choices:
+        return f"one of {', '.join(param.choices)}"
+    if param.low is None and param.high is None:
+        return ""
+    return f"allowed {param.low:g} to {param.high:g}"
+
+
+def _step(param: Param) -> int | float:
+    """A step about a hundredth of the allowed range, rounded to a power of ten."""
+    if param.kind is int:
+        return 1
+    span = (param.high or 1.0) - (param.low or 0.0)
+    return float(10 ** np.floor(np.log10(max(span / 100, 1e-3))))
+
+
+def _number_format(step: int | float) -> str:
+    if isinstance(step, int):
+        return "%d"
+    decimals = max(1, int(-np.floor(np.log10(step))))
+    return f"%.{decimals}f"
+
+
+# -- cached data -------------------------------------------------------------------------------
+
+@st.cache_resource(show_spinner="Loading the dataset…", max_entries=2)
+def _load(dataset: str, npz_path: str | None, download: bool) -> tuple[ImageSet, ImageSet, np.ndarray | None]:
+    """Train set, test set and (an npz that comes poisoned) its mask. Shared and read-only: the
+    attack copies before it changes anything."""
+    if dataset == "npz":
+        return load_npz(npz_path)
+    train, test = load_dataset(dataset, download=download)
+    return train, test, None
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _preview(dataset: str, npz_path: str | None, download: bool, attack_name: str, poison_rate: float,
+             target_label: int, params_json: str) -> dict[str, Any]:
+    """What the page draws for one setting: a few poisoned samples and per-class counts (small)."""
+    train, test, premade_mask = _load(dataset, npz_path, download)
+    params = json.loads(params_json)
+    if premade_mask is not None:
+        from cbd_core.pipeline import already_poisoned  # the same rule as a run of this data
+
+        config = RunConfig(dataset=dataset, attack=attack_name, poison_rate=poison_rate, target_label=target_label,
+                           seed=PREVIEW_SEED, attack_params=params, npz_path=npz_path)
+        data = already_poisoned(train, test, premade_mask, config)
+    else:
+        data = get_attack(attack_name).poison(train, test, poison_rate, target_label, PREVIEW_SEED, params)
+    poisoned = np.flatnonzero(data.is_poisoned)
+    shown = poisoned[np.unique(np.linspace(0, len(poisoned) - 1, PAIRS_SHOWN).astype(int))] if len(poisoned) else poisoned
+    classes = train.num_classes
+    return {
+        "premade": premade_mask is not None,
+        "index": shown,
+        "clean_x": train.x[shown],  # for premade data these are the poisoned images themselves
+        "poisoned_x": data.train.x[shown],
+        "labels_before": data.clean_train_labels[shown],
+        "labels_after": data.train.y[shown],
+        "n_poisoned": data.n_poisoned,
+        "n_train": len(train),
+        "n_triggered_test": len(data.test_triggered),
+        "poisoned_by_class": np.bincount(data.clean_train_labels[poisoned], minlength=classes),
+        "size_before": np.bincount(data.clean_train_labels, minlength=classes),
+        "size_after": np.bincount(data.train.y, minlength=classes),
+        "class_names": list(train.class_names),
+        "params": data.params,
+        "notes": list(data.notes),
+        "image_shape": train.image_shape,
+    }
+
+
+# -- pictures ----------------------------------------------------------------------------------
+
+def amplified_difference(clean: np.ndarray, poisoned: np.ndarray) -> tuple[np.ndarray, float]:
+    """|poisoned - clean| of images (N, H, W, C), the largest over channels, scaled so the largest
+    change in the batch is white; returns (N, H, W) uint8 and the gain used."""
+    diff = np.abs(poisoned.astype(np.int16) - clean.astype(np.int16)).max(axis=-1)
+    gain = 255.0 / max(1, int(diff.max())) if diff.size else 1.0
+    return np.clip(np.rint(diff * gain), 0, 255).astype(np.uint8), gain
+
+
+def grid_image(image_shape: tuple[int, int, int], spacing: int = 4) -> np.ndarray:
+    """White lines every `spacing` pixels on black: a warp shows as bent lines."""
+    h, w, c = image_shape
+    img = np.zeros((h, w, c), np.uint8)
+    img[::spacing] = 255
+    img[:, ::spacing] = 255
+    return img
+
+
+def trigger_view(attack: Attack, params: dict[str, Any], image_shape: tuple[int, int, int]
+                 ) -> tuple[list[np.ndarray], list[str], str]:
+    """Pictures of the trigger alone, their captions, and a sentence saying what they show. Each
+    attack gets the view that is honest for it: patch attacks on a grey image, Blend's pattern
+    itself, SIG's stripes on grey, WaNet's warp on a grid (it has no pattern of its own)."""
+    grey = np.full((1, *image_shape), 128, np.uint8)
+    if attack.name in ("badnets", "trojan"):
+        return ([attack.apply(grey, params)[0]], ["the patch on a grey image"],
+                "The trigger is a patch stamped over the same pixels of every poisoned image.")
+    if attack.name == "blend":
+        from cbd_core.attacks.base import resize_pattern
+        from cbd_core.attacks.blend import DEFAULT_PATTERN, load_pattern
+
+        pattern = resize_pattern(load_pattern(params["pattern_path"] or str(DEFAULT_PATTERN)), image_shape)
+        pattern = np.clip(np.rint(pattern), 0, 255).astype(np.uint8)
+        return ([pattern, attack.apply(grey, params)[0]],
+                ["the pattern", f"blended into grey at α = {params['alpha']:g}"],
+                f"Blend has no patch: every pixel becomes {1 - params['alpha']:.0%} image and "
+                f"{params['alpha']:.0%} of this pattern.")
+    if attack.name == "sig":
+        return ([attack.apply(grey, params)[0]], ["the sinusoid added to a grey image"],
+                "SIG has no patch: it adds faint vertical stripes (a sinusoid across the columns) to the whole "
+                "image, and only to images already in the target class.")
+    if attack.name == "wanet":
+        grid = grid_image(image_shape)
+        warped = attack.apply(grid[None], params)
+        diff, gain = amplified_difference(grid[None], warped)
+        return ([grid, warped[0], diff[0]], ["a grid", "the grid warped", f"where it moved (×{gain:.0f})"],
+                "WaNet has no patch and adds nothing: it moves pixels a fraction of a pixel along a fixed "
+                "smooth field. On a grid the bend is barely visible; the difference shows where it acts.")
+    return ([attack.apply(grey, params)[0]], ["the trigger on a grey image"],
+            "The trigger applied to a plain grey image.")
+
+
+def class_chart(preview: dict[str, Any], target_label: int) -> go.Figure:
+    names = [str(n) for n in preview["class_names"]]
+    change = preview["size_after"] - preview["size_before"]
+    fig = go.Figure([
+        go.Bar(name="poisoned samples (by original label)", x=names, y=preview["poisoned_by_class"]),
+        go.Bar(name="change in class size after relabelling", x=names, y=change),
+    ])
+    fig.update_layout(barmode="group", height=320, margin=dict(t=30, b=10), xaxis_title="class",
+                      yaxis_title="training samples", xaxis_type="category",
+                      legend=dict(orientation="h", y=1.12))
+    fig.add_annotation(x=names[target_label], y=max(int(change[target_label]), 0), text="target", showarrow=True,
+                       arrowhead=2, ay=-30)
+    return fig
+
+
+def link_to_train() -> None:
+    try:
+        st.page_link("pages/train.py", label="Train a defense on this data →", icon="🏋️")
+    except Exception as err:
+        if type(err).__name__ != "StreamlitPageNotFoundError":
+            raise
+        # This page runs on its own (not through app.py's navigation): no page to link to.
+        st.markdown("Next: open the **Train** page to train a defense on this data.")
+
+
+def show_preview(preview: dict[str, Any], attack: Attack, params: dict[str, Any], target_label: int) -> None:
+    """The pictures and the chart for one poisoned training set."""
+    n_poisoned, n_train = preview["n_poisoned"], preview["n_train"]
+    names = preview["class_names"]
+    st.subheader("What the attack does to the training set")
+    st.markdown(f"**{n_poisoned:,} poisoned of {n_train:,}** training images ({n_poisoned / n_train:.1%}); "
+                f"{preview['n_triggered_test']:,} test images get the trigger to measure the attack.")
+    for note in preview["notes"]:
+        st.info(f"Note: {note}")
+    target_name = names[target_label]
+    if attack.clean_label and n_poisoned and n_poisoned == preview["size_before"][target_label]:
+        st.warning(f"Every training image of the target class ({target_name}) carries the trigger: none is left "
+                   f"clean, so no model (defended or not) sees what an unmarked {target_name} looks like.")
+
+    if n_poisoned == 0:
+        st.info("Nothing is poisoned at this rate: raise the poison rate to see the trigger at work.")
+    else:
+        def caption(i: int, poisoned: bool) -> str:
+            before, after = names[preview["labels_before"][i]], names[preview["labels_after"][i]]
+            if not poisoned:
+                return f"clean · label {before}"
+            return f"poisoned · label {before} → {after}" if before != after else f"poisoned · label {after} (kept)"
+
+        shown = range(len(preview["index"]))
+        if preview["premade"]:
+            st.image([enlarge(x, THUMBNAIL) for x in preview["poisoned_x"]],
+                     caption=[f"poisoned · label {names[preview['labels_after'][i]]}" for i in shown])
+            explain("Your file marks these samples as poisoned. It came poisoned, so there is no clean copy to "
+                    "compare with, and the difference picture cannot be drawn.")
+        else:
+            st.markdown("**Clean and poisoned, side by side** (the same training samples)")
+            st.image([enlarge(x, THUMBNAIL) for x in preview["clean_x"]], caption=[caption(i, False) for i in shown])
+            st.image([enlarge(x, THUMBNAIL) for x in preview["poisoned_x"]], caption=[caption(i, True) for i in shown])
+            explain("Top: training images as they were; bottom: the same images as the model will see them, "
+                    "with the trigger and (except SIG) the target label.")
+            diff, gain = amplified_difference(preview["clean_x"], preview["poisoned_x"])
+            st.markdown(f"**What changed** (|poisoned − clean|, brightened ×{gain:.0f})")
+            st.image([enlarge(d, THUMBNAIL) for d in diff], caption=[f"sample {i}" for i in preview["index"]])
+            explain("Bright pixels are the ones the attack changed; the brightening makes even faint triggers "
+                    "(Blend, SIG, WaNet) visible, so compare shapes, not brightness.")
+
+    st.markdown("**The trigger on its own**")
+    pictures, captions, what = trigger_view(attack, params, preview["image_shape"])
+    st.image([enlarge(p, THUMBNAIL) for p in pictures], caption=captions)
+    if preview["premade"]:
+        what += " Your data came poisoned: its own trigger may differ; this is the one the test set gets."
+    explain(what)
+
+    st.markdown("**Which classes lose samples to the target**")
+    st.plotly_chart(class_chart(preview, target_label))
+    gained = int(preview["size_after"][target_label] - preview["size_before"][target_label])
+    explain(f"Target class {names[target_label]} gains {gained:,} samples "
+            f"({int(preview['size_before'][target_label]):,} → {int(preview['size_after'][target_label]):,}). "
+            + ("SIG is clean-label: it marks images already in the target class and relabels nothing."
+               if attack.clean_label else
+               "A dirty-label attack takes its samples from the other classes and relabels them as the target."))
+
+
+# -- widgets -----------------------------------------------------------------------------------
+
+def _stored_upload(kind: str, uploaded: Any) -> str | None:
+    """The path of an uploaded file once stored (validated, by content hash); remembered per upload
+    so a rerun does not hash a 200 MB file again."""
+    if uploaded is None:
+        return None
+    memo = st.session_state.setdefault("attack_lab_uploads", {})
+    memo_key = f"{kind}:{uploaded.file_id}"
+    if memo_key not in memo:
+        memo[memo_key] = str(save_upload(runs_root_path(), uploaded.getvalue(), kind))
+    return memo[memo_key]
+
+
+def _earlier_upload(path: str | None, what: str, forget_key: str) -> str | None:
+    """An upload from an earlier visit (the uploader forgets its file when the page is left)."""
+    if not path or not Path(path).is_file():
+        return None
+    if st.checkbox(f"Forget the {what} uploaded earlier", key=forget_key):
+        return None
+    st.caption(f"Using the {what} uploaded earlier (`{Path(path).name}`); upload another to replace it.")
+    return path
+
+
+def param_widgets(attack: Attack, image_shape: tuple[int, int, int], saved: dict[str, Any]) -> dict[str, Any]:
+    """One widget per parameter of the attack; returns the values that differ from the defaults
+    (so the Train page gets the defaults of whatever image size it trains on)."""
+    defaults = attack.defaults(image_shape)
+    shape_tag = "x".join(map(str, image_shape))
+    overrides: dict[str, Any] = {}
+    widget_params = [p for p in attack.params if not (attack.name == "blend" and p.name == "pattern_path")]
+    columns = st.columns(max(1, len(widget_params))) if widget_params else []
+    for param, column in zip(widget_params, columns):
+        default = defaults.get(param.name)
+        key = f"attack_lab_{attack.name}_{param.name}_{shape_tag}"
+        help_text = " ".join(filter(None, [param.help[0].upper() + param.help[1:] + ".", _range_text(param) + "."]))
+        with column:
+            if param.kind is str and param.choices:
+                _init(key, saved.get(param.name, default))
+                value = st.selectbox(param.name, list(param.choices), key=key, help=help_text)
+            elif param.kind is str:
+                _init(key, saved.get(param.name) or "")
+                value = st.text_input(param.name, key=key, help=help_text, placeholder="default") or None
+            else:
+                step = _step(param)
+                initial = saved.get(param.name, default)
+                _init(key, None if initial is None else param.kind(initial))
+                value = st.number_input(param.name, value=None, step=step, format=_number_format(step), key=key,
+                                        help=help_text + (" Leave blank for automatic." if default is None else
+                                                          " Leave blank for the default."),
+                                        placeholder="automatic" if default is None else f"default {default:g}")
+        if value is not None and value != default:
+            overrides[param.name] = value
+    if attack.name == "blend":
+        uploaded = st.file_uploader("Trigger image for Blend (optional; default: the shipped noise pattern)",
+                                    type=PATTERN_TYPES, key="attack_lab_pattern_upload",
+                                    help="Any picture; it is resized to the dataset's images and blended at alpha.")
+        pattern_path = _stored_upload("pattern", uploaded) or \
+            _earlier_upload(saved.get("pattern_path"), "trigger image", "attack_lab_forget_pattern")
+        if pattern_path:
+            overrides["pattern_path"] = pattern_path
+    return overrides
+
+
+# -- the page ----------------------------------------------------------------------------------
+
+st.title("Attack lab")
+st.markdown("Choose how the training data is poisoned and look at it before training anything: which "
+            "images carry the trigger, what the trigger looks like, and which classes it takes samples from.")
+
+saved = st.session_state.get(SETTINGS_KEY) or {}
+_init("attack_lab_dataset", saved.get("dataset") if saved.get("dataset") in DATASET_CHOICES else "mnist5k")
+_init("attack_lab_attack", saved.get("attack") if saved.get("attack") in ATTACKS else "badnets")
+_init("attack_lab_rate", round(100 * float(saved.get("poison_rate", 0.1)), 1))
+_init("attack_lab_target", int(saved.get("target_label", 0)))
+
+left, right = st.columns(2)
+dataset = left.selectbox("Dataset", DATASET_CHOICES, format_func=_dataset_label, key="attack_lab_dataset",
+                         help="mnist5k is built in and works offline; the others are read from disk (or downloaded).")
+attack_name = right.selectbox("Attack", list(ATTACKS), key="attack_lab_attack",
+                              format_func=lambda name: f"{name}: {ATTACKS[name].description}")
+left, right = st.columns(2)
+rate_percent = left.slider("Poison rate (% of the whole training set)", 0.0, 50.0, step=0.5, format="%.1f%%",
+                           key="attack_lab_rate")
+target_label = int(right.number_input("Target label", min_value=0, step=1, key="attack_lab_target",
+                                      help="The class every triggered image is pushed to."))
+poison_rate = round(rate_percent / 100, 4)
+attack = ATTACKS[attack_name]
+
+npz_path: str | None = None
+download = False
+if dataset == "npz":
+    uploaded_npz = st.file_uploader(
+        "Your dataset (.npz)", type=["npz"], key="attack_lab_npz_upload",
+        help="x: (N, H, W[, C]) uint8 images, y: (N,) integer labels; optional is_poisoned (N,) bool for data "
+             "that comes poisoned, and x_test / y_test. Up to 200 MB.")
+    with page_errors():
+        npz_path = _stored_upload("dataset", uploaded_npz) or \
+            _earlier_upload(saved.get("npz_path"), "dataset", "attack_lab_forget_npz")
+elif not DATASETS[dataset].offline:
+    download = st.checkbox("Download it if it is not on disk (needs the internet)", key="attack_lab_download")
+
+with page_errors():
+    if dataset == "npz" and not npz_path:
+        st.info("Upload a .npz file above to see it poisoned.")
+        st.stop()
+    if dataset == "npz":
+        train_set, _, _ = _load(dataset, npz_path, False)
+        image_shape, num_classes = train_set.image_shape, train_set.num_classes
+    else:
+        image_shape, num_classes = DATASETS[dataset].image_shape, DATASETS[dataset].num_classes
+    st.subheader(f"{attack_name} parameters")
+    saved_params = saved.get("attack_params", {}) if saved.get("attack") == attack_name else {}
+    attack_params = param_widgets(attack, image_shape, saved_params)
+
+    config = RunConfig(dataset=dataset, attack=attack_name, poison_rate=poison_rate, target_label=target_label,
+                       attack_params=attack_params, npz_path=npz_path).validated(image_shape, num_classes)
+    st.session_state[SETTINGS_KEY] = {"dataset": dataset, "attack": attack_name, "poison_rate": poison_rate,
+                                      "target_label": target_label, "attack_params": attack_params,
+                                      "npz_path": npz_path}
+
+    with page_errors():  # a dataset that is not on disk: say so, keep the settings and the link
+        preview = _preview(dataset, npz_path, download, attack_name, poison_rate, target_label,
+                           json.dumps(attack_params, sort_keys=True))
+        show_preview(preview, attack, config.attack_params, target_label)
+    link_to_train()

@@ -1,4 +1,286 @@
-"""Placeholder: being written."""
+"""Compare: every finished run side by side, and which training samples a defense suspected.
+
+Filters at the top (dataset, poison rate, model); then a table of the runs, clean accuracy against
+attack success rate (one point per run), and heatmaps of mean ASR and CA by defense and attack. Below,
+for any one run, its per-sample suspicion score against the true poison mask: how the two groups
+separate, the detection AUROC, precision and recall when the top k are flagged, and the most
+suspected training images. Read-only: everything comes from the run folders through pages.common.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
 import streamlit as st
 
-st.title("compare")
+from cbd_core.attacks import ATTACKS
+from cbd_core.errors import UserInputError
+from cbd_core.metrics import auroc
+from cbd_core.runs import RunDir, list_runs
+from pages.common import (DEFENSE_TITLES, enlarge, explain, load_arrays, load_config, load_summary, page_errors,
+                          pick_run, runs_root_path)
+
+GALLERY_SIZE = 12
+THUMBNAIL = 84
+
+# What each defense's suspicion score is (higher = more suspected), in a phrase.
+SUSPICION_MEANING = {
+    "cbd": "1 − the weight CBD gave the sample at the end (a sample f_B fits far better than f_C gets a small weight)",
+    "abl": "minus the sample's loss in ABL's isolation phase (poisoned samples are learned first, so their loss is lowest)",
+    "nonlinearity": "the sample's activation on NONE's hyperplane neurons (a trigger drives them far above normal)",
+}
+
+HINT = ("No finished runs to compare yet. Train a few on the **Train** page, or from a terminal run a grid: "
+        "`python -m cbd_core matrix --datasets mnist5k --attacks badnets blend --defenses all --seeds 0 1`.")
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, str) and ("/" in value or "\\" in value):
+        return Path(value).name  # an uploaded trigger image: its content-hash name is enough
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def settings_note(owner: Any, image_shape: tuple[int, int, int], resolved: dict[str, Any]) -> str:
+    """The parameters a run set away from the owner's defaults, as "a=1, b=2" ('' when none), so
+    runs of different variants are not averaged together unseen."""
+    try:
+        defaults = owner.resolve(image_shape, {})
+    except Exception:  # a defense or attack renamed since the run: show nothing rather than fail
+        return ""
+    changed = [f"{k}={_short(v)}" for k, v in resolved.items() if k in defaults and defaults[k] != v]
+    return ", ".join(changed)
+
+
+def finished_runs_table() -> pd.DataFrame:
+    """One row per finished ("done") run with its figures; unreadable runs are skipped (the Runs
+    page shows them)."""
+    from cbd_core.defenses import DEFENSES  # imports torch: only when there are runs to show
+
+    rows = []
+    for run in list_runs(runs_root_path()):
+        if run.status().get("state") != "done":
+            continue
+        try:
+            config = load_config(run)
+        except UserInputError:
+            continue
+        summary = load_summary(run)
+        if not summary:
+            continue
+        shape = tuple(summary.get("image_shape") or ())
+        defense, attack = config.get("defense", "?"), config.get("attack", "?")
+        defense_label = DEFENSE_TITLES.get(defense, defense)
+        attack_label = attack
+        if len(shape) == 3:
+            if defense in DEFENSES:
+                note = settings_note(DEFENSES[defense], shape, config.get("defense_params") or {})
+                defense_label += f" ({note})" if note else ""
+            if attack in ATTACKS:
+                note = settings_note(ATTACKS[attack], shape, config.get("attack_params") or {})
+                attack_label += f" ({note})" if note else ""
+        rows.append({
+            "run_id": run.run_id, "defense": defense, "Defense": defense_label, "Attack": attack_label,
+            "attack": attack, "Dataset": config.get("dataset"), "Rate": 100 * float(config.get("poison_rate", 0)),
+            "Seed": config.get("seed"), "Model": summary.get("model"),
+            "CA": _percent(summary.get("clean_accuracy")), "ASR": _percent(summary.get("attack_success_rate")),
+            "RA": _percent(summary.get("robust_accuracy")), "AUROC": summary.get("poison_detection_auroc"),
+            "Seconds": summary.get("seconds"),
+        })
+    return pd.DataFrame(rows)
+
+
+def _percent(value: Any) -> float:
+    return 100 * float(value) if isinstance(value, (int, float)) else float("nan")
+
+
+def _order(labels: pd.Series, names: list[str]) -> list[str]:
+    """Labels in registry order (undefended, CBD, ABL, NONE / badnets, blend, ...), variants after."""
+    rank = {name: i for i, name in enumerate(names)}
+    return sorted(labels.drop_duplicates(), key=lambda label: (rank.get(label.split(" (")[0], len(rank)), label))
+
+
+def scatter(table: pd.DataFrame) -> go.Figure:
+    fig = px.scatter(table, x="CA", y="ASR", color="Attack", symbol="Defense", hover_name="run_id",
+                     hover_data={"Dataset": True, "Rate": ":.1f", "Seed": True, "RA": ":.1f", "CA": ":.1f",
+                                 "ASR": ":.1f"},
+                     labels={"CA": "clean accuracy (%)", "ASR": "attack success rate (%)"})
+    fig.update_traces(marker=dict(size=12, line=dict(width=1, color="white")))
+    low = min(50.0, float(np.nanmin(table["CA"])) - 5) if table["CA"].notna().any() else 0.0
+    fig.update_xaxes(range=[low, 101])
+    fig.update_yaxes(range=[-3, 103])
+    fig.add_shape(type="rect", x0=90, x1=101, y0=-3, y1=10, fillcolor="green", opacity=0.08, line_width=0,
+                  layer="below")
+    fig.add_annotation(x=100, y=0, text="ideal: high CA, low ASR", showarrow=True, arrowhead=2, ax=-90, ay=-50)
+    fig.update_layout(height=440, margin=dict(t=20, b=10), legend=dict(title="attack, defense"))
+    return fig
+
+
+def heatmap(table: pd.DataFrame, column: str, good_high: bool) -> go.Figure:
+    """Mean of `column` per defense (rows) and attack (columns), "mean ± std (n)" in each cell."""
+    stats = table.groupby(["Defense", "Attack"])[column].agg(["mean", "std", "count"])
+    rows = _order(table["Defense"], list(DEFENSE_TITLES.values()))
+    cols = _order(table["Attack"], list(ATTACKS))
+    z = np.full((len(rows), len(cols)), np.nan)
+    text = [["" for _ in cols] for _ in rows]
+    for (defense, attack), (mean, std, count) in stats.iterrows():
+        i, j = rows.index(defense), cols.index(attack)
+        z[i, j] = mean
+        if count == 0:
+            text[i][j] = "n/a"
+        elif count == 1 or np.isnan(std):
+            text[i][j] = f"{mean:.1f} ({count:.0f})"
+        else:
+            text[i][j] = f"{mean:.1f} ± {std:.1f} ({count:.0f})"
+    fig = go.Figure(go.Heatmap(z=z, x=cols, y=rows, text=text, texttemplate="%{text}", zmin=0, zmax=100,
+                               colorscale="RdYlGn" if good_high else "RdYlGn_r", colorbar=dict(title="%"),
+                               hovertemplate="%{y} · %{x}: %{text}<extra></extra>"))
+    fig.update_layout(height=120 + 45 * len(rows), margin=dict(t=20, b=10), yaxis=dict(autorange="reversed"))
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(type="category")
+    return fig
+
+
+def top_k_report(suspicion: np.ndarray, is_poisoned: np.ndarray, k: int) -> tuple[float, float, float]:
+    """(precision, recall, threshold) when the k most suspected samples are flagged; ties are broken
+    by sample order, NaN scores count as least suspected."""
+    order = np.argsort(-np.nan_to_num(suspicion, nan=-np.inf), kind="stable")
+    flagged = order[:k]
+    hits = int(is_poisoned[flagged].sum())
+    n_poisoned = int(is_poisoned.sum())
+    return (hits / k if k else float("nan"), hits / n_poisoned if n_poisoned else float("nan"),
+            float(suspicion[flagged[-1]]) if k else float("nan"))
+
+
+def suspicion_histogram(suspicion: np.ndarray, is_poisoned: np.ndarray, threshold: float) -> go.Figure:
+    finite = np.isfinite(suspicion)
+    edges = np.histogram_bin_edges(suspicion[finite], bins=50)
+    bins = dict(start=float(edges[0]), end=float(edges[-1]), size=float(edges[1] - edges[0]) or 1.0)
+    fig = go.Figure()
+    for name, mask, colour in (("clean", ~is_poisoned, "#4c78a8"), ("poisoned", is_poisoned, "#e45756")):
+        fig.add_trace(go.Histogram(x=suspicion[mask & finite], name=f"{name} ({int(mask.sum()):,})", xbins=bins,
+                                   marker_color=colour, opacity=0.65))
+    fig.add_vline(x=threshold, line_dash="dash", annotation_text="top k flagged →", annotation_position="top right")
+    fig.update_layout(barmode="overlay", height=320, margin=dict(t=30, b=10), xaxis_title="suspicion (higher = more "
+                      "suspected)", yaxis_title="training samples", yaxis_type="log",
+                      legend=dict(orientation="h", y=1.12))
+    return fig
+
+
+def suspected_poison_view(run: RunDir) -> None:
+    config = load_config(run)
+    defense = config.get("defense", "?")
+    title = DEFENSE_TITLES.get(defense, defense)
+    record = load_arrays(run, "sample_weights")
+    if record is None:
+        st.info("This run kept no per-sample record (sample_weights.npz), so there is nothing to show here.")
+        return
+    suspicion = np.asarray(record["suspicion"], dtype=np.float64)
+    is_poisoned = np.asarray(record["is_poisoned"], dtype=bool)
+    if np.isnan(suspicion).all():
+        st.info(f"{title} has no opinion about individual samples: it trains on every sample as given and never "
+                "scores them, so there is no suspicion to show. Pick a CBD, ABL or NONE run.")
+        return
+    n_poisoned, n = int(is_poisoned.sum()), len(is_poisoned)
+    if n_poisoned == 0:
+        st.info("This run has no poisoned training samples, so there is nothing for a detector to find.")
+        return
+    st.caption(f"{title}'s suspicion: {SUSPICION_MEANING.get(defense, 'higher = more suspected')}. The true poison "
+               "mask is only used here, to score it; the defense never saw it.")
+
+    k = st.slider("Flag the k most suspected samples", 1, n, value=n_poisoned, key=f"compare_k_{run.run_id}",
+                  help="Defaults to the true number of poisoned samples; ties are broken by sample order.")
+    precision, recall, threshold = top_k_report(suspicion, is_poisoned, k)
+    left, middle, right = st.columns(3)
+    left.metric("Detection AUROC", f"{auroc(np.nan_to_num(suspicion, nan=-np.inf), is_poisoned):.3f}",
+                help="Chance that a random poisoned sample is more suspected than a random clean one (0.5 = chance).")
+    middle.metric(f"Precision of the top {k:,}", f"{precision:.1%}")
+    right.metric(f"Recall of the top {k:,}", f"{recall:.1%}", help=f"Share of the {n_poisoned:,} poisoned samples found.")
+    st.plotly_chart(suspicion_histogram(suspicion, is_poisoned, threshold))
+    explain("Red is the truly poisoned samples, blue the clean ones (log scale): a good detector pushes red to the "
+            "right of the dashed line and keeps blue to its left; the AUROC is how well they separate.")
+
+    images = load_arrays(run, "images")
+    if images is None or "train_x" not in images:
+        st.info("This run kept no training thumbnails (images.npz), so the gallery cannot be drawn.")
+        return
+    rank = np.empty(n, dtype=np.int64)
+    rank[np.argsort(-np.nan_to_num(suspicion, nan=-np.inf), kind="stable")] = np.arange(n)
+    kept = np.asarray(images["train_index"])
+    order = np.argsort(rank[kept], kind="stable")[:GALLERY_SIZE]
+    labels = record.get("label", np.full(n, -1))
+    st.markdown(f"**The most suspected training images** (of the {len(kept):,} the run kept thumbnails of)")
+    st.image([enlarge(images["train_x"][i], THUMBNAIL) for i in order],
+             caption=[f"#{rank[kept[i]] + 1} · {'poisoned' if is_poisoned[kept[i]] else 'clean'} · label "
+                      f"{labels[kept[i]]}" for i in order])
+    explain("Ranked by suspicion (#1 = most suspected of all training samples); if the defense works, these carry "
+            "the trigger and say 'poisoned'.")
+
+
+# -- the page ----------------------------------------------------------------------------------
+
+st.title("Compare")
+st.markdown("Every finished run side by side: does the defense remove the backdoor (low attack success rate) "
+            "without costing clean accuracy? And which training samples did it suspect?")
+
+with page_errors():
+    table = finished_runs_table()
+    if table.empty:
+        st.info(HINT)
+        st.stop()
+
+    left, middle, right = st.columns(3)
+    datasets = sorted(table["Dataset"].dropna().unique())
+    rates = sorted(table["Rate"].unique())
+    models = sorted(table["Model"].dropna().unique())
+    chosen_datasets = left.multiselect("Dataset", datasets, default=datasets, key="compare_datasets")
+    chosen_rates = middle.multiselect("Poison rate", rates, default=rates, format_func=lambda r: f"{r:g}%",
+                                      key="compare_rates")
+    chosen_models = right.multiselect("Model", models, default=models, key="compare_models")
+    shown = table[table["Dataset"].isin(chosen_datasets) & table["Rate"].isin(chosen_rates)
+                  & table["Model"].isin(chosen_models)]
+
+    if shown.empty:
+        st.info("No finished run matches these filters.")
+    else:
+        st.subheader(f"{len(shown)} finished run{'s' if len(shown) != 1 else ''}")
+        columns = ["Defense", "Attack", "Dataset", "Rate", "Seed", "CA", "ASR", "RA", "AUROC", "Seconds", "run_id"]
+        st.dataframe(shown[columns], hide_index=True, column_config={
+            "Rate": st.column_config.NumberColumn("Rate", format="%.1f%%"),
+            "CA": st.column_config.NumberColumn("CA", format="%.1f%%", help="Clean accuracy on the untouched test set"),
+            "ASR": st.column_config.NumberColumn("ASR", format="%.1f%%",
+                                                 help="Attack success rate: triggered test images sent to the target"),
+            "RA": st.column_config.NumberColumn("RA", format="%.1f%%",
+                                                help="Robust accuracy: triggered test images still given their true label"),
+            "AUROC": st.column_config.NumberColumn("Detection AUROC", format="%.3f",
+                                                   help="How well the defense's suspicion ranks poisoned samples first"),
+            "Seconds": st.column_config.NumberColumn("Seconds", format="%.0f"),
+            "run_id": st.column_config.TextColumn("Run id"),
+        })
+        explain("One row per run; sort by a column by clicking its header. A good defense keeps CA near the "
+                "undefended run's and brings ASR close to 0%.")
+
+        st.subheader("Clean accuracy against attack success")
+        st.plotly_chart(scatter(shown))
+        explain("Each point is a run (hover for its id): the shaded bottom-right corner is where a defense wants to "
+                "be, keeping accuracy and leaving the trigger powerless; undefended runs sit at the top.")
+
+        left, right = st.columns(2)
+        with left:
+            st.subheader("Mean attack success rate")
+            st.plotly_chart(heatmap(shown, "ASR", good_high=False))
+            explain("Green is a defense that held against that attack; each cell is mean ± std over its runs (n).")
+        with right:
+            st.subheader("Mean clean accuracy")
+            st.plotly_chart(heatmap(shown, "CA", good_high=True))
+            explain("What each defense costs on clean images; compare a row with the Undefended row.")
+
+    st.divider()
+    st.subheader("Which samples did the defense suspect?")
+    run = pick_run("Run", key="compare_run")
+    if run is not None:
+        suspected_poison_view(run)

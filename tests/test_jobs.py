@@ -4,9 +4,6 @@ worker dies, and one real worker process end to end."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 
