@@ -6,9 +6,27 @@ only read run folders; training happens in the worker process (`cbd_core/jobs.py
 
 from __future__ import annotations
 
+import logging
+
 import streamlit as st
 
+from cbd_core import jobs
+from cbd_core.runs import runs_root
+
 st.set_page_config(page_title="Backdoor Lab", page_icon="🧪", layout="wide")
+
+
+@st.cache_resource(ttl=30, show_spinner=False)
+def check_workers(root: str) -> None:
+    """At most every 30 s, whoever visits: mark runs whose worker died as failed and (re)start the
+    background worker, so a queued run never waits on a worker that is gone."""
+    try:
+        jobs.ensure_workers(root)
+    except Exception:  # the pages still work without a worker; the Train page says none is running
+        logging.getLogger("backdoor_lab").exception("could not start the background worker")
+
+
+check_workers(str(runs_root()))
 
 PAGES = {
     "Learn": [st.Page("pages/overview.py", title="Overview", icon="🏠", default=True)],

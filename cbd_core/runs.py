@@ -229,6 +229,18 @@ class RunDir:
     def delete(self) -> None:
         shutil.rmtree(self.path)
 
+    def zip_bytes(self) -> bytes:
+        """The whole run folder as a zip (paths start with the run id), for downloading; the
+        worker's bookkeeping files (claim, cancel) and temporary files are left out."""
+        import zipfile
+
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for path in sorted(self.path.rglob("*")):
+                if path.is_file() and not path.name.startswith(".") and path.name not in ("claim", "cancel"):
+                    archive.write(path, f"{self.run_id}/{path.relative_to(self.path)}")
+        return buffer.getvalue()
+
 
 def list_runs(root: str | Path | None = None) -> list[RunDir]:
     """Every run under the root, newest first."""

@@ -1,4 +1,118 @@
-"""Placeholder: being written."""
+"""Runs: every run in the runs root with its state, settings and results; make one the active run,
+cancel it, download it as a zip, or delete it (with confirmation).
+
+Deleting and cancelling are the only writes a page makes, and both go through `cbd_core`: a page
+never edits a run's files.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
 import streamlit as st
 
-st.title("runs")
+from cbd_core import jobs
+from cbd_core.runs import FINISHED, RunDir, list_runs
+from pages.common import (ACTIVE_RUN, DEFENSE_TITLES, load_config, load_summary, page_errors, run_label,
+                          runs_root_path, set_active_run)
+
+
+def row(run: RunDir) -> dict[str, Any]:
+    """One table row; a half-written or hand-edited folder becomes a row that says so."""
+    try:
+        config = load_config(run)
+    except Exception as err:
+        return {"run": run.run_id, "state": f"unreadable ({err})"}
+    status = run.status()
+    summary = load_summary(run) or {}
+    state = jobs.status_line(status)
+    if status.get("state") == "queued":
+        position = jobs.queue_position(run)
+        state = f"queued (#{position})" if position else "queued"
+    return {
+        "run": run.run_id, "state": state, "defense": DEFENSE_TITLES.get(config.get("defense"), config.get("defense")),
+        "attack": config.get("attack"), "poison rate": config.get("poison_rate"), "dataset": config.get("dataset"),
+        "seed": config.get("seed"), "clean accuracy": summary.get("clean_accuracy"),
+        "attack success rate": summary.get("attack_success_rate"), "robust accuracy": summary.get("robust_accuracy"),
+        "seconds": summary.get("seconds") or status.get("seconds"), "created": status.get("created"),
+    }
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def zipped(path: str, finished: str) -> bytes:
+    """The run as a zip; cached by the time it finished, so each finished run is zipped once."""
+    from pathlib import Path
+
+    return RunDir(Path(path)).zip_bytes()
+
+
+def workers_line() -> None:
+    alive = [w for w in jobs.workers(runs_root_path()) if w.alive]
+    if alive:
+        st.caption("Background workers: " + ", ".join(
+            f"{w.device} #{w.slot} ({'training ' + w.current_run if w.current_run else 'idle'})" for w in alive))
+    else:
+        st.caption("No background worker is running; one starts when a run is queued.")
+
+
+def details(run: RunDir) -> None:
+    status = run.status()
+    state = status.get("state")
+    st.markdown(f"**{run_label(run)}**")
+    c1, c2, c3, c4 = st.columns(4)
+    if c1.button("Make this the active run", help="the other pages open on the active run"):
+        set_active_run(run.run_id)
+        st.toast("Active run set.")
+    if state in ("queued", "running") and c2.button("Cancel run"):
+        jobs.request_cancel(run)
+        st.toast("Cancelled." if state == "queued" else "Cancelling at the next batch…")
+    if state in FINISHED:
+        c2.download_button("Download as zip", zipped(str(run.path), str(status.get("finished"))),
+                           file_name=f"{run.run_id}.zip", mime="application/zip")
+    with c3:
+        if state in FINISHED:
+            confirm = st.checkbox("Yes, delete this run for good", key=f"confirm_delete_{run.run_id}")
+            if st.button("Delete run", disabled=not confirm, type="primary" if confirm else "secondary"):
+                run.delete()
+                if st.session_state.get(ACTIVE_RUN) == run.run_id:
+                    st.session_state.pop(ACTIVE_RUN, None)
+                    st.query_params.pop("run", None)
+                st.toast(f"Deleted {run.run_id}.")
+                st.rerun()
+        else:
+            st.caption("Cancel a run before deleting it.")
+    if status.get("error"):
+        st.error(f"Error: {status['error']}")
+    with st.expander("Settings (config.json)"):
+        st.json(load_config(run))
+    with st.expander("Status (status.json)"):
+        st.json(status)
+    summary = load_summary(run)
+    if summary:
+        with st.expander("Summary (summary.json)"):
+            st.json(summary)
+
+
+st.title("Runs")
+st.write("Every run in the runs root, newest first. Training happens in a background worker, so this list "
+         "is the same in every browser tab.")
+
+with page_errors():
+    st.caption(f"Runs root: `{runs_root_path()}`")
+    workers_line()
+    runs = list_runs(runs_root_path())
+    if not runs:
+        st.info("No runs yet. Start one on the **Train** page, or press **Quick demo** on the Overview.")
+    else:
+        fraction = st.column_config.NumberColumn(format="%.3f")
+        st.dataframe([row(run) for run in runs], hide_index=True, use_container_width=True,
+                     column_config={"clean accuracy": fraction, "attack success rate": fraction,
+                                    "robust accuracy": fraction, "poison rate": st.column_config.NumberColumn(format="%.2f"),
+                                    "seconds": st.column_config.NumberColumn(format="%.0f")})
+        st.caption("Clean accuracy: share of untouched test images classified right. Attack success rate: share of "
+                   "triggered test images sent to the attacker's label (lower is better for a defense).")
+        ids = [run.run_id for run in runs]
+        wanted = st.query_params.get("run") or st.session_state.get(ACTIVE_RUN)
+        chosen = st.selectbox("Run", ids, index=ids.index(wanted) if wanted in ids else 0,
+                              format_func=lambda i: run_label(runs[ids.index(i)]), key="runs_page_choice")
+        details(runs[ids.index(chosen)])

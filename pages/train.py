@@ -1,4 +1,224 @@
-"""Placeholder: being written."""
+"""Train: choose a defense and its key settings, queue the run for the background worker, and watch
+it live (phase, epoch, CA and ASR per epoch for f_B and f_C) with a Cancel button.
+
+The page never trains: Start calls `cbd_core.jobs.submit`, which validates the settings exactly like
+the CLI and queues a run folder; the live panel is a fragment that re-reads that folder every second.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import plotly.graph_objects as go
 import streamlit as st
 
-st.title("train")
+from cbd_core import jobs
+from cbd_core.attacks import ATTACKS
+from cbd_core.config import RunConfig
+from cbd_core.data import DATASETS
+from cbd_core.defenses import DEFENSES
+from cbd_core.errors import UserInputError
+from cbd_core.params import Param
+from cbd_core.runs import FINISHED, RunDir, list_runs
+from pages.common import ACTIVE_RUN, explain, load_config, page_errors, runs_root_path, set_active_run
+
+# The settings a newcomer would touch first; everything else sits in an expander.
+KEY_PARAMS = {
+    "undefended": ("epochs", "lr"),
+    "cbd": ("backdoor_epochs", "epochs", "mi_weight", "weighting"),
+    "abl": ("isolation_epochs", "epochs", "unlearn_epochs", "unlearn_lr"),
+    "nonlinearity": ("epochs", "rounds", "reset_fraction", "reset_mode"),
+}
+PHASE_NAMES = {"f_B": "backdoored f_B", "f_C": "deconfounded f_C", "train": "training", "isolate": "isolation",
+               "unlearn": "unlearning"}
+
+
+def param_input(param: Param, default: Any, key: str) -> Any:
+    """One widget for a declared parameter, bounded by its range; the config validates it again."""
+    label = param.name.replace("_", " ")
+    if param.kind is str:
+        if param.choices:
+            return st.selectbox(label, param.choices, index=param.choices.index(default)
+                                if default in param.choices else 0, help=param.help, key=key)
+        return st.text_input(label, value=default or "", help=param.help, key=key) or None
+    if param.kind is int:
+        return st.number_input(label, value=int(default), step=1, help=param.help, key=key,
+                               min_value=int(param.low) if param.low is not None else None,
+                               max_value=int(param.high) if param.high is not None else None)
+    return st.number_input(label, value=float(default), help=param.help, key=key, format="%g",
+                           min_value=float(param.low) if param.low is not None else None,
+                           max_value=float(param.high) if param.high is not None else None)
+
+
+def settings_form() -> RunConfig | None:
+    """The data and defense settings as a RunConfig (validated on Start), prefilled from the Attack lab."""
+    carried = st.session_state.get("attack_settings") or {}
+    st.subheader("1 · Data and attack")
+    if carried:
+        st.caption("Prefilled from the **Attack lab** (its attack parameters and uploads come along).")
+    c1, c2, c3, c4 = st.columns(4)
+    names = list(DATASETS) + (["npz"] if carried.get("dataset") == "npz" else [])
+    dataset = c1.selectbox("dataset", names, index=names.index(carried.get("dataset", "mnist5k"))
+                           if carried.get("dataset", "mnist5k") in names else 0,
+                           format_func=lambda n: n if n == "npz" else f"{n} ({'offline' if DATASETS[n].offline else 'files needed'})")
+    attacks = list(ATTACKS)
+    attack = c2.selectbox("attack", attacks, index=attacks.index(carried.get("attack", "badnets"))
+                          if carried.get("attack", "badnets") in attacks else 0)
+    rate = c3.number_input("poison rate (%)", 0.0, 50.0, float(carried.get("poison_rate", 0.1)) * 100, step=1.0,
+                           help="share of the training set that carries the trigger")
+    target = c4.number_input("target label", 0, 999, int(carried.get("target_label", 0)), step=1,
+                             help="the class the trigger sends images to")
+    attack_params = carried.get("attack_params", {}) if carried.get("attack") == attack else {}
+
+    st.subheader("2 · Defense")
+    c1, c2, c3 = st.columns([2, 1, 1])
+    defense_name = c1.selectbox("defense", list(DEFENSES), index=list(DEFENSES).index("cbd"),
+                                format_func=lambda n: f"{DEFENSES[n].title}: {DEFENSES[n].description}")
+    seed = c2.number_input("seed", 0, 2**31 - 1, 0, step=1, help="the same seed gives the same poisoned set and run")
+    device = c3.selectbox("device", available_devices(), help="auto picks a GPU when there is one")
+    defense = DEFENSES[defense_name]
+    shape = DATASETS[dataset].image_shape if dataset in DATASETS else (28, 28, 1)
+    defaults = defense.defaults(shape)
+    declared = {p.name: p for p in defense.params}
+    key_names = [n for n in KEY_PARAMS.get(defense_name, ()) if n in declared]
+    values: dict[str, Any] = {}
+    columns = st.columns(max(1, len(key_names)))
+    for column, name in zip(columns, key_names):
+        with column:
+            values[name] = param_input(declared[name], defaults[name], f"train_{defense_name}_{name}")
+    with st.expander("All parameters of " + defense.title):
+        for param in defense.params:
+            if param.name not in key_names:
+                values[param.name] = param_input(param, defaults[param.name], f"train_{defense_name}_{param.name}")
+    changed = {k: v for k, v in values.items() if v != defaults.get(k)}
+    return RunConfig(dataset=dataset, attack=attack, poison_rate=round(float(rate) / 100, 6), target_label=int(target),
+                     defense=defense_name, seed=int(seed), attack_params=dict(attack_params),
+                     defense_params=changed, device=device, npz_path=carried.get("npz_path") if dataset == "npz" else None)
+
+
+@st.cache_resource(show_spinner=False)
+def available_devices() -> list[str]:
+    import torch
+
+    devices = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def active_run() -> RunDir | None:
+    """The active run if it still exists, else the newest run."""
+    wanted = st.query_params.get("run") or st.session_state.get(ACTIVE_RUN)
+    runs = list_runs(runs_root_path())
+    chosen = next((run for run in runs if run.run_id == wanted), runs[0] if runs else None)
+    if chosen is not None and chosen.run_id != wanted:
+        set_active_run(chosen.run_id)
+    return chosen
+
+
+def curves(metrics: list[dict[str, Any]]) -> go.Figure:
+    """CA (solid) and ASR (dashed) per epoch, one colour per phase, epochs numbered across phases."""
+    fig = go.Figure()
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+    phases: list[str] = []
+    for i, line in enumerate(metrics):
+        if line.get("phase") not in phases:
+            phases.append(line.get("phase"))
+    for colour, phase in zip(palette * 4, phases):
+        points = [(i + 1, m) for i, m in enumerate(metrics) if m.get("phase") == phase]
+        x = [i for i, _ in points]
+        name = PHASE_NAMES.get(phase, phase)
+        fig.add_trace(go.Scatter(x=x, y=[m.get("clean_accuracy") for _, m in points], mode="lines+markers",
+                                 name=f"{name}: clean accuracy", line={"color": colour}))
+        fig.add_trace(go.Scatter(x=x, y=[m.get("attack_success_rate") for _, m in points], mode="lines+markers",
+                                 name=f"{name}: attack success", line={"color": colour, "dash": "dash"},
+                                 marker={"symbol": "x"}))
+    fig.update_layout(height=340, margin={"l": 10, "r": 10, "t": 30, "b": 10}, yaxis={"range": [0, 1.02]},
+                      xaxis_title="epoch (all phases in order)", yaxis_title="share of test images",
+                      legend={"orientation": "h", "y": -0.25})
+    return fig
+
+
+def live_panel() -> None:
+    """Status, progress, curves and Cancel of the active run; re-run every second while it is active."""
+    run = active_run()
+    if run is None:
+        st.info("No run yet: choose the settings above and press **Start**.")
+        return
+    try:
+        config = load_config(run)
+    except UserInputError as err:
+        st.error(str(err))
+        return
+    status = run.status()
+    state = status.get("state", "?")
+    # When the run finishes, rerun the whole page once so the fragment stops polling.
+    was_active = st.session_state.get("train_panel_active")
+    st.session_state["train_panel_active"] = state not in FINISHED
+    if was_active and state in FINISHED:
+        st.rerun()
+    st.markdown(f"**{config['defense']}** against **{config['attack']}** at {config['poison_rate']:.0%} on "
+                f"{config['dataset']} (seed {config['seed']}) · run `{run.run_id}`")
+    c1, c2, c3 = st.columns(3)
+    c1.metric("state", state)
+    c2.metric("device", status.get("device") or status.get("queue", "?"))
+    progress = status.get("progress") or {}
+    if state == "queued":
+        position = jobs.queue_position(run)
+        c3.metric("place in queue", position if position is not None else "starting")
+        alive = [w for w in jobs.workers(runs_root_path()) if w.alive]
+        if not alive:
+            st.warning("No background worker is running yet; it is being started (this takes a few seconds).")
+    elif progress:
+        c3.metric("phase", f"{PHASE_NAMES.get(progress.get('phase'), progress.get('phase'))}")
+        epoch = max(1, int(progress.get("epoch") or 0))
+        st.progress(float(progress.get("fraction", 0.0)),
+                    text=f"{PHASE_NAMES.get(progress.get('phase'), progress.get('phase'))}: epoch {epoch} of "
+                         f"{progress.get('epochs')}")
+    if state in ("queued", "running"):
+        if st.button("Cancel this run", key="cancel_active"):
+            found = jobs.request_cancel(run)
+            st.toast("Cancelled." if found == "queued" else "Cancelling at the next batch…")
+    if state == "failed":
+        st.error(f"This run failed: {status.get('error') or 'no reason recorded'}")
+    if state == "cancelled":
+        st.warning("This run was cancelled; what it had written is kept.")
+    metrics = run.metrics()
+    if metrics:
+        st.plotly_chart(curves(metrics), use_container_width=True, key="train_curves")
+        explain("solid lines are clean accuracy (higher is better), dashed lines the attack success rate "
+                "(lower is better for a defense). For CBD, f_B's dashed line should shoot up - it learns the "
+                "trigger on purpose - while f_C's stays near zero as its clean accuracy climbs.")
+    elif state in ("queued", "running"):
+        st.caption("The curves appear when the first epoch ends.")
+    summary = run.summary()
+    if state == "done" and summary:
+        c1, c2, c3 = st.columns(3)
+        c1.metric("clean accuracy", f"{summary['clean_accuracy']:.1%}")
+        c2.metric("attack success rate", f"{summary['attack_success_rate']:.1%}")
+        c3.metric("seconds", f"{summary['seconds']:.0f}")
+        st.page_link("pages/sample_weights.py", label="See the per-sample weights →")
+        st.page_link("pages/embeddings.py", label="See the embeddings →")
+        st.page_link("pages/attributions.py", label="See where each model looks →")
+
+
+st.title("Train a defense")
+st.write("Pick the poisoned data and a defense, press **Start**, and watch it train. Training runs in a "
+         "background worker: you can change pages, reload or close the tab, and the run goes on.")
+
+with page_errors():
+    config = settings_form()
+    if st.button("Start", type="primary"):
+        with st.spinner("Checking the settings and queueing the run…"):
+            run = jobs.submit(config, runs_root_path())
+        set_active_run(run.run_id)
+        st.success(f"Queued run {run.run_id}.")
+
+st.divider()
+st.subheader("3 · Live progress")
+with page_errors():
+    run = active_run()
+    active = run is not None and run.status().get("state") not in FINISHED
+    st.fragment(live_panel, run_every=1.0 if active else None)()

@@ -102,3 +102,28 @@ def finished_runs(tmp_path_factory, mnist5k):
             pipeline.execute(prepared, run)
             ids[defense] = run.run_id
     return root, ids
+
+
+def open_page(name: str, run: str | None = None, session_state: dict | None = None):
+    """An AppTest of the whole app (app.py's navigation) switched to `pages/<name>.py`, run once.
+
+    Going through app.py, as the browser does, makes page links and page switches resolve. Use it
+    with the `no_worker` fixture (or your own patch) so no real worker process is started."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    if run is not None:
+        at.query_params["run"] = run
+    for key, value in (session_state or {}).items():
+        at.session_state[key] = value
+    at.switch_page(f"pages/{name}.py")
+    at.run()
+    return at
+
+
+@pytest.fixture
+def no_worker(monkeypatch):
+    """No background worker process: `ensure_workers` does nothing (tests run workers in-process)."""
+    import cbd_core.jobs
+
+    monkeypatch.setattr(cbd_core.jobs, "ensure_workers", lambda *a, **k: [])

@@ -1,0 +1,158 @@
+"""AppTest for the Overview, Train and Runs pages: queueing through the same validation as the CLI,
+the live panel over a run the worker trains, cancelling, deleting, downloading, broken folders."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import cbd_core.jobs as jobs
+from cbd_core.runs import RunDir, list_runs
+from conftest import open_page
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def runs_root(tmp_path, monkeypatch, no_worker):
+    """An empty runs root; no real worker process is started (the tests run one in-process)."""
+    monkeypatch.setenv("BACKDOOR_LAB_RUNS", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture
+def fast_worker(monkeypatch, patch_dataset):
+    """Train whatever is queued, in this process, on 300 images, with a stand-in for the UMAP step."""
+    import cbd_core.analysis.embeddings as embeddings
+
+    patch_dataset(300, 100)
+    monkeypatch.setattr(embeddings, "compute_umap", lambda run: {})
+    monkeypatch.setattr(embeddings, "warm_up", lambda: None)
+    monkeypatch.setattr(embeddings, "configure_numba_cache", lambda folder=None: None)
+    return lambda root: jobs.Worker(root, "cpu").serve(exit_when_idle=True)
+
+
+def test_train_page_queues_and_shows_progress(runs_root, fast_worker):
+    at = open_page("train")
+    assert not at.exception
+    at.selectbox[2].set_value("undefended")  # dataset, attack, defense, device
+    at.run()
+    at.number_input(key="train_undefended_epochs").set_value(2)
+    at.button[0].click()  # Start
+    at.run()
+    assert not at.exception and not at.error
+    runs = list_runs(runs_root)
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.config()["defense"] == "undefended" and run.config()["defense_params"]["epochs"] == 2
+    assert at.query_params["run"] == run.run_id
+    assert any(m.label == "place in queue" for m in at.metric)
+
+    assert fast_worker(runs_root) == 1
+    at.run()  # AppTest does not fire run_every: rerun by hand
+    assert not at.exception
+    assert run.status()["state"] == "done"
+    assert at.get("plotly_chart"), "the CA / ASR curves"
+    assert [m.value for m in at.metric if m.label == "state"] == ["done"]
+
+
+def test_train_page_rejects_bad_settings(runs_root):
+    at = open_page("train")
+    at.number_input[1].set_value(12)  # target label 12 on a 10-class dataset
+    at.button[0].click()
+    at.run()
+    assert not at.exception
+    assert any("target_label" in e.value for e in at.error)
+    assert list_runs(runs_root) == []  # nothing queued
+
+
+def test_train_page_cancels_a_queued_run(runs_root):
+    at = open_page("train")
+    at.button[0].click()
+    at.run()
+    run = list_runs(runs_root)[0]
+    cancel = [b for b in at.button if b.label == "Cancel this run"]
+    assert cancel
+    cancel[0].click()
+    at.run()
+    assert not at.exception
+    assert run.status()["state"] == "cancelled"
+
+
+def test_train_page_takes_the_attack_lab_settings(runs_root):
+    at = open_page("train", session_state={"attack_settings": {
+        "dataset": "mnist5k", "attack": "blend", "poison_rate": 0.05, "target_label": 3,
+        "attack_params": {"alpha": 0.3}, "npz_path": None}})
+    at.button[0].click()
+    at.run()
+    assert not at.exception and not at.error
+    config = list_runs(runs_root)[0].config()
+    assert (config["attack"], config["poison_rate"], config["target_label"]) == ("blend", 0.05, 3)
+    assert config["attack_params"]["alpha"] == 0.3
+
+
+def test_failed_run_shows_its_error(runs_root, finished_runs):
+    root, ids = finished_runs
+    shutil.copytree(root / ids["undefended"], runs_root / ids["undefended"])
+    run = RunDir(runs_root / ids["undefended"])
+    run.update_status(state="failed", error="worker stopped")
+    at = open_page("train", run=run.run_id)
+    assert not at.exception
+    assert any("worker stopped" in e.value for e in at.error)
+
+
+def test_runs_page_lists_downloads_and_deletes(runs_root, finished_runs):
+    root, ids = finished_runs
+    for defense in ("cbd", "undefended"):
+        shutil.copytree(root / ids[defense], runs_root / ids[defense])
+    broken = runs_root / "20200101-000000-000-broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    at = open_page("runs", run=ids["cbd"])
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert len(table) == 3 and "unreadable" in " ".join(map(str, table["state"].tolist()))
+    assert at.get("download_button"), "a finished run can be downloaded"
+    delete = [b for b in at.button if b.label == "Delete run"][0]
+    assert delete.disabled  # not before the confirmation is ticked
+    at.checkbox(key=f"confirm_delete_{ids['cbd']}").check()
+    at.run()
+    [b for b in at.button if b.label == "Delete run"][0].click()
+    at.run()
+    assert not at.exception
+    assert not (runs_root / ids["cbd"]).exists() and (runs_root / ids["undefended"]).exists()
+
+
+def test_runs_page_empty_root(runs_root):
+    at = open_page("runs")
+    assert not at.exception and at.info
+
+
+def test_zip_holds_the_run(finished_runs):
+    import io
+    import zipfile
+
+    root, ids = finished_runs
+    run = RunDir(root / ids["cbd"])
+    names = zipfile.ZipFile(io.BytesIO(run.zip_bytes())).namelist()
+    for expected in ("config.json", "status.json", "summary.json", "metrics.jsonl", "models/f_C.pt", "models/f_B.pt"):
+        assert f"{run.run_id}/{expected}" in names
+    assert json.loads(zipfile.ZipFile(io.BytesIO(run.zip_bytes())).read(f"{run.run_id}/config.json"))["defense"] == "cbd"
+
+
+def test_overview_quick_demo_opens_the_train_page(runs_root, monkeypatch):
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.run()
+    assert not at.exception
+    demo = [b for b in at.button if "Quick demo" in b.label]
+    assert demo
+    demo[0].click()
+    at.run()
+    assert not at.exception
+    runs = list_runs(runs_root)
+    assert len(runs) == 1 and runs[0].config()["defense"] == "cbd" and runs[0].status()["state"] == "queued"
+    assert at.title[0].value == "Train a defense"
