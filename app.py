@@ -13,7 +13,7 @@ import streamlit as st
 from cbd_core import jobs
 from cbd_core.runs import runs_root
 
-st.set_page_config(page_title="Backdoor Lab", page_icon="🧪", layout="wide")
+st.set_page_config(page_title="Backdoor Lab", page_icon=":material/science:", layout="wide")
 
 
 @st.cache_resource(ttl=30, show_spinner=False)
@@ -29,17 +29,17 @@ def check_workers(root: str) -> None:
 check_workers(str(runs_root()))
 
 PAGES = {
-    "Learn": [st.Page("pages/overview.py", title="Overview", icon="🏠", default=True)],
+    "Learn": [st.Page("pages/overview.py", title="Overview", icon=":material/home:", default=True)],
     "Set up and train": [
-        st.Page("pages/attack_lab.py", title="Attack lab", icon="🧨"),
-        st.Page("pages/train.py", title="Train", icon="🏋️"),
-        st.Page("pages/runs.py", title="Runs", icon="🗂️"),
+        st.Page("pages/attack_lab.py", title="Attack lab", icon=":material/bug_report:"),
+        st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+        st.Page("pages/runs.py", title="Runs", icon=":material/folder_open:"),
     ],
     "Look inside a run": [
-        st.Page("pages/sample_weights.py", title="Sample weights", icon="⚖️"),
-        st.Page("pages/embeddings.py", title="Embeddings", icon="🗺️"),
-        st.Page("pages/attributions.py", title="Attributions", icon="🔍"),
-        st.Page("pages/compare.py", title="Compare", icon="📊"),
+        st.Page("pages/sample_weights.py", title="Sample weights", icon=":material/balance:"),
+        st.Page("pages/embeddings.py", title="Embeddings", icon=":material/scatter_plot:"),
+        st.Page("pages/attributions.py", title="Attributions", icon=":material/center_focus_strong:"),
+        st.Page("pages/compare.py", title="Compare", icon=":material/leaderboard:"),
     ],
 }
 

@@ -58,8 +58,9 @@ with page_errors():
         st.image(str(CAUSAL_GRAPH), use_container_width=True)
     with right:
         st.markdown(
-            "In clean data the digit's shape **C** decides both the image **X** and its label **Y**. Poisoning "
-            "adds a second cause, the attack **B**: it puts the trigger into X *and* sets Y to the target. B is "
+            "In clean data the digit's shape **C** is what the image **X** shows, and the label **Y** should "
+            "follow from it: C → X → Y. Poisoning adds a second cause, the attack **B**: it puts the trigger "
+            "into X *and* sets Y to the target. B is "
             "a **confounder**: it opens a spurious path X ← B → Y, and a model trained naively learns it "
             "because the trigger predicts the label perfectly and is much easier to learn than shapes."
         )

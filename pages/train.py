@@ -53,7 +53,7 @@ def param_input(param: Param, default: Any, key: str) -> Any:
 def settings_form() -> RunConfig | None:
     """The data and defense settings as a RunConfig (validated on Start), prefilled from the Attack lab."""
     carried = st.session_state.get("attack_settings") or {}
-    st.subheader("1 · Data and attack")
+    st.markdown("**1 · Data and attack**")
     if carried:
         st.caption("Prefilled from the **Attack lab** (its attack parameters and uploads come along).")
     c1, c2, c3, c4 = st.columns(4)
@@ -70,7 +70,7 @@ def settings_form() -> RunConfig | None:
                              help="the class the trigger sends images to")
     attack_params = carried.get("attack_params", {}) if carried.get("attack") == attack else {}
 
-    st.subheader("2 · Defense")
+    st.markdown("**2 · Defense**")
     c1, c2, c3 = st.columns([2, 1, 1])
     defense_name = c1.selectbox("defense", list(DEFENSES), index=list(DEFENSES).index("cbd"),
                                 format_func=lambda n: f"{DEFENSES[n].title}: {DEFENSES[n].description}")
@@ -208,17 +208,19 @@ st.title("Train a defense")
 st.write("Pick the poisoned data and a defense, press **Start**, and watch it train. Training runs in a "
          "background worker: you can change pages, reload or close the tab, and the run goes on.")
 
+# The run being watched comes first: the Quick demo and Start both land here.
+st.subheader("Live progress")
+with page_errors():
+    run = active_run()
+    active = run is not None and run.status().get("state") not in FINISHED
+    st.fragment(live_panel, run_every=1.0 if active else None)()
+
+st.divider()
+st.subheader("Start a new run")
 with page_errors():
     config = settings_form()
     if st.button("Start", type="primary"):
         with st.spinner("Checking the settings and queueing the run…"):
             run = jobs.submit(config, runs_root_path())
         set_active_run(run.run_id)
-        st.success(f"Queued run {run.run_id}.")
-
-st.divider()
-st.subheader("3 · Live progress")
-with page_errors():
-    run = active_run()
-    active = run is not None and run.status().get("state") not in FINISHED
-    st.fragment(live_panel, run_every=1.0 if active else None)()
+        st.rerun()  # the live panel above follows the new run

@@ -36,13 +36,17 @@ def fast_worker(monkeypatch, patch_dataset):
     return lambda root: jobs.Worker(root, "cpu").serve(exit_when_idle=True)
 
 
+def start(at: AppTest) -> None:
+    [b for b in at.button if b.label == "Start"][0].click()
+
+
 def test_train_page_queues_and_shows_progress(runs_root, fast_worker):
     at = open_page("train")
     assert not at.exception
     at.selectbox[2].set_value("undefended")  # dataset, attack, defense, device
     at.run()
     at.number_input(key="train_undefended_epochs").set_value(2)
-    at.button[0].click()  # Start
+    start(at)
     at.run()
     assert not at.exception and not at.error
     runs = list_runs(runs_root)
@@ -63,7 +67,7 @@ def test_train_page_queues_and_shows_progress(runs_root, fast_worker):
 def test_train_page_rejects_bad_settings(runs_root):
     at = open_page("train")
     at.number_input[1].set_value(12)  # target label 12 on a 10-class dataset
-    at.button[0].click()
+    start(at)
     at.run()
     assert not at.exception
     assert any("target_label" in e.value for e in at.error)
@@ -72,7 +76,7 @@ def test_train_page_rejects_bad_settings(runs_root):
 
 def test_train_page_cancels_a_queued_run(runs_root):
     at = open_page("train")
-    at.button[0].click()
+    start(at)
     at.run()
     run = list_runs(runs_root)[0]
     cancel = [b for b in at.button if b.label == "Cancel this run"]
@@ -87,7 +91,7 @@ def test_train_page_takes_the_attack_lab_settings(runs_root):
     at = open_page("train", session_state={"attack_settings": {
         "dataset": "mnist5k", "attack": "blend", "poison_rate": 0.05, "target_label": 3,
         "attack_params": {"alpha": 0.3}, "npz_path": None}})
-    at.button[0].click()
+    start(at)
     at.run()
     assert not at.exception and not at.error
     config = list_runs(runs_root)[0].config()

@@ -1,0 +1,132 @@
+"""End to end in real headless Chromium: start `streamlit run app.py` on a free port with an empty runs
+root, press Quick demo (shrunk by $BACKDOOR_LAB_TINY_DEMO=1 to one epoch per model), wait for the
+background worker to train it and map it, then open every page on that run: no Streamlit exception
+anywhere, and a screenshot of each page under test-artifacts/e2e/ for a person to look at.
+
+Chromium comes from the system (`apt-get install -y chromium`, which .ci/run does when it is
+missing); Playwright only drives it (never `playwright install`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cbd_core import jobs
+from cbd_core.runs import list_runs
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts" / "e2e"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"]
+IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
+# Every page after the demo: (url path, text that must be on it).
+PAGES = [("attack_lab", "Attack lab"), ("train", "Train a defense"), ("runs", "Runs"),
+         ("sample_weights", "Sample weights"), ("embeddings", "Embeddings"), ("attributions", "Attributions"),
+         ("compare", "Compare")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium is missing ({CHROMIUM}): `apt-get install -y chromium` (.ci/run does it)")
+    root = tmp_path_factory.mktemp("e2e_runs")
+    port = free_port()
+    env = {**os.environ, "BACKDOOR_LAB_RUNS": str(root), "BACKDOOR_LAB_TINY_DEMO": "1"}
+    log = open(root / "streamlit.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
+         "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if process.poll() is not None:
+                pytest.fail(f"streamlit exited: {(root / 'streamlit.log').read_text()[-2000:]}")
+            time.sleep(0.3)
+    yield url, root
+    process.terminate()
+    process.wait(20)
+    jobs.stop_workers(root)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()
+
+
+def settle(page, timeout_ms: int = 90_000) -> None:
+    """Wait until the script has finished running (never a fixed sleep for the script itself)."""
+    page.wait_for_selector(IDLE, timeout=timeout_ms)
+
+
+def assert_no_exception(page, where: str) -> None:
+    errors = page.locator("[data-testid='stException']")
+    assert errors.count() == 0, f"{where}: {errors.first.inner_text()[:2000]}"
+
+
+def test_quick_demo_and_every_page(server, browser):
+    url, root = server
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 2400})
+    page.goto(url)
+    settle(page)
+    assert_no_exception(page, "overview")
+    page.screenshot(path=str(ARTIFACTS / "01_overview.png"), full_page=True)
+
+    page.get_by_role("button", name="Quick demo").click()
+    page.wait_for_selector("h1:has-text('Train a defense')", timeout=60_000)
+    settle(page)
+    runs = list_runs(root)
+    assert len(runs) == 1, "Quick demo queues exactly one run"
+    run = runs[0]
+
+    # The worker trains it in the background; the live panel follows (the fragment polls the folder).
+    deadline = time.monotonic() + 420
+    while time.monotonic() < deadline and run.status().get("state") not in ("done", "failed", "cancelled"):
+        if run.status().get("state") == "running" and not (ARTIFACTS / "02_train_live.png").exists() and run.metrics():
+            page.screenshot(path=str(ARTIFACTS / "02_train_live.png"), full_page=True)
+        time.sleep(1)
+    status = run.status()
+    assert status["state"] == "done", status
+    while time.monotonic() < deadline and run.status().get("analysis") not in ("done", "failed"):
+        time.sleep(1)
+    assert run.status().get("analysis") == "done", run.status()
+    page.wait_for_selector("text=attack success rate", timeout=30_000)  # the panel shows the result
+    settle(page)
+    assert_no_exception(page, "train (finished)")
+    page.screenshot(path=str(ARTIFACTS / "03_train_done.png"), full_page=True)
+
+    for number, (path, title) in enumerate(PAGES, start=4):
+        page.goto(f"{url}/{path}?run={run.run_id}")
+        settle(page)
+        page.wait_for_selector(f"h1:has-text('{title}')", timeout=60_000)
+        settle(page)
+        page.wait_for_timeout(500)  # let charts draw before the screenshot
+        assert_no_exception(page, path)
+        page.screenshot(path=str(ARTIFACTS / f"{number:02d}_{path}.png"), full_page=True)
+    page.close()
