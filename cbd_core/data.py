@@ -123,6 +123,9 @@ def load_npz(path: str | Path) -> tuple[ImageSet, ImageSet, np.ndarray | None]:
         raise UserInputError(f"npz: no such file: {path}", "npz") from None
     except Exception as err:  # zip errors, pickled objects, truncated files
         raise UserInputError(f"npz: cannot read {path.name} as a NumPy .npz archive ({err})", "npz") from None
+    for key, value in arrays.items():  # a member that is not a .npy file comes back as raw bytes
+        if not isinstance(value, np.ndarray):
+            raise UserInputError(f"npz: '{key}' is not a NumPy array", key)
 
     def images(key: str) -> np.ndarray:
         x = arrays[key]

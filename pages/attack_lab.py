@@ -23,14 +23,14 @@ from cbd_core.attacks import ATTACKS, Attack, get_attack
 from cbd_core.config import RunConfig
 from cbd_core.data import DATASETS, ImageSet, load_dataset, load_npz
 from cbd_core.params import Param
-from cbd_core.uploads import save_upload
+from cbd_core.uploads import MAX_BYTES, save_upload
 from pages.common import enlarge, explain, page_errors, runs_root_path
 
 SETTINGS_KEY = "attack_settings"  # read by the Train page as its defaults: keep the keys as they are
 DATASET_CHOICES = [*DATASETS, "npz"]
 PREVIEW_SEED = 0  # the Train page chooses the run's seed; the preview shows seed 0's poisoned set
 PAIRS_SHOWN = 6
-THUMBNAIL = 96  # pixels per preview image
+THUMBNAIL = 112  # about this many pixels per preview image (28 px x 4)
 PATTERN_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "webp"]
 
 
@@ -59,7 +59,7 @@ def _step(param: Param) -> int | float:
     if param.kind is int:
         return 1
     span = (param.high or 1.0) - (param.low or 0.0)
-    return float(10 ** np.floor(np.log10(max(span / 100, 1e-3))))
+    return float(10 ** np.round(np.log10(max(span / 100, 1e-3))))
 
 
 def _number_format(step: int | float) -> str:
@@ -72,20 +72,21 @@ def _number_format(step: int | float) -> str:
 # -- cached data -------------------------------------------------------------------------------
 
 @st.cache_resource(show_spinner="Loading the dataset…", max_entries=2)
-def _load(dataset: str, npz_path: str | None, download: bool) -> tuple[ImageSet, ImageSet, np.ndarray | None]:
+def _load(dataset: str, npz_path: str | None, _download: bool) -> tuple[ImageSet, ImageSet, np.ndarray | None]:
     """Train set, test set and (an npz that comes poisoned) its mask. Shared and read-only: the
-    attack copies before it changes anything."""
+    attack copies before it changes anything. (The leading underscore keeps `_download` out of the
+    cache key: the files are the same whether or not they had to be fetched.)"""
     if dataset == "npz":
         return load_npz(npz_path)
-    train, test = load_dataset(dataset, download=download)
+    train, test = load_dataset(dataset, download=_download)
     return train, test, None
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _preview(dataset: str, npz_path: str | None, download: bool, attack_name: str, poison_rate: float,
+def _preview(dataset: str, npz_path: str | None, _download: bool, attack_name: str, poison_rate: float,
              target_label: int, params_json: str) -> dict[str, Any]:
     """What the page draws for one setting: a few poisoned samples and per-class counts (small)."""
-    train, test, premade_mask = _load(dataset, npz_path, download)
+    train, test, premade_mask = _load(dataset, npz_path, _download)
     params = json.loads(params_json)
     if premade_mask is not None:
         from cbd_core.pipeline import already_poisoned  # the same rule as a run of this data
@@ -96,7 +97,9 @@ def _preview(dataset: str, npz_path: str | None, download: bool, attack_name: st
     else:
         data = get_attack(attack_name).poison(train, test, poison_rate, target_label, PREVIEW_SEED, params)
     poisoned = np.flatnonzero(data.is_poisoned)
-    shown = poisoned[np.unique(np.linspace(0, len(poisoned) - 1, PAIRS_SHOWN).astype(int))] if len(poisoned) else poisoned
+    # a few poisoned samples spread over the set (it is ordered by class for mnist5k)
+    spread = np.unique(np.linspace(0, len(poisoned) - 1, PAIRS_SHOWN).astype(int)) if len(poisoned) else []
+    shown = poisoned[spread]
     classes = train.num_classes
     return {
         "premade": premade_mask is not None,
@@ -175,8 +178,9 @@ def class_chart(preview: dict[str, Any], target_label: int) -> go.Figure:
     names = [str(n) for n in preview["class_names"]]
     change = preview["size_after"] - preview["size_before"]
     fig = go.Figure([
-        go.Bar(name="poisoned samples (by original label)", x=names, y=preview["poisoned_by_class"]),
-        go.Bar(name="change in class size after relabelling", x=names, y=change),
+        go.Bar(name="poisoned samples (by original label)", x=names, y=preview["poisoned_by_class"],
+               marker_color="#e45756"),
+        go.Bar(name="change in class size after relabelling", x=names, y=change, marker_color="#9aa7b8"),
     ])
     fig.update_layout(barmode="group", height=320, margin=dict(t=30, b=10), xaxis_title="class",
                       yaxis_title="training samples", xaxis_type="category",
@@ -186,14 +190,14 @@ def class_chart(preview: dict[str, Any], target_label: int) -> go.Figure:
     return fig
 
 
+def image_row(images: list[np.ndarray], captions: list[str]) -> None:
+    """Small images in a row, each scaled up by a whole factor so single pixels stay sharp."""
+    big = [enlarge(image, THUMBNAIL) for image in images]
+    st.image(big, caption=captions, width=int(big[0].shape[1]) if big else "content")
+
+
 def link_to_train() -> None:
-    try:
-        st.page_link("pages/train.py", label="Train a defense on this data →", icon="🏋️")
-    except Exception as err:
-        if type(err).__name__ != "StreamlitPageNotFoundError":
-            raise
-        # This page runs on its own (not through app.py's navigation): no page to link to.
-        st.markdown("Next: open the **Train** page to train a defense on this data.")
+    st.page_link("pages/train.py", label="Train a defense on this data →", icon=":material/model_training:")
 
 
 def show_preview(preview: dict[str, Any], attack: Attack, params: dict[str, Any], target_label: int) -> None:
@@ -216,30 +220,29 @@ def show_preview(preview: dict[str, Any], attack: Attack, params: dict[str, Any]
         def caption(i: int, poisoned: bool) -> str:
             before, after = names[preview["labels_before"][i]], names[preview["labels_after"][i]]
             if not poisoned:
-                return f"clean · label {before}"
-            return f"poisoned · label {before} → {after}" if before != after else f"poisoned · label {after} (kept)"
+                return f"clean · {before}"
+            return f"poisoned · {before} → {after}" if before != after else f"poisoned · {after} (kept)"
 
         shown = range(len(preview["index"]))
         if preview["premade"]:
-            st.image([enlarge(x, THUMBNAIL) for x in preview["poisoned_x"]],
-                     caption=[f"poisoned · label {names[preview['labels_after'][i]]}" for i in shown])
+            image_row(list(preview["poisoned_x"]), [f"poisoned · {names[preview['labels_after'][i]]}" for i in shown])
             explain("Your file marks these samples as poisoned. It came poisoned, so there is no clean copy to "
                     "compare with, and the difference picture cannot be drawn.")
         else:
-            st.markdown("**Clean and poisoned, side by side** (the same training samples)")
-            st.image([enlarge(x, THUMBNAIL) for x in preview["clean_x"]], caption=[caption(i, False) for i in shown])
-            st.image([enlarge(x, THUMBNAIL) for x in preview["poisoned_x"]], caption=[caption(i, True) for i in shown])
+            st.markdown("**Clean and poisoned, side by side** (the same training samples; captions give the label)")
+            image_row(list(preview["clean_x"]), [caption(i, False) for i in shown])
+            image_row(list(preview["poisoned_x"]), [caption(i, True) for i in shown])
             explain("Top: training images as they were; bottom: the same images as the model will see them, "
                     "with the trigger and (except SIG) the target label.")
             diff, gain = amplified_difference(preview["clean_x"], preview["poisoned_x"])
             st.markdown(f"**What changed** (|poisoned − clean|, brightened ×{gain:.0f})")
-            st.image([enlarge(d, THUMBNAIL) for d in diff], caption=[f"sample {i}" for i in preview["index"]])
+            image_row(list(diff), [f"sample {i}" for i in preview["index"]])
             explain("Bright pixels are the ones the attack changed; the brightening makes even faint triggers "
                     "(Blend, SIG, WaNet) visible, so compare shapes, not brightness.")
 
     st.markdown("**The trigger on its own**")
     pictures, captions, what = trigger_view(attack, params, preview["image_shape"])
-    st.image([enlarge(p, THUMBNAIL) for p in pictures], caption=captions)
+    image_row(pictures, captions)
     if preview["premade"]:
         what += " Your data came poisoned: its own trigger may differ; this is the one the test set gets."
     explain(what)
@@ -292,7 +295,7 @@ def param_widgets(attack: Attack, image_shape: tuple[int, int, int], saved: dict
         help_text = " ".join(filter(None, [param.help[0].upper() + param.help[1:] + ".", _range_text(param) + "."]))
         with column:
             if param.kind is str and param.choices:
-                _init(key, saved.get(param.name, default))
+                _init(key, saved[param.name] if saved.get(param.name) in param.choices else default)
                 value = st.selectbox(param.name, list(param.choices), key=key, help=help_text)
             elif param.kind is str:
                 _init(key, saved.get(param.name) or "")
@@ -310,6 +313,7 @@ def param_widgets(attack: Attack, image_shape: tuple[int, int, int], saved: dict
     if attack.name == "blend":
         uploaded = st.file_uploader("Trigger image for Blend (optional; default: the shipped noise pattern)",
                                     type=PATTERN_TYPES, key="attack_lab_pattern_upload",
+                                    max_upload_size=MAX_BYTES["pattern"] // 2**20,
                                     help="Any picture; it is resized to the dataset's images and blended at alpha.")
         pattern_path = _stored_upload("pattern", uploaded) or \
             _earlier_upload(saved.get("pattern_path"), "trigger image", "attack_lab_forget_pattern")
@@ -347,9 +351,9 @@ npz_path: str | None = None
 download = False
 if dataset == "npz":
     uploaded_npz = st.file_uploader(
-        "Your dataset (.npz)", type=["npz"], key="attack_lab_npz_upload",
+        "Your dataset (.npz)", type=["npz"], key="attack_lab_npz_upload", max_upload_size=MAX_BYTES["dataset"] // 2**20,
         help="x: (N, H, W[, C]) uint8 images, y: (N,) integer labels; optional is_poisoned (N,) bool for data "
-             "that comes poisoned, and x_test / y_test. Up to 200 MB.")
+             "that comes poisoned, and x_test / y_test.")
     with page_errors():
         npz_path = _stored_upload("dataset", uploaded_npz) or \
             _earlier_upload(saved.get("npz_path"), "dataset", "attack_lab_forget_npz")

@@ -30,8 +30,10 @@ THUMBNAIL = 84
 
 # What each defense's suspicion score is (higher = more suspected), in a phrase.
 SUSPICION_MEANING = {
-    "cbd": "1 − the weight CBD gave the sample at the end (a sample f_B fits far better than f_C gets a small weight)",
-    "abl": "minus the sample's loss in ABL's isolation phase (poisoned samples are learned first, so their loss is lowest)",
+    "cbd": "1 − the weight CBD gave the sample at the end (a sample f_B fits far better than f_C gets a small "
+           "weight)",
+    "abl": "minus the sample's loss in ABL's isolation phase (poisoned samples are learned first, so their loss is "
+           "lowest)",
     "nonlinearity": "the sample's activation on NONE's hyperplane neurons (a trigger drives them far above normal)",
 }
 
@@ -74,24 +76,36 @@ def finished_runs_table() -> pd.DataFrame:
             continue
         shape = tuple(summary.get("image_shape") or ())
         defense, attack = config.get("defense", "?"), config.get("attack", "?")
-        defense_label = DEFENSE_TITLES.get(defense, defense)
-        attack_label = attack
+        defense_note = attack_note = ""
         if len(shape) == 3:
             if defense in DEFENSES:
-                note = settings_note(DEFENSES[defense], shape, config.get("defense_params") or {})
-                defense_label += f" ({note})" if note else ""
+                defense_note = settings_note(DEFENSES[defense], shape, config.get("defense_params") or {})
             if attack in ATTACKS:
-                note = settings_note(ATTACKS[attack], shape, config.get("attack_params") or {})
-                attack_label += f" ({note})" if note else ""
+                attack_note = settings_note(ATTACKS[attack], shape, config.get("attack_params") or {})
         rows.append({
-            "run_id": run.run_id, "defense": defense, "Defense": defense_label, "Attack": attack_label,
-            "attack": attack, "Dataset": config.get("dataset"), "Rate": 100 * float(config.get("poison_rate", 0)),
+            "run_id": run.run_id, "defense": defense, "defense_settings": defense_note,
+            "Defense": DEFENSE_TITLES.get(defense, defense), "attack": attack, "attack_settings": attack_note,
+            "Attack": attack, "Dataset": config.get("dataset"), "Rate": 100 * float(config.get("poison_rate", 0)),
             "Seed": config.get("seed"), "Model": summary.get("model"),
             "CA": _percent(summary.get("clean_accuracy")), "ASR": _percent(summary.get("attack_success_rate")),
             "RA": _percent(summary.get("robust_accuracy")), "AUROC": summary.get("poison_detection_auroc"),
             "Seconds": summary.get("seconds"),
         })
     return pd.DataFrame(rows)
+
+
+def name_variants(table: pd.DataFrame) -> pd.DataFrame:
+    """Spell out a defense's (or attack's) non-default settings in its label only where the shown runs
+    hold more than one setting of it, so different variants are never averaged together and the
+    common case keeps short labels."""
+    table = table.copy()
+    for label, settings in (("Defense", "defense_settings"), ("Attack", "attack_settings")):
+        variants = table.groupby(label)[settings].transform("nunique")
+        spelled = table[label] + " (" + table[settings].where(table[settings] != "", "defaults") + ")"
+        table[label] = table[label].where(variants <= 1, spelled)
+    table["Settings"] = [", ".join(filter(None, pair)) for pair in zip(table["defense_settings"],
+                                                                          table["attack_settings"])]
+    return table
 
 
 def _percent(value: Any) -> float:
@@ -106,6 +120,7 @@ def _order(labels: pd.Series, names: list[str]) -> list[str]:
 
 def scatter(table: pd.DataFrame) -> go.Figure:
     fig = px.scatter(table, x="CA", y="ASR", color="Attack", symbol="Defense", hover_name="run_id",
+                     color_discrete_sequence=px.colors.qualitative.D3,
                      hover_data={"Dataset": True, "Rate": ":.1f", "Seed": True, "RA": ":.1f", "CA": ":.1f",
                                  "ASR": ":.1f"},
                      labels={"CA": "clean accuracy (%)", "ASR": "attack success rate (%)"})
@@ -136,7 +151,8 @@ def heatmap(table: pd.DataFrame, column: str, good_high: bool) -> go.Figure:
             text[i][j] = f"{mean:.1f} ({count:.0f})"
         else:
             text[i][j] = f"{mean:.1f} ± {std:.1f} ({count:.0f})"
-    fig = go.Figure(go.Heatmap(z=z, x=cols, y=rows, text=text, texttemplate="%{text}", zmin=0, zmax=100,
+    fig = go.Figure(go.Heatmap(z=z, x=cols, y=rows, text=text, texttemplate="%{text}", textfont=dict(size=13),
+                               zmin=0, zmax=100,
                                colorscale="RdYlGn" if good_high else "RdYlGn_r", colorbar=dict(title="%"),
                                hovertemplate="%{y} · %{x}: %{text}<extra></extra>"))
     fig.update_layout(height=120 + 45 * len(rows), margin=dict(t=20, b=10), yaxis=dict(autorange="reversed"))
@@ -199,7 +215,8 @@ def suspected_poison_view(run: RunDir) -> None:
     left.metric("Detection AUROC", f"{auroc(np.nan_to_num(suspicion, nan=-np.inf), is_poisoned):.3f}",
                 help="Chance that a random poisoned sample is more suspected than a random clean one (0.5 = chance).")
     middle.metric(f"Precision of the top {k:,}", f"{precision:.1%}")
-    right.metric(f"Recall of the top {k:,}", f"{recall:.1%}", help=f"Share of the {n_poisoned:,} poisoned samples found.")
+    right.metric(f"Recall of the top {k:,}", f"{recall:.1%}",
+                 help=f"Share of the {n_poisoned:,} poisoned samples found.")
     st.plotly_chart(suspicion_histogram(suspicion, is_poisoned, threshold))
     explain("Red is the truly poisoned samples, blue the clean ones (log scale): a good detector pushes red to the "
             "right of the dashed line and keeps blue to its left; the AUROC is how well they separate.")
@@ -214,9 +231,11 @@ def suspected_poison_view(run: RunDir) -> None:
     order = np.argsort(rank[kept], kind="stable")[:GALLERY_SIZE]
     labels = record.get("label", np.full(n, -1))
     st.markdown(f"**The most suspected training images** (of the {len(kept):,} the run kept thumbnails of)")
-    st.image([enlarge(images["train_x"][i], THUMBNAIL) for i in order],
+    thumbnails = [enlarge(images["train_x"][i], THUMBNAIL) for i in order]
+    st.image(thumbnails,
              caption=[f"#{rank[kept[i]] + 1} · {'poisoned' if is_poisoned[kept[i]] else 'clean'} · label "
-                      f"{labels[kept[i]]}" for i in order])
+                      f"{labels[kept[i]]}" for i in order],
+             width=int(thumbnails[0].shape[1]) if thumbnails else "content")
     explain("Ranked by suspicion (#1 = most suspected of all training samples); if the defense works, these carry "
             "the trigger and say 'poisoned'.")
 
@@ -241,24 +260,26 @@ with page_errors():
     chosen_rates = middle.multiselect("Poison rate", rates, default=rates, format_func=lambda r: f"{r:g}%",
                                       key="compare_rates")
     chosen_models = right.multiselect("Model", models, default=models, key="compare_models")
-    shown = table[table["Dataset"].isin(chosen_datasets) & table["Rate"].isin(chosen_rates)
-                  & table["Model"].isin(chosen_models)]
+    shown = name_variants(table[table["Dataset"].isin(chosen_datasets) & table["Rate"].isin(chosen_rates)
+                                & table["Model"].isin(chosen_models)])
 
     if shown.empty:
         st.info("No finished run matches these filters.")
     else:
         st.subheader(f"{len(shown)} finished run{'s' if len(shown) != 1 else ''}")
-        columns = ["Defense", "Attack", "Dataset", "Rate", "Seed", "CA", "ASR", "RA", "AUROC", "Seconds", "run_id"]
+        columns = ["Defense", "Attack", "Dataset", "Rate", "Seed", "CA", "ASR", "RA", "AUROC", "Seconds", "Settings",
+                   "run_id"]
         st.dataframe(shown[columns], hide_index=True, column_config={
             "Rate": st.column_config.NumberColumn("Rate", format="%.1f%%"),
             "CA": st.column_config.NumberColumn("CA", format="%.1f%%", help="Clean accuracy on the untouched test set"),
             "ASR": st.column_config.NumberColumn("ASR", format="%.1f%%",
                                                  help="Attack success rate: triggered test images sent to the target"),
-            "RA": st.column_config.NumberColumn("RA", format="%.1f%%",
-                                                help="Robust accuracy: triggered test images still given their true label"),
-            "AUROC": st.column_config.NumberColumn("Detection AUROC", format="%.3f",
-                                                   help="How well the defense's suspicion ranks poisoned samples first"),
+            "RA": st.column_config.NumberColumn(
+                "RA", format="%.1f%%", help="Robust accuracy: triggered test images still given their true label"),
+            "AUROC": st.column_config.NumberColumn(
+                "Detection AUROC", format="%.3f", help="How well the defense's suspicion ranks poisoned samples first"),
             "Seconds": st.column_config.NumberColumn("Seconds", format="%.0f"),
+            "Settings": st.column_config.TextColumn("Settings", help="Parameters set away from their defaults"),
             "run_id": st.column_config.TextColumn("Run id"),
         })
         explain("One row per run; sort by a column by clicking its header. A good defense keeps CA near the "
@@ -269,15 +290,12 @@ with page_errors():
         explain("Each point is a run (hover for its id): the shaded bottom-right corner is where a defense wants to "
                 "be, keeping accuracy and leaving the trigger powerless; undefended runs sit at the top.")
 
-        left, right = st.columns(2)
-        with left:
-            st.subheader("Mean attack success rate")
-            st.plotly_chart(heatmap(shown, "ASR", good_high=False))
-            explain("Green is a defense that held against that attack; each cell is mean ± std over its runs (n).")
-        with right:
-            st.subheader("Mean clean accuracy")
-            st.plotly_chart(heatmap(shown, "CA", good_high=True))
-            explain("What each defense costs on clean images; compare a row with the Undefended row.")
+        st.subheader("Mean attack success rate")
+        st.plotly_chart(heatmap(shown, "ASR", good_high=False))
+        explain("Green is a defense that held against that attack; each cell is mean ± std over its runs (n).")
+        st.subheader("Mean clean accuracy")
+        st.plotly_chart(heatmap(shown, "CA", good_high=True))
+        explain("What each defense costs on clean images; compare a row with the Undefended row.")
 
     st.divider()
     st.subheader("Which samples did the defense suspect?")

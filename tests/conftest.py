@@ -104,8 +104,8 @@ def finished_runs(tmp_path_factory, mnist5k):
     return root, ids
 
 
-def open_page(name: str, run: str | None = None, session_state: dict | None = None):
-    """An AppTest of the whole app (app.py's navigation) switched to `pages/<name>.py`, run once.
+def app_at_page(name: str, run: str | None = None, session_state: dict | None = None):
+    """An AppTest of the whole app (app.py's navigation) switched to `pages/<name>.py`, not yet run.
 
     Going through app.py, as the browser does, makes page links and page switches resolve. Use it
     with the `no_worker` fixture (or your own patch) so no real worker process is started."""
@@ -117,6 +117,12 @@ def open_page(name: str, run: str | None = None, session_state: dict | None = No
     for key, value in (session_state or {}).items():
         at.session_state[key] = value
     at.switch_page(f"pages/{name}.py")
+    return at
+
+
+def open_page(name: str, run: str | None = None, session_state: dict | None = None):
+    """`app_at_page(...)`, run once."""
+    at = app_at_page(name, run, session_state)
     at.run()
     return at
 

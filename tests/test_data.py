@@ -218,3 +218,17 @@ def test_npz_empty(tmp_path):
     with pytest.raises(UserInputError) as err:
         load_npz(path)
     assert err.value.field in ("x", "y")
+
+
+def test_npz_member_that_is_not_an_array(tmp_path):
+    import zipfile
+
+    from cbd_core.data import load_npz
+    from cbd_core.errors import UserInputError
+
+    path = tmp_path / "odd.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("x.npy", b"these bytes are not a .npy file")
+        archive.writestr("notes.txt", b"hello")
+    with pytest.raises(UserInputError):
+        load_npz(path)
