@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from cbd_core.analysis.attributions import (
+    METHOD_DESCRIPTIONS,
     METHODS,
     apply_run_trigger,
     attribution_map,
@@ -93,20 +94,19 @@ def mean_shares(root: str, run_id: str, method: str) -> dict[str, float]:
             for name, model in load_models(run).items()}
 
 
-def overlay_figure(image: np.ndarray, attr: np.ndarray, region: np.ndarray | None, vmax: float,
-                   show_scale: bool) -> go.Figure:
+def overlay_figure(image: np.ndarray, attr: np.ndarray, region: np.ndarray | None, vmax: float) -> go.Figure:
     """The image (dimmed a little) under its attribution map; the trigger region's box outlined."""
     rgb = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[..., :3]
     dimmed = (rgb.astype(np.float32) * 0.7).astype(np.uint8)  # so the hot colours stand out on white strokes
     fig = go.Figure(go.Image(z=dimmed, hoverinfo="skip"))
-    fig.add_trace(go.Heatmap(z=attr, zmin=0.0, zmax=vmax, colorscale=OVERLAY_SCALE, showscale=show_scale,
+    fig.add_trace(go.Heatmap(z=attr, zmin=0.0, zmax=vmax, colorscale=OVERLAY_SCALE, showscale=True,
                              colorbar=dict(title="attribution", thickness=12),
                              hovertemplate="column %{x}, row %{y}<br>attribution %{z:.3g}<extra></extra>"))
     box = region_bbox(region) if region is not None else None
     if box is not None:
         top, left, bottom, right = box
         fig.add_shape(type="rect", x0=left - 0.5, x1=right - 0.5, y0=top - 0.5, y1=bottom - 0.5,
-                      line=dict(color="deepskyblue", width=2, dash="dot"))
+                      line=dict(color="deepskyblue", width=3, dash="dot"))
     h, w = attr.shape
     fig.update_xaxes(visible=False, range=[-0.5, w - 0.5])
     fig.update_yaxes(visible=False, range=[h - 0.5, -0.5], scaleanchor="x")
@@ -146,11 +146,9 @@ def main() -> None:
     local = trigger_is_local(region)
     n, w = test_x.shape[0], test_x.shape[2]
 
-    left, middle, right = st.columns([2, 1, 2])
+    left, middle, right = st.columns([5, 3, 4])
     with left:
         if n > 1:
-            if st.session_state.get("attr_image", 0) > n - 1:
-                st.session_state["attr_image"] = n - 1  # a run with fewer kept images than the last one
             # Start on an image outside the target class: triggering a target-class image shows nothing.
             first = int(np.argmax(test_y != target)) if (test_y != target).any() else 0
             index = st.slider("Test image", 0, n - 1, first, key="attr_image",
@@ -159,7 +157,8 @@ def main() -> None:
             index = 0
     mode = middle.segmented_control("Image", MODES, default="Triggered", required=True,
                                       key="attr_mode") or "Clean"
-    method = right.selectbox("Attribution method", list(METHODS), format_func=METHODS.get, key="attr_method")
+    method = right.selectbox("Attribution method", list(METHODS), format_func=METHODS.get, key="attr_method",
+                             help="\n".join(f"- **{METHODS[m]}**: {METHOD_DESCRIPTIONS[m]}" for m in METHODS))
 
     clean = test_x[index]
     if mode == "Triggered":
@@ -173,8 +172,8 @@ def main() -> None:
     note.markdown(
         f"Test image **{index}** ({'with the trigger' if mode == 'Triggered' else 'clean'}); the attack's target "
         f"class is **{class_names[target]}**. The dotted box marks the trigger"
-        f"{' (where it would go)' if mode == 'Clean' else ''}; brighter colour = more attribution "
-        f"({METHODS[method]}).")
+        f"{' (where it would go)' if mode == 'Clean' else ''}; brighter colour = more attribution. "
+        f"{METHODS[method]} shows {METHOD_DESCRIPTIONS[method]}.")
     if not local:
         note.caption("The trigger changes almost every pixel, so no box is drawn and the share on the trigger "
                      "is close to 100% for any model.")
@@ -183,11 +182,12 @@ def main() -> None:
     maps = {name: attribution_map(models[name], image, None, method) for name in names}
     probs = {name: predict_proba(models[name], image) for name in names}
     vmax = max(float(m.max()) for m in maps.values()) or 1.0  # one colour scale for all maps side by side
-    for column, name in zip(st.columns(len(names)), names):
+    # At least two columns, so a single model's map is as big as each of CBD's two.
+    for column, name in zip(st.columns(max(2, len(names))), names):
         with column:
             st.markdown(f"**{MODEL_TITLES.get(name, name)}**")
-            st.plotly_chart(overlay_figure(image, maps[name], shown_region if local else None, vmax,
-                                           show_scale=name == names[-1]),
+            # Every map carries the same (shared) colour bar, so the images line up at the same size.
+            st.plotly_chart(overlay_figure(image, maps[name], shown_region if local else None, vmax),
                             key=f"attr_chart_{name}")
             predicted = int(np.argmax(probs[name]))
             on_target = " — the attack's target" if predicted == target else ""
@@ -208,16 +208,16 @@ def main() -> None:
         values = [shares[m].get(name, float("nan")) for m in methods]
         fig.add_trace(go.Bar(x=[METHODS[m] for m in methods], y=values, name=MODEL_TITLES.get(name, name),
                              text=[percent(v) for v in values], textposition="outside"))
-    fig.add_hline(y=float(region.mean()), line_dash="dash", line_color="gray",
-                  annotation_text="share of the image the trigger covers", annotation_position="top left")
-    fig.update_layout(barmode="group", height=360, yaxis=dict(title="attribution on the trigger", tickformat=".0%",
-                                                              range=[0, 1.05]),
-                      margin=dict(l=0, r=0, t=30, b=0), legend=dict(orientation="h", y=1.12))
+    fig.add_hline(y=float(region.mean()), line_dash="dash", line_color="gray")
+    fig.update_layout(barmode="group", bargap=0.4, height=360, margin=dict(l=0, r=0, t=30, b=0),
+                      yaxis=dict(title="attribution on the trigger", tickformat=".0%", range=[0, 1.05]),
+                      legend=dict(orientation="h", y=1.12))
     chart, words = st.columns([3, 1])
     chart.plotly_chart(fig, key="attr_mean_chart")
     with words:
-        explain("A bar far above the dashed line means that model, on triggered images, looks mostly at the "
-                "trigger; for a successful defense the delivered model's bar stays near the line.")
+        explain("The dashed line is the share of the image the trigger covers. A bar far above it means that "
+                "model, on triggered images, looks mostly at the trigger; after a successful defense the "
+                "delivered model's bar stays near the line.")
 
 
 st.title("Attributions")

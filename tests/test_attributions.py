@@ -1,0 +1,304 @@
+"""Attribution maps, the trigger's share of them, and the trigger edits of the Attributions page."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cbd_core.analysis.attributions import (
+    METHODS,
+    apply_run_trigger,
+    attribution_map,
+    attribution_maps,
+    edit_trigger,
+    last_conv_layer,
+    mean_trigger_share,
+    predict_proba,
+    region_bbox,
+    trigger_is_local,
+    trigger_mass_share,
+    triggered_test_images,
+)
+from cbd_core.attacks import get_attack
+from cbd_core.errors import UserInputError
+from cbd_core.models import build_model
+
+# -- a model planted to look only at a corner patch --------------------------------------------
+
+# Bottom-left rather than bottom-right: a map with rows and columns swapped would miss it.
+PATCH_ROWS, PATCH_COLS = slice(25, 28), slice(0, 3)
+
+
+def corner_region(h: int = 28, w: int = 28) -> np.ndarray:
+    region = np.zeros((h, w), bool)
+    region[PATCH_ROWS, PATCH_COLS] = True
+    return region
+
+
+class CornerDetector(nn.Module):
+    """Class 1 when a checkerboard sits in the bottom-left 3x3 corner: a matched 3x3 filter read only
+    at the patch's centre pixel, so nothing outside the patch can move the logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+        board = torch.tensor([[1.0, -1.0, 1.0], [-1.0, 1.0, -1.0], [1.0, -1.0, 1.0]])
+        with torch.no_grad():
+            self.conv.weight.copy_(board.view(1, 1, 3, 3))
+        readout = torch.zeros(28, 28)
+        readout[26, 1] = 1.0
+        self.register_buffer("readout", readout)
+        self.fc = nn.Linear(1, 2)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.tensor([[-1.0], [1.0]]))
+            self.fc.bias.copy_(torch.tensor([2.0, -2.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        score = (torch.relu(self.conv(x)) * self.readout).sum(dim=(1, 2, 3))
+        return self.fc(score[:, None])
+
+
+def noisy_images(n: int, seed: int = 0, channels: int = 1, size: int = 28) -> np.ndarray:
+    """Dim noise with a bright square somewhere: something besides the trigger to look at."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 60, size=(n, size, size, channels)).astype(np.uint8)
+    for i in range(n):
+        r, c = rng.integers(0, size - 10, 2)
+        x[i, r:r + 6, c:c + 6] = 255
+    return x
+
+
+def with_patch(x: np.ndarray) -> np.ndarray:
+    out = x.copy()
+    board = np.array([[255, 0, 255], [0, 255, 0], [255, 0, 255]], np.uint8)
+    out[:, PATCH_ROWS, PATCH_COLS, :] = board[None, :, :, None]
+    return out
+
+
+@pytest.fixture(scope="module")
+def corner_model() -> nn.Module:
+    return CornerDetector().eval()
+
+
+def test_planted_model_classifies_by_the_patch(corner_model):
+    clean = noisy_images(20)
+    assert (predict_proba(corner_model, with_patch(clean)).argmax(1) == 1).all()
+    assert (predict_proba(corner_model, clean).argmax(1) == 0).all()
+
+
+@pytest.mark.parametrize("method", ["saliency", "integrated_gradients"])
+def test_most_attribution_mass_lies_on_the_patch_the_model_relies_on(corner_model, method):
+    images = with_patch(noisy_images(10, seed=1))
+    region = corner_region()
+    for image in images[:3]:
+        share = trigger_mass_share(attribution_map(corner_model, image, None, method), region)
+        assert share > 0.9, share
+    assert mean_trigger_share(corner_model, images, region, method, target=1) > 0.9
+
+
+def test_occlusion_finds_the_patch(corner_model):
+    region = corner_region()
+    share = mean_trigger_share(corner_model, with_patch(noisy_images(5, seed=2)), region, "occlusion", target=1)
+    # Occlusion windows (4x4) overlap the patch's border, so some mass spills just outside it.
+    assert share > 20 * region.mean(), share
+
+
+# -- every method on every model ---------------------------------------------------------------
+
+@pytest.mark.parametrize("model_name,shape,methods", [
+    ("cnn", (28, 28, 1), list(METHODS)),
+    ("wrn-16-1", (32, 32, 3), list(METHODS)),
+    # ResNet-18 is slow on a CPU: one backward each for the gradient methods keeps this quick.
+    ("preact-resnet18", (32, 32, 3), ["saliency", "grad_cam"]),
+])
+def test_every_method_gives_a_finite_non_negative_map(model_name, shape, methods):
+    torch.manual_seed(0)
+    model = build_model(model_name, shape[2], 10).eval()
+    image = noisy_images(1, channels=shape[2], size=shape[0])[0]
+    for method in methods:
+        attr = attribution_map(model, image, None, method)
+        assert attr.shape == shape[:2], (method, attr.shape)
+        assert np.isfinite(attr).all() and (attr >= 0).all(), method
+        assert attr.sum() > 0, method
+    # The shared model is read, not changed: no gradients left on its weights, still in eval mode.
+    assert all(p.grad is None for p in model.parameters())
+    assert not model.training
+
+
+def test_last_conv_layer_is_the_deepest_conv():
+    cnn = build_model("cnn", 1, 10)
+    assert last_conv_layer(cnn) is cnn.body[4]
+    wrn = build_model("wrn-16-1", 3, 10)
+    assert last_conv_layer(wrn) is wrn.blocks[-1].conv2
+    resnet = build_model("preact-resnet18", 3, 10)
+    assert last_conv_layer(resnet) is resnet.layers[-1].conv2
+
+
+def test_batched_maps_match_single_maps_and_default_to_the_predicted_class():
+    torch.manual_seed(0)
+    model = build_model("cnn", 1, 10).eval()
+    images = noisy_images(4, seed=3)
+    predicted = predict_proba(model, images).argmax(1)
+    batched = attribution_maps(model, images, None, "saliency", batch_size=3)
+    assert batched.shape == (4, 28, 28)
+    for i, image in enumerate(images):
+        np.testing.assert_allclose(batched[i], attribution_map(model, image, int(predicted[i]), "saliency"),
+                                   rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(attribution_maps(model, images, predicted, "saliency"), batched, rtol=1e-4, atol=1e-7)
+
+
+def test_unknown_method_is_a_user_error(corner_model):
+    with pytest.raises(UserInputError, match="method"):
+        attribution_map(corner_model, noisy_images(1)[0], None, "lime")
+
+
+def test_predict_proba_shapes(corner_model):
+    one = predict_proba(corner_model, noisy_images(1)[0])
+    assert one.shape == (2,) and one.sum() == pytest.approx(1.0, abs=1e-6)
+    assert predict_proba(corner_model, noisy_images(3)).shape == (3, 2)
+
+
+# -- the trigger's share -----------------------------------------------------------------------
+
+def test_trigger_mass_share_is_the_fraction_inside_the_region():
+    attr = np.ones((4, 4))
+    attr[0, 0] = 5.0
+    region = np.zeros((4, 4), bool)
+    region[:2, :2] = True
+    assert trigger_mass_share(attr, region) == pytest.approx(8.0 / 20.0)
+    assert np.isnan(trigger_mass_share(np.zeros((4, 4)), region))
+    with pytest.raises(ValueError):
+        trigger_mass_share(np.ones((3, 3)), region)
+
+
+def test_backdoored_run_looks_at_the_trigger(finished_runs):
+    """The undefended run learned BadNets: on triggered images its attention sits on the patch far
+    more than the patch's share of the image."""
+    from cbd_core.analysis import load_models
+    from cbd_core.runs import RunDir
+
+    root, ids = finished_runs
+    run = RunDir.open(root, ids["undefended"])
+    arrays = run.arrays("images")
+    triggered, labels = triggered_test_images(arrays["test_x"], arrays["test_y"], run.config(), 100)
+    assert (labels != run.config()["target_label"]).all()
+    model = load_models(run)["model"]
+    region = arrays["trigger_region"]
+    for method in ("saliency", "integrated_gradients"):
+        share = mean_trigger_share(model, triggered, region, method)
+        assert share > 5 * region.mean(), (method, share, region.mean())
+
+
+def test_triggered_test_images_skip_the_target_and_spread_over_classes():
+    x = noisy_images(40, seed=4)
+    y = np.repeat(np.arange(4), 10)  # sorted by class, as a run keeps them
+    config = {"attack": "badnets", "attack_params": {}, "target_label": 0}
+    triggered, labels = triggered_test_images(x, y, config, limit=9)
+    assert len(triggered) == 9 and 0 not in labels and set(labels) == {1, 2, 3}
+    assert (triggered[:, 25:, 25:, 0] == np.array([[255, 0, 255], [0, 255, 0], [255, 0, 255]])).all()
+    badnets = get_attack("badnets")
+    np.testing.assert_array_equal(apply_run_trigger(x[5], config),
+                                  badnets.apply(x[5:6], badnets.resolve((28, 28, 1), {}))[0])
+
+
+# -- editing the trigger -----------------------------------------------------------------------
+
+def stamp_case(background: int = 0, channels: int = 1):
+    """A 10x10 clean image and a 2x2 trigger at rows 7-8, columns 6-7."""
+    clean = np.full((10, 10, channels), background, np.uint8)
+    triggered = clean.copy()
+    triggered[7:9, 6:8] = np.array([[10, 20], [30, 40]], np.uint8)[..., None]
+    region = np.zeros((10, 10), bool)
+    region[7:9, 6:8] = True
+    return clean, triggered, region
+
+
+def test_edit_trigger_identity_and_fade_to_clean():
+    clean, triggered, region = stamp_case(background=100)
+    image, new_region = edit_trigger(clean, triggered, region)
+    np.testing.assert_array_equal(image, triggered)
+    np.testing.assert_array_equal(new_region, region)
+    image, new_region = edit_trigger(clean, triggered, region, opacity=0.0)
+    np.testing.assert_array_equal(image, clean)
+    np.testing.assert_array_equal(new_region, region)
+
+
+def test_edit_trigger_fades_by_alpha_blending():
+    clean, triggered, region = stamp_case(background=100)
+    image, _ = edit_trigger(clean, triggered, region, opacity=0.5)
+    np.testing.assert_array_equal(image[7:9, 6:8, 0], [[55, 60], [65, 70]])
+    image[7:9, 6:8] = 100
+    assert (image == 100).all()
+
+
+def test_edit_trigger_moves_the_stamp():
+    clean, triggered, region = stamp_case()
+    image, new_region = edit_trigger(clean, triggered, region, dx=-3, dy=-2)
+    expected = np.zeros((10, 10), np.uint8)
+    expected[5:7, 3:5] = [[10, 20], [30, 40]]
+    np.testing.assert_array_equal(image[..., 0], expected)
+    np.testing.assert_array_equal(new_region, expected > 0)
+
+
+def test_edit_trigger_resizes_about_the_centre_with_nearest_neighbours():
+    clean, triggered, region = stamp_case()
+    image, new_region = edit_trigger(clean, triggered, region, scale=2.0)
+    expected = np.zeros((10, 10), np.uint8)
+    expected[6:10, 5:9] = [[10, 10, 20, 20], [10, 10, 20, 20], [30, 30, 40, 40], [30, 30, 40, 40]]
+    np.testing.assert_array_equal(image[..., 0], expected)
+    np.testing.assert_array_equal(new_region, expected > 0)
+    # Half size keeps every other pixel.
+    big = np.zeros((10, 10, 1), np.uint8)
+    big[2:6, 2:6, 0] = np.arange(1, 17).reshape(4, 4)
+    image, new_region = edit_trigger(np.zeros_like(big), big, big[..., 0] > 0, scale=0.5)
+    assert new_region.sum() == 4 and region_bbox(new_region) == (3, 3, 5, 5)
+    np.testing.assert_array_equal(image[3:5, 3:5, 0], [[1, 3], [9, 11]])
+
+
+def test_edit_trigger_clips_at_the_border():
+    clean, triggered, region = stamp_case()
+    image, new_region = edit_trigger(clean, triggered, region, dx=3)  # columns 9-10: only 9 is inside
+    assert new_region.sum() == 2 and new_region[7:9, 9].all()
+    np.testing.assert_array_equal(image[7:9, 9, 0], [10, 30])
+    image, new_region = edit_trigger(clean, triggered, region, dx=5, dy=5)  # entirely outside
+    assert not new_region.any()
+    np.testing.assert_array_equal(image, clean)
+
+
+def test_edit_trigger_keeps_the_region_shape_and_colour_channels():
+    clean, triggered, region = stamp_case(background=50, channels=3)
+    region[7, 7] = False  # an L-shaped trigger: the pixel at (7, 7) is not part of it
+    triggered[7, 7] = 50
+    image, new_region = edit_trigger(clean, triggered, region, dx=-6, dy=-7)
+    assert image.shape == (10, 10, 3)
+    np.testing.assert_array_equal(new_region[0:2, 0:2], [[True, False], [True, True]])
+    np.testing.assert_array_equal(image[0:2, 0:2, 2], [[10, 50], [30, 40]])
+    assert new_region.sum() == 3
+
+
+def test_edit_trigger_rejects_bad_values():
+    clean, triggered, region = stamp_case()
+    with pytest.raises(UserInputError, match="opacity"):
+        edit_trigger(clean, triggered, region, opacity=1.5)
+    with pytest.raises(UserInputError, match="scale"):
+        edit_trigger(clean, triggered, region, scale=0)
+
+
+@pytest.mark.parametrize("attack,local", [("badnets", True), ("trojan", True), ("blend", False), ("sig", False),
+                                          ("wanet", False)])
+def test_trigger_is_local(attack, local):
+    a = get_attack(attack)
+    for shape in [(28, 28, 1), (32, 32, 3)]:
+        assert trigger_is_local(a.trigger_region(shape, a.resolve(shape, None))) is local
+    assert not trigger_is_local(np.zeros((28, 28), bool))
+
+
+@pytest.mark.parametrize("h,w", [(28, 28), (32, 32), (30, 30), (28, 32), (64, 64), (5, 7)])
+def test_occlusion_windows_reach_the_bottom_right_edge(h, w):
+    from cbd_core.analysis.attributions import occlusion_grid
+
+    window, stride = occlusion_grid(h, w)
+    assert 2 <= window <= min(h, w) and 1 <= stride <= window
+    assert (h - window) % stride == 0 and (w - window) % stride == 0

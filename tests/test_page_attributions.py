@@ -1,0 +1,118 @@
+"""The Attributions page over finished runs: side-by-side maps, the trigger sliders, broken runs."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import cbd_core.jobs
+import conftest
+
+
+def open_page(monkeypatch, root, run_id: str) -> AppTest:
+    """The app on the Attributions page over `run_id` under `root` (no worker process)."""
+    monkeypatch.setenv("BACKDOOR_LAB_RUNS", str(root))
+    monkeypatch.setattr(cbd_core.jobs, "ensure_workers", lambda *a, **k: [])
+    return conftest.open_page("attributions", run=run_id)
+
+
+def texts(at: AppTest) -> str:
+    return "\n".join(m.value for m in at.markdown)
+
+
+def test_cbd_run_shows_both_models_side_by_side(monkeypatch, finished_runs):
+    root, ids = finished_runs
+    at = open_page(monkeypatch, root, ids["cbd"])
+    assert not at.exception and not at.error
+    assert at.title[0].value == "Attributions"
+    page = texts(at)
+    assert "backdoored model f_B" in page and "deconfounded model f_C" in page
+    assert page.index("backdoored model f_B") < page.index("deconfounded model f_C")
+    # Two overlays and the 100-image bar chart, each with its plain sentence.
+    assert len(at.get("plotly_chart")) == 3
+    assert sum("What to look for" in c.value for c in at.caption) == 3
+    assert page.count("Prediction:") == 2 and page.count("Attribution on the trigger:") == 2
+    assert at.segmented_control(key="attr_mode").value == "Triggered"
+    # A local (BadNets) trigger can be moved, resized and faded.
+    labels = [s.label for s in at.slider]
+    assert {"Move right (pixels)", "Move down (pixels)", "Size (x original)", "Opacity"} <= set(labels)
+
+
+def test_undefended_run_shows_one_model_and_every_method(monkeypatch, finished_runs):
+    root, ids = finished_runs
+    at = open_page(monkeypatch, root, ids["undefended"])
+    assert not at.exception and not at.error
+    assert len(at.get("plotly_chart")) == 2
+    assert "trained model" in texts(at)
+    for method in ("saliency", "grad_cam", "occlusion"):
+        at.selectbox(key="attr_method").set_value(method).run()
+        assert not at.exception and not at.error, method
+        assert len(at.get("plotly_chart")) == 2
+
+
+def test_trigger_sliders_move_resize_and_fade(monkeypatch, finished_runs):
+    root, ids = finished_runs
+    at = open_page(monkeypatch, root, ids["undefended"])
+    assert "the trigger covers 1.1% of the image" in texts(at)  # 3x3 of 28x28
+    at.slider(key="attr_dx").set_value(-10)
+    at.slider(key="attr_dy").set_value(-12)
+    at.slider(key="attr_scale").set_value(2.0)
+    at.slider(key="attr_opacity").set_value(0.5)
+    at.slider(key="attr_image").set_value(150)
+    at.run()
+    assert not at.exception and not at.error
+    # Doubled to 6x6 and moved into the middle of the image: 36 pixels.
+    assert f"the trigger covers {36 / 784:.1%} of the image" in texts(at)
+    assert "Test image **150**" in texts(at)
+
+    at.segmented_control(key="attr_mode").set_value("Clean").run()
+    assert not at.exception and not at.error
+    assert [s.label for s in at.slider] == ["Test image"]
+    assert "(where it would go)" in texts(at)
+
+
+@pytest.mark.parametrize("damage", ["corrupt_images", "missing_images", "missing_models"])
+def test_broken_run_shows_an_error_not_a_traceback(monkeypatch, finished_runs, tmp_path, damage):
+    root, ids = finished_runs
+    copy_root = tmp_path / "runs"
+    shutil.copytree(root / ids["cbd"], copy_root / ids["cbd"])
+    run_dir = copy_root / ids["cbd"]
+    if damage == "corrupt_images":
+        (run_dir / "images.npz").write_bytes(b"not a zip file")
+    elif damage == "missing_images":
+        (run_dir / "images.npz").unlink()
+    else:
+        for path in (run_dir / "models").glob("*"):
+            path.unlink()
+    at = open_page(monkeypatch, copy_root, ids["cbd"])
+    assert not at.exception
+    assert at.error, damage
+    message = at.error[0].value
+    assert ("images.npz" in message) if damage != "missing_models" else ("model" in message)
+
+
+def test_whole_image_trigger_can_only_be_faded(monkeypatch, finished_runs, tmp_path):
+    """A run whose trigger is a blend (the BadNets models stand in; only the page's controls matter)."""
+    import json
+
+    from cbd_core.attacks import get_attack
+    from cbd_core.runs import read_npz, write_npz
+
+    root, ids = finished_runs
+    run_dir = tmp_path / "runs" / ids["undefended"]
+    shutil.copytree(root / ids["undefended"], run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    blend = get_attack("blend")
+    config["attack"], config["attack_params"] = "blend", blend.resolve((28, 28, 1), None)
+    (run_dir / "config.json").write_text(json.dumps(config))
+    arrays = read_npz(run_dir / "images.npz")
+    arrays["trigger_region"] = blend.trigger_region((28, 28, 1), config["attack_params"])
+    write_npz(run_dir / "images.npz", **arrays)
+
+    at = open_page(monkeypatch, tmp_path / "runs", ids["undefended"])
+    assert not at.exception and not at.error
+    assert [s.label for s in at.slider] == ["Test image", "Opacity"]
+    at.slider(key="attr_opacity").set_value(0.0).run()
+    assert not at.exception and not at.error
