@@ -1,4 +1,207 @@
-"""Placeholder: being written."""
+"""Sample weights: what a defense made of each training sample.
+
+CBD gives every training sample a weight w = CE_B / (CE_B + CE_C) each epoch: the poisoned samples,
+which the backdoored f_B fits far better than f_C, should sink towards 0. An epoch slider moves
+through the weights as f_C trains (epoch 0 = before it starts): their distribution split into
+poisoned and clean, how well "low weight" singles out the poisoned samples (AUROC) epoch by epoch,
+and the lowest- and highest-weight images. ABL and NONE get the equivalent: which samples they set
+apart and how many of those were really poisoned. An undefended run has nothing to show here.
+Read-only: everything comes from the run's sample_weights.npz and images.npz.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
-st.title("sample_weights")
+from cbd_core.metrics import auroc
+from cbd_core.runs import RunDir
+from pages.common import DEFENSE_TITLES, enlarge, explain, load_arrays, load_config, load_summary, page_errors, pick_run
+
+GALLERY_SIZE = 8
+THUMBNAIL = 84
+POISONED_COLOUR, CLEAN_COLOUR = "#d62728", "#1f77b4"
+
+
+def split_histogram(values: np.ndarray, is_poisoned: np.ndarray, x_title: str, bins: int = 40) -> go.Figure:
+    """Two overlaid histograms, clean and poisoned, on the same bins."""
+    values = np.asarray(values, dtype=float)
+    finite = np.isfinite(values)
+    low, high = (float(values[finite].min()), float(values[finite].max())) if finite.any() else (0.0, 1.0)
+    size = (high - low) / bins if high > low else 1.0
+    fig = go.Figure()
+    for name, mask, colour in (("clean", ~is_poisoned, CLEAN_COLOUR), ("poisoned", is_poisoned, POISONED_COLOUR)):
+        fig.add_trace(go.Histogram(x=values[mask & finite].tolist(), name=f"{name} ({int(mask.sum()):,})",
+                                   marker_color=colour, opacity=0.65,
+                                   xbins={"start": low, "end": high + size, "size": size}))
+    fig.update_layout(barmode="overlay", height=320, margin={"l": 10, "r": 10, "t": 30, "b": 10},
+                      xaxis_title=x_title, yaxis_title="training samples", legend={"orientation": "h", "y": 1.12})
+    return fig
+
+
+def precision_recall(flagged: np.ndarray, is_poisoned: np.ndarray) -> tuple[int, float, float]:
+    """How many were flagged, and the share of them that were poisoned (precision) and of the poisoned
+    that were flagged (recall); NaN where a share has nothing to count."""
+    flagged, is_poisoned = np.asarray(flagged, bool), np.asarray(is_poisoned, bool)
+    hits = int((flagged & is_poisoned).sum())
+    precision = hits / flagged.sum() if flagged.any() else float("nan")
+    recall = hits / is_poisoned.sum() if is_poisoned.any() else float("nan")
+    return int(flagged.sum()), float(precision), float(recall)
+
+
+def _percent(value: float) -> str:
+    return "n/a" if not np.isfinite(value) else f"{value:.1%}"
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def auroc_per_epoch(weights: np.ndarray, is_poisoned: np.ndarray) -> list[float]:
+    """AUROC of "low weight = poisoned" for each row of weights (metrics.auroc(scores, positives):
+    higher score = more suspected, so the score is minus the weight)."""
+    return [auroc(-row, is_poisoned) for row in weights]
+
+
+def class_name(names: list[str], c: Any) -> str:
+    c = int(c)
+    return names[c] if 0 <= c < len(names) else str(c)
+
+
+def gallery(title: str, order: np.ndarray, images: dict[str, np.ndarray], caption_of: Any) -> None:
+    """A row of enlarged thumbnails for the training samples `order` (already chosen and sorted)."""
+    st.markdown(f"**{title}**")
+    position = {int(s): i for i, s in enumerate(images["train_index"].tolist())}
+    columns = st.columns(GALLERY_SIZE)
+    for column, sample in zip(columns, order.tolist()):
+        with column:
+            st.image(enlarge(images["train_x"][position[int(sample)]], THUMBNAIL), caption=caption_of(int(sample)))
+
+
+def cbd_view(run: RunDir, record: dict[str, np.ndarray], class_names: list[str]) -> None:
+    weights, is_poisoned = record["weights"], record["is_poisoned"].astype(bool)
+    epochs = weights.shape[0] - 1
+    epoch = st.slider("Epoch of f_C", 0, epochs, epochs, key="weights_epoch",
+                      help="0 = the weights before f_C starts training (from f_B's losses and an untrained f_C); "
+                           "each later epoch is the weight f_C trained on in the next one.")
+    current = weights[epoch]
+    scores = auroc_per_epoch(weights, is_poisoned)
+
+    left, right = st.columns(2)
+    with left:
+        st.plotly_chart(split_histogram(current, is_poisoned, f"weight at epoch {epoch}"), width="stretch",
+                        key="weights_histogram")
+        explain("The red bars (poisoned samples) should pile up near 0, far left of the blue ones: those are the "
+                "samples CBD has stopped trusting, so f_C hardly learns from them.")
+    with right:
+        fig = go.Figure(go.Scatter(x=list(range(epochs + 1)), y=[None if not np.isfinite(s) else s for s in scores],
+                                   mode="lines+markers", name="AUROC", line={"color": POISONED_COLOUR}))
+        fig.add_vline(x=epoch, line_dash="dot", line_color="grey")
+        fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 30, "b": 10}, xaxis_title="epoch of f_C",
+                          yaxis_title="poison-detection AUROC", yaxis_range=[0, 1.02], xaxis_dtick=1)
+        st.plotly_chart(fig, width="stretch", key="weights_auroc")
+        explain("How well a low weight picks out the poisoned samples, epoch by epoch: 1.0 means every poisoned "
+                "sample weighs less than every clean one, 0.5 is a coin toss.")
+        if not is_poisoned.any():
+            st.caption("This run has no poisoned samples, so there is nothing to detect (AUROC undefined).")
+
+    images = load_arrays(run, "images") or {}
+    kept = np.asarray(images.get("train_index", np.zeros(0, np.int64)), dtype=np.int64)
+    kept = kept[kept < len(current)]
+    if not len(kept):
+        st.info("This run kept no training images, so there is no gallery.")
+        return
+    ranked = kept[np.argsort(current[kept], kind="stable")]
+    labels, originals = record["label"], record.get("original_label", record["label"])
+
+    def caption(sample: int) -> str:
+        label = class_name(class_names, labels[sample])
+        if is_poisoned[sample]:
+            state = f"poisoned (really {class_name(class_names, originals[sample])})" \
+                if originals[sample] != labels[sample] else "poisoned"
+        else:
+            state = "clean"
+        return f"label {label} · {state} · w {current[sample]:.3f}"
+
+    gallery(f"Lowest weight at epoch {epoch}", ranked[:GALLERY_SIZE], images, caption)
+    gallery(f"Highest weight at epoch {epoch}", ranked[::-1][:GALLERY_SIZE], images, caption)
+    explain("The lowest row should be mostly poisoned images (look for the trigger); the highest row, clean "
+            "images f_C learns most from." + (f" Drawn from the {len(kept):,} training images this run kept."
+                                               if len(kept) < len(current) else ""))
+
+
+def abl_view(record: dict[str, np.ndarray]) -> None:
+    losses = np.asarray(record["isolation_loss"], dtype=float)
+    is_poisoned = record["is_poisoned"].astype(bool)
+    isolated = record["isolated"].astype(bool)
+    left, right = st.columns([2, 1])
+    with left:
+        st.plotly_chart(split_histogram(np.log10(np.maximum(losses, 1e-12)), is_poisoned,
+                                        "loss after the isolation phase, log10 (−4 means 0.0001)"),
+                        width="stretch", key="abl_histogram")
+        explain("ABL trains briefly and sets apart the samples it learned fastest, the lowest losses: the red "
+                "bars (poisoned) should sit at the far left.")
+    with right:
+        count, precision, recall = precision_recall(isolated, is_poisoned)
+        st.metric("Isolated samples", f"{count:,}")
+        st.metric("Precision", _percent(precision), help="Share of the isolated samples that were poisoned.")
+        st.metric("Recall", _percent(recall), help="Share of the poisoned samples that were isolated.")
+        explain("ABL unlearns the isolated set: high precision means it mostly unlearns poison, not real digits.")
+
+
+def none_view(record: dict[str, np.ndarray]) -> None:
+    filtered = np.atleast_2d(record["filtered"]).astype(bool)
+    activation = np.atleast_2d(record["hyperplane_activation"])
+    is_poisoned = record["is_poisoned"].astype(bool)
+    rows = []
+    for i, flagged in enumerate(filtered, start=1):
+        count, precision, recall = precision_recall(flagged, is_poisoned)
+        rows.append({"round": i, "filtered": count, "precision": _percent(precision), "recall": _percent(recall)})
+    left, right = st.columns([2, 1])
+    with left:
+        st.plotly_chart(split_histogram(activation[-1], is_poisoned, "activation of the suspected neurons"),
+                        width="stretch", key="none_histogram")
+        explain("NONE looks for neurons that fire far above normal on a few samples; the red bars (poisoned) "
+                "should stand apart to the right, where it filters samples out.")
+    with right:
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+        explain("Per round: how many training samples NONE filtered out, the share of them that were poisoned "
+                "(precision) and the share of the poisoned it caught (recall).")
+
+
+def render() -> None:
+    run = pick_run()
+    if run is None:
+        return
+    defense = load_config(run).get("defense", "")
+    summary = load_summary(run) or {}
+    class_names = [str(c) for c in (summary.get("class_names") or range(int(summary.get("num_classes") or 10)))]
+    if defense == "undefended":
+        st.info("This run is **undefended**: it trained on every sample equally, so there are no per-sample weights "
+                "or suspicions to show. Pick a CBD, ABL or NONE run to see what a defense made of each sample.")
+        return
+    record = load_arrays(run, "sample_weights")
+    if record is None:
+        st.info("This run has no sample_weights.npz (it did not finish writing its results).")
+        return
+    title = DEFENSE_TITLES.get(defense, defense)
+    if "weights" in record and np.ndim(record["weights"]) == 2:
+        st.subheader(f"{title}: each sample's weight as f_C trains")
+        cbd_view(run, record, class_names)
+    elif "isolation_loss" in record and "isolated" in record:
+        st.subheader(f"{title}: the samples it isolated as suspects")
+        abl_view(record)
+    elif "filtered" in record and "hyperplane_activation" in record:
+        st.subheader(f"{title}: the samples it filtered out")
+        none_view(record)
+    else:
+        st.info(f"{title} records no per-sample weights, so there is nothing to show here.")
+
+
+st.title("Sample weights")
+st.markdown("CBD trusts each training sample as much as the deliberately backdoored model f_B fails to explain "
+            "it: a sample f_B fits much better than f_C gets a small weight. Here is how those weights split the "
+            "poisoned samples from the clean ones, and what the other defenses suspected.")
+with page_errors():
+    render()

@@ -1,0 +1,291 @@
+"""UMAP maps of a finished run's features: where each model places the training images in 2-D.
+
+The background worker (`cbd_core/jobs.py`) calls `compute_umap(run)` once a run is done; the
+Embeddings page only reads the `umap.npz` it writes:
+
+    umap.npz    index        (n,) the training-set indices, as in embeddings.npz
+                umap_<name>  (n, 2) float32, one map per model (CBD: f_C and f_B; others: model)
+
+How it is made fast. umap-learn compiles numba kernels the first time a process uses them, and
+most of them (pynndescent's neighbour search, umap's graph and layout code) are not cached on disk,
+so out of the box every fresh process pays ~45-60 s before its first 5,000-point map. Here:
+- neighbours are found exactly with matrix products (`exact_neighbours`, < 1 s for 5,000 points)
+  and handed to umap, so pynndescent's search is never compiled;
+- umap's own kernels are set to cache to disk (`_import_umap`), in the persistent folder that
+  `configure_numba_cache()` sets;
+- `warm_up()` loads them once in a long-lived process (the worker).
+
+Measured on the 2-core CPU, 5,000 x 128 random float32 features, one process each
+(`rm -rf /tmp/nb; BACKDOOR_LAB_CACHE=/tmp/nb python -m cbd_core.analysis.embeddings [--warm-up]`):
+
+    numba cache   import umap   first map   second map
+    empty         24.3 s        12.9 s      6.3 s
+    warm           2.9 s         6.3 s      6.1 s     (warm_up() itself: 0.3 s)
+
+umap-learn as it comes (its own neighbour search, same cache folder, warm): import 4.8 s, first
+map 48 s, second 6 s. A map is ~6 s of layout optimisation (500 epochs, umap's default below
+10,000 points); with random_state umap runs it on one thread, and letting it use both cores
+(random_state=None) was no faster here (6.3-7.3 s), so maps are seeded and reproducible.
+
+`configure_numba_cache()` must run before anything imports numba, umap or pynndescent: numba reads
+NUMBA_CACHE_DIR when it is imported, and each cached function picks its cache folder when it is
+defined, i.e. when umap is imported. This module imports umap only inside its functions for that
+reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UserInputError
+from ..runs import RunDir
+
+log = logging.getLogger(__name__)
+
+UMAP_FILE = "umap"  # the run's umap.npz, written by compute_umap
+N_NEIGHBORS = 15  # umap-learn's default: local structure without shattering the digits into islands
+MIN_DIST = 0.1  # umap-learn's default: tight enough to show a cluster of poisoned images as one blob
+# Below this many points a neighbourhood graph says little and UMAP's spectral start can fail:
+# a map of the first two principal components is drawn instead.
+MIN_UMAP_POINTS = 5
+
+
+def numba_cache_dir() -> Path:
+    """The persistent folder for numba's compiled kernels: $BACKDOOR_LAB_CACHE/numba, else
+    ~/.cache/backdoor-lab/numba."""
+    base = os.environ.get("BACKDOOR_LAB_CACHE")
+    return (Path(base).expanduser() if base else Path.home() / ".cache" / "backdoor-lab") / "numba"
+
+
+def configure_numba_cache(folder: str | Path | None = None) -> Path:
+    """Point numba's on-disk cache (NUMBA_CACHE_DIR) at `folder`, default `numba_cache_dir()`,
+    creating it; returns the folder.
+
+    Call it before anything imports umap (or numba or pynndescent): kernels defined earlier keep the
+    cache folder they were defined with. When numba is already imported but umap is not, numba's
+    configuration is reloaded so the new folder still counts; when umap is already imported a warning
+    is logged and only kernels compiled from then on in other processes benefit."""
+    path = Path(folder).expanduser() if folder is not None else numba_cache_dir()
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["NUMBA_CACHE_DIR"] = str(path)
+    if "numba" in sys.modules:
+        from numba.core import config as numba_config
+
+        numba_config.reload_config()
+    if "umap" in sys.modules or "pynndescent" in sys.modules:
+        log.warning("configure_numba_cache() called after umap was imported: pynndescent's kernels keep "
+                    "their old cache folder in this process")
+    return path
+
+
+def _import_umap() -> Any:
+    """umap, with its numba kernels set to cache their compiled code on disk.
+
+    umap-learn marks few of its kernels `cache=True` (not the graph and layout ones every map uses,
+    ~7 s to compile on first use here), so a fresh process would compile them every time.
+    Turning caching on for each of umap's numba dispatchers, before it first compiles, is what the
+    decorator's `cache=True` does; numba keys the cache on the source file, so an upgraded umap simply
+    compiles again. Where numba's internals differ, maps are only slower to start."""
+    global _kernel_cache_enabled
+    import umap
+
+    if not _kernel_cache_enabled:
+        _kernel_cache_enabled = True
+        try:
+            from numba.core.caching import NullCache
+            from numba.core.dispatcher import Dispatcher
+
+            for name, module in list(sys.modules.items()):
+                if name == "umap" or name.startswith("umap."):
+                    for value in list(vars(module).values()):
+                        if isinstance(value, Dispatcher) and isinstance(getattr(value, "_cache", None), NullCache):
+                            value.enable_caching()
+        except Exception as err:  # pragma: no cover - numba changed its internals
+            log.info("could not turn on numba caching for umap's kernels: %s", err)
+    return umap
+
+
+_kernel_cache_enabled = False
+
+
+def _umap_model(n_points: int, random_state: int | None, knn: tuple[np.ndarray, np.ndarray]) -> Any:
+    """The one UMAP configuration used everywhere (warm_up compiles the same kernels compute uses)."""
+    umap = _import_umap()
+
+    return umap.UMAP(n_components=2, n_neighbors=knn[0].shape[1], min_dist=MIN_DIST, random_state=random_state,
+                     init="spectral" if n_points > N_NEIGHBORS else "random",
+                     n_jobs=1 if random_state is not None else -1, precomputed_knn=(knn[0], knn[1], None))
+
+
+def exact_neighbours(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest neighbours of every row of `x` by Euclidean distance, each point itself first (as
+    umap expects): (indices (n, k) int64, distances (n, k) float32).
+
+    Exact and done with matrix products, in row blocks that keep memory near 200 MB: for the run's
+    few thousand points this takes well under a second, and it spares umap's approximate search
+    (pynndescent), whose numba kernels take most of a fresh process's first map to compile."""
+    x = np.asarray(x, dtype=np.float32)
+    n = len(x)
+    squared = np.einsum("ij,ij->i", x, x)
+    block = max(1, 16_000_000 // max(n, 1))
+    indices = np.empty((n, k), dtype=np.int64)
+    distances = np.empty((n, k), dtype=np.float32)
+    for start in range(0, n, block):
+        rows = np.arange(start, min(n, start + block))
+        d2 = squared[rows, None] + squared[None, :] - 2.0 * (x[rows] @ x.T)
+        np.maximum(d2, 0.0, out=d2)
+        d2[np.arange(len(rows)), rows] = -1.0  # the point itself comes first, even among duplicates
+        nearest = np.argpartition(d2, k - 1, axis=1)[:, :k]
+        order = np.argsort(np.take_along_axis(d2, nearest, axis=1), axis=1, kind="stable")
+        nearest = np.take_along_axis(nearest, order, axis=1)
+        indices[rows] = nearest
+        distances[rows] = np.sqrt(np.maximum(np.take_along_axis(d2, nearest, axis=1), 0.0))
+    return indices, distances
+
+
+def standardise(features: np.ndarray) -> np.ndarray:
+    """Each feature to zero mean and unit variance (constant features stay 0), float32, finite."""
+    x = np.nan_to_num(np.asarray(features, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    if not len(x):
+        return x.astype(np.float32)
+    std = x.std(axis=0)
+    x = (x - x.mean(axis=0)) / np.where(std > 0, std, 1.0)
+    return x.astype(np.float32)
+
+
+def _principal_components(x: np.ndarray) -> np.ndarray:
+    """(n, 2) coordinates on the first two principal components (zeros where there are fewer)."""
+    out = np.zeros((len(x), 2), dtype=np.float32)
+    if len(x) > 1:
+        _, _, vt = np.linalg.svd(x - x.mean(axis=0), full_matrices=False)
+        k = min(2, vt.shape[0])
+        out[:, :k] = (x - x.mean(axis=0)) @ vt[:k].T
+    return out
+
+
+def umap_2d(features: np.ndarray, random_state: int | None = 0) -> np.ndarray:
+    """A 2-D UMAP map (n, 2) float32 of standardised `features` (n, d).
+
+    n_neighbors 15 (n - 1 for fewer than 16 points, then with a random start), min_dist 0.1. With a
+    `random_state` the map is reproducible and umap runs single-threaded; None lets it use every
+    core. Fewer than MIN_UMAP_POINTS points get their first two principal components instead."""
+    if np.ndim(features) != 2:
+        raise ValueError(f"features must be (n, d), got shape {np.shape(features)}")
+    x = standardise(features)
+    if len(x) < MIN_UMAP_POINTS:
+        return _principal_components(x)
+    import warnings
+
+    knn = exact_neighbours(x, min(N_NEIGHBORS, len(x) - 1))
+    with warnings.catch_warnings():
+        # "n_jobs overridden by random_state" (intended), "no search index: no transform" (not needed),
+        # small-n and disconnected-graph notices: the map is still drawn
+        warnings.simplefilter("ignore")
+        coords = _umap_model(len(x), random_state, knn).fit_transform(x)
+    return np.asarray(coords, dtype=np.float32)
+
+
+def warm_up(random_state: int | None = 0) -> float:
+    """Compile (or load from numba's cache) umap's kernels with a tiny map; returns the seconds it took.
+
+    Use the random_state kind that compute_umap will use (an int, or None): umap compiles a
+    single-threaded and a parallel layout optimiser separately."""
+    started = time.perf_counter()
+    umap_2d(np.random.default_rng(0).standard_normal((200, 16)).astype(np.float32), random_state)
+    return time.perf_counter() - started
+
+
+def run_random_state(run: RunDir) -> int:
+    """The map's random_state, derived from the run's seed so a rerun draws the same map."""
+    try:
+        seed = int(run.config().get("seed", 0))
+    except (FileNotFoundError, ValueError, TypeError):
+        seed = 0
+    return seed % (2**32 - 1)
+
+
+def has_umap(run: RunDir) -> bool:
+    """Whether the run holds its umap.npz."""
+    return (run.path / f"{UMAP_FILE}.npz").is_file()
+
+
+def model_names_in(embeddings: dict[str, np.ndarray]) -> list[str]:
+    """The models an embeddings.npz holds features of (delivered model first, f_B last)."""
+    names = [key[len("features_"):] for key in embeddings if key.startswith("features_")]
+    return sorted(names, key=lambda n: (n == "f_B", n))
+
+
+def compute_umap(run: RunDir, random_state: int | None = None) -> dict[str, Any]:
+    """Fit a 2-D UMAP map of each model's features in the run's embeddings.npz and write umap.npz
+    (`index`, `umap_<name>` (n, 2) float32) into the run, atomically. Returns the timings:
+    {"points", "models", "seconds": {name: s}, "total_seconds", "random_state"}.
+
+    `random_state` defaults to the run's seed, so the same run gives the same map (umap then lays
+    it out on one thread, which costs nothing measurable at 5,000 points: see the module docstring).
+    About 6 s a model for 5,000 points once the kernels are compiled. Raises UserInputError when
+    the run has no embeddings.npz (a run that failed before the end)."""
+    embeddings = run.arrays("embeddings")
+    if embeddings is None:
+        raise UserInputError(f"run {run.run_id} has no embeddings.npz to map", "run")
+    if random_state is None:
+        random_state = run_random_state(run)
+    index = np.asarray(embeddings["index"])
+    maps: dict[str, np.ndarray] = {}
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    for name in model_names_in(embeddings):
+        features = embeddings[f"features_{name}"]
+        if len(features) != len(index):
+            raise UserInputError(f"run {run.run_id}: features_{name} has {len(features)} rows, index {len(index)}",
+                                 "run")
+        t0 = time.perf_counter()
+        maps[f"umap_{name}"] = umap_2d(features.reshape(len(features), -1), random_state)
+        seconds[name] = round(time.perf_counter() - t0, 3)
+    run.save_arrays(UMAP_FILE, index=index, **maps)
+    return {"points": int(len(index)), "models": list(seconds), "seconds": seconds,
+            "total_seconds": round(time.perf_counter() - started, 3), "random_state": random_state}
+
+
+def _bench(points: int, dims: int, seeded: bool, warm: bool) -> dict[str, float]:
+    """Wall and CPU seconds of import, optional warm_up, and two maps in this process (`--bench`)."""
+    timings: dict[str, float] = {}
+
+    def timed(label: str, work: Any) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        work()
+        timings[f"{label}_s"] = round(time.perf_counter() - wall, 2)
+        timings[f"{label}_cpu_s"] = round(time.process_time() - cpu, 2)
+
+    timed("import", _import_umap)
+    if warm:
+        timed("warm_up", lambda: warm_up(0 if seeded else None))
+    x = np.random.default_rng(1).standard_normal((points, dims)).astype(np.float32)
+    for i in (1, 2):
+        timed(f"fit{i}", lambda: umap_2d(x, 0 if seeded else None))
+    return timings
+
+
+if __name__ == "__main__":
+    # Times a fresh process's first and second map; run it twice on one cache folder, e.g.
+    #   rm -rf /tmp/nb && BACKDOOR_LAB_CACHE=/tmp/nb python -m cbd_core.analysis.embeddings   (cold cache)
+    #   BACKDOOR_LAB_CACHE=/tmp/nb python -m cbd_core.analysis.embeddings                     (warm cache)
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="time UMAP maps in a fresh process")
+    parser.add_argument("--points", type=int, default=5000)
+    parser.add_argument("--dims", type=int, default=128)
+    parser.add_argument("--unseeded", action="store_true", help="random_state=None: umap may use every core")
+    parser.add_argument("--warm-up", action="store_true", help="call warm_up() before the first map")
+    args = parser.parse_args()
+    cache = configure_numba_cache()
+    result = _bench(args.points, args.dims, not args.unseeded, args.warm_up)
+    print(json.dumps({"cache": str(cache), "points": args.points, "dims": args.dims,
+                      "seeded": not args.unseeded, **result}))

@@ -1,0 +1,82 @@
+"""The Sample weights page: CBD's weights (histogram, AUROC per epoch, gallery) with the epoch slider,
+the undefended run's explanation, and ABL's and NONE's compact views."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from cbd_core.metrics import auroc
+from cbd_core.runs import RunDir
+from conftest import app_at_page
+
+pytestmark = pytest.mark.usefixtures("no_worker")  # the app would start a real worker process
+
+
+def open_page(root, run_id: str, monkeypatch) -> AppTest:
+    monkeypatch.setenv("BACKDOOR_LAB_RUNS", str(root))
+    return app_at_page("sample_weights", run_id).run()
+
+
+def charts(at: AppTest) -> list[dict]:
+    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+def test_cbd_run_shows_histogram_auroc_and_gallery(finished_runs, monkeypatch):
+    root, ids = finished_runs
+    at = open_page(root, ids["cbd"], monkeypatch)
+    assert not at.exception and not at.error
+    record = RunDir(root / ids["cbd"]).arrays("sample_weights")
+    epochs = record["weights"].shape[0] - 1
+    assert at.slider[0].value == epochs
+
+    histogram, curve = charts(at)
+    assert [t["type"] for t in histogram["data"]] == ["histogram", "histogram"]
+    assert sum(len(t["x"]) for t in histogram["data"]) == record["weights"].shape[1]
+    expected = [auroc(-w, record["is_poisoned"]) for w in record["weights"]]
+    np.testing.assert_allclose(curve["data"][0]["y"], expected)
+    assert 2 * 8 == len(at.image)  # lowest- and highest-weight rows
+    assert any("poisoned" in caption for image in at.image for caption in image.proto.imgs[0].caption.split("\n"))
+    assert len(at.caption) >= 3  # an explanation beside each chart
+
+
+def test_moving_the_epoch_slider(finished_runs, monkeypatch):
+    root, ids = finished_runs
+    at = open_page(root, ids["cbd"], monkeypatch)
+    at.slider[0].set_value(0).run()
+    assert not at.exception and not at.error
+    weights = RunDir(root / ids["cbd"]).arrays("sample_weights")["weights"]
+    histogram = charts(at)[0]
+    shown = sorted(x for t in histogram["data"] for x in t["x"])
+    np.testing.assert_allclose(shown, np.sort(weights[0]), rtol=1e-6)
+    assert "epoch 0" in histogram["layout"]["xaxis"]["title"]["text"]
+
+
+def test_undefended_run_says_why_there_is_nothing(finished_runs, monkeypatch):
+    root, ids = finished_runs
+    at = open_page(root, ids["undefended"], monkeypatch)
+    assert not at.exception and not at.error
+    assert any("trained on every sample equally" in info.value for info in at.info)
+    assert not at.get("plotly_chart")
+
+
+def test_abl_run(finished_runs, monkeypatch):
+    root, ids = finished_runs
+    at = open_page(root, ids["abl"], monkeypatch)
+    assert not at.exception and not at.error
+    assert len(at.get("plotly_chart")) == 1
+    record = RunDir(root / ids["abl"]).arrays("sample_weights")
+    assert at.metric[0].value == f"{int(record['isolated'].sum()):,}"
+
+
+def test_none_run(finished_runs, monkeypatch):
+    root, ids = finished_runs
+    at = open_page(root, ids["nonlinearity"], monkeypatch)
+    assert not at.exception and not at.error
+    assert len(at.get("plotly_chart")) == 1
+    table = at.dataframe[0].value
+    record = RunDir(root / ids["nonlinearity"]).arrays("sample_weights")
+    assert list(table["filtered"]) == [int(f.sum()) for f in np.atleast_2d(record["filtered"])]
