@@ -55,7 +55,7 @@ with page_errors():
     st.subheader("Why it works: a confounder")
     left, right = st.columns([3, 2])
     with left:
-        st.image(str(CAUSAL_GRAPH), use_container_width=True)
+        st.image(str(CAUSAL_GRAPH), width="stretch")
     with right:
         st.markdown(
             "In clean data the digit's shape **C** is what the image **X** shows, and the label **Y** should "

@@ -46,6 +46,14 @@ def zipped(path: str, finished: str) -> bytes:
     return RunDir(Path(path)).zip_bytes()
 
 
+def table() -> None:
+    fraction = st.column_config.NumberColumn(format="%.3f")
+    st.dataframe([row(run) for run in list_runs(runs_root_path())], hide_index=True, width="stretch",
+                 column_config={"clean accuracy": fraction, "attack success rate": fraction,
+                                "robust accuracy": fraction, "poison rate": st.column_config.NumberColumn(format="%.2f"),
+                                "seconds": st.column_config.NumberColumn(format="%.0f")})
+
+
 def workers_line() -> None:
     alive = [w for w in jobs.workers(runs_root_path()) if w.alive]
     if alive:
@@ -104,11 +112,9 @@ with page_errors():
     if not runs:
         st.info("No runs yet. Start one on the **Train** page, or press **Quick demo** on the Overview.")
     else:
-        fraction = st.column_config.NumberColumn(format="%.3f")
-        st.dataframe([row(run) for run in runs], hide_index=True, use_container_width=True,
-                     column_config={"clean accuracy": fraction, "attack success rate": fraction,
-                                    "robust accuracy": fraction, "poison rate": st.column_config.NumberColumn(format="%.2f"),
-                                    "seconds": st.column_config.NumberColumn(format="%.0f")})
+        busy = any(run.status().get("state") in ("queued", "running") for run in runs)
+        # While something trains, the table refreshes itself every 2 s (states, places in the queue).
+        st.fragment(table, run_every=2.0 if busy else None)()
         st.caption("Clean accuracy: share of untouched test images classified right. Attack success rate: share of "
                    "triggered test images sent to the attacker's label (lower is better for a defense).")
         ids = [run.run_id for run in runs]

@@ -187,7 +187,7 @@ def live_panel() -> None:
         st.warning("This run was cancelled; what it had written is kept.")
     metrics = run.metrics()
     if metrics:
-        st.plotly_chart(curves(metrics), use_container_width=True, key="train_curves")
+        st.plotly_chart(curves(metrics), width="stretch", key="train_curves")
         explain("solid lines are clean accuracy (higher is better), dashed lines the attack success rate "
                 "(lower is better for a defense). For CBD, f_B's dashed line should shoot up - it learns the "
                 "trigger on purpose - while f_C's stays near zero as its clean accuracy climbs.")
