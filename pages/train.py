@@ -136,7 +136,7 @@ def curves(metrics: list[dict[str, Any]]) -> go.Figure:
                                  name=f"{name}: attack success", line={"color": colour, "dash": "dash"},
                                  marker={"symbol": "x"}))
     fig.update_layout(height=340, margin={"l": 10, "r": 10, "t": 30, "b": 10}, yaxis={"range": [0, 1.02]},
-                      xaxis_title="epoch (all phases in order)", yaxis_title="share of test images",
+                      xaxis_title="epoch (all phases in order)", xaxis={"dtick": 1}, yaxis_title="share of test images",
                       legend={"orientation": "h", "y": -0.25})
     return fig
 
