@@ -1,7 +1,12 @@
 """Backdoor Lab's dashboard entry point: `make app` (or `streamlit run app.py`).
 
-Page config, the navigation over `pages/`, and starting the background worker; nothing else. Pages
+Page config, the navigation over `app_pages/`, and starting the background worker; nothing else. Pages
 only read run folders; training happens in the worker process (`cbd_core/jobs.py`).
+
+The page files live in `app_pages/`, not `pages/`: Streamlit treats a `pages/` folder beside the
+entry point as its older automatic multipage app, and a fresh browser session that opened a deep
+link (/embeddings?run=...) then ran that page file alone, without this navigation and page config,
+listing every file of the folder in the sidebar.
 """
 
 from __future__ import annotations
@@ -41,17 +46,17 @@ def one_torch_thread() -> None:
 one_torch_thread()
 
 PAGES = {
-    "Learn": [st.Page("pages/overview.py", title="Overview", icon=":material/home:", default=True)],
+    "Learn": [st.Page("app_pages/overview.py", title="Overview", icon=":material/home:", default=True)],
     "Set up and train": [
-        st.Page("pages/attack_lab.py", title="Attack lab", icon=":material/bug_report:"),
-        st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
-        st.Page("pages/runs.py", title="Runs", icon=":material/folder_open:"),
+        st.Page("app_pages/attack_lab.py", title="Attack lab", icon=":material/bug_report:"),
+        st.Page("app_pages/train.py", title="Train", icon=":material/model_training:"),
+        st.Page("app_pages/runs.py", title="Runs", icon=":material/folder_open:"),
     ],
     "Look inside a run": [
-        st.Page("pages/sample_weights.py", title="Sample weights", icon=":material/balance:"),
-        st.Page("pages/embeddings.py", title="Embeddings", icon=":material/scatter_plot:"),
-        st.Page("pages/attributions.py", title="Attributions", icon=":material/center_focus_strong:"),
-        st.Page("pages/compare.py", title="Compare", icon=":material/leaderboard:"),
+        st.Page("app_pages/sample_weights.py", title="Sample weights", icon=":material/balance:"),
+        st.Page("app_pages/embeddings.py", title="Embeddings", icon=":material/scatter_plot:"),
+        st.Page("app_pages/attributions.py", title="Attributions", icon=":material/center_focus_strong:"),
+        st.Page("app_pages/compare.py", title="Compare", icon=":material/leaderboard:"),
     ],
 }
 

@@ -68,12 +68,13 @@ def bench_umap(run: Path) -> None:
 
 
 def bench_attributions(run_path: Path) -> None:
-    import numpy as np
-
     from cbd_core.analysis import attributions as attr
     from cbd_core.analysis import load_models
     from cbd_core.runs import RunDir
 
+    import torch
+
+    torch.set_num_threads(1)  # as the app's pages run (the worker owns the other cores)
     run = RunDir(run_path)
     models = load_models(run)
     images = run.arrays("images")
@@ -97,7 +98,6 @@ def bench_attributions(run_path: Path) -> None:
             attr.mean_trigger_share(model, triggered, images["trigger_region"], method, config["target_label"])
         cells.append(f"{(time.perf_counter() - started) * 1000:.0f}")
         print(f"| {method} | " + " | ".join(cells) + " |")
-    del np
 
 
 def bench_pages(run_path: Path) -> None:
@@ -114,7 +114,7 @@ def bench_pages(run_path: Path) -> None:
         for _ in range(2):
             at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
             at.query_params["run"] = run_path.name
-            at.switch_page(f"pages/{page}.py")
+            at.switch_page(f"app_pages/{page}.py")
             started = time.perf_counter()
             at.run()
             times.append(time.perf_counter() - started)

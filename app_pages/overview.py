@@ -12,7 +12,7 @@ import streamlit as st
 from cbd_core import jobs
 from cbd_core.attacks import get_attack
 from cbd_core.config import quick_demo_config
-from pages.common import enlarge, page_errors, runs_root_path, set_active_run
+from app_pages.common import enlarge, page_errors, runs_root_path, set_active_run
 
 CAUSAL_GRAPH = Path(__file__).resolve().parents[1] / "assets" / "causal_graph.svg"
 
@@ -81,7 +81,7 @@ with page_errors():
         with st.spinner("Queueing the demo run…"):
             run = jobs.submit(quick_demo_config(), runs_root_path())
         set_active_run(run.run_id)
-        st.switch_page("pages/train.py")
+        st.switch_page("app_pages/train.py")
     st.markdown("Or set things up yourself: **Attack lab** to choose and preview an attack, **Train** for any "
                 "defense (CBD, ABL, NONE or none), then **Sample weights**, **Embeddings** and **Attributions** to "
                 "look inside a finished run, and **Compare** to put runs side by side.")

@@ -22,7 +22,7 @@ import streamlit as st
 
 from cbd_core.analysis.embeddings import UMAP_FILE, has_umap, model_names_in
 from cbd_core.runs import RunDir
-from pages.common import (DEFENSE_TITLES, enlarge, explain, load_arrays, load_config, load_summary, page_errors,
+from app_pages.common import (DEFENSE_TITLES, enlarge, explain, load_arrays, load_config, load_summary, page_errors,
                           pick_run)
 
 SELECTED = "embedding_selected_sample"  # the chosen training sample's id (its index in the training set)

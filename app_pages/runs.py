@@ -13,7 +13,7 @@ import streamlit as st
 
 from cbd_core import jobs
 from cbd_core.runs import FINISHED, RunDir, list_runs
-from pages.common import (ACTIVE_RUN, DEFENSE_TITLES, load_config, load_summary, page_errors, run_label,
+from app_pages.common import (ACTIVE_RUN, DEFENSE_TITLES, load_config, load_summary, page_errors, run_label,
                           runs_root_path, set_active_run)
 
 

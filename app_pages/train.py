@@ -20,7 +20,7 @@ from cbd_core.defenses import DEFENSES
 from cbd_core.errors import UserInputError
 from cbd_core.params import Param
 from cbd_core.runs import FINISHED, RunDir, list_runs
-from pages.common import ACTIVE_RUN, explain, load_config, page_errors, runs_root_path, set_active_run
+from app_pages.common import ACTIVE_RUN, explain, load_config, page_errors, runs_root_path, set_active_run
 
 # The settings a newcomer would touch first; everything else sits in an expander.
 KEY_PARAMS = {
@@ -199,9 +199,9 @@ def live_panel() -> None:
         c1.metric("clean accuracy", f"{summary['clean_accuracy']:.1%}")
         c2.metric("attack success rate", f"{summary['attack_success_rate']:.1%}")
         c3.metric("seconds", f"{summary['seconds']:.0f}")
-        st.page_link("pages/sample_weights.py", label="See the per-sample weights →")
-        st.page_link("pages/embeddings.py", label="See the embeddings →")
-        st.page_link("pages/attributions.py", label="See where each model looks →")
+        st.page_link("app_pages/sample_weights.py", label="See the per-sample weights →")
+        st.page_link("app_pages/embeddings.py", label="See the embeddings →")
+        st.page_link("app_pages/attributions.py", label="See where each model looks →")
 
 
 st.title("Train a defense")

@@ -29,7 +29,7 @@ from cbd_core.analysis.attributions import (
 )
 from cbd_core.errors import UserInputError
 from cbd_core.runs import RunDir
-from pages.common import (
+from app_pages.common import (
     enlarge,
     explain,
     load_arrays,
