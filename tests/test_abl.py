@@ -9,7 +9,7 @@ import torch
 
 from cbd_core.config import RunConfig
 from cbd_core.defenses import DEFENSES, DefenseContext, get_defense
-from cbd_core.defenses.abl import ABL, isolate_lowest, lga_loss
+from cbd_core.defenses.abl import ABL, complement_loss, isolate_lowest, lga_loss, unlearn_epoch
 from cbd_core.errors import UserInputError
 from cbd_core.metrics import auroc
 from cbd_core.models import build_model
@@ -60,6 +60,32 @@ def test_isolate_lowest():
     assert isolate_lowest(losses, 0.25).sum() == 2  # int(N * ratio), as the official code
 
 
+def test_complement_loss_is_minus_log_one_minus_p():
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 3.0, 1.0]], requires_grad=True)
+    labels = torch.tensor([0, 2])
+    p = torch.softmax(logits, 1)[[0, 1], labels]
+    out = complement_loss(logits, labels)
+    assert out.item() == pytest.approx(-torch.log1p(-p).mean().item(), rel=1e-5)
+    out.backward()
+    # d/dz_y of -log(1 - p_y) is p_y: the label's logit is pushed down, halved by the mean
+    np.testing.assert_allclose(logits.grad[[0, 1], labels].numpy(), (p / 2).detach().numpy(), rtol=1e-5)
+
+
+def test_complement_loss_keeps_its_gradient_when_the_fit_saturates():
+    # A margin of 40: p_y rounds to 1 in float32, the cross-entropy and its gradient vanish, the
+    # complement loss is still exact (about the margin) with a gradient of about 1 on the label.
+    logits = torch.tensor([[40.0, 0.0, 0.0]], requires_grad=True)
+    labels = torch.tensor([0])
+    ce = torch.nn.functional.cross_entropy(logits, labels)
+    ce.backward()
+    assert ce.item() < 1e-12 and logits.grad.abs().max().item() < 1e-12
+    logits.grad = None
+    out = complement_loss(logits, labels)
+    out.backward()
+    assert out.item() == pytest.approx(40 - np.log(2), rel=1e-4)
+    assert logits.grad[0, 0].item() == pytest.approx(1.0, abs=1e-6)
+
+
 def test_registered_with_params():
     abl = get_defense("abl")
     assert isinstance(abl, ABL) and DEFENSES["abl"] is abl and abl.title == "ABL"
@@ -67,6 +93,10 @@ def test_registered_with_params():
     assert p["gamma"] == 0.5 and p["isolation_ratio"] == 0.01 and p["unlearn_lr"] == 5e-4
     assert abl.total_epochs(p) == p["isolation_epochs"] + p["epochs"] + p["unlearn_epochs"]
     assert abl.resolve((28, 28, 1), {"unlearn_epochs": 0})["unlearn_epochs"] == 0
+    # the faithful path is the default; the variants are opt-in
+    assert (p["unlearn_objective"], p["unlearn_loss"], p["reisolation_ratio"]) == ("isolated", "ce", 0.0)
+    with pytest.raises(UserInputError, match="abl.unlearn_loss"):
+        abl.resolve((28, 28, 1), {"unlearn_loss": "hinge"})
     with pytest.raises(UserInputError, match="abl.isolation_ratio"):
         abl.resolve((28, 28, 1), {"isolation_ratio": 0.9})
     assert _config(defense_params={"epochs": 3}).validated((28, 28, 1), 10).defense_params["epochs"] == 3
@@ -118,6 +148,73 @@ def test_isolates_planted_low_loss_samples():
     np.testing.assert_array_equal(result.suspicion, -result.sample_record["isolation_loss"])
     assert [line["phase"] for line in lines] == ["isolate"] * 3 + ["train", "unlearn"]
     assert lines[3]["isolated_precision"] == result.summary["isolated_precision"]
+
+
+# -- unlearning variants ---------------------------------------------------------------------------
+
+def _saturated_linear() -> torch.nn.Module:
+    """A linear model that predicts class 0 with a logit margin of 30 for every input."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.zero_()
+        model[1].bias[0] = 30.0
+    return model
+
+
+def _suspects_and_rest(ctx, mask):
+    planted = torch.from_numpy(mask)
+    return Tensors(ctx.train.x[planted], ctx.train.y[planted]), Tensors(ctx.train.x[~planted], ctx.train.y[~planted])
+
+
+@pytest.mark.parametrize("loss, unlearned", [("ce", False), ("complement", True)])
+def test_unlearning_loss_on_a_saturated_fit(loss, unlearned):
+    # The planted samples (label 0) are fitted with a margin of 30: ascending the cross-entropy has
+    # no gradient and leaves them at ~0 loss; the complement loss drives their label's probability down.
+    ctx, mask, _ = _toy_context(unlearn_loss=loss, unlearn_objective="isolated", unlearn_lr=0.5, batch_size=32)
+    suspects, rest = _suspects_and_rest(ctx, mask)
+    model = _saturated_linear()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for epoch in range(1, 6):
+        unlearn_epoch(ctx, model, optimizer, ctx.generator(epoch), suspects, rest, epoch)
+    after = torch.nn.functional.cross_entropy(model(suspects.x), suspects.y).item()
+    assert (after > 1.0) == unlearned
+    if not unlearned:
+        assert after < 1e-6
+
+
+@pytest.mark.parametrize("objective, clean_seen", [("isolated", False), ("joint", True)])
+def test_joint_unlearning_also_descends_on_the_rest(objective, clean_seen):
+    # With a saturated fit the cross-entropy ascent has no gradient, so anything that moves the model
+    # comes from the joint objective's clean batches: their loss (chance level here) goes down.
+    ctx, mask, _ = _toy_context(unlearn_loss="ce", unlearn_objective=objective, unlearn_lr=0.05, batch_size=32)
+    suspects, rest = _suspects_and_rest(ctx, mask)
+    model = _saturated_linear()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    before = torch.nn.functional.cross_entropy(model(rest.x), rest.y).item()
+    suspect_ce, clean_ce = unlearn_epoch(ctx, model, optimizer, ctx.generator(), suspects, rest, 1)
+    after = torch.nn.functional.cross_entropy(model(rest.x), rest.y).item()
+    assert suspect_ce < 1e-6
+    assert (after < before - 1.0) == clean_seen
+    assert np.isnan(clean_ce) != clean_seen
+
+
+def test_reisolation_adds_the_late_lowest_losses():
+    ctx, mask, lines = _toy_context(isolation_epochs=3, isolation_ratio=0.05, epochs=2, unlearn_epochs=2,
+                                    batch_size=32, lr=0.05, reisolation_ratio=0.08, unlearn_objective="joint",
+                                    unlearn_loss="complement", unlearn_lr=5e-3)
+    result = ABL().train(ctx)
+    record, summary = result.sample_record, result.summary
+    isolated, unlearned, late = record["isolated"], record["unlearned"], record["reisolation_loss"]
+    assert isolated.sum() == 30 and not (isolated & ~unlearned).any()  # the first suspects stay suspects
+    assert unlearned.sum() == summary["unlearned_count"] <= 30 + 48  # 8% of 600, union with the first 30
+    assert (unlearned & ~isolated).sum() > 0
+    late_only = isolate_lowest(late, 0.08)
+    np.testing.assert_array_equal(unlearned, isolated | late_only)
+    assert summary["unlearned_precision"] == pytest.approx((unlearned & mask).sum() / unlearned.sum())
+    assert summary["unlearned_recall"] == pytest.approx((unlearned & mask).sum() / mask.sum())
+    assert [line["phase"] for line in lines] == ["isolate"] * 3 + ["train"] * 2 + ["unlearn"] * 2
+    assert all("clean_loss" in line for line in lines[-2:])
 
 
 # -- end to end ------------------------------------------------------------------------------------
