@@ -20,6 +20,7 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/speed.py
+	$(PY) bench/dashboard.py
 	$(PY) bench/defense_quality.py
 
 clean-venv:
