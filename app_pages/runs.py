@@ -22,7 +22,7 @@ def row(run: RunDir) -> dict[str, Any]:
     try:
         config = load_config(run)
     except Exception as err:
-        return {"run": run.run_id, "state": f"unreadable ({err})"}
+        return {"state": f"unreadable ({err})", "run": run.run_id}
     status = run.status()
     summary = load_summary(run) or {}
     state = jobs.status_line(status)
@@ -30,11 +30,12 @@ def row(run: RunDir) -> dict[str, Any]:
         position = jobs.queue_position(run)
         state = f"queued (#{position})" if position else "queued"
     return {
-        "run": run.run_id, "state": state, "defense": DEFENSE_TITLES.get(config.get("defense"), config.get("defense")),
+        "state": state, "defense": DEFENSE_TITLES.get(config.get("defense"), config.get("defense")),
         "attack": config.get("attack"), "poison rate": config.get("poison_rate"), "dataset": config.get("dataset"),
         "seed": config.get("seed"), "clean accuracy": summary.get("clean_accuracy"),
         "attack success rate": summary.get("attack_success_rate"), "robust accuracy": summary.get("robust_accuracy"),
         "seconds": summary.get("seconds") or status.get("seconds"), "created": status.get("created"),
+        "run": run.run_id,  # last: the long id would push the figures off screen
     }
 
 
