@@ -21,6 +21,7 @@ from cbd_core.analysis.attributions import (
     attribution_map,
     edit_trigger,
     mean_trigger_share,
+    stored_trigger_shares,
     predict_proba,
     region_bbox,
     trigger_is_local,
@@ -87,6 +88,9 @@ def mean_shares(root: str, run_id: str, method: str) -> dict[str, float]:
     from pathlib import Path
 
     run = RunDir.open(Path(root), run_id)
+    stored = stored_trigger_shares(run)  # the worker computes them once when the run finishes
+    if stored and method in stored and all(v is not None for v in stored[method].values()):
+        return {name: float(value) for name, value in stored[method].items()}
     config = load_config(run)
     test_x, test_y, region = run_images(run)
     triggered, _ = triggered_test_images(test_x, test_y, config, MEAN_IMAGES)

@@ -18,8 +18,8 @@ take the same run. Progress goes into the run's status.json (throttled); cancell
 `cancel` file that the training loop checks at every batch.
 
 The worker stays warm between runs (torch imported once, umap-learn's numba kernels compiled once
-and cached on disk), computes each finished run's UMAP map before taking the next run, and fills in
-maps missing from older runs when it is idle. It exits on its own when it is idle and the process
+and cached on disk), computes each finished run's UMAP map and attribution shares before taking the
+next run, and fills in maps missing from older runs when it is idle. It exits on its own when it is idle and the process
 that started it (the app) is gone, so stopping the app never leaves a worker spinning.
 """
 
@@ -408,6 +408,7 @@ class Worker:
         """The UMAP map of a finished run, so the Embeddings page never waits on it."""
         if run.status().get("state") != "done" or self.stopping:
             return
+        from .analysis.attributions import compute_trigger_shares
         from .analysis.embeddings import compute_umap
 
         try:
@@ -417,6 +418,12 @@ class Worker:
         except Exception as err:  # the run stays done; the page says the map failed and why
             run.update_status(analysis="failed", analysis_error=f"{type(err).__name__}: {err}")
             self.log(f"run {run.run_id}: UMAP failed: {type(err).__name__}: {err}")
+        try:  # the Attributions page's 100-image shares, once per run (the page computes them otherwise)
+            started = time.perf_counter()
+            compute_trigger_shares(run)
+            run.update_status(attribution_shares_seconds=round(time.perf_counter() - started, 2))
+        except Exception as err:
+            self.log(f"run {run.run_id}: attribution shares failed: {type(err).__name__}: {err}")
 
     def _backfill_one(self) -> bool:
         """Compute the map of one finished run that lacks it (older runs, a run made by the CLI)."""

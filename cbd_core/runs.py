@@ -14,6 +14,9 @@
                           features_<name> (n, d) and prediction_<name> (n,)
       images.npz          what the pages draw: train_x / train_index for the embedding subset,
                           test_x / test_y, a few clean test images (triggers are re-applied live)
+      umap.npz            written by the background worker after the run: index, umap_<name> (n, 2)
+      attribution_shares.json  also the worker's: {method: {model: mean share of attribution on the
+                          trigger over 100 triggered test images}}
       error.txt           the traceback, when a run failed on a bug
 
 Every file is written under a temporary name and renamed, so a crash never leaves half a file;

@@ -302,3 +302,24 @@ def test_occlusion_windows_reach_the_bottom_right_edge(h, w):
     window, stride = occlusion_grid(h, w)
     assert 2 <= window <= min(h, w) and 1 <= stride <= window
     assert (h - window) % stride == 0 and (w - window) % stride == 0
+
+
+def test_trigger_shares_are_computed_once_and_stored(finished_runs, tmp_path):
+    import shutil
+
+    from cbd_core.analysis import load_models
+    from cbd_core.analysis.attributions import (SHARES_FILE, compute_trigger_shares, mean_trigger_share,
+                                                stored_trigger_shares, triggered_test_images)
+    from cbd_core.runs import RunDir
+
+    root, ids = finished_runs
+    shutil.copytree(root / ids["cbd"], tmp_path / ids["cbd"])
+    run = RunDir(tmp_path / ids["cbd"])
+    assert stored_trigger_shares(run) is None
+    shares = compute_trigger_shares(run, methods=["saliency"])
+    assert (run.path / SHARES_FILE).is_file() and stored_trigger_shares(run) == shares
+    assert set(shares) == {"saliency"} and set(shares["saliency"]) == {"f_C", "f_B"}
+    images = run.arrays("images")
+    triggered, _ = triggered_test_images(images["test_x"], images["test_y"], run.config(), 100)
+    expected = mean_trigger_share(load_models(run)["f_B"], triggered, images["trigger_region"], "saliency")
+    assert shares["saliency"]["f_B"] == pytest.approx(expected)

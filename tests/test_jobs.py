@@ -28,6 +28,7 @@ def _config(**overrides) -> RunConfig:
 @pytest.fixture
 def fake_analysis(monkeypatch):
     """The worker's UMAP step replaced by a quick stand-in that records which runs it saw."""
+    import cbd_core.analysis.attributions as attributions
     import cbd_core.analysis.embeddings as embeddings
 
     seen = []
@@ -40,6 +41,7 @@ def fake_analysis(monkeypatch):
     monkeypatch.setattr(embeddings, "compute_umap", compute)
     monkeypatch.setattr(embeddings, "warm_up", lambda: None)
     monkeypatch.setattr(embeddings, "configure_numba_cache", lambda folder=None: None)
+    monkeypatch.setattr(attributions, "compute_trigger_shares", lambda run: seen.append(f"shares {run.run_id}"))
     return seen
 
 
@@ -73,7 +75,7 @@ def test_worker_trains_the_queue_in_order(tmp_path, patch_dataset, fake_analysis
         assert status["analysis"] == "done"
         assert run.summary()["run_id"] == run.run_id and run.model_names() == ["model"]
     assert runs[0].status()["started"] <= runs[1].status()["started"]
-    assert fake_analysis == [runs[0].run_id, runs[1].run_id]
+    assert fake_analysis == [runs[0].run_id, f"shares {runs[0].run_id}", runs[1].run_id, f"shares {runs[1].run_id}"]
     assert cancelled.summary() is None and cancelled.metrics() == []
 
 
@@ -85,7 +87,7 @@ def test_worker_backfills_maps_of_finished_runs(tmp_path, patch_dataset, fake_an
     run = RunDir.create(tmp_path, prepared.config.to_dict())
     execute(prepared, run)  # a run made by the CLI: no map yet
     assert jobs.Worker(tmp_path, "cpu").serve(exit_when_idle=True) == 0
-    assert fake_analysis == [run.run_id] and run.status()["analysis"] == "done"
+    assert fake_analysis == [run.run_id, f"shares {run.run_id}"] and run.status()["analysis"] == "done"
 
 
 def test_cancel_a_running_run(tmp_path, patch_dataset, fake_analysis):

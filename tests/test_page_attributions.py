@@ -116,3 +116,24 @@ def test_whole_image_trigger_can_only_be_faded(monkeypatch, finished_runs, tmp_p
     assert [s.label for s in at.slider] == ["Test image", "Opacity"]
     at.slider(key="attr_opacity").set_value(0.0).run()
     assert not at.exception and not at.error
+
+
+def test_page_uses_the_shares_the_worker_stored(finished_runs, tmp_path, monkeypatch):
+    import json
+
+    import cbd_core.analysis.attributions as attributions
+    from cbd_core.analysis.attributions import METHODS, SHARES_FILE
+
+    root, ids = finished_runs
+    shutil.copytree(root / ids["cbd"], tmp_path / ids["cbd"])
+    stored = {method: {"f_C": 0.0123, "f_B": 0.4567} for method in METHODS}
+    (tmp_path / ids["cbd"] / SHARES_FILE).write_text(json.dumps(stored))
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the page recomputed a stored share")
+
+    monkeypatch.setattr(attributions, "mean_trigger_share", must_not_run)
+    at = open_page(monkeypatch, tmp_path, ids["cbd"])
+    assert not at.exception and not at.error
+    specs = [chart.proto.spec for chart in at.get("plotly_chart")]
+    assert any("0.4567" in spec or "45.67" in spec or "46%" in spec for spec in specs)

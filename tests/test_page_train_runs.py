@@ -27,9 +27,11 @@ def runs_root(tmp_path, monkeypatch, no_worker):
 @pytest.fixture
 def fast_worker(monkeypatch, patch_dataset):
     """Train whatever is queued, in this process, on 300 images, with a stand-in for the UMAP step."""
+    import cbd_core.analysis.attributions as attributions
     import cbd_core.analysis.embeddings as embeddings
 
     patch_dataset(300, 100)
+    monkeypatch.setattr(attributions, "compute_trigger_shares", lambda run: {})
     monkeypatch.setattr(embeddings, "compute_umap", lambda run: {})
     monkeypatch.setattr(embeddings, "warm_up", lambda: None)
     monkeypatch.setattr(embeddings, "configure_numba_cache", lambda folder=None: None)

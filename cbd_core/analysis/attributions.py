@@ -251,6 +251,41 @@ def mean_trigger_share(model: nn.Module, triggered_images: np.ndarray, region: n
     return float(np.nanmean(shares)) if np.isfinite(shares).any() else float("nan")
 
 
+# -- stored per run: computed once by the background worker ---------------------------------------
+
+SHARES_FILE = "attribution_shares.json"  # {method: {model name: share}} over up to 100 triggered images
+SHARE_IMAGES = 100
+
+
+def compute_trigger_shares(run, methods: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
+    """Every model's mean share of attribution on the trigger, per method, over up to SHARE_IMAGES
+    triggered test images of the run; written to the run's SHARES_FILE (the worker calls this once
+    a run is done, so the page never recomputes it). Returns what it wrote."""
+    from ..runs import write_json
+    from . import load_models
+
+    images = run.arrays("images")
+    if images is None or "test_x" not in images:
+        raise UserInputError(f"run {run.run_id} has no test images to explain", "run")
+    triggered, _ = triggered_test_images(images["test_x"], images["test_y"], run.config(), SHARE_IMAGES)
+    region = images["trigger_region"].astype(bool)
+    models = load_models(run)
+    shares = {method: {name: mean_trigger_share(model, triggered, region, method) for name, model in models.items()}
+              for method in (methods or METHODS)}
+    write_json(run.path / SHARES_FILE, shares)
+    return shares
+
+
+def stored_trigger_shares(run) -> dict[str, dict[str, float]] | None:
+    """The shares the worker stored for this run, or None (older runs, or not computed yet)."""
+    import json
+
+    try:
+        return json.loads((run.path / SHARES_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
 # -- editing the trigger -------------------------------------------------------------------------
 
 
