@@ -117,13 +117,18 @@ def load_models(run: RunDir) -> dict[str, Any]:
     return _models_cached(str(run.path), _mtime(run.path / "summary.json"))
 
 
-def run_label(run: RunDir) -> str:
-    """One line naming a run: defense, attack, rate, seed, state and id."""
+def active_run_id() -> str | None:
+    """The active run's id: the URL's ?run=, else this session's choice."""
+    return st.query_params.get("run") or st.session_state.get(ACTIVE_RUN)
+
+
+def run_label(run: RunDir, status: dict[str, Any] | None = None) -> str:
+    """One line naming a run: defense, attack, rate, seed, state and id (give `status` if already read)."""
     try:
         config = load_config(run)
     except UserInputError:
         return f"{run.run_id} (unreadable)"
-    state = run.status().get("state", "?")
+    state = (status or run.status()).get("state", "?")
     return (f"{config.get('defense')} · {config.get('attack')} {float(config.get('poison_rate', 0)):.0%} · "
             f"{config.get('dataset')} · seed {config.get('seed')} · {state} · {run.run_id}")
 
@@ -133,7 +138,7 @@ def pick_run(label: str = "Run", only: Callable[[dict[str, Any], dict[str, Any]]
     """A select box of runs (newest first) whose state is in `states` and, given `only(config, status)`,
     pass it. It starts on the active run (the URL's ?run=, else the session's), and the choice becomes
     the active run. Shows a hint and returns None when no run qualifies."""
-    candidates = []
+    candidates, labels = [], {}
     for run in list_runs(runs_root_path()):
         try:
             config, status = load_config(run), run.status()
@@ -141,15 +146,15 @@ def pick_run(label: str = "Run", only: Callable[[dict[str, Any], dict[str, Any]]
             continue
         if status.get("state") in states and (only is None or only(config, status)):
             candidates.append(run)
+            labels[run.run_id] = run_label(run, status)
     if not candidates:
         st.info("No run to show here yet. Start one on the **Train** page (or the **Quick demo** on the Overview).")
         return None
     ids = [run.run_id for run in candidates]
-    wanted = st.query_params.get("run") or st.session_state.get(ACTIVE_RUN)
+    wanted = active_run_id()
     if key in st.session_state and st.session_state[key] not in ids:
         del st.session_state[key]  # the chosen run was deleted or no longer qualifies
     index = ids.index(wanted) if wanted in ids else 0
-    labels = {run.run_id: run_label(run) for run in candidates}
     chosen = st.selectbox(label, ids, index=index, format_func=labels.get, key=key)
     set_active_run(chosen)
     return candidates[ids.index(chosen)]

@@ -13,12 +13,13 @@ import streamlit as st
 
 from cbd_core import jobs
 from cbd_core.runs import FINISHED, RunDir, list_runs
-from app_pages.common import (ACTIVE_RUN, DEFENSE_TITLES, load_config, load_summary, page_errors, run_label,
-                          runs_root_path, set_active_run)
+from app_pages.common import (ACTIVE_RUN, DEFENSE_TITLES, active_run_id, load_config, load_summary, page_errors,
+                              run_label, runs_root_path, set_active_run)
 
 
-def row(run: RunDir) -> dict[str, Any]:
-    """One table row; a half-written or hand-edited folder becomes a row that says so."""
+def row(run: RunDir, positions: dict[str, int]) -> dict[str, Any]:
+    """One table row (`positions`: places in the queue); a half-written or hand-edited folder becomes
+    a row that says so."""
     try:
         config = load_config(run)
     except Exception as err:
@@ -27,7 +28,7 @@ def row(run: RunDir) -> dict[str, Any]:
     summary = load_summary(run) or {}
     state = jobs.status_line(status)
     if status.get("state") == "queued":
-        position = jobs.queue_position(run)
+        position = positions.get(run.run_id)
         state = f"queued (#{position})" if position else "queued"
     return {
         "state": state, "defense": DEFENSE_TITLES.get(config.get("defense"), config.get("defense")),
@@ -49,7 +50,9 @@ def zipped(path: str, finished: str) -> bytes:
 
 def table() -> None:
     fraction = st.column_config.NumberColumn(format="%.3f")
-    st.dataframe([row(run) for run in list_runs(runs_root_path())], hide_index=True, width="stretch",
+    root = runs_root_path()
+    positions = jobs.queue_positions(root)
+    st.dataframe([row(run, positions) for run in list_runs(root)], hide_index=True, width="stretch",
                  column_config={"clean accuracy": fraction, "attack success rate": fraction,
                                 "robust accuracy": fraction, "poison rate": st.column_config.NumberColumn(format="%.2f"),
                                 "seconds": st.column_config.NumberColumn(format="%.0f")})
@@ -118,8 +121,9 @@ with page_errors():
         st.fragment(table, run_every=2.0 if busy else None)()
         st.caption("Clean accuracy: share of untouched test images classified right. Attack success rate: share of "
                    "triggered test images sent to the attacker's label (lower is better for a defense).")
-        ids = [run.run_id for run in runs]
-        wanted = st.query_params.get("run") or st.session_state.get(ACTIVE_RUN)
+        by_id = {run.run_id: run for run in runs}
+        labels = {run.run_id: run_label(run) for run in runs}
+        ids, wanted = list(by_id), active_run_id()
         chosen = st.selectbox("Run", ids, index=ids.index(wanted) if wanted in ids else 0,
-                              format_func=lambda i: run_label(runs[ids.index(i)]), key="runs_page_choice")
-        details(runs[ids.index(chosen)])
+                              format_func=labels.get, key="runs_page_choice")
+        details(by_id[chosen])

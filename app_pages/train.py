@@ -20,7 +20,7 @@ from cbd_core.defenses import DEFENSES
 from cbd_core.errors import UserInputError
 from cbd_core.params import Param
 from cbd_core.runs import FINISHED, RunDir, list_runs
-from app_pages.common import ACTIVE_RUN, explain, load_config, page_errors, runs_root_path, set_active_run
+from app_pages.common import active_run_id, explain, load_config, page_errors, runs_root_path, set_active_run
 
 # The settings a newcomer would touch first; everything else sits in an expander.
 KEY_PARAMS = {
@@ -110,7 +110,7 @@ def available_devices() -> list[str]:
 
 def active_run() -> RunDir | None:
     """The active run if it still exists, else the newest run."""
-    wanted = st.query_params.get("run") or st.session_state.get(ACTIVE_RUN)
+    wanted = active_run_id()
     runs = list_runs(runs_root_path())
     chosen = next((run for run in runs if run.run_id == wanted), runs[0] if runs else None)
     if chosen is not None and chosen.run_id != wanted:
@@ -123,7 +123,7 @@ def curves(metrics: list[dict[str, Any]]) -> go.Figure:
     fig = go.Figure()
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
     phases: list[str] = []
-    for i, line in enumerate(metrics):
+    for line in metrics:
         if line.get("phase") not in phases:
             phases.append(line.get("phase"))
     for colour, phase in zip(palette * 4, phases):

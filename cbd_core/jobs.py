@@ -156,24 +156,34 @@ def _claim(run: RunDir) -> bool:
     return True
 
 
-def queued_runs(root: str | Path | None = None, queue: str | None = None) -> list[RunDir]:
-    """Queued runs, oldest first (the order workers take them), optionally of one device's queue."""
-    runs = []
+def _waiting(root: str | Path | None) -> list[tuple[RunDir, str]]:
+    """(run, its queue) for every queued, unclaimed run, oldest first: one status read per run."""
+    found = []
     for run in reversed(list_runs(root)):
         status = run.status()
-        if status.get("state") == "queued" and not (run.path / CLAIM_FILE).exists() and \
-                (queue is None or status.get("queue", "cpu") == queue):
-            runs.append(run)
-    return runs
+        if status.get("state") == "queued" and not (run.path / CLAIM_FILE).exists():
+            found.append((run, status.get("queue", "cpu")))
+    return found
+
+
+def queued_runs(root: str | Path | None = None, queue: str | None = None) -> list[RunDir]:
+    """Queued runs, oldest first (the order workers take them), optionally of one device's queue."""
+    return [run for run, in_queue in _waiting(root) if queue is None or in_queue == queue]
+
+
+def queue_positions(root: str | Path | None = None) -> dict[str, int]:
+    """Each waiting run's place in its device's queue (1 = taken next), for a whole table at once."""
+    positions: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    for run, queue in _waiting(root):
+        counts[queue] = counts.get(queue, 0) + 1
+        positions[run.run_id] = counts[queue]
+    return positions
 
 
 def queue_position(run: RunDir) -> int | None:
     """1 for the next run its device's worker will take, 2 after that, ...; None if not waiting."""
-    status = run.status()
-    if status.get("state") != "queued":
-        return None
-    waiting = [r.run_id for r in queued_runs(run.path.parent, status.get("queue", "cpu"))]
-    return waiting.index(run.run_id) + 1 if run.run_id in waiting else None
+    return queue_positions(run.path.parent).get(run.run_id)
 
 
 @dataclass
@@ -216,8 +226,8 @@ def ensure_workers(root: str | Path | None = None, devices: list[str] | None = N
     if not devices:
         best = choose_device("auto")
         wanted.add(best.type)
-    for run in queued_runs(root):  # a queue with work needs its worker even if nobody asked
-        wanted.add(run.status().get("queue", "cpu"))
+    for _, queue in _waiting(root):  # a queue with work needs its worker even if nobody asked
+        wanted.add(queue)
     started = []
     for device in sorted(wanted):
         for slot in range(per_device):
@@ -360,7 +370,7 @@ class Worker:
 
     def _next_run(self) -> RunDir | None:
         for run in queued_runs(self.root, self.device):
-            if run.status().get("queue", "cpu") == self.device and _claim(run):
+            if _claim(run):
                 return run
         return None
 
