@@ -33,6 +33,12 @@ class RunConfig:
     download: bool = False
     npz_path: str | None = None  # dataset "npz": the user's own file
     embedding_samples: int = 5000  # features of f_B / f_C kept for this many training samples
+    # Arithmetic settings: they change a run's numbers, so they are part of what a run *is*. torch's
+    # CPU kernels split their reductions by thread, and CBD sits close enough to a knife-edge that
+    # one thread instead of two was seen to decide whether a backdoor got through. None resolves to
+    # `default_threads()` when validated, and config.json records the number used.
+    threads: int | None = None
+    deterministic: bool = True  # deterministic kernels (cuDNN, cuBLAS, scatter ops): same numbers every time
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -87,6 +93,12 @@ class RunConfig:
             raise UserInputError(f"device: unknown '{self.device}' (choose from auto, cpu, cuda, mps)", "device")
         if not isinstance(self.embedding_samples, int) or not 0 <= self.embedding_samples <= 50_000:
             raise UserInputError("embedding_samples: must be a whole number in [0, 50000]", "embedding_samples")
+        threads = default_threads() if self.threads is None else self.threads
+        if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= 256:
+            raise UserInputError(f"threads: {threads!r} must be a whole number in [1, 256]", "threads")
+        if not isinstance(self.deterministic, bool):
+            raise UserInputError(f"deterministic: expected true or false, got {self.deterministic!r}",
+                                 "deterministic")
         if "epochs" in self.defense_params:
             epochs = self.defense_params["epochs"]
             if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
@@ -97,7 +109,24 @@ class RunConfig:
             attack_params = attack.resolve(image_shape, self.attack_params)
             defense_params = defense.resolve(image_shape, self.defense_params)
         return dataclasses.replace(self, poison_rate=float(self.poison_rate), attack_params=attack_params,
-                                   defense_params=defense_params)
+                                   defense_params=defense_params, threads=threads)
+
+
+MAX_DEFAULT_THREADS = 8  # small convolutions gain little beyond this, and a shared machine keeps cores
+
+
+def default_threads() -> int:
+    """CPU threads a run uses unless its config says otherwise: the machine's cores, at most 8.
+
+    Decided here, once, for the CLI, `matrix` and the worker alike, and written into config.json, so
+    how a run was started never changes its numbers (the same config gives the same threads)."""
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(MAX_DEFAULT_THREADS, cores))
 
 
 def quick_demo_config() -> RunConfig:

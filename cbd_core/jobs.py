@@ -249,7 +249,10 @@ def _spawn_worker(root: Path, device: str, slot: int) -> int | None:
     log_path = root / WORKERS_DIR / f"{device.replace(':', '_')}-{slot}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     project = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(project), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(project), os.environ.get("PYTHONPATH")])),
+           # Idle OpenMP threads sleep instead of spinning, so the worker and the app's pages share the
+           # CPU without stealing each other's time slices; it changes no number.
+           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     try:
         with open(log_path, "a") as log:
             process = subprocess.Popen(
@@ -464,11 +467,7 @@ class Worker:
 def worker_main(root: str | Path | None, device: str, slot: int = 0, parent_pid: int | None = None,
                 exit_when_idle: bool = False, lock_fd: int | None = None) -> int:
     """Entry point of `python -m cbd_core worker`."""
-    import torch
-
-    # Leave a core for the app when training on the CPU of a small machine.
-    if device == "cpu" and (os.cpu_count() or 1) > 2:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
+    # Each run trains with the threads its config names (pipeline.execute), as from the CLI.
     worker = Worker(runs_root(root), device, slot, parent_pid, lock_fd=lock_fd)
     worker.serve(exit_when_idle=exit_when_idle)
     return 0

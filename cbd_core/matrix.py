@@ -84,13 +84,10 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in sorted(config.items()) if k != "device"}
 
 
-def _run_cell(config_dict: dict[str, Any], root: str, threads: int) -> dict[str, Any]:
-    """One cell in a worker process (module-level so it pickles)."""
-    import torch
-
+def _run_cell(config_dict: dict[str, Any], root: str) -> dict[str, Any]:
+    """One cell in a worker process (module-level so it pickles); the config sets its threads."""
     from .pipeline import execute, prepare
 
-    torch.set_num_threads(threads)
     prepared = prepare(RunConfig.from_dict(config_dict))
     run = RunDir.create(Path(root), prepared.config.to_dict())
     return execute(prepared, run)
@@ -126,12 +123,14 @@ def run_matrix(cells: list[Cell], root: str | Path | None = None, jobs: int = 1,
             prepared = prepare(validated)
             finished(cell, execute(prepared, RunDir.create(folder, prepared.config.to_dict())))
     else:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
         # "spawn": fresh interpreters, since forking a process whose torch runs threads can hang.
+        # Cells keep the threads their configs name (give --threads to share the cores out); idle
+        # OpenMP threads sleep rather than spin, so cells sharing the CPU do not starve each other.
         import multiprocessing
 
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_run_cell, validated.to_dict(), str(folder), threads): cell
+            futures = {pool.submit(_run_cell, validated.to_dict(), str(folder)): cell
                        for cell, validated in todo}
             for future, cell in futures.items():
                 finished(cell, future.result())

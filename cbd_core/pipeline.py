@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .attacks import PoisonedData, get_attack
-from .config import RunConfig
+from .config import RunConfig, default_threads
 from .data import ImageSet, load_dataset, load_npz
 from .defenses import DefenseContext, get_defense
 from .errors import UserInputError
@@ -26,7 +26,7 @@ from .metrics import auroc
 from .models import build_model, default_model_for
 from .progress import Cancelled, ProgressCallback, ignore_progress
 from .runs import RunDir, now_iso
-from .training import EvalSets, Tensors, choose_device, default_augmentation, features_and_logits
+from .training import EvalSets, Tensors, arithmetic, choose_device, default_augmentation, features_and_logits
 
 # How many clean test images a run keeps for the attribution page (triggers are re-applied live).
 TEST_IMAGES_KEPT = 200
@@ -93,7 +93,8 @@ def execute(prepared: Prepared, run: RunDir, progress: ProgressCallback = ignore
     try:
         device = choose_device(config.device)
         run.update_status(state="running", started=now_iso(), device=str(device), error=None)
-        summary = _train_and_record(config, data, run, device, progress, is_cancelled, started)
+        with arithmetic(config.threads or default_threads(), config.deterministic):
+            summary = _train_and_record(config, data, run, device, progress, is_cancelled, started)
     except (Cancelled, KeyboardInterrupt):
         run.update_status(state="cancelled", finished=now_iso(), seconds=round(time.perf_counter() - started, 2))
         raise

@@ -11,7 +11,9 @@ float tensor, batches are index slices, augmentation runs batched on the device.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -40,6 +42,31 @@ def choose_device(requested: str | None = None) -> torch.device:
     if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise UserInputError("device: mps was asked for but Apple's Metal backend is not available", "device")
     return torch.device(requested)
+
+
+@contextlib.contextmanager
+def arithmetic(threads: int, deterministic: bool) -> Iterator[None]:
+    """Run the body with a run's arithmetic settings (its config's `threads` and `deterministic`),
+    restoring the process's own afterwards: the worker trains many runs, tests train in-process.
+
+    Every way of starting a run (CLI, `matrix`, the dashboard's worker) trains inside this, so they
+    give the same numbers for the same config on the same machine."""
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    if deterministic:
+        # cuBLAS reads this when it creates its handle; harmless on machines without CUDA.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.set_num_threads(threads)
+    # warn_only: an op without a deterministic kernel warns instead of failing the run.
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved[0])
+        torch.use_deterministic_algorithms(saved[1], warn_only=True)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2], saved[3]
 
 
 @dataclass
