@@ -25,7 +25,7 @@ from app_pages.common import active_run_id, explain, load_config, page_errors, r
 # The settings a newcomer would touch first; everything else sits in an expander.
 KEY_PARAMS = {
     "undefended": ("epochs", "lr"),
-    "cbd": ("backdoor_epochs", "epochs", "mi_weight", "weighting"),
+    "cbd": ("backdoor_steps", "epochs", "mi_weight", "weighting"),
     "abl": ("isolation_epochs", "epochs", "unlearn_epochs", "unlearn_lr"),
     "nonlinearity": ("epochs", "rounds", "reset_fraction", "reset_mode"),
 }

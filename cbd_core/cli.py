@@ -3,6 +3,7 @@
     python -m cbd_core run --dataset mnist5k --attack badnets --poison-rate 0.1 --target-label 0 \\
         --defense cbd --seed 0 [--epochs N] [--device cpu|cuda|mps] [--out DIR] [--json]
     python -m cbd_core matrix --datasets mnist5k --attacks all --defenses all --seeds 0 1 2 [--jobs 2]
+    python -m cbd_core submit <the same flags as run> [--out ROOT] [--json] [--no-worker]
     python -m cbd_core list [--json]
     python -m cbd_core worker --device cpu     (the dashboard starts this itself; see cbd_core/jobs.py)
 
@@ -34,22 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="train one defense on one poisoned dataset")
-    run.add_argument("--dataset", default="mnist5k", help="mnist5k (offline), mnist, fashion-mnist, cifar10, gtsrb, npz")
-    run.add_argument("--npz", dest="npz_path", help="your own .npz (x, y[, is_poisoned]); implies --dataset npz")
-    run.add_argument("--data-root", help="where torchvision datasets live (default ~/.cache/backdoor-lab)")
-    run.add_argument("--download", action="store_true", help="download a torchvision dataset if missing")
-    run.add_argument("--attack", default="badnets")
-    run.add_argument("--poison-rate", type=float, default=0.1, help="fraction of the training set, in [0, 0.5]")
-    run.add_argument("--target-label", type=int, default=0)
-    run.add_argument("--defense", default="cbd")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--epochs", type=int, help="epochs of the defense's main model (default: its own)")
-    run.add_argument("--model", help="cnn, preact-resnet18 or wrn-16-1 (default: by image size)")
-    run.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    run.add_argument("--attack-param", action="append", default=[], metavar="NAME=VALUE")
-    run.add_argument("--defense-param", action="append", default=[], metavar="NAME=VALUE")
+    add_run_arguments(run)
     run.add_argument("--out", help="runs root to write the run folder under (default $BACKDOOR_LAB_RUNS or ./runs)")
     run.add_argument("--json", action="store_true", help="print the summary as one JSON line last")
+
+    submit = sub.add_parser("submit", help="queue one run for the dashboard's background worker and exit")
+    add_run_arguments(submit)
+    submit.add_argument("--out", help="runs root the worker serves (default $BACKDOOR_LAB_RUNS or ./runs)")
+    submit.add_argument("--json", action="store_true", help="print {run_id, run_dir, queue} as one JSON line")
+    submit.add_argument("--no-worker", action="store_true",
+                        help="only queue: do not start a worker (the dashboard's starts when the app runs)")
 
     grid = sub.add_parser("matrix", help="the attack x defense grid over seeds (resumable), as CSV + Markdown")
     grid.add_argument("--datasets", nargs="+", default=["mnist5k"])
@@ -60,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--poison-rate", type=float, default=0.1)
     grid.add_argument("--epochs", type=int, help="epochs of every defense's main model (default: their own)")
     grid.add_argument("--device", default="auto")
-    grid.add_argument("--jobs", type=int, default=1, help="cells run in parallel, sharing the CPU threads")
+    grid.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes")
+    grid.add_argument("--threads", type=int, help="CPU threads of every cell (part of each config; default: "
+                      "the machine's cores, at most 8)")
     grid.add_argument("--out", help="runs root (default $BACKDOOR_LAB_RUNS or ./runs); tables go in its matrix/")
 
     worker = sub.add_parser("worker", help="the dashboard's background worker: trains queued runs of one device")
@@ -74,6 +71,26 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="attacks, defenses and datasets with their parameters")
     lst.add_argument("--json", action="store_true")
     return parser
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that describe one run: shared by `run` and `submit`, so both build the same config."""
+    parser.add_argument("--dataset", default="mnist5k", help="mnist5k (offline), mnist, fashion-mnist, cifar10, gtsrb, npz")
+    parser.add_argument("--npz", dest="npz_path", help="your own .npz (x, y[, is_poisoned]); implies --dataset npz")
+    parser.add_argument("--data-root", help="where torchvision datasets live (default ~/.cache/backdoor-lab)")
+    parser.add_argument("--download", action="store_true", help="download a torchvision dataset if missing")
+    parser.add_argument("--attack", default="badnets")
+    parser.add_argument("--poison-rate", type=float, default=0.1, help="fraction of the training set, in [0, 0.5]")
+    parser.add_argument("--target-label", type=int, default=0)
+    parser.add_argument("--defense", default="cbd")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, help="epochs of the defense's main model (default: its own)")
+    parser.add_argument("--model", help="cnn, preact-resnet18 or wrn-16-1 (default: by image size)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument("--attack-param", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--defense-param", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--threads", type=int, help="CPU threads for training (part of the config: it changes "
+                        "the arithmetic; default: the machine's cores, at most 8)")
 
 
 def parse_assignments(items: list[str], flag: str) -> dict[str, Any]:
@@ -168,21 +185,40 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def command_run(args: argparse.Namespace) -> int:
+def config_from_args(args: argparse.Namespace):
+    """The RunConfig that `run` and `submit` flags describe (not yet validated)."""
     from .config import RunConfig
+
+    return RunConfig(
+        dataset="npz" if args.npz_path else args.dataset, attack=args.attack, poison_rate=args.poison_rate,
+        target_label=args.target_label, defense=args.defense, seed=args.seed, model=args.model,
+        device=args.device, data_root=args.data_root, download=args.download, npz_path=args.npz_path,
+        attack_params=parse_assignments(args.attack_param, "--attack-param"),
+        defense_params=parse_assignments(args.defense_param, "--defense-param"), threads=args.threads,
+    ).with_epochs(args.epochs)
+
+
+def command_submit(args: argparse.Namespace) -> int:
+    """Validate exactly as `run` does, queue the run under the runs root, print its id, exit. Unless
+    --no-worker, a worker is started for its device if none serves it (it trains the queue, then
+    stops by itself once idle, since this process is gone)."""
+    from .jobs import submit
+    from .runs import to_json
+
+    run = submit(config_from_args(args), args.out, start_worker=not args.no_worker)
+    if args.json:
+        print(to_json({"run_id": run.run_id, "run_dir": str(run.path), "queue": run.status().get("queue")}))
+    else:
+        print(run.run_id)
+    return 0
+
+
+def command_run(args: argparse.Namespace) -> int:
     from .pipeline import execute, prepare
     from .progress import Cancelled
     from .runs import RunDir, runs_root, to_json
 
-    dataset = "npz" if args.npz_path else args.dataset
-    config = RunConfig(
-        dataset=dataset, attack=args.attack, poison_rate=args.poison_rate, target_label=args.target_label,
-        defense=args.defense, seed=args.seed, model=args.model, device=args.device, data_root=args.data_root,
-        download=args.download, npz_path=args.npz_path,
-        attack_params=parse_assignments(args.attack_param, "--attack-param"),
-        defense_params=parse_assignments(args.defense_param, "--defense-param"),
-    ).with_epochs(args.epochs)
-    prepared = prepare(config)
+    prepared = prepare(config_from_args(args))
     run = RunDir.create(runs_root(args.out), prepared.config.to_dict())
     bar = ProgressBar()
     try:
@@ -212,7 +248,7 @@ def command_matrix(args: argparse.Namespace) -> int:
         raise UserInputError(f"jobs: {args.jobs} must be at least 1", "jobs")
     cells = [Cell(dataset, attack, spec, seed, args.poison_rate)
              for dataset in args.datasets for attack in attacks for spec in specs for seed in args.seeds]
-    results = run_matrix(cells, args.out, jobs=args.jobs, epochs=args.epochs, device=args.device,
+    results = run_matrix(cells, args.out, jobs=args.jobs, epochs=args.epochs, device=args.device, threads=args.threads,
                          report=lambda line: print(line, file=sys.stderr, flush=True))
     csv_path, md_path, markdown = write_tables(results, runs_root(args.out) / "matrix")
     print(markdown)
@@ -230,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "matrix":
             return command_matrix(args)
+        if args.command == "submit":
+            return command_submit(args)
         if args.command == "worker":
             from .jobs import worker_main
 

@@ -5,7 +5,9 @@
 A defense may carry parameters, `cbd:mi_weight=0,weighting=paper`, so ablations are grids too.
 Runs go under the runs root like any other; a cell whose finished run (same validated config) is
 already there is not run again, so an interrupted grid picks up where it stopped. With `jobs` > 1
-cells run in parallel processes, each with an equal share of the CPU threads.
+cells run in parallel processes; each keeps the threads its config names (`--threads` sets them), so a
+cell gives the same numbers from `matrix` as from `run`. A dataset may be a path to an .npz (a user's
+own data, as `run --npz` takes it).
 """
 
 from __future__ import annotations
@@ -58,10 +60,14 @@ class Cell:
     seed: int
     poison_rate: float
 
-    def config(self, epochs: int | None = None, device: str = "auto") -> RunConfig:
-        return RunConfig(dataset=self.dataset, attack=self.attack, poison_rate=self.poison_rate,
+    def config(self, epochs: int | None = None, device: str = "auto", threads: int | None = None) -> RunConfig:
+        # A dataset given as a path to an .npz is a user's own file (`run --npz`).
+        own = self.dataset.endswith(".npz")
+        return RunConfig(dataset="npz" if own else self.dataset,
+                         npz_path=str(Path(self.dataset).expanduser().resolve()) if own else None,
+                         attack=self.attack, poison_rate=self.poison_rate,
                          defense=self.defense.name, seed=self.seed, defense_params=dict(self.defense.params),
-                         device=device).with_epochs(epochs)
+                         device=device, threads=threads).with_epochs(epochs)
 
 
 METRICS = ("clean_accuracy", "attack_success_rate", "robust_accuracy", "poison_detection_auroc", "seconds")
@@ -94,7 +100,7 @@ def _run_cell(config_dict: dict[str, Any], root: str) -> dict[str, Any]:
 
 
 def run_matrix(cells: list[Cell], root: str | Path | None = None, jobs: int = 1, epochs: int | None = None,
-               device: str = "auto", report: Callable[[str], None] = print) -> list[tuple[Cell, dict[str, Any]]]:
+               device: str = "auto", threads: int | None = None, report: Callable[[str], None] = print) -> list[tuple[Cell, dict[str, Any]]]:
     """Run every cell not already done under the runs root; returns (cell, summary) in cell order."""
     folder = runs_root(root)
     done = finished_runs(folder)
@@ -102,7 +108,7 @@ def run_matrix(cells: list[Cell], root: str | Path | None = None, jobs: int = 1,
     for cell in cells:
         # Validating resolves every default, so "already done" compares the full configs; and a bad
         # cell stops the grid here, before anything runs.
-        validated = cell.config(epochs, device).validated()
+        validated = cell.config(epochs, device, threads).validated()
         key = to_json(_comparable(validated.to_dict()))
         if key in done:
             results[cell] = done[key]
@@ -137,28 +143,33 @@ def run_matrix(cells: list[Cell], root: str | Path | None = None, jobs: int = 1,
     return [(cell, results[cell]) for cell in cells]
 
 
-def mean_std(values: list[float | None]) -> str:
+def median_range(values: list[float | None]) -> str:
+    """`median [min–max]` over seeds: the middle run and the spread, which a mean ± std hides when
+    one seed flips."""
     values = [v for v in values if v is not None]
     if not values:
         return "n/a"
     if len(values) == 1:
         return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+    return f"{statistics.median(values):.3f} [{min(values):.3f}–{max(values):.3f}]"
 
 
 def tables(results: list[tuple[Cell, dict[str, Any]]]) -> tuple[list[dict[str, Any]], str]:
-    """Per-run rows (for CSV) and a Markdown table with mean ± std per (dataset, attack, defense)."""
+    """Per-run rows (for CSV) and a Markdown table with the median [min–max] over seeds per
+    (dataset, attack, defense)."""
     rows = [{"dataset": c.dataset, "attack": c.attack, "poison_rate": c.poison_rate, "defense": c.defense.label,
-             "seed": c.seed, **{m: s.get(m) for m in METRICS}, "run_dir": s.get("run_dir")} for c, s in results]
+             "seed": c.seed, **{m: s.get(m) for m in METRICS}, "verdict": s.get("verdict"),
+             "run_dir": s.get("run_dir")} for c, s in results]
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["dataset"], row["attack"], row["defense"]), []).append(row)
-    lines = ["| dataset | attack | defense | CA | ASR | RA | poison AUROC | seconds |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| dataset | attack | defense | seeds | CA | ASR | RA | poison AUROC | seconds |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for (dataset, attack, defense), members in groups.items():
-        cells = [mean_std([m[k] for m in members]) for k in METRICS[:4]]
-        seconds = statistics.mean(m["seconds"] for m in members)
-        lines.append(f"| {dataset} | {attack} | {defense} | " + " | ".join(cells) + f" | {seconds:.0f} |")
+        cells = [median_range([m[k] for m in members]) for k in METRICS[:4]]
+        seconds = statistics.median(m["seconds"] for m in members)
+        lines.append(f"| {Path(dataset).stem} | {attack} | {defense} | {len(members)} | " + " | ".join(cells)
+                     + f" | {seconds:.0f} |")
     return rows, "\n".join(lines)
 
 

@@ -72,7 +72,7 @@ def patch_dataset(monkeypatch, mnist5k):
 
 # Short schedules: every defense writes a complete run folder in a few seconds on 600 images.
 FINISHED_RUN_PARAMS = {
-    "cbd": {"backdoor_epochs": 2, "epochs": 3, "batch_size": 32},
+    "cbd": {"backdoor_steps": 40, "epochs": 3, "batch_size": 32},
     "undefended": {"epochs": 3, "batch_size": 32},
     "abl": {"isolation_epochs": 1, "epochs": 2, "unlearn_epochs": 1, "batch_size": 32},
     "nonlinearity": {"epochs": 3, "batch_size": 32},

@@ -52,7 +52,7 @@ def test_list_json(capsys):
     size = next(p for p in badnets["parameters (28x28 defaults)"] if p["name"] == "size")
     assert size == {"name": "size", "type": "int", "default": 3, "help": size["help"], "range": [1, 64]}
     cbd = next(d for d in listing["defenses"] if d["name"] == "cbd")
-    assert {"epochs", "backdoor_epochs", "mi_weight"} <= {p["name"] for p in cbd["parameters (28x28 defaults)"]}
+    assert {"epochs", "backdoor_steps", "mi_weight"} <= {p["name"] for p in cbd["parameters (28x28 defaults)"]}
 
 
 @pytest.fixture
@@ -194,7 +194,7 @@ def _strict_json(text):
 def test_json_line_is_strict_json_at_poison_rate_zero(capsys, tmp_path, patch_dataset):
     patch_dataset(200, 100)
     code = main(["run", "--json", "--defense", "cbd", "--poison-rate", "0", "--out", str(tmp_path / "out"),
-                 "--defense-param", "backdoor_epochs=1", "--defense-param", "epochs=1"])
+                 "--defense-param", "backdoor_steps=8", "--defense-param", "epochs=1"])
     out, err = capsys.readouterr()
     assert code == 0, err
     summary = _strict_json(out.strip().splitlines()[-1])

@@ -163,7 +163,7 @@ def test_tiny_demo_preset(monkeypatch):
     monkeypatch.setenv("BACKDOOR_LAB_TINY_DEMO", "1")
     tiny = quick_demo_config().validated()
     assert (tiny.defense, tiny.attack, tiny.dataset) == ("cbd", "badnets", "mnist5k")
-    assert tiny.defense_params["epochs"] == 2 and tiny.defense_params["backdoor_epochs"] == 2
+    assert tiny.defense_params["epochs"] == 2 and tiny.defense_params["backdoor_steps"] == 64
 
 
 def test_real_worker_process(tmp_path, monkeypatch):

@@ -42,15 +42,16 @@ def test_matrix_runs_each_cell_once_and_resumes(tmp_path, patch_dataset, capsys)
     assert len([p for p in tmp_path.iterdir() if p.name != "matrix"]) == 2
 
 
-def test_tables_report_mean_and_std():
+def test_tables_report_median_and_range():
     spec = DefenseSpec("cbd")
     results = [(Cell("mnist5k", "badnets", spec, seed, 0.1),
                 {"clean_accuracy": ca, "attack_success_rate": 0.0, "robust_accuracy": 0.9,
                  "poison_detection_auroc": None, "seconds": 10.0})
-               for seed, ca in enumerate([0.9, 1.0])]
+               for seed, ca in enumerate([0.9, 1.0, 0.92])]
     rows, markdown = tables(results)
-    assert len(rows) == 2
-    assert "| mnist5k | badnets | cbd | 0.950 ± 0.071 | 0.000 ± 0.000 | 0.900 ± 0.000 | n/a | 10 |" in markdown
+    assert len(rows) == 3
+    assert "| mnist5k | badnets | cbd | 3 | 0.920 [0.900–1.000] | 0.000 [0.000–0.000] | 0.900 [0.900–0.900] | n/a | 10 |" \
+        in markdown
 
 
 def test_matrix_rejects_bad_grid(capsys):

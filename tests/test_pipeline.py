@@ -163,7 +163,7 @@ def test_undefended_arrays(undefended_run):
 
 def test_cbd_run(tmp_path, patch_dataset):
     patch_dataset(600, 200)
-    prepared = prepare(_config(defense="cbd", defense_params={"backdoor_epochs": 1, "epochs": 1},
+    prepared = prepare(_config(defense="cbd", defense_params={"backdoor_steps": 8, "epochs": 1},
                                embedding_samples=100))
     run = RunDir.create(tmp_path, prepared.config.to_dict())
     summary = execute(prepared, run)
@@ -181,7 +181,13 @@ def test_cbd_run(tmp_path, patch_dataset):
     assert value is not None and 0.0 <= value <= 1.0
     assert value == pytest.approx(auroc(sw["suspicion"], sw["is_poisoned"]))
     assert SUMMARY_KEYS <= set(summary) and summary["defense"] == "cbd"
-    assert len(run.metrics()) == 2  # one f_B epoch, one f_C epoch
+    # f_B reports its 8 steps in four stages; then one f_C epoch
+    assert [(m["phase"], m["epoch"]) for m in run.metrics()] == [("f_B", 1), ("f_B", 2), ("f_B", 3), ("f_B", 4),
+                                                                 ("f_C", 1)]
+    assert [m["step"] for m in run.metrics()[:4]] == [2, 4, 6, 8]
+    capture = summary["f_b_capture"]
+    assert capture["steps"] == 8 and isinstance(capture["captured"], bool)
+    assert capture["detection_auroc"] == pytest.approx(auroc(-sw["loss_backdoor"], sw["is_poisoned"]))
     emb = run.arrays("embeddings")
     assert {"features_f_C", "features_f_B", "prediction_f_C", "prediction_f_B"} <= set(emb)
     assert emb["features_f_B"].shape == emb["features_f_C"].shape == (100, 128)

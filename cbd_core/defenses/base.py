@@ -21,6 +21,9 @@ from ..progress import Cancelled, ProgressCallback, ProgressEvent
 from ..training import EvalSets, Tensors
 
 
+CAPTURE_AUROC = 0.9  # f_B "has the trigger" when its loss ranks poisoned below clean this well
+
+
 @dataclass
 class DefenseContext:
     train: Tensors  # the poisoned training set, on the device
@@ -62,6 +65,20 @@ class DefenseContext:
         return {"flagged": int(flagged.sum()),
                 "precision": hits / flagged.sum() if flagged.any() else float("nan"),
                 "recall": hits / self._poison_mask.sum() if self._poison_mask.any() else float("nan")}
+
+    def capture_report(self, loss: np.ndarray, model: nn.Module) -> dict[str, Any]:
+        """Did a deliberately backdoored model (CBD's f_B) have the trigger? From its per-sample
+        training loss against the true poison mask and its ASR on the triggered test set (shown,
+        never used): `captured` when it fits the poisoned samples better than the clean ones with an
+        AUROC of at least CAPTURE_AUROC."""
+        loss = np.asarray(loss, dtype=np.float64)
+        separation = self.detection_auroc(-loss)
+        mask = self._poison_mask
+        return {"captured": bool(np.isfinite(separation) and separation >= CAPTURE_AUROC),
+                "detection_auroc": separation,
+                "loss_poisoned_median": float(np.median(loss[mask])) if mask.any() else None,
+                "loss_clean_median": float(np.median(loss[~mask])) if (~mask).any() else None,
+                "test_attack_success_rate": self._eval_sets.evaluate(model)["attack_success_rate"]}
 
     def end_epoch(self, phase: str, epoch: int, epochs: int, model: nn.Module, **extra: Any) -> dict[str, Any]:
         """Score `model` on the test sets, log the epoch's line, report it; returns the line."""
@@ -140,3 +157,40 @@ def train_epoch(ctx: DefenseContext, model: nn.Module, optimizer: torch.optim.Op
         count += len(idx)
         ctx.step(phase, epoch, epochs, i + 1, n_steps)
     return total / max(1, count)
+
+
+def train_steps(ctx: DefenseContext, model: nn.Module, optimizer: torch.optim.Optimizer,
+                generator: torch.Generator, total_steps: int, lr_at: Callable[[int], float], phase: str,
+                stages: int, after_step: Callable[[int, float], None] = lambda step, loss: None) -> None:
+    """`total_steps` optimiser steps of plain cross-entropy on augmented batches of the training set,
+    reshuffled every pass, whatever the data's size. `after_step(step, loss)` runs after each step
+    (1-based; loss = the mean cross-entropy so far in the current stage); progress is reported as
+    `stages` equal parts."""
+    from ..training import augment, batches, set_lr
+
+    data = ctx.train
+    stage_len = -(-total_steps // stages)
+    step, total, count = 0, 0.0, 0
+    model.train()
+    while step < total_steps:
+        for idx in batches(len(data), ctx.params["batch_size"], generator):
+            if len(idx) < 2:
+                continue  # a batch of one cannot be batch-normalised in train mode
+            set_lr(optimizer, lr_at(step))
+            idx = idx.to(ctx.device)
+            loss = nn.functional.cross_entropy(model(augment(data.x[idx], generator, **ctx.augmentation)),
+                                               data.y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            total += loss.item() * len(idx)
+            count += len(idx)
+            stage = min(stages, (step - 1) // stage_len + 1)
+            ctx.step(phase, stage, stages, step - (stage - 1) * stage_len, min(stage_len, total_steps - (stage - 1) * stage_len))
+            after_step(step, total / max(1, count))
+            model.train()  # after_step may have evaluated the model
+            if step % stage_len == 0:
+                total, count = 0.0, 0
+            if step >= total_steps:
+                return
