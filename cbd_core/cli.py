@@ -91,6 +91,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--defense-param", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--threads", type=int, help="CPU threads for training (part of the config: it changes "
                         "the arithmetic; default: the machine's cores, at most 8)")
+    parser.add_argument("--preset", help="a named run with a clear lesson (see `list`): it sets the dataset, "
+                        "attack, poison rate, target label and defense; the other flags still apply")
 
 
 def parse_assignments(items: list[str], flag: str) -> dict[str, Any]:
@@ -118,8 +120,11 @@ def describe_registries() -> dict[str, Any]:
                  **({"range": [p.low, p.high]} if p.low is not None else {}),
                  **({"choices": list(p.choices)} if p.choices else {})} for p in owner.params]
 
+    from .presets import PRESETS
+
     shape = (28, 28, 1)
     return {
+        "presets": [{"name": p.name, "title": p.title, "lesson": p.lesson} for p in PRESETS.values()],
         "datasets": [{"name": d.name, "description": d.description, "image_shape": list(d.image_shape),
                       "classes": d.num_classes, "offline": d.offline} for d in DATASETS.values()],
         "attacks": [{"name": a.name, "description": a.description, "clean_label": a.clean_label,
@@ -133,6 +138,9 @@ def print_listing(listing: dict[str, Any]) -> None:
     print("Datasets")
     for d in listing["datasets"]:
         print(f"  {d['name']:<14} {d['description']}")
+    print("\nPresets (--preset NAME)")
+    for p in listing["presets"]:
+        print(f"  {p['name']:<14} {p['title']}")
     for kind in ("attacks", "defenses"):
         print(f"\n{kind.capitalize()} (defaults shown for 28x28 images)")
         for item in listing[kind]:
@@ -187,15 +195,25 @@ def format_table(summary: dict[str, Any]) -> str:
 
 def config_from_args(args: argparse.Namespace):
     """The RunConfig that `run` and `submit` flags describe (not yet validated)."""
-    from .config import RunConfig
+    import dataclasses
 
-    return RunConfig(
+    from .config import RunConfig
+    from .presets import preset_config
+
+    config = RunConfig(
         dataset="npz" if args.npz_path else args.dataset, attack=args.attack, poison_rate=args.poison_rate,
         target_label=args.target_label, defense=args.defense, seed=args.seed, model=args.model,
         device=args.device, data_root=args.data_root, download=args.download, npz_path=args.npz_path,
         attack_params=parse_assignments(args.attack_param, "--attack-param"),
         defense_params=parse_assignments(args.defense_param, "--defense-param"), threads=args.threads,
-    ).with_epochs(args.epochs)
+    )
+    if args.preset:
+        preset = preset_config(args.preset)
+        config = dataclasses.replace(
+            config, dataset=preset.dataset, npz_path=None, attack=preset.attack, poison_rate=preset.poison_rate,
+            target_label=preset.target_label, defense=preset.defense,
+            attack_params={**preset.attack_params, **config.attack_params})
+    return config.with_epochs(args.epochs)
 
 
 def command_submit(args: argparse.Namespace) -> int:

@@ -118,8 +118,14 @@ def batches(n: int, batch_size: int, generator: torch.Generator, drop_last: bool
         yield order[start:start + batch_size]
 
 
+# Forward-only passes run in batches of this size: on CPU a batch of 256 ran the same passes in about
+# half the time of 1,000 (cache-sized activations), and the results are bit-identical (each image's
+# output does not depend on its batch), so no run's numbers moved.
+EVAL_BATCH = 256
+
+
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.Tensor:
     """Logits for every row of x, in eval mode (the model's mode is restored afterwards)."""
     was_training = model.training
     model.eval()
@@ -130,7 +136,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.
 
 
 @torch.no_grad()
-def features_and_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+def features_and_logits(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
     """Penultimate features z and logits for every row of x, in eval mode."""
     was_training = model.training
     model.eval()
@@ -143,7 +149,7 @@ def features_and_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 100
     return torch.cat(zs), torch.cat(logits)
 
 
-def per_sample_loss(model: nn.Module, data: Tensors, batch_size: int = 1000) -> torch.Tensor:
+def per_sample_loss(model: nn.Module, data: Tensors, batch_size: int = EVAL_BATCH) -> torch.Tensor:
     """Cross-entropy of each sample (no augmentation, eval mode)."""
     return F.cross_entropy(predict(model, data.x, batch_size), data.y, reduction="none")
 

@@ -159,3 +159,59 @@ def test_spectral_norm_after_training():
     norms = _linear_norms(critic)
     assert all(n <= 1.0 + 2e-3 for n in norms), norms
     assert max(norms) >= 0.95  # and the bound is tight: the layers are not shrunk below 1
+
+
+# -- f_B: a fixed number of steps, its loss along the way, and a record of whether it caught the trigger
+
+def test_checkpoint_steps_are_even_and_end_at_the_last_step():
+    from cbd_core.defenses.cbd import checkpoint_steps
+
+    assert checkpoint_steps(256, 16) == list(range(16, 257, 16))
+    assert checkpoint_steps(10, 4) == [2, 5, 8, 10]
+    assert checkpoint_steps(3, 16) == [1, 2, 3]  # never more checkpoints than steps
+
+
+@pytest.mark.parametrize("n_train", [500, 1000])
+def test_f_b_trains_the_same_number_of_steps_on_any_size(tmp_path, patch_dataset, n_train):
+    from cbd_core.config import RunConfig
+    from cbd_core.pipeline import execute, prepare
+    from cbd_core.runs import RunDir
+
+    patch_dataset(n_train, 100)
+    prepared = prepare(RunConfig(defense="cbd", device="cpu", embedding_samples=0,
+                                 defense_params={"backdoor_steps": 12, "epochs": 1, "batch_size": 64}))
+    run = RunDir.create(tmp_path, prepared.config.to_dict())
+    summary = execute(prepared, run)
+    f_b = [m for m in run.metrics() if m["phase"] == "f_B"]
+    assert [m["step"] for m in f_b] == [3, 6, 9, 12]  # 12 steps whatever the size: 4 stages of 3
+    assert summary["f_b_capture"]["steps"] == 12
+
+
+def test_f_b_catches_badnets_and_the_run_records_it(tmp_path, patch_dataset):
+    """With its default length, f_B has the trigger when f_C starts: the record says so, and it is
+    right (f_B's own ASR on the triggered test set is high)."""
+    from cbd_core.config import RunConfig
+    from cbd_core.pipeline import execute, prepare
+    from cbd_core.runs import RunDir
+
+    patch_dataset(1000, 200)
+    prepared = prepare(RunConfig(defense="cbd", device="cpu", embedding_samples=0, defense_params={"epochs": 1}))
+    assert prepared.config.defense_params["backdoor_steps"] == 256
+    run = RunDir.create(tmp_path, prepared.config.to_dict())
+    capture = execute(prepared, run)["f_b_capture"]
+    assert capture["captured"] is True and capture["detection_auroc"] >= 0.95
+    assert capture["loss_poisoned_median"] < 0.1 * capture["loss_clean_median"]
+    assert capture["test_attack_success_rate"] >= 0.9
+
+
+def test_capture_record_says_no_when_f_b_has_not_learned(tmp_path, patch_dataset):
+    """One step of f_B learns nothing: the record must not claim a capture."""
+    from cbd_core.config import RunConfig
+    from cbd_core.pipeline import execute, prepare
+    from cbd_core.runs import RunDir
+
+    patch_dataset(500, 100)
+    prepared = prepare(RunConfig(defense="cbd", device="cpu", embedding_samples=0,
+                                 defense_params={"backdoor_steps": 1, "epochs": 1, "backdoor_lr": 1e-5}))
+    capture = execute(prepared, RunDir.create(tmp_path, prepared.config.to_dict()))["f_b_capture"]
+    assert capture["captured"] is False and capture["detection_auroc"] < 0.9
