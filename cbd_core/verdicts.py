@@ -369,9 +369,9 @@ def explain(summary: dict[str, Any] | None, baseline_summary: dict[str, Any] | N
     return sentences
 
 
-def outcome_note(summary: dict[str, Any] | None) -> str:
-    """One clause for a page's "What to look for" text: what this run's outcome was ("" when there
-    is no verdict), with the reason when the defense failed."""
+def outcome_note(summary: dict[str, Any] | None, with_reason: bool = True) -> str:
+    """A sentence or two for a page's "What to look for" text: this run's outcome ("" when there is no
+    verdict) and, when the defense failed and `with_reason`, why as far as the run can tell."""
     result = verdict(summary)
     if result == NOT_APPLICABLE or summary is None:
         return ""
@@ -379,7 +379,7 @@ def outcome_note(summary: dict[str, Any] | None) -> str:
     if result == REMOVED:
         return f"In this run the backdoor was removed (attack success rate {asr})."
     what = "was only weakened" if result == WEAKENED else "persists"
-    reason = diagnosis(summary) or ""
+    reason = (diagnosis(summary) or "") if with_reason else ""
     return f"In this run the defense failed: the backdoor {what} (attack success rate {asr}). {reason}".strip()
 
 
