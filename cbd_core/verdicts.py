@@ -84,7 +84,7 @@ def _pct(value: float | None) -> str:
 
 def _points(value: float) -> str:
     """A difference of two fractions in percentage points, e.g. "1.2 points"."""
-    return f"{abs(value) * 100:.1f} point{'s' if round(abs(value) * 100, 1) != 1.0 else ''}"
+    return f"{abs(value) * 100:.1f} points"
 
 
 def _defense(summary: dict[str, Any]) -> str:
@@ -340,7 +340,7 @@ def explain(summary: dict[str, Any] | None, baseline_summary: dict[str, Any] | N
                          "so a low attack success rate here is not the defense's merit.")
     if result == REMOVED:
         sentences.append(f"{name} removed the backdoor: only {_pct(asr)} of triggered test images reach the target "
-                         f"label (removed means at most {_pct(REMOVED_MAX_ASR)})"
+                         f"label (removed means at most {REMOVED_MAX_ASR:.0%})"
                          + (f", against {_pct(base_asr)} without a defense." if base_asr is not None else "."))
         auroc = _number(summary.get("poison_detection_auroc"))
         if _defense(summary) == "cbd" and auroc is not None:
@@ -348,7 +348,7 @@ def explain(summary: dict[str, Any] | None, baseline_summary: dict[str, Any] | N
     else:
         if result == WEAKENED:
             sentences.append(f"{name} weakened the backdoor but did not remove it: {_pct(asr)} of triggered test "
-                             f"images still reach the target label (removed means at most {_pct(REMOVED_MAX_ASR)})"
+                             f"images still reach the target label (removed means at most {REMOVED_MAX_ASR:.0%})"
                              + (f", against {_pct(base_asr)} without a defense." if base_asr is not None else "."))
         else:
             sentences.append(f"The backdoor persists despite {name}: {_pct(asr)} of triggered test images still "
@@ -394,20 +394,23 @@ def banner_text(summary: dict[str, Any] | None, baseline: Baseline | None, state
     baseline = baseline or Baseline("none")
     base_summary = baseline.summary if baseline.state == "done" else None
     if _defense(summary) == UNDEFENDED:
-        head = f"**No verdict: this run is undefended.** It is the baseline a defense on the same data is " \
-               f"measured against (ASR {_pct(asr)}, clean accuracy {_pct(_number(summary.get('clean_accuracy')))})."
-        return result, "  \n".join([head, *explain(summary)])
+        head = ("**No verdict: this run is undefended.** It is the baseline that defenses on the same data are "
+                f"measured against (clean accuracy {_pct(_number(summary.get('clean_accuracy')))}).")
+        return result, head + "  \n" + " ".join(explain(summary))
     parts = [f"**{HEADLINES[result]}.** Attack success rate {_pct(asr)}"
-             f" (removed ≤ {_pct(REMOVED_MAX_ASR)}, persists ≥ {_pct(PERSISTS_MIN_ASR)})."]
+             f" (removed ≤ {REMOVED_MAX_ASR:.0%}, persists ≥ {PERSISTS_MIN_ASR:.0%})."]
     if base_summary is not None:
-        cost = clean_accuracy_cost(summary, base_summary)
-        if cost.clean_accuracy_cost is not None:
-            sign = "lost" if cost.clean_accuracy_cost > 0 else "gained"
-            parts.append(f"Clean-accuracy cost against the undefended baseline: {cost.clean_accuracy_cost * 100:+.1f} "
-                         f"points ({sign}; baseline ASR {_pct(cost.baseline_attack_success_rate)}, "
-                         f"run `{baseline.run_id}`).")
+        cost = clean_accuracy_cost(summary, base_summary).clean_accuracy_cost
+        against = (f"{_pct(_number(summary.get('clean_accuracy')))} against the undefended baseline's "
+                   f"{_pct(_number(base_summary.get('clean_accuracy')))}, run `{baseline.run_id}`")
+        if cost is None:
+            parts.append(f"Clean-accuracy cost: unknown (run `{baseline.run_id}` records no clean accuracy).")
+        elif cost > 0.0005:
+            parts.append(f"Clean-accuracy cost: {_points(cost)} ({against}).")
+        elif cost >= -0.0005:
+            parts.append(f"Clean-accuracy cost: none ({against}).")
         else:
-            parts.append("Clean-accuracy cost: the baseline records no clean accuracy.")
+            parts.append(f"Clean-accuracy cost: none, {_points(cost)} gained ({against}).")
     elif baseline.state == "training":
         parts.append(f"Clean-accuracy cost: baseline still training (run `{baseline.run_id}`).")
     else:

@@ -106,7 +106,8 @@ def test_removed_banner(judged_runs, page):
     assert len(at.success) == 1 and not at.error and not at.warning
     said = at.success[0].value
     assert "Backdoor removed" in said and "0.4%" in said
-    assert "+1.0 points" in said and BASELINE_ID in said  # cost against the baseline: 97% - 96%
+    assert "Clean-accuracy cost: 1.0 points (96.0% against the undefended baseline's 97.0%" in said
+    assert BASELINE_ID in said
     assert "CBD removed the backdoor" in said and "AUROC 0.998" in said
     if page == "train":
         assert "In this run the backdoor was removed" in captions(at)
@@ -119,7 +120,7 @@ def test_persisting_banner(judged_runs, page):
     assert len(at.error) == 1 and not at.success
     said = at.error[0].value
     assert "Backdoor persists: the defense failed" in said and "86.0%" in said
-    assert "+2.0 points" in said
+    assert "Clean-accuracy cost: 2.0 points (95.0% against the undefended baseline's 97.0%" in said
     assert "did not separate poisoned from clean samples (detection AUROC 0.610" in said
     assert "removed the backdoor" not in said
     if page == "train":

@@ -197,7 +197,11 @@ def test_outcome_note_follows_the_verdict():
 
 def test_banner_text_says_the_cost_or_why_not():
     kind, said = verdicts.banner_text(summary(0.86), Baseline("done", "base-1", BASE))
-    assert kind == "persists" and "+2.0 points" in said and "base-1" in said
+    assert kind == "persists" and "Clean-accuracy cost: 2.0 points" in said and "base-1" in said
+    gained = verdicts.banner_text(summary(0.01, clean_accuracy=0.98), Baseline("done", "b", BASE))[1]
+    assert "Clean-accuracy cost: none, 1.0 points gained (98.0% against the undefended baseline's 97.0%" in gained
+    same = verdicts.banner_text(summary(0.01, clean_accuracy=0.97), Baseline("done", "b", BASE))[1]
+    assert "Clean-accuracy cost: none (97.0% against" in same
     assert "baseline still training" in verdicts.banner_text(summary(0.01), Baseline("training", "b"))[1]
     assert "no baseline" in verdicts.banner_text(summary(0.01), Baseline("none"))[1]
     assert verdicts.banner_text(None, None, state="running")[0] == "n/a"
