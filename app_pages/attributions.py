@@ -199,7 +199,8 @@ def main() -> None:
                         f"{on_target}")
             st.markdown(f"Attribution on the trigger: **{percent(trigger_mass_share(maps[name], shown_region))}**"
                         f" (the trigger covers {shown_region.mean():.1%} of the image)")
-            explain(MODEL_EXPLAIN.get(name, MODEL_EXPLAIN["model"]))
+            # The model the defense hands over (f_C, or the only one) carries the run's outcome.
+            explain(MODEL_EXPLAIN.get(name, MODEL_EXPLAIN["model"]), summary if name == names[-1] else None)
 
     st.subheader(f"Across {MEAN_IMAGES} triggered test images")
     all_methods = st.toggle("All four methods", key="attr_all_methods",
@@ -221,7 +222,7 @@ def main() -> None:
     with words:
         explain("The dashed line is the share of the image the trigger covers. A bar far above it means that "
                 "model, on triggered images, looks mostly at the trigger; after a successful defense the "
-                "delivered model's bar stays near the line.")
+                "delivered model's bar stays near the line.", summary, with_reason=False)
 
 
 st.title("Attributions")

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import streamlit as st
 
+from cbd_core import verdicts
 from cbd_core.errors import UserInputError
 from cbd_core.runs import RunDir, list_runs, runs_root
 
@@ -46,9 +47,12 @@ def page_errors() -> Iterator[None]:
                  "The run itself is untouched; other pages still work.")
 
 
-def explain(text: str) -> None:
-    """The one plain sentence beside a chart saying what to look for."""
-    st.caption(f"**What to look for:** {text}")
+def explain(text: str, summary: dict[str, Any] | None = None, with_reason: bool = True) -> None:
+    """The one plain sentence beside a chart saying what to look for; given the run's `summary`, it
+    goes on with what happened in that run (`verdicts.outcome_note`: removed, or why the defense failed),
+    so no caption reads as a success on a run whose backdoor got through."""
+    note = verdicts.outcome_note(summary, with_reason) if summary else ""
+    st.caption(f"**What to look for:** {text}" + (f" {note}" if note else ""))
 
 
 def _mtime(path: Path) -> int:
@@ -83,6 +87,54 @@ def load_summary(run: RunDir) -> dict[str, Any] | None:
         return _read_json_cached(str(path), _mtime(path))
     except (FileNotFoundError, ValueError):
         return None
+
+
+def _runs_stamp(root: Path) -> tuple[tuple[str, int], ...]:
+    """Each run folder's id and its status.json's modification time: it changes whenever a run is
+    created, deleted or changes state (a baseline's summary is written before its status says done)."""
+    try:
+        folders = sorted(p for p in root.iterdir() if p.is_dir())
+    except FileNotFoundError:
+        return ()
+    return tuple((p.name, _mtime(p / "status.json")) for p in folders)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _baseline_cached(root: str, config_json: str, stamp: tuple[tuple[str, int], ...]) -> verdicts.Baseline:
+    import json
+
+    return verdicts.lookup_baseline(json.loads(config_json), root)
+
+
+def load_baseline(run: RunDir) -> verdicts.Baseline:
+    """The run's undefended baseline right now (done, still training, or none), looked up live, since
+    it may finish after the defended run; cached until any run under the root changes."""
+    import json
+
+    config = load_config(run)
+    if config.get("defense") == verdicts.UNDEFENDED:
+        return verdicts.Baseline("none")
+    root = run.path.parent
+    return _baseline_cached(str(root), json.dumps(config, sort_keys=True), _runs_stamp(root))
+
+
+BANNERS = {verdicts.REMOVED: (st.success, ":material/check_circle:"),
+           verdicts.WEAKENED: (st.warning, ":material/warning:"),
+           verdicts.PERSISTS: (st.error, ":material/dangerous:"),
+           verdicts.NOT_APPLICABLE: (st.info, ":material/info:")}
+
+
+def verdict_banner(run: RunDir, status: dict[str, Any] | None = None) -> str:
+    """The run's verdict as a coloured banner (success: removed, warning: weakened, error: persists,
+    info: undefended or not finished) with its ASR, its clean-accuracy cost against the baseline and
+    what happened, in sentences; returns the verdict."""
+    state = (status or run.status()).get("state", "?")
+    summary = load_summary(run) if state == "done" else None
+    baseline = load_baseline(run) if summary else None
+    result, text = verdicts.banner_text(summary, baseline, state)
+    show, icon = BANNERS[result]
+    show(text, icon=icon)
+    return result
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -18,12 +18,13 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
+from cbd_core import verdicts
 from cbd_core.attacks import ATTACKS
 from cbd_core.errors import UserInputError
 from cbd_core.metrics import auroc
 from cbd_core.runs import RunDir, list_runs
 from app_pages.common import (DEFENSE_TITLES, enlarge, explain, load_arrays, load_config, load_summary, page_errors,
-                          pick_run, runs_root_path)
+                          pick_run, runs_root_path, verdict_banner)
 
 GALLERY_SIZE = 12
 THUMBNAIL = 84
@@ -88,7 +89,8 @@ def finished_runs_table() -> pd.DataFrame:
             "Attack": attack, "Dataset": config.get("dataset"), "Rate": 100 * float(config.get("poison_rate", 0)),
             "Seed": config.get("seed"), "Model": summary.get("model"),
             "CA": _percent(summary.get("clean_accuracy")), "ASR": _percent(summary.get("attack_success_rate")),
-            "RA": _percent(summary.get("robust_accuracy")), "AUROC": summary.get("poison_detection_auroc"),
+            "RA": _percent(summary.get("robust_accuracy")), "Verdict": verdicts.verdict(summary),
+            "AUROC": summary.get("poison_detection_auroc"),
             "Seconds": summary.get("seconds"),
         })
     return pd.DataFrame(rows)
@@ -237,7 +239,7 @@ def suspected_poison_view(run: RunDir) -> None:
                       f"{labels[kept[i]]}" for i in order],
              width=int(thumbnails[0].shape[1]) if thumbnails else "content")
     explain("Ranked by suspicion (#1 = most suspected of all training samples); if the defense works, these carry "
-            "the trigger and say 'poisoned'.")
+            "the trigger and say 'poisoned'.", load_summary(run), with_reason=False)
 
 
 # -- the page ----------------------------------------------------------------------------------
@@ -267,13 +269,16 @@ with page_errors():
         st.info("No finished run matches these filters.")
     else:
         st.subheader(f"{len(shown)} finished run{'s' if len(shown) != 1 else ''}")
-        columns = ["Defense", "Attack", "Dataset", "Rate", "Seed", "CA", "ASR", "RA", "AUROC", "Seconds", "Settings",
-                   "run_id"]
+        columns = ["Defense", "Attack", "Dataset", "Rate", "Seed", "CA", "ASR", "Verdict", "RA", "AUROC", "Seconds",
+                   "Settings", "run_id"]
         st.dataframe(shown[columns], hide_index=True, column_config={
             "Rate": st.column_config.NumberColumn("Rate", format="%.1f%%"),
             "CA": st.column_config.NumberColumn("CA", format="%.1f%%", help="Clean accuracy on the untouched test set"),
             "ASR": st.column_config.NumberColumn("ASR", format="%.1f%%",
                                                  help="Attack success rate: triggered test images sent to the target"),
+            "Verdict": st.column_config.TextColumn(
+                "Verdict", help=f"removed: ASR ≤ {verdicts.REMOVED_MAX_ASR:.0%}; weakened: below "
+                                f"{verdicts.PERSISTS_MIN_ASR:.0%}; persists: the defense failed; n/a: undefended"),
             "RA": st.column_config.NumberColumn(
                 "RA", format="%.1f%%", help="Robust accuracy: triggered test images still given their true label"),
             "AUROC": st.column_config.NumberColumn(
@@ -283,7 +288,8 @@ with page_errors():
             "run_id": st.column_config.TextColumn("Run id"),
         })
         explain("One row per run; sort by a column by clicking its header. A good defense keeps CA near the "
-                "undefended run's and brings ASR close to 0%.")
+                "undefended run's and brings ASR close to 0%; the Verdict column says which runs did (removed) and "
+                "which did not (weakened, persists).")
 
         st.subheader("Clean accuracy against attack success")
         st.plotly_chart(scatter(shown))
@@ -301,4 +307,5 @@ with page_errors():
     st.subheader("Which samples did the defense suspect?")
     run = pick_run("Run", key="compare_run")
     if run is not None:
+        verdict_banner(run)
         suspected_poison_view(run)

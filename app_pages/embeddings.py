@@ -32,8 +32,8 @@ TRUE_DIGIT, TRAINING_LABEL, WEIGHT, SUSPICION = "true class", "training label", 
 MODEL_EXPLANATIONS = {
     "f_B": "Crosses (poisoned images) gathered in one tight island, apart from their true digits, mean f_B "
            "learned the trigger as a shortcut: that is what lets CBD spot them.",
-    "f_C": "Crosses scattered among the dots of their own colour mean f_C sees the digit, not the trigger: "
-           "the backdoor did not get in.",
+    "f_C": "Crosses scattered among the dots of their own colour mean f_C sees the digit, not the trigger; "
+           "crosses in an island of their own mean the backdoor got into f_C.",
 }
 
 
@@ -272,9 +272,11 @@ def render() -> None:
                 if chosen is not None and chosen != selected:
                     st.session_state[SELECTED] = chosen
                     st.rerun()
+            delivered = name == names[-1]  # the model the defense hands over (f_C, or the only one)
             explain(MODEL_EXPLANATIONS.get(name, f"How {DEFENSE_TITLES.get(defense, defense)}'s model groups the "
                                                  "training images: crosses in an island of their own mean it "
-                                                 "learned the trigger; crosses among their true digit mean it did not."))
+                                                 "learned the trigger; crosses among their true digit mean it did not."),
+                    summary if delivered else None)
     legend(class_names, colour_by)
     st.caption(f"{len(points['index']):,} training images, a stratified subset; the map is UMAP (15 neighbours) "
                "of each model's standardised penultimate-layer features. Click, box or lasso a point to inspect it.")

@@ -11,10 +11,10 @@ from typing import Any
 
 import streamlit as st
 
-from cbd_core import jobs
+from cbd_core import jobs, verdicts
 from cbd_core.runs import FINISHED, RunDir, list_runs
 from app_pages.common import (ACTIVE_RUN, DEFENSE_TITLES, active_run_id, load_config, load_summary, page_errors,
-                              run_label, runs_root_path, set_active_run)
+                              run_label, runs_root_path, set_active_run, verdict_banner)
 
 
 def row(run: RunDir, positions: dict[str, int]) -> dict[str, Any]:
@@ -31,7 +31,8 @@ def row(run: RunDir, positions: dict[str, int]) -> dict[str, Any]:
         position = positions.get(run.run_id)
         state = f"queued (#{position})" if position else "queued"
     return {
-        "state": state, "defense": DEFENSE_TITLES.get(config.get("defense"), config.get("defense")),
+        "state": state, "verdict": verdicts.verdict(summary) if status.get("state") == "done" else "",
+        "defense": DEFENSE_TITLES.get(config.get("defense"), config.get("defense")),
         "attack": config.get("attack"), "poison rate": config.get("poison_rate"), "dataset": config.get("dataset"),
         "seed": config.get("seed"), "clean accuracy": summary.get("clean_accuracy"),
         "attack success rate": summary.get("attack_success_rate"), "robust accuracy": summary.get("robust_accuracy"),
@@ -71,6 +72,7 @@ def details(run: RunDir) -> None:
     status = run.status()
     state = status.get("state")
     st.markdown(f"**{run_label(run)}**")
+    verdict_banner(run, status)
     c1, c2, c3, c4 = st.columns(4)
     if c1.button("Make this the active run", help="the other pages open on the active run"):
         set_active_run(run.run_id)
@@ -120,7 +122,9 @@ with page_errors():
         # While something trains, the table refreshes itself every 2 s (states, places in the queue).
         st.fragment(table, run_every=2.0 if busy else None)()
         st.caption("Clean accuracy: share of untouched test images classified right. Attack success rate: share of "
-                   "triggered test images sent to the attacker's label (lower is better for a defense).")
+                   "triggered test images sent to the attacker's label (lower is better for a defense). Verdict: "
+                   f"removed (ASR ≤ {verdicts.REMOVED_MAX_ASR:.0%}), weakened (below "
+                   f"{verdicts.PERSISTS_MIN_ASR:.0%}) or persists; n/a for an undefended run.")
         by_id = {run.run_id: run for run in runs}
         labels = {run.run_id: run_label(run) for run in runs}
         ids, wanted = list(by_id), active_run_id()

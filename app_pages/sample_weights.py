@@ -79,7 +79,7 @@ def gallery(title: str, order: np.ndarray, images: dict[str, np.ndarray], captio
             st.image(enlarge(images["train_x"][position[int(sample)]], THUMBNAIL), caption=caption_of(int(sample)))
 
 
-def cbd_view(run: RunDir, record: dict[str, np.ndarray], class_names: list[str]) -> None:
+def cbd_view(run: RunDir, record: dict[str, np.ndarray], class_names: list[str], summary: dict[str, Any]) -> None:
     weights, is_poisoned = record["weights"], record["is_poisoned"].astype(bool)
     epochs = weights.shape[0] - 1
     epoch = st.slider("Epoch of f_C", 0, epochs, epochs, key="weights_epoch",
@@ -92,8 +92,8 @@ def cbd_view(run: RunDir, record: dict[str, np.ndarray], class_names: list[str])
     with left:
         st.plotly_chart(split_histogram(current, is_poisoned, f"weight at epoch {epoch}"), width="stretch",
                         key="weights_histogram")
-        explain("The red bars (poisoned samples) should pile up near 0, far left of the blue ones: those are the "
-                "samples CBD has stopped trusting, so f_C hardly learns from them.")
+        explain("For CBD to work, the red bars (poisoned samples) must pile up near 0, far left of the blue ones: "
+                "the samples CBD stops trusting, so f_C hardly learns from them.", summary)
     with right:
         fig = go.Figure(go.Scatter(x=list(range(epochs + 1)), y=[None if not np.isfinite(s) else s for s in scores],
                                    mode="lines+markers", name="AUROC", line={"color": POISONED_COLOUR}))
@@ -126,12 +126,13 @@ def cbd_view(run: RunDir, record: dict[str, np.ndarray], class_names: list[str])
 
     gallery(f"Lowest weight at epoch {epoch}", ranked[:GALLERY_SIZE], images, caption)
     gallery(f"Highest weight at epoch {epoch}", ranked[::-1][:GALLERY_SIZE], images, caption)
-    explain("The lowest row should be mostly poisoned images (look for the trigger); the highest row, clean "
-            "images f_C learns most from." + (f" Drawn from the {len(kept):,} training images this run kept."
-                                               if len(kept) < len(current) else ""))
+    explain("If CBD singled out the poison, the lowest row is mostly poisoned images (look for the trigger) and the "
+            "highest row clean images f_C learns most from." + (f" Drawn from the {len(kept):,} training images this "
+                                                                 "run kept." if len(kept) < len(current) else ""),
+            summary, with_reason=False)
 
 
-def abl_view(record: dict[str, np.ndarray]) -> None:
+def abl_view(record: dict[str, np.ndarray], summary: dict[str, Any]) -> None:
     losses = np.asarray(record["isolation_loss"], dtype=float)
     is_poisoned = record["is_poisoned"].astype(bool)
     isolated = record["isolated"].astype(bool)
@@ -140,8 +141,8 @@ def abl_view(record: dict[str, np.ndarray]) -> None:
         st.plotly_chart(split_histogram(np.log10(np.maximum(losses, 1e-12)), is_poisoned,
                                         "loss after the isolation phase, log10 (−4 means 0.0001)"),
                         width="stretch", key="abl_histogram")
-        explain("ABL trains briefly and sets apart the samples it learned fastest, the lowest losses: the red "
-                "bars (poisoned) should sit at the far left.")
+        explain("ABL trains briefly and sets apart the samples it learned fastest, the lowest losses: for it to "
+                "work, the red bars (poisoned) must sit at the far left.", summary)
     with right:
         count, precision, recall = precision_recall(isolated, is_poisoned)
         st.metric("Isolated samples", f"{count:,}")
@@ -150,7 +151,7 @@ def abl_view(record: dict[str, np.ndarray]) -> None:
         explain("ABL unlearns the isolated set: high precision means it mostly unlearns poison, not real digits.")
 
 
-def none_view(record: dict[str, np.ndarray]) -> None:
+def none_view(record: dict[str, np.ndarray], summary: dict[str, Any]) -> None:
     filtered = np.atleast_2d(record["filtered"]).astype(bool)
     activation = np.atleast_2d(record["hyperplane_activation"])
     is_poisoned = record["is_poisoned"].astype(bool)
@@ -162,8 +163,8 @@ def none_view(record: dict[str, np.ndarray]) -> None:
     with left:
         st.plotly_chart(split_histogram(activation[-1], is_poisoned, "activation of the suspected neurons"),
                         width="stretch", key="none_histogram")
-        explain("NONE looks for neurons that fire far above normal on a few samples; the red bars (poisoned) "
-                "should stand apart to the right, where it filters samples out.")
+        explain("NONE looks for neurons that fire far above normal on a few samples; for it to work, the red bars "
+                "(poisoned) must stand apart to the right, where it filters samples out.", summary)
     with right:
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
         explain("Per round: how many training samples NONE filtered out, the share of them that were poisoned "
@@ -188,13 +189,13 @@ def render() -> None:
     title = DEFENSE_TITLES.get(defense, defense)
     if "weights" in record and np.ndim(record["weights"]) == 2:
         st.subheader(f"{title}: each sample's weight as f_C trains")
-        cbd_view(run, record, class_names)
+        cbd_view(run, record, class_names, summary)
     elif "isolation_loss" in record and "isolated" in record:
         st.subheader(f"{title}: the samples it isolated as suspects")
-        abl_view(record)
+        abl_view(record, summary)
     elif "filtered" in record and "hyperplane_activation" in record:
         st.subheader(f"{title}: the samples it filtered out")
-        none_view(record)
+        none_view(record, summary)
     else:
         st.info(f"{title} records no per-sample weights, so there is nothing to show here.")
 

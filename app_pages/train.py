@@ -12,7 +12,7 @@ from typing import Any
 import plotly.graph_objects as go
 import streamlit as st
 
-from cbd_core import jobs
+from cbd_core import jobs, verdicts
 from cbd_core.attacks import ATTACKS
 from cbd_core.config import RunConfig
 from cbd_core.data import DATASETS
@@ -20,7 +20,8 @@ from cbd_core.defenses import DEFENSES
 from cbd_core.errors import UserInputError
 from cbd_core.params import Param
 from cbd_core.runs import FINISHED, RunDir, list_runs
-from app_pages.common import active_run_id, explain, load_config, page_errors, runs_root_path, set_active_run
+from app_pages.common import (active_run_id, explain, load_config, load_summary, page_errors, runs_root_path,
+                              set_active_run, verdict_banner)
 
 # The settings a newcomer would touch first; everything else sits in an expander.
 KEY_PARAMS = {
@@ -185,16 +186,19 @@ def live_panel() -> None:
         st.error(f"This run failed: {status.get('error') or 'no reason recorded'}")
     if state == "cancelled":
         st.warning("This run was cancelled; what it had written is kept.")
+    summary = load_summary(run) if state == "done" else None
+    if state == "done":
+        verdict_banner(run, status)
     metrics = run.metrics()
     if metrics:
         st.plotly_chart(curves(metrics), width="stretch", key="train_curves")
         explain("solid lines are clean accuracy (higher is better), dashed lines the attack success rate "
                 "(lower is better for a defense). For CBD, f_B's dashed line should shoot up - it learns the "
-                "trigger on purpose - while f_C's stays near zero as its clean accuracy climbs.")
+                "trigger on purpose - while f_C's is meant to stay near zero as its clean accuracy climbs.",
+                summary, with_reason=False)  # the banner above gives the reason
     elif state in ("queued", "running"):
         st.caption("The curves appear when the first epoch ends.")
-    summary = run.summary()
-    if state == "done" and summary:
+    if summary:
         c1, c2, c3 = st.columns(3)
         c1.metric("clean accuracy", f"{summary['clean_accuracy']:.1%}")
         c2.metric("attack success rate", f"{summary['attack_success_rate']:.1%}")
@@ -219,8 +223,20 @@ st.divider()
 st.subheader("Start a new run")
 with page_errors():
     config = settings_form()
+    with_baseline = config.defense != verdicts.UNDEFENDED and st.checkbox(
+        "also train the undefended baseline (reused if it exists)", value=True, key="train_with_baseline",
+        help="The same poisoned data and seed without a defense, queued after this run: the verdict compares "
+             "clean accuracy against it and checks that the attack takes hold at all.")
     if st.button("Start", type="primary"):
         with st.spinner("Checking the settings and queueing the run…"):
             run = jobs.submit(config, runs_root_path())
+            if with_baseline:
+                baseline, reused = verdicts.ensure_baseline(run, runs_root_path())
+                st.session_state["train_baseline_note"] = (
+                    f"Baseline: reusing the undefended run `{baseline.run_id}`." if reused else
+                    f"Baseline: the undefended run `{baseline.run_id}` is queued after this one.")
         set_active_run(run.run_id)
         st.rerun()  # the live panel above follows the new run
+    note = st.session_state.pop("train_baseline_note", None)
+    if note:
+        st.caption(note)

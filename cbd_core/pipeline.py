@@ -27,6 +27,7 @@ from .models import build_model, default_model_for
 from .progress import Cancelled, ProgressCallback, ignore_progress
 from .runs import RunDir, now_iso
 from .training import EvalSets, Tensors, arithmetic, choose_device, default_augmentation, features_and_logits
+from .verdicts import summary_fields
 
 # How many clean test images a run keeps for the attribution page (triggers are re-applied live).
 TEST_IMAGES_KEPT = 200
@@ -166,5 +167,7 @@ def _train_and_record(config: RunConfig, data: PoisonedData, run: RunDir, device
         "seconds": round(time.perf_counter() - started, 2), "device": str(device),
         "run_dir": str(run.path), "run_id": run.run_id, "notes": data.notes, **result.summary,
     }
+    # The verdict, and the cost against an undefended baseline on the same data if one is done already.
+    summary.update(summary_fields(summary, config.to_dict(), run.path.parent))
     run.write_summary(summary)
     return summary

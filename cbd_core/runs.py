@@ -5,7 +5,8 @@
       status.json         state (queued, running, done, failed, cancelled), timestamps, device,
                           the latest progress, and the error text when it failed
       metrics.jsonl       one JSON line per epoch and phase: CA, ASR, RA, train loss, ...
-      summary.json        the final figures (see `pipeline.summarise`)
+      summary.json        the final figures, the verdict and, if an undefended baseline was done by
+                          then, the cost against it (see `pipeline` and `verdicts`)
       models/<name>.pt    state dicts (f_C and f_B for CBD, `model` otherwise); load with weights_only
       sample_weights.npz  per training sample: index, is_poisoned, label, original_label,
                           suspicion (higher = more suspected), and the defense's own arrays

@@ -22,6 +22,12 @@ def page(monkeypatch, root, run_id: str | None = None) -> AppTest:
     return open_page("compare", run=run_id)
 
 
+def errors(at: AppTest) -> list[str]:
+    """Error messages, the red verdict banner of a run whose backdoor persists left out (that one is
+    the page working: tests/test_page_verdicts.py checks it)."""
+    return [e.value for e in at.error if not e.value.startswith("**Backdoor persists")]
+
+
 def texts(at: AppTest) -> str:
     parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [i.value for i in at.info]
     return "\n".join(parts)
@@ -30,7 +36,7 @@ def texts(at: AppTest) -> str:
 def test_table_scatter_and_heatmaps(monkeypatch, finished_runs):
     root, ids = finished_runs
     at = page(monkeypatch, root)
-    assert not at.exception and not at.error
+    assert not at.exception and not errors(at)
     table = at.dataframe[0].value
     assert sorted(table["run_id"]) == sorted(ids.values())
     # Short test schedules differ from the defaults, so each defense's label says how.
@@ -55,7 +61,7 @@ def test_variants_of_one_defense_are_not_averaged_together(monkeypatch, finished
     config["defense_params"]["mi_weight"] = 0.0
     (variant / "config.json").write_text(json.dumps(config))
     at = page(monkeypatch, copy_root)
-    assert not at.exception and not at.error
+    assert not at.exception and not errors(at)
     labels = at.dataframe[0].value.set_index("run_id")["Defense"]
     assert labels[variant.name] != labels[ids["cbd"]]
     assert "mi_weight=0" in labels[variant.name] and "mi_weight" not in labels[ids["cbd"]]
@@ -74,7 +80,7 @@ def test_filters_that_match_nothing_say_so(monkeypatch, finished_runs):
 def test_suspected_poison_view_for_cbd(monkeypatch, finished_runs):
     root, ids = finished_runs
     at = page(monkeypatch, root, ids["cbd"])
-    assert not at.exception and not at.error
+    assert not at.exception and not errors(at)
     assert at.selectbox(key="compare_run").value == ids["cbd"]
     metrics = {m.label: m.value for m in at.metric}
     auroc = float(metrics["Detection AUROC"])
@@ -98,7 +104,7 @@ def test_suspected_poison_view_for_cbd(monkeypatch, finished_runs):
 def test_undefended_run_has_no_opinion(monkeypatch, finished_runs):
     root, ids = finished_runs
     at = page(monkeypatch, root, ids["undefended"])
-    assert not at.exception and not at.error
+    assert not at.exception and not errors(at)
     assert any("has no opinion" in i.value and "Undefended" in i.value for i in at.info)
     assert not at.metric
 
@@ -107,13 +113,13 @@ def test_undefended_run_has_no_opinion(monkeypatch, finished_runs):
 def test_other_defenses_show_their_detector(monkeypatch, finished_runs, defense):
     root, ids = finished_runs
     at = page(monkeypatch, root, ids[defense])
-    assert not at.exception and not at.error
+    assert not at.exception and not errors(at)
     assert np.isfinite(float({m.label: m.value for m in at.metric}["Detection AUROC"]))
 
 
 def test_empty_runs_root_shows_the_hint(monkeypatch, tmp_path):
     at = page(monkeypatch, tmp_path / "nothing here")
-    assert not at.exception and not at.error
+    assert not at.exception and not errors(at)
     assert any("No finished runs to compare yet" in i.value for i in at.info)
     assert not at.get("plotly_chart")
 

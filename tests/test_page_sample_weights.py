@@ -39,8 +39,29 @@ def test_cbd_run_shows_histogram_auroc_and_gallery(finished_runs, monkeypatch):
     expected = [auroc(-w, record["is_poisoned"]) for w in record["weights"]]
     np.testing.assert_allclose(curve["data"][0]["y"], expected)
     assert 2 * 8 == len(at.image)  # lowest- and highest-weight rows
-    assert any("poisoned" in caption for image in at.image for caption in image.proto.imgs[0].caption.split("\n"))
+    shown = [caption for image in at.image for caption in image.proto.imgs[0].caption.split("\n")]
+    assert all(" · poisoned" in c or " · clean · " in c for c in shown)  # each image says which it is
     assert len(at.caption) >= 3  # an explanation beside each chart
+
+
+def test_gallery_ranks_and_labels_the_poison(finished_runs, monkeypatch, tmp_path):
+    """The lowest-weight row is the lowest weights, labelled poisoned. The shared tiny CBD run does not
+    separate its poison (detection AUROC ~0.7 since runs record their threads), so a copy of it gets
+    final weights that do: 0.01 on every poisoned sample, 0.9 on the clean ones."""
+    import shutil
+
+    root, ids = finished_runs
+    shutil.copytree(root / ids["cbd"], tmp_path / ids["cbd"])
+    run = RunDir(tmp_path / ids["cbd"])
+    record = run.arrays("sample_weights")
+    record["weights"][-1] = np.where(record["is_poisoned"], 0.01, 0.9)
+    run.save_arrays("sample_weights", **record)
+    at = open_page(tmp_path, ids["cbd"], monkeypatch)
+    assert not at.exception
+    lowest = [image.proto.imgs[0].caption for image in at.image[:8]]
+    highest = [image.proto.imgs[0].caption for image in at.image[8:]]
+    assert all("poisoned" in c and c.endswith("w 0.010") for c in lowest), lowest
+    assert all(" · clean · " in c and c.endswith("w 0.900") for c in highest), highest
 
 
 def test_moving_the_epoch_slider(finished_runs, monkeypatch):

@@ -11,6 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import cbd_core.jobs as jobs
+from cbd_core.defenses import DEFENSES
 from cbd_core.runs import RunDir, list_runs
 from conftest import open_page
 
@@ -80,7 +81,8 @@ def test_train_page_cancels_a_queued_run(runs_root):
     at = open_page("train")
     start(at)
     at.run()
-    run = list_runs(runs_root)[0]
+    run = RunDir(runs_root / at.query_params["run"])  # the active run: the defended one, not its baseline
+    assert run.config()["defense"] == "cbd"
     cancel = [b for b in at.button if b.label == "Cancel this run"]
     assert cancel
     cancel[0].click()
@@ -96,7 +98,7 @@ def test_train_page_takes_the_attack_lab_settings(runs_root):
     start(at)
     at.run()
     assert not at.exception and not at.error
-    config = list_runs(runs_root)[0].config()
+    config = RunDir(runs_root / at.query_params["run"]).config()
     assert (config["attack"], config["poison_rate"], config["target_label"]) == ("blend", 0.05, 3)
     assert config["attack_params"]["alpha"] == 0.3
 
@@ -159,6 +161,13 @@ def test_overview_quick_demo_opens_the_train_page(runs_root, monkeypatch):
     demo[0].click()
     at.run()
     assert not at.exception
-    runs = list_runs(runs_root)
-    assert len(runs) == 1 and runs[0].config()["defense"] == "cbd" and runs[0].status()["state"] == "queued"
+    runs = list_runs(runs_root)  # newest first: the demo's undefended baseline is queued right after it
+    assert [run.config()["defense"] for run in runs] == ["undefended", "cbd"]
+    assert [run.status()["state"] for run in runs] == ["queued", "queued"]
+    demo, baseline = runs[1].config(), runs[0].config()
+    assert {k: v for k, v in baseline.items() if k not in ("defense", "defense_params")} == \
+        {k: v for k, v in demo.items() if k not in ("defense", "defense_params")}
+    assert baseline["defense_params"] == DEFENSES["undefended"].resolve((28, 28, 1), {})  # its defaults
+    assert at.session_state["active_run"] == runs[1].run_id  # the demo itself, not its baseline
     assert at.title[0].value == "Train a defense"
+

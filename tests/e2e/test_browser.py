@@ -101,9 +101,10 @@ def test_quick_demo_and_every_page(server, browser):
     page.get_by_role("button", name="Quick demo").click()
     page.wait_for_selector("h1:has-text('Train a defense')", timeout=60_000)
     settle(page)
-    runs = list_runs(root)
-    assert len(runs) == 1, "Quick demo queues exactly one run"
-    run = runs[0]
+    runs = list_runs(root)  # newest first
+    assert [r.config()["defense"] for r in runs] == ["undefended", "cbd"], \
+        "Quick demo queues its run and then the undefended baseline it is measured against"
+    run = runs[1]
 
     # The worker trains it in the background; the live panel follows (the fragment polls the folder).
     deadline = time.monotonic() + 420
