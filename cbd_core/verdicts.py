@@ -221,8 +221,11 @@ def summary_fields(summary: dict[str, Any], config: dict[str, Any], root: str | 
 
 
 def baseline_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The undefended run on the same data as `config` (a config.json dict): its defense's defaults."""
-    return {**config, "defense": UNDEFENDED, "defense_params": {}}
+    """The undefended run on the same data as `config` (a config.json dict): its defense's defaults,
+    except that it trains as many epochs as the defense's main model (CBD's f_C), so the clean-accuracy
+    cost compares models trained equally long."""
+    epochs = (config.get("defense_params") or {}).get("epochs")
+    return {**config, "defense": UNDEFENDED, "defense_params": {"epochs": epochs} if isinstance(epochs, int) else {}}
 
 
 def ensure_baseline(run: RunDir, root: str | Path | None = None, start_worker: bool = True

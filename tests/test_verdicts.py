@@ -232,3 +232,11 @@ def test_cli_json_carries_the_verdict_and_the_cost_against_an_earlier_baseline(c
     assert defended["baseline_attack_success_rate"] == base["attack_success_rate"]
     assert defended["clean_accuracy_cost"] == pytest.approx(base["clean_accuracy"] - defended["clean_accuracy"])
     assert json.loads((Path(defended["run_dir"]) / "summary.json").read_text()) == defended
+
+
+def test_baseline_trains_as_long_as_the_defended_model():
+    from cbd_core.verdicts import baseline_config
+
+    config = {"dataset": "mnist5k", "defense": "cbd", "defense_params": {"backdoor_steps": 64, "epochs": 2}}
+    assert baseline_config(config)["defense_params"] == {"epochs": 2}
+    assert baseline_config({"defense": "cbd", "defense_params": {}})["defense_params"] == {}
