@@ -220,14 +220,14 @@ def test_cli_json_carries_the_verdict_and_the_cost_against_an_earlier_baseline(c
         assert main([*common, *args]) == 0
         return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
-    lonely = run("--defense", "cbd", "--defense-param", "backdoor_epochs=1", "--epochs", "1")
+    lonely = run("--defense", "cbd", "--defense-param", "backdoor_steps=8", "--epochs", "1")
     assert lonely["verdict"] == verdict(lonely) and lonely["verdict"] in ("removed", "weakened", "persists")
     assert "clean_accuracy_cost" not in lonely  # no baseline yet
 
     base = run("--defense", "undefended", "--epochs", "1")
     assert base["verdict"] == "n/a" and "clean_accuracy_cost" not in base
 
-    defended = run("--defense", "cbd", "--defense-param", "backdoor_epochs=1", "--epochs", "1")
+    defended = run("--defense", "cbd", "--defense-param", "backdoor_steps=8", "--epochs", "1")
     assert defended["baseline_run_id"] == base["run_id"]
     assert defended["baseline_attack_success_rate"] == base["attack_success_rate"]
     assert defended["clean_accuracy_cost"] == pytest.approx(base["clean_accuracy"] - defended["clean_accuracy"])
