@@ -23,6 +23,7 @@ from cbd_targets import spread  # noqa: E402
 
 from cbd_core.matrix import Cell, DefenseSpec, run_matrix  # noqa: E402
 from cbd_core.presets import PRESETS  # noqa: E402
+from cbd_core.verdicts import verdict  # noqa: E402
 
 
 def main() -> None:
@@ -49,7 +50,7 @@ def main() -> None:
     for name, attack, rate in rows:
         base = [results[Cell("mnist5k", attack, undefended, s, rate)] for s in args.seeds]
         ours = [results[Cell("mnist5k", attack, cbd, s, rate)] for s in args.seeds]
-        verdicts = Counter(o.get("verdict", "?") for o in ours)
+        verdicts = Counter(verdict(o) for o in ours)
         captured = sum(bool((o.get("f_b_capture") or {}).get("captured")) for o in ours)
         print(f"| {name} | {attack} | {rate:.1%} | {spread([b['attack_success_rate'] for b in base], True)} "
               f"| {spread([o['attack_success_rate'] for o in ours], True)} "
