@@ -171,3 +171,20 @@ def test_overview_quick_demo_opens_the_train_page(runs_root, monkeypatch):
     assert at.session_state["active_run"] == runs[1].run_id  # the demo itself, not its baseline
     assert at.title[0].value == "Train a defense"
 
+
+
+def test_overview_queues_a_preset_with_its_baseline(runs_root, monkeypatch):
+    from cbd_core.presets import PRESETS
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.run()
+    box = at.selectbox(key="overview_preset")
+    box.select(PRESETS["wanet"]).run()
+    assert not at.exception
+    assert any(PRESETS["wanet"].lesson == info.value for info in at.info)  # the lesson of the chosen preset
+    at.button(key="queue_preset").click().run()
+    assert not at.exception
+    runs = list_runs(runs_root)
+    assert [(r.config()["defense"], r.config()["attack"]) for r in runs] == [("undefended", "wanet"), ("cbd", "wanet")]
+    assert at.session_state["active_run"] == runs[1].run_id
+    assert at.title[0].value == "Train a defense"
