@@ -1,4 +1,4 @@
-"""Defense quality on mnist5k: the attack x defense table, mean ± std over seeds.
+"""Defense quality on mnist5k: the attack x defense table, median [min–max] over seeds.
 
     python bench/defense_quality.py                          # every attack, undefended + cbd, seeds 0-2
     python bench/defense_quality.py --attacks badnets blend --seeds 0
@@ -7,8 +7,9 @@
 
 A thin wrapper over `python -m cbd_core matrix` (cbd_core/matrix.py): every cell is a real run under
 --out (default: a temporary folder), and rerunning with the same --out reuses finished cells. The
-seconds column is one run's own time; with --jobs N each run gets 1/N of the cores, so it reads
-slower than a run alone on the machine (bench/speed.py measures that). Prints a Markdown table.
+seconds column is one run's own time; with --jobs N, N runs share the cores (each with the threads its
+config names), so it reads slower than a run alone on the machine (bench/speed.py measures that).
+Prints a Markdown table.
 """
 
 from __future__ import annotations
