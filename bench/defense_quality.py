@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--cbd-variants", action="store_true", help="compare CBD's weighting and MI settings")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--poison-rate", type=float, default=0.1)
-    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel, sharing the cores")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel, sharing the cores")
     parser.add_argument("--out", type=Path, help="runs root (default: a temporary folder)")
     args = parser.parse_args()
 
