@@ -215,3 +215,18 @@ def test_capture_record_says_no_when_f_b_has_not_learned(tmp_path, patch_dataset
                                  defense_params={"backdoor_steps": 1, "epochs": 1, "backdoor_lr": 1e-5}))
     capture = execute(prepared, RunDir.create(tmp_path, prepared.config.to_dict()))["f_b_capture"]
     assert capture["captured"] is False and capture["detection_auroc"] < 0.9
+
+
+def test_f_b_with_fewer_checkpoints_than_stages(tmp_path, patch_dataset):
+    """One checkpoint (the last step) still reports all four stages, and the trajectory is that one loss."""
+    from cbd_core.config import RunConfig
+    from cbd_core.pipeline import execute, prepare
+    from cbd_core.runs import RunDir
+
+    patch_dataset(300, 100)
+    prepared = prepare(RunConfig(defense="cbd", device="cpu", embedding_samples=0,
+                                 defense_params={"backdoor_steps": 8, "backdoor_checkpoints": 1, "epochs": 1,
+                                                 "batch_size": 64}))
+    run = RunDir.create(tmp_path, prepared.config.to_dict())
+    execute(prepared, run)
+    assert [m["step"] for m in run.metrics() if m["phase"] == "f_B"] == [2, 4, 6, 8]

@@ -148,9 +148,9 @@ class CBD(Defense):
 
     def defaults(self, image_shape):
         small = image_shape[0] <= 28
-        return {"backdoor_steps": 256, "backdoor_checkpoints": 16, "backdoor_loss": "trajectory", "backdoor_lr": 0.05, "epochs": 10 if small else 40, "lr": 0.05,
-                "batch_size": 128, "weight_decay": 5e-4, "mi_weight": 0.1, "disc_lr": 1e-3,
-                "weighting": "stable"}
+        return {"backdoor_steps": 256, "backdoor_checkpoints": 16, "backdoor_loss": "trajectory",
+                "backdoor_lr": 0.05, "epochs": 10 if small else 40, "lr": 0.05, "batch_size": 128,
+                "weight_decay": 5e-4, "mi_weight": 0.1, "disc_lr": 1e-3, "weighting": "stable"}
 
     def total_epochs(self, params):
         return F_B_STAGES + params["epochs"]
@@ -169,12 +169,14 @@ class CBD(Defense):
         log_losses = []
 
         def at_step(step: int, loss: float) -> None:
+            if step not in checkpoints and step not in stage_ends:
+                return
+            log_loss = per_sample_loss(f_b, ctx.train).clamp_min(LOSS_FLOOR).log()
             if step in checkpoints:
-                log_losses.append(per_sample_loss(f_b, ctx.train).clamp_min(LOSS_FLOOR).log())
+                log_losses.append(log_loss)
             if step in stage_ends:
-                stage = stage_ends.index(step) + 1
-                ctx.end_epoch("f_B", stage, F_B_STAGES, f_b, train_loss=round(loss, 5), step=step,
-                              poison_detection_auroc=ctx.detection_auroc(-log_losses[-1].cpu().numpy()))
+                ctx.end_epoch("f_B", stage_ends.index(step) + 1, F_B_STAGES, f_b, train_loss=round(loss, 5),
+                              step=step, poison_detection_auroc=ctx.detection_auroc(-log_loss.cpu().numpy()))
 
         train_steps(ctx, f_b, opt_b, generator, p["backdoor_steps"], lambda s: p["backdoor_lr"], "f_B",
                     F_B_STAGES, at_step)
