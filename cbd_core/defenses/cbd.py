@@ -144,13 +144,17 @@ class CBD(Defense):
         Param("disc_lr", float, "Adam learning rate of the MI discriminator", 1e-6, 1.0),
         Param("weighting", str, "stable: per-epoch, class-balanced, lowest weight kept; paper: live per batch",
               choices=("stable", "paper")),
+        Param("keep_lowest_from", str, "stable: each sample keeps its lowest weight once f_C has caught up "
+              "with f_B (caught_up: median CE_C <= median CE_B) or from f_C's first epoch (start)",
+              choices=("caught_up", "start")),
     )
 
     def defaults(self, image_shape):
         small = image_shape[0] <= 28
         return {"backdoor_steps": 256, "backdoor_checkpoints": 16, "backdoor_loss": "trajectory",
                 "backdoor_lr": 0.05, "epochs": 10 if small else 40, "lr": 0.05, "batch_size": 128,
-                "weight_decay": 5e-4, "mi_weight": 0.1, "disc_lr": 1e-3, "weighting": "stable"}
+                "weight_decay": 5e-4, "mi_weight": 0.1, "disc_lr": 1e-3, "weighting": "stable",
+                "keep_lowest_from": "caught_up"}
 
     def total_epochs(self, params):
         return F_B_STAGES + params["epochs"]
@@ -250,7 +254,10 @@ class CBD(Defense):
             if stable:
                 # Evidence counts once f_C has caught up with f_B on the data as a whole (median
                 # loss): before that, a low weight may only mean that f_C is still learning.
-                if memory_from is None and ce_c_full.median() <= ce_b_full.median():
+                # "start" keeps the lowest weight from f_C's first epoch on (measured in README as an
+                # alternative: the median rule rarely fires when CE_B is f_B's trajectory loss).
+                if memory_from is None and (p["keep_lowest_from"] == "start"
+                                            or ce_c_full.median() <= ce_b_full.median()):
                     memory_from = epoch
                 weights_now = torch.minimum(weights_now, fresh) if memory_from is not None else fresh
             else:
