@@ -28,6 +28,7 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -39,7 +40,7 @@ from typing import Any, Callable
 from .config import RunConfig
 from .errors import UserInputError
 from .progress import Cancelled, ProgressEvent
-from .runs import FINISHED, RunDir, list_runs, now_iso, runs_root
+from .runs import FINISHED, RunDir, RunGone, describe_error, list_runs, now_iso, owner_record, pid_alive, runs_root
 
 WORKERS_DIR = ".workers"
 CLAIM_FILE = "claim"
@@ -98,15 +99,7 @@ def slot_is_alive(root: Path, device: str, slot: int) -> bool:
 
 
 def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, someone else's
-        return True
-    return True
+    return pid_alive(pid)
 
 
 # -- the dashboard's side: submit, cancel, see the queue -------------------------------------------
@@ -265,31 +258,70 @@ def _spawn_worker(root: Path, device: str, slot: int) -> int | None:
     return process.pid
 
 
+ORPHAN_ERROR = ("the background worker stopped while this run was in progress; what it had written is kept "
+                "(start it again from the Train page)")
+
+
+def _orphan_error(status: dict[str, Any]) -> str:
+    owner = status.get("owner") if isinstance(status.get("owner"), dict) else {}
+    if owner.get("kind") in ("cli", "matrix"):
+        return (f"the {owner['kind']} process (pid {owner.get('pid')}) that trained this run stopped while it was in "
+                "progress; what it had written is kept")
+    return ORPHAN_ERROR
+
+
+def owner_gone(run: RunDir, status: dict[str, Any]) -> bool:
+    """Whether the process that trains `run` is provably gone. A worker's run: its slot's lock is
+    free, or its pid is dead on this host. A CLI or matrix run: its pid is dead on this host. A run
+    whose owner is on another host, or not recorded, is never called gone."""
+    owner = status.get("owner")
+    if not isinstance(owner, dict):
+        owner = status.get("worker") if isinstance(status.get("worker"), dict) else None
+        if owner is not None:
+            owner = {"kind": "worker", **owner}
+    if owner is None:
+        return False
+    alive = run.owner_alive({"owner": owner})
+    if alive is False:
+        return True
+    if owner.get("kind") == "worker":
+        try:
+            slot = int(owner.get("slot", 0))
+        except (TypeError, ValueError):
+            return False
+        device = owner.get("device") if isinstance(owner.get("device"), str) else "cpu"
+        if alive is None and owner.get("host") not in (None, socket.gethostname()):
+            return False  # another machine's worker: its lock says nothing about it
+        return not slot_is_alive(run.path.parent, device, slot)
+    return False
+
+
 def recover_orphans(root: str | Path | None = None) -> list[str]:
-    """Runs left "running" (or claimed but never started) by a worker that is gone are marked
-    failed, keeping what they wrote. Returns their ids."""
+    """Runs left "running" (or claimed but never started) by a process that is provably gone are
+    marked failed, keeping what they wrote. Returns their ids. A run trained by the CLI or `matrix`
+    in the same root is left alone while its process lives; unreadable runs are skipped."""
     recovered = []
     for run in list_runs(root):
-        status = run.status()
-        state = status.get("state")
-        claimed = (run.path / CLAIM_FILE).exists()
-        if state not in ("running", "queued") or (state == "queued" and not claimed):
-            continue
-        worker = status.get("worker") or {}
-        if worker and slot_is_alive(run.path.parent, worker.get("device", "cpu"), int(worker.get("slot", 0))) \
-                and _pid_alive(worker.get("pid")):
-            continue
-        if not worker and state == "queued":
-            # Claimed a moment ago by a worker that has not written its status yet: leave it a minute.
-            try:
-                if time.time() - (run.path / CLAIM_FILE).stat().st_mtime < 60:
-                    continue
-            except FileNotFoundError:
+        try:
+            status = run.status()
+            state = status.get("state")
+            claimed = (run.path / CLAIM_FILE).exists()
+            if state not in ("running", "queued") or (state == "queued" and not claimed):
                 continue
-        run.update_status(state="failed", finished=now_iso(),
-                          error="the background worker stopped while this run was in progress; what it had "
-                                "written is kept (start it again from the Train page)")
-        recovered.append(run.run_id)
+            has_owner = isinstance(status.get("owner"), dict) or isinstance(status.get("worker"), dict)
+            if not has_owner and state == "queued":
+                # Claimed by a worker that has not written its status yet: leave it a minute.
+                try:
+                    if time.time() - (run.path / CLAIM_FILE).stat().st_mtime < 60:
+                        continue
+                except FileNotFoundError:
+                    continue
+            elif not owner_gone(run, status):
+                continue
+            run.update_status(state="failed", finished=now_iso(), error=_orphan_error(status))
+            recovered.append(run.run_id)
+        except (RunGone, OSError):  # deleted meanwhile, or a folder we cannot write: not ours to fix
+            continue
     return recovered
 
 
@@ -348,13 +380,18 @@ class Worker:
         warmed = False
         try:
             while not self.stopping and (max_runs is None or trained < max_runs):
-                run = self._next_run()
-                if run is not None:
-                    self._train(run)
-                    self._analyse(run)
-                    trained += 1
-                    continue
-                if self._backfill_one():
+                try:
+                    run = self._next_run()
+                    if run is not None:
+                        self._train(run)
+                        self._analyse(run)
+                        trained += 1
+                        continue
+                    if self._backfill_one():
+                        continue
+                except (OSError, RunGone) as err:  # a full disk, a folder deleted: log it, keep serving
+                    self.log(f"worker: {describe_error(err)}")
+                    time.sleep(IDLE_POLL_S)
                     continue
                 if not warmed:  # compile umap's kernels while nobody waits, so a finished run's map is quick
                     warmed = self._warm_up()
@@ -383,7 +420,15 @@ class Worker:
         self.current = run
         self._write_info()
         worker = {"device": self.device, "slot": self.slot, "pid": os.getpid()}
-        run.update_status(worker=worker, state="running", started=now_iso(), progress=None)
+        owner = owner_record("worker", device=self.device, slot=self.slot)
+        try:
+            run.update_status(worker=worker, owner=owner, state="running", started=now_iso(), progress=None,
+                              error=None)
+        except RunGone:
+            self.log(f"run {run.run_id}: its folder is gone; taking the next run")
+            self.current = None
+            self._write_info()
+            return
         self.log(f"run {run.run_id}: started")
         last_write = [0.0]
 
@@ -396,26 +441,38 @@ class Worker:
                                         "step": event.step, "steps": event.steps,
                                         "fraction": round(event.fraction, 4), "updated": now_iso()})
 
+        def is_cancelled() -> bool:
+            if not run.exists():  # deleted under us: stop now, write nothing, re-create nothing
+                raise RunGone(f"run {run.run_id}: its folder is gone")
+            return self.stopping or cancel_requested(run)
+
         try:
             prepared = prepare(RunConfig.from_dict(run.config()))
-            execute(prepared, run, progress=on_progress,
-                    is_cancelled=lambda: self.stopping or cancel_requested(run))
+            execute(prepared, run, progress=on_progress, is_cancelled=is_cancelled, owner=owner)
             self.log(f"run {run.run_id}: done")
+        except RunGone:
+            self.log(f"run {run.run_id}: its folder was deleted while it trained; stopped it")
         except (Cancelled, KeyboardInterrupt):
-            if run.status().get("state") != "cancelled":
-                run.update_status(state="cancelled", finished=now_iso())
+            self._record(run, "cancelled")
             self.log(f"run {run.run_id}: cancelled")
         except UserInputError as err:  # execute records it; prepare does not
-            if run.status().get("state") != "failed":
-                run.update_status(state="failed", finished=now_iso(), error=str(err))
+            self._record(run, "failed", error=str(err))
             self.log(f"run {run.run_id}: failed: {err}")
-        except Exception as err:  # a bug: recorded in the run (error.txt); the worker goes on
-            if run.status().get("state") != "failed":
-                run.update_status(state="failed", finished=now_iso(), error=f"{type(err).__name__}: {err}")
-            self.log(f"run {run.run_id}: failed: {type(err).__name__}: {err}")
+        except Exception as err:  # a bug or a write error: recorded in the run if possible; the worker goes on
+            self._record(run, "failed", error=describe_error(err))
+            self.log(f"run {run.run_id}: failed: {describe_error(err)}")
         finally:
             self.current = None
             self._write_info()
+
+    def _record(self, run: RunDir, state: str, **fields: Any) -> None:
+        """Set a finished state unless the run already says so; a folder that is gone or a disk that
+        is full is logged, never raised (the worker goes on to the next run)."""
+        try:
+            if run.status().get("state") != state:
+                run.update_status(state=state, finished=now_iso(), **fields)
+        except (RunGone, OSError) as err:
+            self.log(f"run {run.run_id}: could not record '{state}': {describe_error(err)}")
 
     def _analyse(self, run: RunDir) -> None:
         """The UMAP map of a finished run, so the Embeddings page never waits on it."""

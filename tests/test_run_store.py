@@ -1,0 +1,317 @@
+"""The run format's owner (`cbd_core.runs`) against a runs root that holds damaged folders, several
+writers, symbolic links, a deleted run and a full disk: one bad folder never breaks the others."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+import io
+
+import numpy as np
+import pytest
+
+import cbd_core.jobs as jobs
+import cbd_core.runs as runs
+from cbd_core import matrix, verdicts
+from cbd_core.config import RunConfig
+from cbd_core.errors import UserInputError
+from cbd_core.runs import RunDir, RunGone, list_runs, owner_record
+
+FAST = {"epochs": 1, "batch_size": 64}
+
+
+def _config(**overrides) -> RunConfig:
+    values = dict(dataset="mnist5k", attack="badnets", poison_rate=0.1, defense="undefended", seed=0,
+                  device="cpu", embedding_samples=0, defense_params=dict(FAST))
+    values.update(overrides)
+    return RunConfig(**values)
+
+
+# Each kind of damage the fault probe found, as (file, bytes written over it).
+DAMAGE = {
+    "status_null": ("status.json", b"null"),
+    "status_list": ("status.json", b"[]"),
+    "status_not_utf8": ("status.json", b'{"state": "done\xff\xfe"}'),
+    "status_truncated": ("status.json", b'{"state": "do'),
+    "status_unknown_state": ("status.json", b'{"state": 7}'),
+    "config_list": ("config.json", b"[]"),
+    "config_truncated": ("config.json", b'{"dataset": "mnist5k", "att'),
+    "config_not_utf8": ("config.json", b"\xff\xfe\x00"),
+    "summary_not_utf8": ("summary.json", b"\x80\x81"),
+    "summary_null": ("summary.json", b"null"),
+}
+
+
+def damaged_root(root, template: RunDir) -> dict[str, RunDir]:
+    """A copy of the finished `template` run per kind of damage, under `root`."""
+    made = {}
+    for kind, (name, data) in DAMAGE.items():
+        target = root / f"{template.run_id}-{kind.replace('_', '-')}"
+        shutil.copytree(template.path, target)
+        (target / name).write_bytes(data)
+        made[kind] = RunDir(target)
+    return made
+
+
+@pytest.fixture
+def healthy_and_damaged(tmp_path, finished_runs):
+    """A runs root with one healthy finished run (undefended) and every kind of damaged copy of it."""
+    source_root, ids = finished_runs
+    healthy = RunDir(tmp_path / ids["undefended"])
+    shutil.copytree(source_root / ids["undefended"], healthy.path)
+    return tmp_path, healthy, damaged_root(tmp_path, healthy)
+
+
+def test_every_damaged_folder_is_listed_as_unreadable_and_never_raises(healthy_and_damaged):
+    root, healthy, damaged = healthy_and_damaged
+    listed = {run.run_id for run in list_runs(root)}
+    assert healthy.run_id in listed and {run.run_id for run in damaged.values()} <= listed
+    assert healthy.problem() is None
+    for kind, run in damaged.items():
+        problem = run.problem()
+        assert problem and problem.startswith("unreadable: "), (kind, problem)
+        status = run.status()
+        assert isinstance(status, dict) and status["state"] in runs.STATES
+        assert isinstance(run.metrics(), list)
+        assert run.summary() is None or isinstance(run.summary(), dict)
+    assert "not UTF-8" in damaged["status_not_utf8"].problem()
+    assert "null" in damaged["status_null"].problem() and "a list" in damaged["config_list"].problem()
+    with pytest.raises(UserInputError, match="unreadable: config.json"):
+        damaged["config_truncated"].config()
+    # Everything that walks the root goes on: recovery, the queue, matrix resume, the baseline lookup.
+    assert jobs.recover_orphans(root) == []
+    assert jobs.queued_runs(root) == [] and jobs.queue_positions(root) == {}
+    done = matrix.finished_runs(root)
+    assert list(done.values()) == [healthy.summary()]
+    config = healthy.config()
+    assert verdicts.find_baseline({**config, "defense": "cbd"}, root).run_id == healthy.run_id
+    assert verdicts.lookup_baseline({**config, "defense": "cbd"}, root).state == "done"
+
+
+def test_non_utf8_metrics_lines_are_skipped(tmp_path):
+    run = RunDir.create(tmp_path, {"dataset": "d", "attack": "a", "defense": "x"})
+    run.append_metrics({"epoch": 1})
+    with open(run.path / "metrics.jsonl", "ab") as f:
+        f.write(b'{"epoch": "\xff"}\n[1, 2]\nnull\n')
+    run.append_metrics({"epoch": 2})
+    assert run.metrics() == [{"epoch": 1}, {"epoch": 2}]
+
+
+def test_wrong_typed_status_fields_are_dropped(tmp_path):
+    run = RunDir.create(tmp_path, {"dataset": "d", "attack": "a", "defense": "x"})
+    (run.path / "status.json").write_text(json.dumps({"state": "running", "progress": "half", "worker": [1],
+                                                      "error": 3}))
+    status = run.status()
+    assert status == {"state": "running"}
+    assert jobs.status_line(status) == "running"
+    assert run.problem() is None
+
+
+def test_a_missing_array_is_named(tmp_path):
+    run = RunDir.create(tmp_path, {"dataset": "d", "attack": "a", "defense": "x"})
+    run.save_arrays("sample_weights", index=np.arange(3), is_poisoned=np.zeros(3, bool), label=np.zeros(3, int))
+    with pytest.raises(UserInputError, match="sample_weights.npz lacks 'suspicion'"):
+        run.sample_record()
+    (run.path / "embeddings.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(UserInputError, match="unreadable: embeddings.npz cannot be read"):
+        run.embeddings()
+
+
+def test_new_runs_carry_a_schema_version(tmp_path):
+    run = RunDir.create(tmp_path, {"dataset": "d", "attack": "a", "defense": "x"})
+    assert json.loads((run.path / "status.json").read_text())["schema_version"] == runs.SCHEMA_VERSION
+
+
+def test_submit_and_the_worker_go_on_beside_damaged_folders(healthy_and_damaged, patch_dataset, monkeypatch):
+    """Fault 1: jobs.submit raised after writing a queued folder, and the worker exited."""
+    import cbd_core.analysis.embeddings as embeddings
+
+    monkeypatch.setattr(embeddings, "warm_up", lambda: None)
+    monkeypatch.setattr(embeddings, "configure_numba_cache", lambda folder=None: None)
+    monkeypatch.setattr(embeddings, "compute_umap", lambda run: {})
+    root, healthy, damaged = healthy_and_damaged
+    patch_dataset(300, 100)
+    queued = jobs.submit(_config(), root, start_worker=False)
+    assert jobs.queued_runs(root) == [queued]
+    assert jobs.Worker(root, "cpu").serve(exit_when_idle=True) == 1
+    assert queued.status()["state"] == "done" and queued.status().get("error") is None
+    assert healthy.problem() is None
+
+
+# -- many writers -------------------------------------------------------------------------------------
+
+@pytest.fixture
+def live_process():
+    """A real process of this machine that stays alive until the test ends (the run's "CLI")."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield process
+    process.kill()
+    process.wait()
+
+
+def test_a_cli_run_training_in_the_apps_root_is_never_marked_failed(tmp_path, live_process):
+    """Fault 2: recover_orphans marked any running run without a live worker failed."""
+    config = _config().to_dict()
+    for kind in ("cli", "matrix"):
+        run = RunDir.create(tmp_path, config, state="running")
+        run.update_status(owner={**owner_record(kind), "pid": live_process.pid})
+    elsewhere = RunDir.create(tmp_path, config, state="running")  # another host: cannot be proven gone
+    elsewhere.update_status(owner={**owner_record("cli"), "pid": 2**22 + 7, "host": "some-other-host"})
+    legacy = RunDir.create(tmp_path, config, state="running")  # no owner recorded: left alone
+    assert jobs.recover_orphans(tmp_path) == []
+    assert jobs.ensure_workers.__name__  # the same recovery runs at every worker start and Start
+    for run in list_runs(tmp_path):
+        assert run.status()["state"] == "running"
+    # Deleting it while its process lives is refused, so nobody pulls the folder from under it.
+    cli_run = next(r for r in list_runs(tmp_path) if r.status().get("owner", {}).get("kind") == "cli"
+                   and r.status()["owner"]["host"] == socket.gethostname())
+    with pytest.raises(UserInputError, match="cancel it before deleting"):
+        cli_run.delete()
+    assert cli_run.path.is_dir()
+    # Once the process is provably gone (same host, pid dead), recovery marks it failed, naming it.
+    live_process.kill()
+    live_process.wait()
+    recovered = jobs.recover_orphans(tmp_path)
+    assert cli_run.run_id in recovered and elsewhere.run_id not in recovered and legacy.run_id not in recovered
+    assert "cli process" in cli_run.status()["error"]
+    cli_run.delete()  # a failed run can go
+    assert not cli_run.path.exists()
+
+
+def test_a_finished_run_carries_no_stale_error(tmp_path, patch_dataset):
+    from cbd_core.pipeline import execute, prepare
+
+    patch_dataset(300, 100)
+    prepared = prepare(_config())
+    run = RunDir.create(tmp_path, prepared.config.to_dict())
+    run.update_status(state="failed", error="the background worker stopped while this run was in progress")
+    execute(prepared, run)
+    status = run.status()
+    assert status["state"] == "done" and status.get("error") is None
+    assert status["owner"]["kind"] == "cli" and status["owner"]["pid"] == os.getpid()
+
+
+def test_writes_never_recreate_a_deleted_run(tmp_path):
+    """Fault 3 (unit): every write into a deleted run raises RunGone and leaves no folder."""
+    run = RunDir.create(tmp_path, {"dataset": "d", "attack": "a", "defense": "x"})
+    shutil.rmtree(run.path)
+    for write in (lambda: run.update_status(state="running"), lambda: run.append_metrics({"epoch": 1}),
+                  lambda: run.write_summary({}), lambda: run.save_arrays("embeddings", index=np.arange(2)),
+                  lambda: run.write_error("x")):
+        with pytest.raises(RunGone):
+            write()
+    assert not run.path.exists()
+
+
+def test_real_worker_survives_damage_and_a_run_deleted_mid_training(tmp_path, finished_runs):
+    """Faults 1 and 3 with a real worker process: a root holding damaged folders does not stop it, a run
+    whose folder is deleted while it trains is stopped (not re-created), and the next run is trained."""
+    source_root, ids = finished_runs
+    template = RunDir(tmp_path / ids["undefended"])
+    shutil.copytree(source_root / ids["undefended"], template.path)
+    damaged_root(tmp_path, template)
+    long_run = jobs.submit(_config(defense_params={"epochs": 200, "batch_size": 32}), tmp_path, start_worker=False)
+    next_run = jobs.submit(_config(seed=1, defense_params={"epochs": 1, "batch_size": 256}), tmp_path,
+                           start_worker=False)
+    assert jobs.ensure_workers(tmp_path, devices=["cpu"], per_device=1)
+    try:
+        deadline = time.monotonic() + 180
+        while long_run.status().get("state") != "running" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert long_run.status()["state"] == "running", long_run.status()
+        owner = long_run.status()["owner"]
+        assert owner["kind"] == "worker" and owner["host"] == socket.gethostname()
+        with pytest.raises(UserInputError, match="cancel it before deleting"):
+            long_run.delete()  # the app refuses; a user's rm -r is what the worker must survive
+        shutil.rmtree(long_run.path)
+        status = runs.wait_for(next_run, timeout=240)
+        assert status["state"] == "done", status
+        assert not long_run.path.exists()
+        assert [w.alive for w in jobs.workers(tmp_path)] == [True]
+    finally:
+        jobs.stop_workers(tmp_path)
+    log = (tmp_path / jobs.WORKERS_DIR / "cpu-0.log").read_text()
+    assert "deleted while it trained" in log, log
+
+
+# -- filesystem trust -------------------------------------------------------------------------------
+
+def test_links_are_never_followed(tmp_path):
+    """Fault 4: the zip followed a link to /etc/passwd, and a linked run folder was listed."""
+    root, outside = tmp_path / "runs", tmp_path / "outside"
+    run = RunDir.create(root, {"dataset": "d", "attack": "a", "defense": "x"}, state="done")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not yours")
+    (run.path / "passwd").symlink_to(secret)
+    (run.path / "models").mkdir()
+    (run.path / "models" / "evil").symlink_to(tmp_path, target_is_directory=True)
+    names = zipfile.ZipFile(io.BytesIO(run.zip_bytes())).namelist()
+    assert f"{run.run_id}/config.json" in names
+    assert not any("passwd" in n or "evil" in n or "secret" in n for n in names), names
+    foreign = RunDir.create(outside, {"dataset": "d", "attack": "a", "defense": "x"}, state="done")
+    (root / "20990101-000000-linked").symlink_to(foreign.path, target_is_directory=True)
+    assert [r.run_id for r in list_runs(root)] == [run.run_id]
+    with pytest.raises(UserInputError):
+        RunDir.open(root, "20990101-000000-linked")
+    with pytest.raises(UserInputError):
+        RunDir(root / "20990101-000000-linked").zip_bytes()
+    with pytest.raises(UserInputError):
+        RunDir(root / "20990101-000000-linked").delete()
+    assert foreign.path.is_dir() and secret.read_text() == "not yours"
+    # A metrics.jsonl that is a link is never appended through.
+    (run.path / "metrics.jsonl").symlink_to(secret)
+    with pytest.raises(OSError):
+        run.append_metrics({"epoch": 1})
+    assert secret.read_text() == "not yours"
+    run.delete()  # removes the links, never what they point at
+    assert secret.read_text() == "not yours" and foreign.path.is_dir()
+
+
+# -- write errors -----------------------------------------------------------------------------------
+
+def _enospc_for(monkeypatch, marker: str) -> None:
+    """Make the atomic writer fail with ENOSPC for files whose path contains `marker`."""
+    real = runs._atomic_write_bytes
+
+    def full(path, data, make_parents=True):
+        if marker in str(path):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(path, data, make_parents)
+
+    monkeypatch.setattr(runs, "_atomic_write_bytes", full)
+
+
+def test_disk_full_mid_run_fails_that_run_with_the_reason_and_the_worker_goes_on(tmp_path, patch_dataset,
+                                                                                  monkeypatch):
+    """Fault 6: the run stayed "running", the worker died, and a 0-byte error.txt was left."""
+    import cbd_core.analysis.embeddings as embeddings
+
+    monkeypatch.setattr(embeddings, "warm_up", lambda: None)
+    monkeypatch.setattr(embeddings, "configure_numba_cache", lambda folder=None: None)
+    monkeypatch.setattr(embeddings, "compute_umap", lambda run: {})
+    patch_dataset(300, 100)
+    first = jobs.submit(_config(), tmp_path, start_worker=False)
+    second = jobs.submit(_config(seed=1), tmp_path, start_worker=False)
+    _enospc_for(monkeypatch, f"{first.run_id}/models/")
+    assert jobs.Worker(tmp_path, "cpu").serve(exit_when_idle=True) == 2
+    status = first.status()
+    assert status["state"] == "failed" and "no space left on device" in status["error"], status
+    assert second.status()["state"] == "done"
+    error_txt = first.path / "error.txt"
+    assert not error_txt.exists() or error_txt.stat().st_size > 0
+    assert jobs.recover_orphans(tmp_path) == []
+
+
+def test_disk_full_at_start_leaves_no_empty_folder(tmp_path, patch_dataset, monkeypatch):
+    patch_dataset(300, 100)
+    _enospc_for(monkeypatch, "config.json")
+    with pytest.raises(OSError):
+        jobs.submit(_config(), tmp_path, start_worker=False)
+    assert [p for p in tmp_path.iterdir() if not p.name.startswith(".")] == []
