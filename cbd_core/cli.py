@@ -221,8 +221,9 @@ def command_submit(args: argparse.Namespace) -> int:
     --no-worker, a worker is started for its device if none serves it (it trains the queue, then
     stops by itself once idle, since this process is gone)."""
     from .jobs import submit
-    from .runs import to_json
+    from .runs import check_writable_root, to_json
 
+    check_writable_root(args.out)  # before any data is loaded
     run = submit(config_from_args(args), args.out, start_worker=not args.no_worker)
     if args.json:
         print(to_json({"run_id": run.run_id, "run_dir": str(run.path), "queue": run.status().get("queue")}))
@@ -234,8 +235,9 @@ def command_submit(args: argparse.Namespace) -> int:
 def command_run(args: argparse.Namespace) -> int:
     from .pipeline import execute, prepare
     from .progress import Cancelled
-    from .runs import RunDir, runs_root, to_json
+    from .runs import RunDir, check_writable_root, runs_root, to_json
 
+    check_writable_root(args.out)  # a file or a read-only folder is found before any data is loaded
     prepared = prepare(config_from_args(args))
     run = RunDir.create(runs_root(args.out), prepared.config.to_dict())
     bar = ProgressBar()
@@ -257,8 +259,9 @@ def command_matrix(args: argparse.Namespace) -> int:
     from .attacks import ATTACKS
     from .defenses import DEFENSES
     from .matrix import Cell, DefenseSpec, run_matrix, write_tables
-    from .runs import runs_root
+    from .runs import check_writable_root, runs_root
 
+    check_writable_root(args.out)
     attacks = list(ATTACKS) if args.attacks == ["all"] else args.attacks
     specs = [DefenseSpec(d) for d in DEFENSES] if args.defenses == ["all"] else \
         [DefenseSpec.parse(d) for d in args.defenses]

@@ -161,6 +161,26 @@ def runs_root(root: str | Path | None = None) -> Path:
     return Path(root or os.environ.get("BACKDOOR_LAB_RUNS") or "runs").expanduser().resolve()
 
 
+def check_writable_root(root: str | Path | None, field: str = "out") -> Path:
+    """The runs root, proven usable before any data is loaded: it is a folder (or can be made under
+    the nearest existing folder) and a probe file can be written there. Nothing is created; a path
+    that is a file, or a folder nobody may write, is one UserInputError."""
+    path = runs_root(root)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserInputError(f"{field}: {existing} is a file, not a folder for runs", field)
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise UserInputError(f"{field}: cannot write runs under {path} ({(err.strerror or str(err)).lower()})",
+                             field) from None
+    return path
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 

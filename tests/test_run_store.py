@@ -315,3 +315,84 @@ def test_disk_full_at_start_leaves_no_empty_folder(tmp_path, patch_dataset, monk
     with pytest.raises(OSError):
         jobs.submit(_config(), tmp_path, start_worker=False)
     assert [p for p in tmp_path.iterdir() if not p.name.startswith(".")] == []
+
+
+# -- data bounds ----------------------------------------------------------------------------------
+
+def _npz(path, y, n=40):
+    x = np.random.default_rng(0).integers(0, 255, (n, 12, 12), dtype=np.uint8)
+    np.savez_compressed(path, x=x, y=y)
+    return path
+
+
+@pytest.mark.parametrize("label", [1000, 1_000_000, 2**40])
+def test_labels_beyond_a_thousand_classes_are_refused(tmp_path, label):
+    """Fault 5: one label of 1,000,000 trained a 1,000,001-class model; 2**40 was a MemoryError."""
+    from cbd_core import uploads
+    from cbd_core.data import load_npz
+
+    y = np.arange(40) % 2
+    y[3] = label
+    path = _npz(tmp_path / "big.npz", y.astype(np.int64))
+    with pytest.raises(UserInputError, match="labels must be 0..K-1 with at most 1000 classes"):
+        load_npz(path)
+    with pytest.raises(UserInputError, match="npz_path: .*at most 1000 classes"):
+        uploads.save_upload(tmp_path / "root", path.read_bytes(), "dataset")
+    y[3] = 999  # the largest label allowed
+    load_npz(_npz(tmp_path / "ok.npz", y.astype(np.int64)))
+
+
+def test_one_unpacked_size_cap_for_the_cli_and_uploads(tmp_path, monkeypatch, capsys):
+    from cbd_core import data, uploads
+    from cbd_core.cli import main
+
+    path = _npz(tmp_path / "d.npz", np.arange(40) % 2)
+    monkeypatch.setattr(data, "MAX_NPZ_UNPACKED_BYTES", 1000)
+    loaded = []
+    monkeypatch.setattr(np, "load", lambda *a, **k: loaded.append(a) or pytest.fail("np.load ran"))
+    with pytest.raises(UserInputError, match="unpacks to .* over the"):
+        data.load_npz(path)
+    with pytest.raises(UserInputError, match="npz_path: the uploaded dataset unpacks to"):
+        uploads.save_upload(tmp_path / "root", path.read_bytes(), "dataset")
+    assert main(["run", "--npz", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "unpacks to" in err and len(err.strip().splitlines()) == 1
+    assert loaded == []
+
+
+def test_a_non_npz_file_says_so(tmp_path, capsys):
+    from cbd_core.cli import main
+
+    text = tmp_path / "notes.npz"
+    text.write_text("just some text\n")
+    single = tmp_path / "array.npz"
+    with open(single, "wb") as f:
+        np.save(f, np.zeros(3))
+    for path, said in ((text, "is not a NumPy .npz archive"), (single, "single .npy array")):
+        assert main(["run", "--npz", str(path), "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert said in err and "pickled" not in err, err
+
+
+def test_out_problems_are_found_before_any_data_is_loaded(tmp_path, monkeypatch, capsys):
+    """Fault 5: --out at a file or a read-only folder exited 1 "internal error" after loading the data."""
+    import cbd_core.pipeline as pipeline
+    from cbd_core.cli import main
+
+    monkeypatch.setattr(pipeline, "load_dataset", lambda *a, **k: pytest.fail("data was loaded"))
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    for command in ("run", "submit"):
+        assert main([command, "--out", str(a_file)]) == 2
+        err = capsys.readouterr().err
+        assert "is a file, not a folder" in err and len(err.strip().splitlines()) == 1, err
+    assert main(["matrix", "--attacks", "badnets", "--defenses", "undefended", "--out", str(a_file)]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+    def read_only(*a, **k):  # as root a chmod cannot make a folder read-only, so the probe is refused
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(runs.tempfile, "mkstemp", read_only)
+    assert main(["run", "--out", str(tmp_path / "ro")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write runs under" in err and "read-only file system" in err and len(err.strip().splitlines()) == 1
