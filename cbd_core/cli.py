@@ -235,11 +235,11 @@ def command_submit(args: argparse.Namespace) -> int:
 def command_run(args: argparse.Namespace) -> int:
     from .pipeline import execute, prepare
     from .progress import Cancelled
-    from .runs import RunDir, check_writable_root, runs_root, to_json
+    from .runs import RunDir, check_writable_root, owner_record, runs_root, to_json
 
     check_writable_root(args.out)  # a file or a read-only folder is found before any data is loaded
     prepared = prepare(config_from_args(args))
-    run = RunDir.create(runs_root(args.out), prepared.config.to_dict())
+    run = RunDir.create(runs_root(args.out), prepared.config.to_dict(), state="running", owner=owner_record("cli"))
     bar = ProgressBar()
     try:
         summary = execute(prepared, run, progress=bar)

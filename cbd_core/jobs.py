@@ -112,8 +112,7 @@ def submit(config: RunConfig, root: str | Path | None = None, start_worker: bool
     root = runs_root(root)
     prepared = prepare(config)  # loads and poisons the data: a bad value fails here, not in the worker
     queue = device_key(prepared.config)
-    run = RunDir.create(root, prepared.config.to_dict(), state="queued")
-    run.update_status(queue=queue)
+    run = RunDir.create(root, prepared.config.to_dict(), state="queued", queue=queue)
     if start_worker:
         ensure_workers(root, devices=[queue])
     return run
@@ -349,6 +348,9 @@ class Worker:
         self.root, self.device, self.slot, self.parent_pid, self.log = root, device, slot, parent_pid, log
         self.stopping = False
         self.current: RunDir | None = None
+        # Finished states that could not be written (a full disk): retried until they are, so a run
+        # never stays "running" under a live worker that has moved on.
+        self._unrecorded: dict[str, tuple[RunDir, str, dict[str, Any]]] = {}
         self._lock_fd = lock_fd  # given when the spawner took the slot's lock for us
 
     # The info file is for people and the Runs page; the lock is the truth about liveness.
@@ -381,6 +383,7 @@ class Worker:
         try:
             while not self.stopping and (max_runs is None or trained < max_runs):
                 try:
+                    self._retry_unrecorded()
                     run = self._next_run()
                     if run is not None:
                         self._train(run)
@@ -471,8 +474,16 @@ class Worker:
         try:
             if run.status().get("state") != state:
                 run.update_status(state=state, finished=now_iso(), **fields)
-        except (RunGone, OSError) as err:
-            self.log(f"run {run.run_id}: could not record '{state}': {describe_error(err)}")
+        except RunGone:
+            pass
+        except OSError as err:
+            self.log(f"run {run.run_id}: could not record '{state}' yet: {describe_error(err)}")
+            self._unrecorded[run.run_id] = (run, state, fields)
+
+    def _retry_unrecorded(self) -> None:
+        for run_id, (run, state, fields) in list(self._unrecorded.items()):
+            del self._unrecorded[run_id]
+            self._record(run, state, **fields)
 
     def _analyse(self, run: RunDir) -> None:
         """The UMAP map of a finished run, so the Embeddings page never waits on it."""

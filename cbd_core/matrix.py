@@ -105,8 +105,9 @@ def _run_cell(config_dict: dict[str, Any], root: str) -> dict[str, Any]:
     from .pipeline import execute, prepare
 
     prepared = prepare(RunConfig.from_dict(config_dict))
-    run = RunDir.create(Path(root), prepared.config.to_dict())
-    return execute(prepared, run, owner=owner_record("matrix"))
+    owner = owner_record("matrix")
+    run = RunDir.create(Path(root), prepared.config.to_dict(), state="running", owner=owner)
+    return execute(prepared, run, owner=owner)
 
 
 def run_matrix(cells: list[Cell], root: str | Path | None = None, jobs: int = 1, epochs: int | None = None,
@@ -137,8 +138,9 @@ def run_matrix(cells: list[Cell], root: str | Path | None = None, jobs: int = 1,
 
         for cell, validated in todo:
             prepared = prepare(validated)
-            finished(cell, execute(prepared, RunDir.create(folder, prepared.config.to_dict()),
-                                   owner=owner_record("matrix")))
+            owner = owner_record("matrix")
+            run = RunDir.create(folder, prepared.config.to_dict(), state="running", owner=owner)
+            finished(cell, execute(prepared, run, owner=owner))
     else:
         # "spawn": fresh interpreters, since forking a process whose torch runs threads can hang.
         # Cells keep the threads their configs name (give --threads to share the cores out); idle

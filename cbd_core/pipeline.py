@@ -99,7 +99,7 @@ def execute(prepared: Prepared, run: RunDir, progress: ProgressCallback = ignore
     try:
         device = choose_device(config.device)
         run.update_status(state="running", started=now_iso(), device=str(device), error=None,
-                          owner=owner or owner_record("cli"))
+                          owner=owner or _own_owner(run) or owner_record("cli"))
         with arithmetic(config.threads or default_threads(), config.deterministic):
             summary = _train_and_record(config, data, run, device, progress, is_cancelled, started)
     except RunGone:
@@ -120,6 +120,17 @@ def execute(prepared: Prepared, run: RunDir, progress: ProgressCallback = ignore
         raise
     run.update_status(state="done", finished=now_iso(), seconds=summary["seconds"], error=None)
     return summary
+
+
+def _own_owner(run: RunDir) -> dict[str, Any] | None:
+    """The owner already recorded for this run when it is this very process (a run created running)."""
+    import os
+    import socket
+
+    owner = run.status().get("owner")
+    if isinstance(owner, dict) and owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
+        return owner
+    return None
 
 
 def _record_end(run: RunDir, **fields: Any) -> None:

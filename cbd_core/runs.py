@@ -279,10 +279,12 @@ class RunDir:
 
     # -- creation ------------------------------------------------------------------------------
     @classmethod
-    def create(cls, root: Path, config: dict[str, Any], state: str = "queued") -> "RunDir":
-        """A new run folder holding status.json (written first: a listed run always has one) and
-        config.json. If either cannot be written (a full disk), the folder is removed again and the
-        error is raised: no empty, invisible run is left behind."""
+    def create(cls, root: Path, config: dict[str, Any], state: str = "queued", **status: Any) -> "RunDir":
+        """A new run folder holding status.json (written first: a listed run always has one; `status`
+        adds fields to it, e.g. the queue or the owner) and config.json. If either cannot be written
+        (a full disk), the folder is removed again and the error is raised: no empty, invisible run
+        is left behind. A run the CLI trains at once is created "running" with its owner, so no
+        worker ever takes it for a queued one."""
         root.mkdir(parents=True, exist_ok=True)
         for _ in range(10):
             path = root / new_run_id(config)
@@ -296,7 +298,7 @@ class RunDir:
         run = cls(path)
         try:
             run._write("status.json", _json_bytes({"state": state, "created": now_iso(),
-                                                   "schema_version": SCHEMA_VERSION}))
+                                                   "schema_version": SCHEMA_VERSION, **status}))
             run._write("config.json", _json_bytes(config))
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)

@@ -66,6 +66,9 @@ def save_upload(root: str | Path, data: bytes, kind: UploadKind) -> Path:
         raise UserInputError(f"{field}: the uploaded file is {len(data) / 2**20:.1f} MB, over the "
                              f"{MAX_BYTES[kind] // 2**20} MB limit", field)
     folder = uploads_dir(root)
+    if folder.is_symlink():  # nothing is written outside the runs root
+        raise UserInputError(f"{field}: {folder} is a symbolic link; uploads are only written inside the runs root",
+                             field)
     target = folder / content_name(data, kind)
     if target.is_file():
         return target  # the same content was validated and stored before

@@ -84,3 +84,20 @@ def test_an_unknown_run_in_the_url_is_said_not_switched_silently(damaged_root_di
     assert "20990101-000000-gone" in said and "not in the runs root" in said, said
     if page != "train":
         assert at.selectbox[0].value is None  # nothing chosen for the user; the list is offered
+
+
+@pytest.mark.parametrize("page", ["sample_weights", "runs"])
+def test_a_run_deleted_by_another_session_is_said_not_switched(tmp_path, finished_runs, page, monkeypatch,
+                                                                no_worker):
+    source_root, ids = finished_runs
+    for run_id in (ids["cbd"], ids["undefended"]):
+        shutil.copytree(source_root / run_id, tmp_path / run_id)
+    monkeypatch.setenv("BACKDOOR_LAB_RUNS", str(tmp_path))
+    at = open_page(page, run=ids["cbd"])
+    assert not at.exception and at.selectbox[0].value == ids["cbd"]
+    RunDir(tmp_path / ids["cbd"]).delete()  # another session deletes the run this one watches
+    at.run()
+    assert not at.exception
+    said = messages(at)
+    assert ids["cbd"] in said and "not in the runs root" in said, said
+    assert at.selectbox[0].value is None  # not silently another run

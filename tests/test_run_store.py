@@ -396,3 +396,65 @@ def test_out_problems_are_found_before_any_data_is_loaded(tmp_path, monkeypatch,
     assert main(["run", "--out", str(tmp_path / "ro")]) == 2
     err = capsys.readouterr().err
     assert "cannot write runs under" in err and "read-only file system" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_real_cli_run_in_the_apps_root_survives_recovery_and_ends_clean(tmp_path):
+    """Fault 2 end to end: `python -m cbd_core run` trains in the app's root while recovery runs (as the
+    app does every 30 s); it is never marked failed, cannot be deleted meanwhile, and ends done with
+    no error."""
+    from pathlib import Path
+
+    project = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    process = subprocess.Popen([sys.executable, "-m", "cbd_core", "run", "--defense", "undefended", "--epochs", "2",
+                                "--device", "cpu", "--threads", "1", "--out", str(tmp_path)], cwd=project, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        checked = 0
+        while process.poll() is None and time.monotonic() < deadline:
+            assert jobs.recover_orphans(tmp_path) == []
+            found = list_runs(tmp_path)
+            if found and found[0].status().get("state") == "running":
+                owner = found[0].status()["owner"]
+                assert owner["kind"] == "cli" and owner["pid"] == process.pid
+                if not checked:
+                    with pytest.raises(UserInputError, match="cancel it before deleting"):
+                        found[0].delete()
+                checked += 1
+            time.sleep(0.2)
+        assert process.wait(timeout=120) == 0, process.stderr.read()
+    finally:
+        process.kill()
+    assert checked > 0
+    [run] = list_runs(tmp_path)
+    status = run.status()
+    assert status["state"] == "done" and status.get("error") is None, status
+
+
+def test_a_failure_the_full_disk_refused_to_record_is_recorded_once_it_can(tmp_path, patch_dataset, monkeypatch):
+    import cbd_core.analysis.embeddings as embeddings
+
+    monkeypatch.setattr(embeddings, "warm_up", lambda: None)
+    monkeypatch.setattr(embeddings, "configure_numba_cache", lambda folder=None: None)
+    monkeypatch.setattr(embeddings, "compute_umap", lambda run: {})
+    patch_dataset(300, 100)
+    first = jobs.submit(_config(), tmp_path, start_worker=False)
+    second = jobs.submit(_config(seed=1), tmp_path, start_worker=False)
+    real = runs._atomic_write_bytes
+    disk = {"full": False}
+
+    def writer(path, data, make_parents=True):
+        if f"{first.run_id}/models/" in str(path):
+            disk["full"] = True  # from here the disk takes nothing for the first run...
+        if second.run_id in str(path):
+            disk["full"] = False  # ...until space is freed, while the worker trains the next run
+        if disk["full"] and first.run_id in str(path):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(path, data, make_parents)
+
+    monkeypatch.setattr(runs, "_atomic_write_bytes", writer)
+    assert jobs.Worker(tmp_path, "cpu").serve(exit_when_idle=True) == 2
+    assert second.status()["state"] == "done"
+    status = first.status()
+    assert status["state"] == "failed" and "no space left on device" in status["error"], status
