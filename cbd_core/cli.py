@@ -5,7 +5,7 @@
     python -m cbd_core matrix --datasets mnist5k --attacks all --defenses all --seeds 0 1 2 [--jobs 2]
     python -m cbd_core submit <the same flags as run> [--out ROOT] [--json] [--no-worker]
     python -m cbd_core list [--json]
-    python -m cbd_core worker --device cpu     (the dashboard starts this itself; see cbd_core/jobs.py)
+    python -m cbd_core worker --device cpu     (the dashboard starts this itself; see cbd_core/jobs/)
 
 `run` trains with a progress bar on stderr and prints a short table at the end; with `--json` the
 last line of stdout is one JSON object (dataset, attack, poison_rate, target_label, defense, seed,

@@ -621,3 +621,13 @@ def wait_for(run: RunDir, timeout: float = 600.0, poll: float = 0.5) -> dict[str
             return status
         time.sleep(poll)
     raise TimeoutError(f"run {run.run_id} did not finish in {timeout} s")
+
+
+def status_line(status: dict[str, Any]) -> str:
+    """A short human description of a run's status, for tables ("running: train epoch 2/10")."""
+    state = status.get("state", "?")
+    progress = status.get("progress") if isinstance(status.get("progress"), dict) else {}
+    if state == "running" and progress:
+        epoch = progress.get("epoch") if isinstance(progress.get("epoch"), int) else 0
+        return f"running: {progress.get('phase')} epoch {max(1, epoch)}/{progress.get('epochs')}"
+    return state

@@ -166,7 +166,6 @@ def test_a_cli_run_training_in_the_apps_root_is_never_marked_failed(tmp_path, li
     elsewhere.update_status(owner={**owner_record("cli"), "pid": 2**22 + 7, "host": "some-other-host"})
     legacy = RunDir.create(tmp_path, config, state="running")  # no owner recorded: left alone
     assert jobs.recover_orphans(tmp_path) == []
-    assert jobs.ensure_workers.__name__  # the same recovery runs at every worker start and Start
     for run in list_runs(tmp_path):
         assert run.status()["state"] == "running"
     # Deleting it while its process lives is refused, so nobody pulls the folder from under it.
@@ -458,3 +457,22 @@ def test_a_failure_the_full_disk_refused_to_record_is_recorded_once_it_can(tmp_p
     assert second.status()["state"] == "done"
     status = first.status()
     assert status["state"] == "failed" and "no space left on device" in status["error"], status
+
+
+def test_the_launcher_owns_the_workers_lifetime(tmp_path, monkeypatch):
+    """The app no longer decides when to start workers: `keep_workers_running` checks at most once per
+    interval per root, and a failure to start one is logged, never raised into a page."""
+    import cbd_core.jobs.launcher as launcher
+
+    calls = []
+
+    def flaky(root, *a, **k):
+        calls.append(root)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(launcher, "ensure_workers", flaky)
+    monkeypatch.setattr(launcher, "_last_check", {})
+    assert launcher.keep_workers_running(tmp_path, every=60) is True
+    assert launcher.keep_workers_running(tmp_path, every=60) is False
+    assert launcher.keep_workers_running(tmp_path / "other", every=60) is True
+    assert calls == [str(tmp_path), str(tmp_path / "other")]

@@ -1,6 +1,6 @@
 """UMAP maps of a finished run's features: where each model places the training images in 2-D.
 
-The background worker (`cbd_core/jobs.py`) calls `compute_umap(run)` once a run is done; the
+The background worker (`cbd_core/jobs/worker.py`) calls `compute_umap(run)` once a run is done; the
 Embeddings page only reads the `umap.npz` it writes:
 
     umap.npz    index        (n,) the training-set indices, as in embeddings.npz
