@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from .errors import UserInputError
+from .runs import RunGone
 
 
 class _Parser(argparse.ArgumentParser):
@@ -297,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RunGone as err:
+        print(f"error: {err} (deleted while it trained); nothing more was written", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"\ninterrupted after {time.perf_counter() - started:.0f} s", file=sys.stderr)
         return 130

@@ -147,6 +147,25 @@ def pid_alive(pid: Any) -> bool:
     return True
 
 
+def process_start_time(pid: int) -> float | None:
+    """When process `pid` started (Unix time), from /proc on Linux; None where it cannot be told."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = int(fields[19])  # field 22 of stat: start time in clock ticks after boot
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _parse_iso(text: Any) -> float | None:
+    try:
+        return datetime.fromisoformat(text).timestamp() if isinstance(text, str) else None
+    except ValueError:
+        return None
+
+
 def describe_error(err: BaseException) -> str:
     """One line for status.json: a write error says which file and why ("no space left on device")."""
     if isinstance(err, OSError) and err.errno is not None:
@@ -467,7 +486,13 @@ class RunDir:
         host = owner.get("host")
         if host is not None and host != socket.gethostname():
             return None
-        return pid_alive(owner.get("pid"))
+        if not pid_alive(owner.get("pid")):
+            return False
+        started = process_start_time(owner["pid"])
+        recorded = _parse_iso(owner.get("started"))
+        if started is not None and recorded is not None and started > recorded + 5:
+            return False  # the pid was reused by a process that started after the owner recorded itself
+        return True
 
     # -- writing (the worker or CLI that runs it, never a page) --------------------------------
     def _write(self, name: str, data: bytes) -> None:

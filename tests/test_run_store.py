@@ -476,3 +476,16 @@ def test_the_launcher_owns_the_workers_lifetime(tmp_path, monkeypatch):
     assert launcher.keep_workers_running(tmp_path, every=60) is False
     assert launcher.keep_workers_running(tmp_path / "other", every=60) is True
     assert calls == [str(tmp_path), str(tmp_path / "other")]
+
+
+def test_a_reused_pid_does_not_keep_a_dead_owner_alive(tmp_path, live_process):
+    """The owner's start time is recorded: a live process with the same pid that started later is
+    another process, so the run's owner is gone."""
+    if runs.process_start_time(live_process.pid) is None:
+        pytest.skip("no /proc here")
+    run = RunDir.create(tmp_path, _config().to_dict(), state="running")
+    run.update_status(owner={**owner_record("cli"), "pid": live_process.pid, "started": "2001-01-01T00:00:00+00:00"})
+    assert run.owner_alive() is False
+    assert jobs.recover_orphans(tmp_path) == [run.run_id]
+    current = RunDir.create(tmp_path, _config().to_dict(), state="running", owner=owner_record("cli"))
+    assert current.owner_alive() is True and jobs.recover_orphans(tmp_path) == []
