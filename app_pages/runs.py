@@ -118,6 +118,10 @@ def details(run: RunDir) -> None:
             delete_controls(run)
         else:
             st.caption("Cancel a run before deleting it.")
+    owner = status.get("owner") if isinstance(status.get("owner"), dict) else None
+    if owner and state in ("queued", "running"):
+        st.caption(f"Trained by the {owner.get('kind', '?')} process {owner.get('pid')} on {owner.get('host')} since "
+                   f"{owner.get('started')}; Cancel stops it at its next batch.")
     if status.get("error"):
         st.error(f"Error: {status['error']}")
     with st.expander("Settings (config.json)"):

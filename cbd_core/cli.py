@@ -242,8 +242,10 @@ def command_run(args: argparse.Namespace) -> int:
     prepared = prepare(config_from_args(args))
     run = RunDir.create(runs_root(args.out), prepared.config.to_dict(), state="running", owner=owner_record("cli"))
     bar = ProgressBar()
-    try:
-        summary = execute(prepared, run, progress=bar)
+    from .jobs import cancel_requested
+
+    try:  # the dashboard's Cancel works on a CLI run too: it leaves the same cancel file a worker checks
+        summary = execute(prepared, run, progress=bar, is_cancelled=lambda: cancel_requested(run))
     except Cancelled:
         bar.close()
         print(f"cancelled; partial run kept in {run.path}", file=sys.stderr)

@@ -105,9 +105,11 @@ def _run_cell(config_dict: dict[str, Any], root: str) -> dict[str, Any]:
     from .pipeline import execute, prepare
 
     prepared = prepare(RunConfig.from_dict(config_dict))
+    from .jobs import cancel_requested
+
     owner = owner_record("matrix")
     run = RunDir.create(Path(root), prepared.config.to_dict(), state="running", owner=owner)
-    return execute(prepared, run, owner=owner)
+    return execute(prepared, run, owner=owner, is_cancelled=lambda: cancel_requested(run))
 
 
 def run_matrix(cells: list[Cell], root: str | Path | None = None, jobs: int = 1, epochs: int | None = None,
@@ -134,13 +136,14 @@ def run_matrix(cells: list[Cell], root: str | Path | None = None, jobs: int = 1,
                f"({summary['seconds']:.0f} s)")
 
     if jobs <= 1:  # in this process: no fork of a torch that already has threads
+        from .jobs import cancel_requested
         from .pipeline import execute, prepare
 
         for cell, validated in todo:
             prepared = prepare(validated)
             owner = owner_record("matrix")
             run = RunDir.create(folder, prepared.config.to_dict(), state="running", owner=owner)
-            finished(cell, execute(prepared, run, owner=owner))
+            finished(cell, execute(prepared, run, owner=owner, is_cancelled=lambda: cancel_requested(run)))
     else:
         # "spawn": fresh interpreters, since forking a process whose torch runs threads can hang.
         # Cells keep the threads their configs name (give --threads to share the cores out); idle

@@ -489,3 +489,25 @@ def test_a_reused_pid_does_not_keep_a_dead_owner_alive(tmp_path, live_process):
     assert jobs.recover_orphans(tmp_path) == [run.run_id]
     current = RunDir.create(tmp_path, _config().to_dict(), state="running", owner=owner_record("cli"))
     assert current.owner_alive() is True and jobs.recover_orphans(tmp_path) == []
+
+
+def test_the_apps_cancel_stops_a_cli_run(tmp_path):
+    """The Runs page offers Cancel on a CLI run in its root: the CLI honours the same cancel file."""
+    from pathlib import Path
+
+    project = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    process = subprocess.Popen([sys.executable, "-m", "cbd_core", "run", "--defense", "undefended", "--epochs", "100",
+                                "--device", "cpu", "--threads", "1", "--out", str(tmp_path)], cwd=project, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (list_runs(tmp_path) and list_runs(tmp_path)[0].metrics()):
+            assert process.poll() is None, process.stderr.read()
+            time.sleep(0.2)
+        [run] = list_runs(tmp_path)
+        assert jobs.request_cancel(run) == "running"
+        assert process.wait(timeout=120) == 130
+    finally:
+        process.kill()
+    assert run.status()["state"] == "cancelled" and len(run.metrics()) < 100

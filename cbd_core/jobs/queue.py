@@ -40,7 +40,10 @@ def request_cancel(run: RunDir) -> str:
     if state == "queued" and _claim(run):
         run.update_status(state="cancelled", finished=now_iso(), error=None)
         return "queued"
-    (run.path / CANCEL_FILE).touch()
+    try:
+        (run.path / CANCEL_FILE).touch()  # the worker, `run` and `matrix` all check it at every batch
+    except FileNotFoundError:
+        return "deleted"
     return "running"
 
 
