@@ -127,6 +127,25 @@ _STATUS_TYPES: dict[str, type | tuple[type, ...]] = {
 }
 
 
+# Fields of config.json that listings, lookups and pages read, with their types: a config missing one of
+# the first three, or holding any of them with another type, is unreadable (named).
+_CONFIG_REQUIRED = ("dataset", "attack", "defense")
+_CONFIG_TYPES: dict[str, type | tuple[type, ...]] = {
+    "dataset": str, "attack": str, "defense": str, "poison_rate": (int, float), "seed": int,
+    "target_label": int, "attack_params": dict, "defense_params": dict, "embedding_samples": int,
+}
+
+
+def _typed_config(config: dict[str, Any]) -> dict[str, Any]:
+    for key in _CONFIG_REQUIRED:
+        if key not in config:
+            raise _BadFile(f"config.json has no '{key}'")
+    for key, kind in _CONFIG_TYPES.items():
+        if key in config and config[key] is not None and not _is_type(config[key], kind):
+            raise _BadFile(f"config.json: '{key}' is {_kind(config[key])}")
+    return config
+
+
 def owner_record(kind: str, **extra: Any) -> dict[str, Any]:
     """Who trains a run: this process (pid, host, start time) and how it runs (worker, cli, matrix)."""
     return {"kind": kind, "pid": os.getpid(), "host": socket.gethostname(), "started": now_iso(), **extra}
@@ -341,7 +360,7 @@ class RunDir:
     def config(self) -> dict[str, Any]:
         """config.json as a dict; RunUnreadable (a UserInputError) when missing or unreadable."""
         try:
-            return _object(_load_json(self.path / "config.json"), "config.json")
+            return _typed_config(_object(_load_json(self.path / "config.json"), "config.json"))
         except FileNotFoundError:
             raise RunUnreadable(self.run_id, "config.json is missing (the run was deleted?)") from None
         except _BadFile as err:

@@ -44,6 +44,8 @@ DAMAGE = {
     "config_list": ("config.json", b"[]"),
     "config_truncated": ("config.json", b'{"dataset": "mnist5k", "att'),
     "config_not_utf8": ("config.json", b"\xff\xfe\x00"),
+    "config_wrong_types": ("config.json", b'{"dataset": "mnist5k", "attack": "badnets", "defense": "cbd", '
+                                          b'"poison_rate": "lots", "seed": 0}'),
     "summary_not_utf8": ("summary.json", b"\x80\x81"),
     "summary_null": ("summary.json", b"null"),
 }
