@@ -513,3 +513,22 @@ def test_the_apps_cancel_stops_a_cli_run(tmp_path):
     finally:
         process.kill()
     assert run.status()["state"] == "cancelled" and len(run.metrics()) < 100
+
+
+def test_worker_files_are_never_written_through_a_link(tmp_path):
+    outside, root = tmp_path / "outside", tmp_path / "root"
+    outside.mkdir()
+    root.mkdir()
+    (root / jobs.WORKERS_DIR).symlink_to(outside, target_is_directory=True)
+    with pytest.raises(OSError, match="symbolic link"):
+        jobs.ensure_workers(root, devices=["cpu"], per_device=1)
+    assert jobs.workers(root) == []
+    assert list(outside.iterdir()) == []
+
+
+def test_a_damaged_worker_info_file_is_skipped(tmp_path):
+    folder = tmp_path / jobs.WORKERS_DIR
+    folder.mkdir()
+    (folder / "cpu-0.json").write_text("null")
+    (folder / "cpu-1.json").write_bytes(b"\xff")
+    assert jobs.workers(tmp_path) == []

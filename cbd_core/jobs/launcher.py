@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from ..runs import RunDir, RunGone, list_runs, now_iso, runs_root
-from .locks import _lock_path, _pid_alive, _try_lock, slot_is_alive, workers
+from .locks import _lock_path, _pid_alive, _try_lock, slot_is_alive, workers, workers_dir
 from .queue import _waiting
-from .settings import CLAIM_FILE, WORKERS_DIR, workers_per_device
+from .settings import CLAIM_FILE, workers_per_device
 
 CHECK_EVERY_S = 30.0  # how often page views may trigger recovery and a worker (re)start
 _last_check: dict[str, float] = {}
@@ -86,15 +86,14 @@ def _spawn_worker(root: Path, device: str, slot: int) -> int | None:
     lock_fd = _try_lock(_lock_path(root, device, slot))
     if lock_fd is None:
         return None
-    log_path = root / WORKERS_DIR / f"{device.replace(':', '_')}-{slot}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path = workers_dir(root) / f"{device.replace(':', '_')}-{slot}.log"
     project = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(project), os.environ.get("PYTHONPATH")])),
            # Idle OpenMP threads sleep instead of spinning, so the worker and the app's pages share the
            # CPU without stealing each other's time slices; it changes no number.
            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     try:
-        with open(log_path, "a") as log:
+        with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644), "a") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "cbd_core", "worker", "--root", str(root), "--device", device,
                  "--slot", str(slot), "--parent-pid", str(os.getpid()), "--lock-fd", str(lock_fd)],

@@ -12,14 +12,25 @@ from pathlib import Path
 from ..runs import pid_alive, runs_root
 from .settings import WORKERS_DIR
 
+
+def workers_dir(root: Path) -> Path:
+    """`<root>/.workers`, created if needed; a symbolic link there is refused (OSError), so no lock,
+    log or info file is ever written outside the runs root."""
+    folder = Path(root) / WORKERS_DIR
+    if folder.is_symlink():
+        raise OSError(f"{folder} is a symbolic link; worker files are only written inside the runs root")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def _lock_path(root: Path, device: str, slot: int) -> Path:
-    return root / WORKERS_DIR / f"{device.replace(':', '_')}-{slot}.lock"
+    return Path(root) / WORKERS_DIR / f"{device.replace(':', '_')}-{slot}.lock"
 
 
 def _try_lock(path: Path) -> int | None:
     """An fd holding an exclusive lock on `path`, or None when another process holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    workers_dir(path.parent.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -57,11 +68,14 @@ def workers(root: str | Path | None = None) -> list[WorkerInfo]:
 
     folder = runs_root(root) / WORKERS_DIR
     found = []
-    for info_path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+    usable = folder.is_dir() and not folder.is_symlink()
+    for info_path in sorted(folder.glob("*.json")) if usable else []:
         try:
             info = json.loads(info_path.read_text())
         except (OSError, ValueError):
             continue
+        if not (isinstance(info, dict) and isinstance(info.get("device"), str) and isinstance(info.get("slot"), int)):
+            continue  # a damaged info file: the lock files still tell who is alive
         alive = slot_is_alive(runs_root(root), info["device"], info["slot"])
         found.append(WorkerInfo(info["device"], info["slot"], alive, info.get("pid") if alive else None,
                                 info.get("current_run") if alive else None, info_path.with_suffix(".log")))

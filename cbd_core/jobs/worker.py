@@ -23,7 +23,7 @@ from ..runs import RunDir, RunGone, describe_error, list_runs, now_iso, owner_re
 from .launcher import recover_orphans
 from .locks import _lock_path, _pid_alive, _try_lock
 from .queue import _claim, cancel_requested, queued_runs
-from .settings import IDLE_POLL_S, PROGRESS_EVERY_S, WORKERS_DIR
+from .settings import IDLE_POLL_S, PROGRESS_EVERY_S
 
 class Worker:
     """One worker slot: trains the runs of one device's queue one after another."""
@@ -41,8 +41,9 @@ class Worker:
     # The info file is for people and the Runs page; the lock is the truth about liveness.
     def _write_info(self) -> None:
         from ..runs import write_json
+        from .locks import workers_dir
 
-        write_json(self.root / WORKERS_DIR / f"{self.device.replace(':', '_')}-{self.slot}.json",
+        write_json(workers_dir(self.root) / f"{self.device.replace(':', '_')}-{self.slot}.json",
                    {"device": self.device, "slot": self.slot, "pid": os.getpid(), "started": now_iso(),
                     "current_run": self.current.run_id if self.current else None})
 
