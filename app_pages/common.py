@@ -55,13 +55,6 @@ def explain(text: str, summary: dict[str, Any] | None = None, with_reason: bool 
     st.caption(f"**What to look for:** {text}" + (f" {note}" if note else ""))
 
 
-def _mtime(path: Path) -> int:
-    try:
-        return path.stat().st_mtime_ns
-    except FileNotFoundError:
-        return 0
-
-
 @st.cache_data(show_spinner=False, max_entries=256)
 def _config_cached(path: str, mtime: int) -> dict[str, Any]:
     return RunDir(Path(path)).config()
@@ -71,7 +64,7 @@ def load_config(run: RunDir) -> dict[str, Any]:
     """The run's config (cached); a UserInputError saying "unreadable: <reason>" or "deleted"."""
     if not run.exists():
         raise UserInputError(f"run {run.run_id} was deleted", "run")
-    return _config_cached(str(run.path), run.file_mtime("config.json"))
+    return _config_cached(str(run.path), run.config_mtime())
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -81,17 +74,13 @@ def _summary_cached(path: str, mtime: int) -> dict[str, Any] | None:
 
 def load_summary(run: RunDir) -> dict[str, Any] | None:
     """The run's summary (cached), or None before it finishes (or when it is unreadable)."""
-    return _summary_cached(str(run.path), run.file_mtime("summary.json"))
+    return _summary_cached(str(run.path), run.summary_mtime())
 
 
 def _runs_stamp(root: Path) -> tuple[tuple[str, int], ...]:
     """Each run folder's id and its status.json's modification time: it changes whenever a run is
     created, deleted or changes state (a baseline's summary is written before its status says done)."""
-    try:
-        folders = sorted(p for p in root.iterdir() if p.is_dir())
-    except FileNotFoundError:
-        return ()
-    return tuple((p.name, _mtime(p / "status.json")) for p in folders if not p.is_symlink())
+    return tuple(sorted((run.run_id, run.status_mtime()) for run in list_runs(root)))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -156,7 +145,7 @@ def _models_cached(path: str, mtime: int) -> dict[str, Any]:
 def load_models(run: RunDir) -> dict[str, Any]:
     """The run's trained models by name (f_C first, f_B after; or `model`), CPU, eval mode, cached.
     Treat them as read-only: they are shared by every session."""
-    return _models_cached(str(run.path), run.file_mtime("summary.json"))
+    return _models_cached(str(run.path), run.summary_mtime())
 
 
 def active_run_id() -> str | None:

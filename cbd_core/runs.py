@@ -19,6 +19,10 @@
       attribution_shares.json  also the worker's: {method: {model: mean share of attribution on the
                           trigger over 100 triggered test images}}
       error.txt           the traceback, when a run failed on a bug
+      claim, cancel       the queue's bookkeeping (cbd_core/jobs): taken by a worker, cancel asked
+
+status.json also holds `schema_version` (SCHEMA_VERSION) and, from the moment a run trains, `owner`:
+{kind: worker | cli | matrix, pid, host, started} (a worker's also device and slot).
 
 Every file is written under a temporary name and renamed, so a crash never leaves half a file;
 metrics.jsonl is appended a whole line at a time and readers skip a torn last line.
@@ -448,8 +452,18 @@ class RunDir:
         return _mtime_ns(self.path / f"{name}.npz")
 
     def file_mtime(self, name: str) -> int:
-        """The modification time (ns) of one of the run's JSON files, 0 when absent."""
+        """The modification time (ns) of one of the run's files, 0 when absent."""
         return _mtime_ns(self.path / name)
+
+    # Cache keys for readers that keep what they read (the pages): they change when the file does.
+    def config_mtime(self) -> int:
+        return self.file_mtime("config.json")
+
+    def status_mtime(self) -> int:
+        return self.file_mtime("status.json")
+
+    def summary_mtime(self) -> int:
+        return self.file_mtime("summary.json")
 
     def arrays(self, name: str, require: tuple[str, ...] = ()) -> dict[str, np.ndarray] | None:
         """Arrays of `<name>.npz` (sample_weights, embeddings, images, umap), or None when absent.
