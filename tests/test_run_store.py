@@ -532,3 +532,16 @@ def test_a_damaged_worker_info_file_is_skipped(tmp_path):
     (folder / "cpu-0.json").write_text("null")
     (folder / "cpu-1.json").write_bytes(b"\xff")
     assert jobs.workers(tmp_path) == []
+
+
+def test_a_claimed_run_is_recovered_by_its_claimers_pid(tmp_path, live_process):
+    """A queued run claimed by a worker that died before writing its status is failed at once (its pid
+    is in the claim file); one claimed by a live process is left, however old the claim."""
+    config = _config().to_dict()
+    dead = RunDir.create(tmp_path, config)
+    (dead.path / jobs.CLAIM_FILE).write_text(str(2**22 + 11))
+    alive = RunDir.create(tmp_path, config)
+    (alive.path / jobs.CLAIM_FILE).write_text(str(live_process.pid))
+    os.utime(alive.path / jobs.CLAIM_FILE, (0, 0))  # an old claim
+    assert jobs.recover_orphans(tmp_path) == [dead.run_id]
+    assert alive.status()["state"] == "queued"

@@ -142,6 +142,15 @@ def owner_gone(run: RunDir, status: dict[str, Any]) -> bool:
     return False
 
 
+def _claim_pid(run: RunDir) -> int | None:
+    """The pid written in a run's claim file, or None when it cannot be read."""
+    try:
+        text = (run.path / CLAIM_FILE).read_text()
+        return int(text.strip())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
 def recover_orphans(root: str | Path | None = None) -> list[str]:
     """Runs left "running" (or claimed but never started) by a process that is provably gone are
     marked failed, keeping what they wrote. Returns their ids. A run trained by the CLI or `matrix`
@@ -156,12 +165,17 @@ def recover_orphans(root: str | Path | None = None) -> list[str]:
                 continue
             has_owner = isinstance(status.get("owner"), dict) or isinstance(status.get("worker"), dict)
             if not has_owner and state == "queued":
-                # Claimed by a worker that has not written its status yet: leave it a minute.
-                try:
-                    if time.time() - (run.path / CLAIM_FILE).stat().st_mtime < 60:
-                        continue
-                except FileNotFoundError:
+                # Claimed by a worker that has not written its status yet. The claim holds its pid: a
+                # live claimer is left alone; one not yet readable (being written) gets a minute.
+                claimer = _claim_pid(run)
+                if claimer is not None and _pid_alive(claimer):
                     continue
+                if claimer is None:
+                    try:
+                        if time.time() - (run.path / CLAIM_FILE).stat().st_mtime < 60:
+                            continue
+                    except FileNotFoundError:
+                        continue
             elif not owner_gone(run, status):
                 continue
             run.update_status(state="failed", finished=now_iso(), error=_orphan_error(status))
