@@ -545,3 +545,33 @@ def test_a_claimed_run_is_recovered_by_its_claimers_pid(tmp_path, live_process):
     os.utime(alive.path / jobs.CLAIM_FILE, (0, 0))  # an old claim
     assert jobs.recover_orphans(tmp_path) == [dead.run_id]
     assert alive.status()["state"] == "queued"
+
+
+def test_a_real_worker_survives_write_errors_and_records_the_reason(tmp_path):
+    """Fault 6 with a real worker process: its files may not grow past 200 kB (RLIMIT_FSIZE, as a full
+    disk would refuse them), so every model file fails to write. Each run ends failed with that reason,
+    none is left running, no 0-byte error.txt is left, and the worker takes the next run and exits
+    normally."""
+    import resource
+    import signal
+    from pathlib import Path
+
+    runs_made = [jobs.submit(_config(seed=s), tmp_path, start_worker=False) for s in (0, 1)]
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    script = ("import sys; import cbd_core.analysis.embeddings as e; e.warm_up = lambda: None; "
+              "from cbd_core.jobs import worker_main; sys.exit(worker_main(sys.argv[1], 'cpu', exit_when_idle=True))")
+    project = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=project, env=env, timeout=300,
+                          capture_output=True, text=True, preexec_fn=limit_file_size)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for run in runs_made:
+        status = run.status()
+        assert status["state"] == "failed" and "file too large" in status["error"], status
+        error_txt = run.path / "error.txt"
+        assert not error_txt.exists() or error_txt.stat().st_size > 0
+    assert jobs.recover_orphans(tmp_path) == []
