@@ -1,7 +1,7 @@
 """Backdoor Lab's dashboard entry point: `make app` (or `streamlit run app.py`).
 
 Page config, the navigation over `app_pages/`, and starting the background worker; nothing else. Pages
-only read run folders; training happens in the worker process (`cbd_core/jobs.py`).
+only read run folders; training happens in the worker process (`cbd_core/jobs/`).
 
 The page files live in `app_pages/`, not `pages/`: Streamlit treats a `pages/` folder beside the
 entry point as its older automatic multipage app, and a fresh browser session that opened a deep
@@ -11,8 +11,6 @@ listing every file of the folder in the sidebar.
 
 from __future__ import annotations
 
-import logging
-
 import streamlit as st
 
 from cbd_core import jobs
@@ -21,17 +19,9 @@ from cbd_core.runs import runs_root
 st.set_page_config(page_title="Backdoor Lab", page_icon=":material/science:", layout="wide")
 
 
-@st.cache_resource(ttl=30, show_spinner=False)
-def check_workers(root: str) -> None:
-    """At most every 30 s, whoever visits: mark runs whose worker died as failed and (re)start the
-    background worker, so a queued run never waits on a worker that is gone."""
-    try:
-        jobs.ensure_workers(root)
-    except Exception:  # the pages still work without a worker; the Train page says none is running
-        logging.getLogger("backdoor_lab").exception("could not start the background worker")
-
-
-check_workers(str(runs_root()))
+# The launcher owns the worker's lifetime: at most every 30 s, whoever visits, it marks runs whose
+# owner is gone as failed and (re)starts the background worker; it never raises.
+jobs.keep_workers_running(runs_root())
 
 
 @st.cache_resource(show_spinner=False)

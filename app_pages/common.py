@@ -55,48 +55,32 @@ def explain(text: str, summary: dict[str, Any] | None = None, with_reason: bool 
     st.caption(f"**What to look for:** {text}" + (f" {note}" if note else ""))
 
 
-def _mtime(path: Path) -> int:
-    try:
-        return path.stat().st_mtime_ns
-    except FileNotFoundError:
-        return 0
-
-
 @st.cache_data(show_spinner=False, max_entries=256)
-def _read_json_cached(path: str, mtime: int) -> Any:
-    import json
-
-    return json.loads(Path(path).read_text())
+def _config_cached(path: str, mtime: int) -> dict[str, Any]:
+    return RunDir(Path(path)).config()
 
 
 def load_config(run: RunDir) -> dict[str, Any]:
-    """The run's config.json (cached)."""
-    path = run.path / "config.json"
-    try:
-        return _read_json_cached(str(path), _mtime(path))
-    except FileNotFoundError:
-        raise UserInputError(f"run {run.run_id} was deleted", "run") from None
-    except ValueError:
-        raise UserInputError(f"run {run.run_id}: config.json is unreadable", "run") from None
+    """The run's config (cached); a UserInputError saying "unreadable: <reason>" or "deleted"."""
+    if not run.exists():
+        raise UserInputError(f"run {run.run_id} was deleted", "run")
+    return _config_cached(str(run.path), run.config_mtime())
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _summary_cached(path: str, mtime: int) -> dict[str, Any] | None:
+    return RunDir(Path(path)).summary()
 
 
 def load_summary(run: RunDir) -> dict[str, Any] | None:
-    """The run's summary.json (cached), or None before it finishes."""
-    path = run.path / "summary.json"
-    try:
-        return _read_json_cached(str(path), _mtime(path))
-    except (FileNotFoundError, ValueError):
-        return None
+    """The run's summary (cached), or None before it finishes (or when it is unreadable)."""
+    return _summary_cached(str(run.path), run.summary_mtime())
 
 
 def _runs_stamp(root: Path) -> tuple[tuple[str, int], ...]:
     """Each run folder's id and its status.json's modification time: it changes whenever a run is
     created, deleted or changes state (a baseline's summary is written before its status says done)."""
-    try:
-        folders = sorted(p for p in root.iterdir() if p.is_dir())
-    except FileNotFoundError:
-        return ()
-    return tuple((p.name, _mtime(p / "status.json")) for p in folders)
+    return tuple(sorted((run.run_id, run.status_mtime()) for run in list_runs(root)))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -138,22 +122,17 @@ def verdict_banner(run: RunDir, status: dict[str, Any] | None = None) -> str:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _read_npz_cached(path: str, mtime: int) -> dict[str, np.ndarray]:
-    from cbd_core.runs import read_npz
+def _read_npz_cached(path: str, name: str, mtime: int) -> dict[str, np.ndarray] | None:
+    from cbd_core.runs import REQUIRED_ARRAYS
 
-    return read_npz(Path(path))
+    return RunDir(Path(path)).arrays(name, REQUIRED_ARRAYS.get(name, ()))
 
 
 def load_arrays(run: RunDir, name: str) -> dict[str, np.ndarray] | None:
-    """Arrays of the run's `<name>.npz` (sample_weights, embeddings, images, umap), cached; None when
-    absent. A corrupt file is a UserInputError naming it."""
-    path = run.path / f"{name}.npz"
-    if not path.is_file():
-        return None
-    try:
-        return _read_npz_cached(str(path), _mtime(path))
-    except Exception as err:
-        raise UserInputError(f"run {run.run_id}: {name}.npz is unreadable ({type(err).__name__})", "run") from None
+    """Arrays of the run's `<name>.npz` (sample_weights, embeddings, images, umap), cached, read through
+    `RunDir` (which checks the arrays every page counts on); None when absent. A corrupt file, or one
+    lacking such an array, is a UserInputError naming it ("unreadable: ...")."""
+    return _read_npz_cached(str(run.path), name, run.arrays_mtime(name))
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
@@ -166,7 +145,7 @@ def _models_cached(path: str, mtime: int) -> dict[str, Any]:
 def load_models(run: RunDir) -> dict[str, Any]:
     """The run's trained models by name (f_C first, f_B after; or `model`), CPU, eval mode, cached.
     Treat them as read-only: they are shared by every session."""
-    return _models_cached(str(run.path), _mtime(run.path / "summary.json"))
+    return _models_cached(str(run.path), run.summary_mtime())
 
 
 def active_run_id() -> str | None:
@@ -176,22 +155,55 @@ def active_run_id() -> str | None:
 
 def run_label(run: RunDir, status: dict[str, Any] | None = None) -> str:
     """One line naming a run: defense, attack, rate, seed, state and id (give `status` if already read)."""
+    problem = run.problem()
+    if problem:
+        return f"{run.run_id} ({problem})"
     try:
         config = load_config(run)
     except UserInputError:
         return f"{run.run_id} (unreadable)"
     state = (status or run.status()).get("state", "?")
-    return (f"{config.get('defense')} · {config.get('attack')} {float(config.get('poison_rate', 0)):.0%} · "
+    rate = config.get("poison_rate", 0)
+    rate = f"{rate:.0%}" if isinstance(rate, (int, float)) else "?"
+    return (f"{config.get('defense')} · {config.get('attack')} {rate} · "
             f"{config.get('dataset')} · seed {config.get('seed')} · {state} · {run.run_id}")
+
+
+def unreadable_note(runs: list[RunDir]) -> None:
+    """One caption naming the runs that cannot be read (and why), so a damaged folder is flagged
+    rather than silently missing or breaking the page."""
+    bad = [(run.run_id, problem) for run in runs if (problem := run.problem())]
+    if bad:
+        st.warning(f"{len(bad)} run folder(s) cannot be read and are left out here (the **Runs** page lists them): "
+                   + "; ".join(f"`{run_id}` ({problem})" for run_id, problem in bad[:5])
+                   + (" …" if len(bad) > 5 else ""), icon=":material/report:")
+
+
+def missing_run_note(wanted: str, known: list[RunDir]) -> None:
+    """Say that the run the URL (or this session) names is not shown, and why."""
+    found = next((run for run in known if run.run_id == wanted), None)
+    if found is None:
+        st.warning(f"Run `{wanted}` is not in the runs root: it was deleted, or never existed. Choose a run "
+                   "from the list below.", icon=":material/search_off:")
+    else:
+        problem = found.problem()
+        why = problem or f"it is {found.status().get('state', '?')}, and this page shows other runs"
+        st.info(f"Run `{wanted}` cannot be shown on this page ({why}). Choose a run from the list below.",
+                icon=":material/info:")
 
 
 def pick_run(label: str = "Run", only: Callable[[dict[str, Any], dict[str, Any]], bool] | None = None,
              states: tuple[str, ...] = ("done",), key: str = "run_picker") -> RunDir | None:
     """A select box of runs (newest first) whose state is in `states` and, given `only(config, status)`,
     pass it. It starts on the active run (the URL's ?run=, else the session's), and the choice becomes
-    the active run. Shows a hint and returns None when no run qualifies."""
+    the active run. A run the URL names that is gone, unknown or not shown here is said so, and nothing
+    is chosen for the user: the page never switches run silently. Unreadable runs are flagged. Shows a
+    hint and returns None when no run qualifies (or none is chosen yet)."""
     candidates, labels = [], {}
-    for run in list_runs(runs_root_path()):
+    every = list_runs(runs_root_path())
+    for run in every:
+        if run.problem():
+            continue
         try:
             config, status = load_config(run), run.status()
         except UserInputError:
@@ -199,15 +211,24 @@ def pick_run(label: str = "Run", only: Callable[[dict[str, Any], dict[str, Any]]
         if status.get("state") in states and (only is None or only(config, status)):
             candidates.append(run)
             labels[run.run_id] = run_label(run, status)
+    unreadable_note(every)
+    ids = [run.run_id for run in candidates]
+    wanted = active_run_id()
+    if wanted and wanted not in ids:
+        missing_run_note(wanted, every)
     if not candidates:
         st.info("No run to show here yet. Start one on the **Train** page (or the **Quick demo** on the Overview).")
         return None
-    ids = [run.run_id for run in candidates]
-    wanted = active_run_id()
     if key in st.session_state and st.session_state[key] not in ids:
         del st.session_state[key]  # the chosen run was deleted or no longer qualifies
-    index = ids.index(wanted) if wanted in ids else 0
-    chosen = st.selectbox(label, ids, index=index, format_func=labels.get, key=key)
+    if wanted and wanted not in ids:
+        index = None
+    else:
+        index = ids.index(wanted) if wanted in ids else 0
+    chosen = st.selectbox(label, ids, index=index, format_func=labels.get, key=key,
+                          placeholder="Choose a run")
+    if chosen is None:
+        return None
     set_active_run(chosen)
     return candidates[ids.index(chosen)]
 

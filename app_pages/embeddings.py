@@ -78,13 +78,7 @@ def point_table(run_path: str, stamp: tuple[int, ...]) -> dict[str, Any]:
 
 
 def _stamp(run: RunDir) -> tuple[int, ...]:
-    def mtime(name: str) -> int:
-        try:
-            return (run.path / name).stat().st_mtime_ns
-        except FileNotFoundError:
-            return 0
-
-    return tuple(mtime(f"{n}.npz") for n in (UMAP_FILE, "embeddings", "sample_weights"))
+    return tuple(run.arrays_mtime(n) for n in (UMAP_FILE, "embeddings", "sample_weights"))
 
 
 def figure(points: dict[str, Any], name: str, colour_by: str, class_names: list[str], selected: int | None

@@ -13,13 +13,17 @@ import streamlit as st
 
 from cbd_core import jobs, verdicts
 from cbd_core.runs import FINISHED, RunDir, list_runs
-from app_pages.common import (ACTIVE_RUN, DEFENSE_TITLES, active_run_id, load_config, load_summary, page_errors,
-                              run_label, runs_root_path, set_active_run, verdict_banner)
+from app_pages.common import (ACTIVE_RUN, DEFENSE_TITLES, active_run_id, load_config, load_summary,
+                              missing_run_note, page_errors, run_label, runs_root_path, set_active_run,
+                              verdict_banner)
 
 
 def row(run: RunDir, positions: dict[str, int]) -> dict[str, Any]:
     """One table row (`positions`: places in the queue); a half-written or hand-edited folder becomes
     a row that says so."""
+    problem = run.problem()
+    if problem:
+        return {"state": problem, "run": run.run_id}
     try:
         config = load_config(run)
     except Exception as err:
@@ -68,7 +72,33 @@ def workers_line() -> None:
         st.caption("No background worker is running; one starts when a run is queued.")
 
 
+def delete_controls(run: RunDir) -> None:
+    confirm = st.checkbox("Yes, delete this run for good", key=f"confirm_delete_{run.run_id}")
+    if st.button("Delete run", disabled=not confirm, type="primary" if confirm else "secondary"):
+        run.delete()  # refuses a run whose process is still training it
+        if st.session_state.get(ACTIVE_RUN) == run.run_id:
+            st.session_state.pop(ACTIVE_RUN, None)
+            st.query_params.pop("run", None)
+        st.toast(f"Deleted {run.run_id}.")
+        st.rerun()
+
+
+def unreadable_details(run: RunDir, problem: str) -> None:
+    """A damaged folder: what is wrong, and a way to remove it (nothing else reads it)."""
+    st.markdown(f"**{run.run_id}**")
+    st.error(f"This run folder cannot be read: {problem.removeprefix('unreadable: ')}. The other runs are not "
+             "affected. Fix the file by hand, or delete the run.", icon=":material/report:")
+    if run.status().get("state") in ("queued", "running") and run.owner_alive() is not False:
+        st.caption("It is still training; cancel it before deleting it.")
+    else:
+        delete_controls(run)
+
+
 def details(run: RunDir) -> None:
+    problem = run.problem()
+    if problem:
+        unreadable_details(run, problem)
+        return
     status = run.status()
     state = status.get("state")
     st.markdown(f"**{run_label(run)}**")
@@ -85,16 +115,13 @@ def details(run: RunDir) -> None:
                            file_name=f"{run.run_id}.zip", mime="application/zip")
     with c3:
         if state in FINISHED:
-            confirm = st.checkbox("Yes, delete this run for good", key=f"confirm_delete_{run.run_id}")
-            if st.button("Delete run", disabled=not confirm, type="primary" if confirm else "secondary"):
-                run.delete()
-                if st.session_state.get(ACTIVE_RUN) == run.run_id:
-                    st.session_state.pop(ACTIVE_RUN, None)
-                    st.query_params.pop("run", None)
-                st.toast(f"Deleted {run.run_id}.")
-                st.rerun()
+            delete_controls(run)
         else:
             st.caption("Cancel a run before deleting it.")
+    owner = status.get("owner") if isinstance(status.get("owner"), dict) else None
+    if owner and state in ("queued", "running"):
+        st.caption(f"Trained by the {owner.get('kind', '?')} process {owner.get('pid')} on {owner.get('host')} since "
+                   f"{owner.get('started')}; Cancel stops it at its next batch.")
     if status.get("error"):
         st.error(f"Error: {status['error']}")
     with st.expander("Settings (config.json)"):
@@ -128,6 +155,12 @@ with page_errors():
         by_id = {run.run_id: run for run in runs}
         labels = {run.run_id: run_label(run) for run in runs}
         ids, wanted = list(by_id), active_run_id()
-        chosen = st.selectbox("Run", ids, index=ids.index(wanted) if wanted in ids else 0,
-                              format_func=labels.get, key="runs_page_choice")
-        details(by_id[chosen])
+        if wanted and wanted not in ids:
+            missing_run_note(wanted, runs)
+        if st.session_state.get("runs_page_choice") not in (None, *ids):
+            del st.session_state["runs_page_choice"]  # deleted meanwhile (here or in another session)
+        index = None if wanted and wanted not in ids else (ids.index(wanted) if wanted in ids else 0)
+        chosen = st.selectbox("Run", ids, index=index, format_func=labels.get, key="runs_page_choice",
+                              placeholder="Choose a run")
+        if chosen is not None:
+            details(by_id[chosen])

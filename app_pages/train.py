@@ -110,11 +110,15 @@ def available_devices() -> list[str]:
 
 
 def active_run() -> RunDir | None:
-    """The active run if it still exists, else the newest run."""
+    """The active run if it still exists, else the newest run, saying so when the URL (or this
+    session) named one that is gone: the page never switches run silently."""
     wanted = active_run_id()
     runs = list_runs(runs_root_path())
     chosen = next((run for run in runs if run.run_id == wanted), runs[0] if runs else None)
     if chosen is not None and chosen.run_id != wanted:
+        if wanted:
+            st.warning(f"Run `{wanted}` is not in the runs root (deleted, or never existed); showing the newest "
+                       f"run, `{chosen.run_id}`, instead.", icon=":material/search_off:")
         set_active_run(chosen.run_id)
     return chosen
 
@@ -147,6 +151,11 @@ def live_panel() -> None:
     run = active_run()
     if run is None:
         st.info("No run yet: choose the settings above and press **Start**.")
+        return
+    problem = run.problem()
+    if problem:
+        st.error(f"Run `{run.run_id}` cannot be read ({problem}); the **Runs** page can delete it. Other runs are "
+                 "not affected.", icon=":material/report:")
         return
     try:
         config = load_config(run)

@@ -101,10 +101,10 @@ def bench_attributions(run_path: Path) -> None:
 
 
 def bench_pages(run_path: Path) -> None:
-    import cbd_core.jobs
+    import cbd_core.jobs.launcher
     from streamlit.testing.v1 import AppTest
 
-    cbd_core.jobs.ensure_workers = lambda *a, **k: []  # measure the pages, not a worker's start
+    cbd_core.jobs.launcher.ensure_workers = lambda *a, **k: []  # measure the pages, not a worker's start
     os.environ["BACKDOOR_LAB_RUNS"] = str(run_path.parent)
     print("\nPage script time through AppTest (seconds; the run above is the active run; one AppTest session\n"
           "visits every page twice, as a user switching pages would)\n")

@@ -5,7 +5,7 @@
     python -m cbd_core matrix --datasets mnist5k --attacks all --defenses all --seeds 0 1 2 [--jobs 2]
     python -m cbd_core submit <the same flags as run> [--out ROOT] [--json] [--no-worker]
     python -m cbd_core list [--json]
-    python -m cbd_core worker --device cpu     (the dashboard starts this itself; see cbd_core/jobs.py)
+    python -m cbd_core worker --device cpu     (the dashboard starts this itself; see cbd_core/jobs/)
 
 `run` trains with a progress bar on stderr and prints a short table at the end; with `--json` the
 last line of stdout is one JSON object (dataset, attack, poison_rate, target_label, defense, seed,
@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from .errors import UserInputError
+from .runs import RunGone
 
 
 class _Parser(argparse.ArgumentParser):
@@ -221,8 +222,9 @@ def command_submit(args: argparse.Namespace) -> int:
     --no-worker, a worker is started for its device if none serves it (it trains the queue, then
     stops by itself once idle, since this process is gone)."""
     from .jobs import submit
-    from .runs import to_json
+    from .runs import check_writable_root, to_json
 
+    check_writable_root(args.out)  # before any data is loaded
     run = submit(config_from_args(args), args.out, start_worker=not args.no_worker)
     if args.json:
         print(to_json({"run_id": run.run_id, "run_dir": str(run.path), "queue": run.status().get("queue")}))
@@ -234,13 +236,16 @@ def command_submit(args: argparse.Namespace) -> int:
 def command_run(args: argparse.Namespace) -> int:
     from .pipeline import execute, prepare
     from .progress import Cancelled
-    from .runs import RunDir, runs_root, to_json
+    from .runs import RunDir, check_writable_root, owner_record, runs_root, to_json
 
+    check_writable_root(args.out)  # a file or a read-only folder is found before any data is loaded
     prepared = prepare(config_from_args(args))
-    run = RunDir.create(runs_root(args.out), prepared.config.to_dict())
+    run = RunDir.create(runs_root(args.out), prepared.config.to_dict(), state="running", owner=owner_record("cli"))
     bar = ProgressBar()
-    try:
-        summary = execute(prepared, run, progress=bar)
+    from .jobs import cancel_requested
+
+    try:  # the dashboard's Cancel works on a CLI run too: it leaves the same cancel file a worker checks
+        summary = execute(prepared, run, progress=bar, is_cancelled=lambda: cancel_requested(run))
     except Cancelled:
         bar.close()
         print(f"cancelled; partial run kept in {run.path}", file=sys.stderr)
@@ -257,8 +262,9 @@ def command_matrix(args: argparse.Namespace) -> int:
     from .attacks import ATTACKS
     from .defenses import DEFENSES
     from .matrix import Cell, DefenseSpec, run_matrix, write_tables
-    from .runs import runs_root
+    from .runs import check_writable_root, runs_root
 
+    check_writable_root(args.out)
     attacks = list(ATTACKS) if args.attacks == ["all"] else args.attacks
     specs = [DefenseSpec(d) for d in DEFENSES] if args.defenses == ["all"] else \
         [DefenseSpec.parse(d) for d in args.defenses]
@@ -294,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RunGone as err:
+        print(f"error: {err} (deleted while it trained); nothing more was written", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"\ninterrupted after {time.perf_counter() - started:.0f} s", file=sys.stderr)
         return 130

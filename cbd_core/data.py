@@ -22,6 +22,15 @@ from .errors import UserInputError
 
 DEFAULT_DATA_ROOT = Path(os.environ.get("BACKDOOR_LAB_DATA", "~/.cache/backdoor-lab")).expanduser()
 
+# A user's own .npz: labels are 0..K-1 with K at most this (a label of 1,000,000 would otherwise build
+# a million-class model: gigabytes of weights from an 80 KB file).
+MAX_CLASSES = 1000
+# What an .npz may unpack to, checked from the zip directory before a byte is decompressed, the same
+# for `run --npz`, `matrix` and the dashboard's uploads: a small compressed file can expand enormously
+# (a "zip bomb") and load_npz reads every array into memory. CIFAR-10's whole train + test set is
+# 176 MiB unpacked.
+MAX_NPZ_UNPACKED_BYTES = 512 * 2**20
+
 
 @dataclass
 class ImageSet:
@@ -116,6 +125,7 @@ def load_npz(path: str | Path) -> tuple[ImageSet, ImageSet, np.ndarray | None]:
     key at fault.
     """
     path = Path(path)
+    check_npz_archive(path)
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
@@ -146,7 +156,10 @@ def load_npz(path: str | Path) -> tuple[ImageSet, ImageSet, np.ndarray | None]:
         if not np.issubdtype(y.dtype, np.integer):
             raise UserInputError(f"npz: '{key}' must hold integers, got {y.dtype}", key)
         if len(y) and y.min() < 0:
-            raise UserInputError(f"npz: '{key}' has a negative label ({y.min()})", key)
+            raise UserInputError(f"npz: '{key}' has a negative label ({y.min()}); labels must be 0..K-1", key)
+        if len(y) and y.max() >= MAX_CLASSES:
+            raise UserInputError(f"npz: '{key}' has the label {y.max()}; labels must be 0..K-1 with at most "
+                                 f"{MAX_CLASSES} classes", key)
         return y.astype(np.int64)
 
     for key in ("x", "y"):
@@ -185,6 +198,38 @@ def load_npz(path: str | Path) -> tuple[ImageSet, ImageSet, np.ndarray | None]:
     if len(train_set) < 20:
         raise UserInputError(f"npz: 'x' needs at least 20 training images, got {len(train_set)}", "x")
     return train_set, test_set, is_poisoned
+
+
+def check_npz_archive(path: str | Path, field: str = "npz") -> int:
+    """Check, from its zip directory alone (nothing is decompressed), that `path` is an .npz archive
+    that unpacks to at most MAX_NPZ_UNPACKED_BYTES; returns the unpacked size. A missing file, a file
+    that is not a zip (a text file, a lone .npy) or one too large is a UserInputError naming `field`."""
+    import zipfile
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except FileNotFoundError:
+        raise UserInputError(f"{field}: no such file: {path}", field) from None
+    except IsADirectoryError:
+        raise UserInputError(f"{field}: {path} is a folder, not an .npz file", field) from None
+    except OSError as err:
+        raise UserInputError(f"{field}: cannot read {path}: {err.strerror or err}", field) from None
+    if head == b"\x93NUMPY":
+        raise UserInputError(f"{field}: {path.name} is a single .npy array, not an .npz archive (save it with "
+                             "numpy.savez(path, x=..., y=...))", field)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        raise UserInputError(f"{field}: {path.name} is not a NumPy .npz archive (a zip of .npy arrays, as "
+                             "numpy.savez writes)", field) from None
+    unpacked = sum(info.file_size for info in members)
+    if unpacked > MAX_NPZ_UNPACKED_BYTES:
+        raise UserInputError(f"{field}: {path.name} unpacks to {unpacked / 2**20:,.0f} MB, over the "
+                             f"{MAX_NPZ_UNPACKED_BYTES // 2**20} MB limit", field)
+    return unpacked
 
 
 def load_dataset(name: str, data_root: str | Path | None = None, download: bool = False

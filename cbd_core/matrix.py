@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from .config import RunConfig
 from .errors import UserInputError
-from .runs import RunDir, list_runs, runs_root, to_json
+from .runs import RunDir, RunUnreadable, list_runs, owner_record, runs_root, to_json
 
 
 @dataclass(frozen=True)
@@ -80,9 +80,19 @@ def finished_runs(root: Path) -> dict[str, dict[str, Any]]:
         if run.status().get("state") != "done":
             continue
         summary = run.summary()
-        if summary is not None:
-            found.setdefault(to_json(_comparable(run.config())), summary)
+        try:
+            config = run.config()
+        except RunUnreadable:  # a hand-edited or truncated folder: not a finished cell; run it again
+            continue
+        if summary is not None and _has_figures(summary):
+            found.setdefault(to_json(_comparable(config)), summary)
     return found
+
+
+def _has_figures(summary: dict[str, Any]) -> bool:
+    """Whether a summary holds the figures a grid's table reads (a hand-edited one may not)."""
+    return all(isinstance(summary.get(m), (int, float)) for m in ("clean_accuracy", "attack_success_rate",
+                                                                   "seconds"))
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
@@ -95,8 +105,11 @@ def _run_cell(config_dict: dict[str, Any], root: str) -> dict[str, Any]:
     from .pipeline import execute, prepare
 
     prepared = prepare(RunConfig.from_dict(config_dict))
-    run = RunDir.create(Path(root), prepared.config.to_dict())
-    return execute(prepared, run)
+    from .jobs import cancel_requested
+
+    owner = owner_record("matrix")
+    run = RunDir.create(Path(root), prepared.config.to_dict(), state="running", owner=owner)
+    return execute(prepared, run, owner=owner, is_cancelled=lambda: cancel_requested(run))
 
 
 def run_matrix(cells: list[Cell], root: str | Path | None = None, jobs: int = 1, epochs: int | None = None,
@@ -123,11 +136,14 @@ def run_matrix(cells: list[Cell], root: str | Path | None = None, jobs: int = 1,
                f"({summary['seconds']:.0f} s)")
 
     if jobs <= 1:  # in this process: no fork of a torch that already has threads
+        from .jobs import cancel_requested
         from .pipeline import execute, prepare
 
         for cell, validated in todo:
             prepared = prepare(validated)
-            finished(cell, execute(prepared, RunDir.create(folder, prepared.config.to_dict())))
+            owner = owner_record("matrix")
+            run = RunDir.create(folder, prepared.config.to_dict(), state="running", owner=owner)
+            finished(cell, execute(prepared, run, owner=owner, is_cancelled=lambda: cancel_requested(run)))
     else:
         # "spawn": fresh interpreters, since forking a process whose torch runs threads can hang.
         # Cells keep the threads their configs name (give --threads to share the cores out); idle

@@ -25,7 +25,7 @@ from .errors import UserInputError
 from .metrics import auroc
 from .models import build_model, default_model_for
 from .progress import Cancelled, ProgressCallback, ignore_progress
-from .runs import RunDir, now_iso
+from .runs import RunDir, RunGone, describe_error, now_iso, owner_record
 from .training import EvalSets, Tensors, arithmetic, choose_device, default_augmentation, features_and_logits
 from .verdicts import summary_fields
 
@@ -84,30 +84,62 @@ def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
 
 
 def execute(prepared: Prepared, run: RunDir, progress: ProgressCallback = ignore_progress,
-            is_cancelled: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+            is_cancelled: Callable[[], bool] = lambda: False, owner: dict[str, Any] | None = None
+            ) -> dict[str, Any]:
     """Train the configured defense and fill the run folder; returns the summary.
 
-    The run's status ends as done, cancelled (what was written stays) or failed (with the error);
-    a UserInputError or a bug is re-raised after it is recorded."""
+    `owner` is who trains it (`runs.owner_record`): the worker passes its own; by default this
+    process, as a CLI run. It is recorded in status.json so that recovery never marks a run failed
+    while its process lives. The run's status ends as done (with no error), cancelled (what was
+    written stays) or failed (with the error: a write error says which, e.g. "no space left on
+    device"); a UserInputError or a bug is re-raised after it is recorded. A run whose folder was
+    deleted meanwhile raises `RunGone` and writes nothing more."""
     config, data = prepared.config, prepared.poisoned
     started = time.perf_counter()
     try:
         device = choose_device(config.device)
-        run.update_status(state="running", started=now_iso(), device=str(device), error=None)
+        run.update_status(state="running", started=now_iso(), device=str(device), error=None,
+                          owner=owner or _own_owner(run) or owner_record("cli"))
         with arithmetic(config.threads or default_threads(), config.deterministic):
             summary = _train_and_record(config, data, run, device, progress, is_cancelled, started)
+    except RunGone:
+        raise
     except (Cancelled, KeyboardInterrupt):
-        run.update_status(state="cancelled", finished=now_iso(), seconds=round(time.perf_counter() - started, 2))
+        _record_end(run, state="cancelled", finished=now_iso(), seconds=round(time.perf_counter() - started, 2))
         raise
     except UserInputError as err:
-        run.update_status(state="failed", finished=now_iso(), error=str(err))
+        _record_end(run, state="failed", finished=now_iso(), error=str(err))
         raise
     except BaseException as err:
-        (run.path / "error.txt").write_text(traceback.format_exc())
-        run.update_status(state="failed", finished=now_iso(), error=f"{type(err).__name__}: {err}")
+        trace = traceback.format_exc()
+        try:
+            run.write_error(trace)
+        except (OSError, RunGone):
+            pass  # a full disk may refuse the traceback too; status.json below says what happened
+        _record_end(run, state="failed", finished=now_iso(), error=describe_error(err))
         raise
-    run.update_status(state="done", finished=now_iso(), seconds=summary["seconds"])
+    run.update_status(state="done", finished=now_iso(), seconds=summary["seconds"], error=None)
     return summary
+
+
+def _own_owner(run: RunDir) -> dict[str, Any] | None:
+    """The owner already recorded for this run when it is this very process (a run created running)."""
+    import os
+    import socket
+
+    owner = run.status().get("owner")
+    if isinstance(owner, dict) and owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
+        return owner
+    return None
+
+
+def _record_end(run: RunDir, **fields: Any) -> None:
+    """Record how the run ended, unless its folder is gone or the disk refuses even that (the
+    original error is what the caller raises)."""
+    try:
+        run.update_status(**fields)
+    except (OSError, RunGone):
+        pass
 
 
 def _train_and_record(config: RunConfig, data: PoisonedData, run: RunDir, device: torch.device,

@@ -18,7 +18,6 @@ import io
 import os
 import tempfile
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Literal
 
@@ -34,9 +33,8 @@ FIELDS: dict[str, str] = {"pattern": "blend.pattern_path", "dataset": "npz_path"
 SUFFIXES: dict[str, str] = {"pattern": ".png", "dataset": ".npz"}
 MAX_BYTES: dict[str, int] = {"pattern": 10 * 2**20, "dataset": 200 * 2**20}
 
-# A small compressed file can expand enormously (a "zip bomb"); load_npz reads every array into
-# memory, so the unpacked total is capped too. CIFAR-10's training set is 150 MiB unpacked.
-MAX_NPZ_UNPACKED_BYTES = 2 * 2**30
+# The unpacked-size cap of a dataset is data.MAX_NPZ_UNPACKED_BYTES, shared with `run --npz`
+# (data.check_npz_archive checks it before anything is decompressed).
 # A trigger is resized to the image (28x28 or 32x32); nothing larger than this is useful, and PIL
 # would otherwise decode an image of hundreds of megapixels from a few kilobytes.
 MAX_PATTERN_PIXELS = 4096 * 4096
@@ -68,6 +66,9 @@ def save_upload(root: str | Path, data: bytes, kind: UploadKind) -> Path:
         raise UserInputError(f"{field}: the uploaded file is {len(data) / 2**20:.1f} MB, over the "
                              f"{MAX_BYTES[kind] // 2**20} MB limit", field)
     folder = uploads_dir(root)
+    if folder.is_symlink():  # nothing is written outside the runs root
+        raise UserInputError(f"{field}: {folder} is a symbolic link; uploads are only written inside the runs root",
+                             field)
     target = folder / content_name(data, kind)
     if target.is_file():
         return target  # the same content was validated and stored before
@@ -132,11 +133,9 @@ def _store_dataset(target: Path, data: bytes, field: str) -> None:
 
 
 def _check_unpacked_size(path: Path, field: str) -> None:
+    from .data import check_npz_archive
+
     try:
-        with zipfile.ZipFile(path) as archive:
-            unpacked = sum(info.file_size for info in archive.infolist())
-    except (zipfile.BadZipFile, OSError):
-        raise UserInputError(f"{field}: the uploaded file is not a NumPy .npz archive", field) from None
-    if unpacked > MAX_NPZ_UNPACKED_BYTES:
-        raise UserInputError(f"{field}: the uploaded dataset unpacks to {unpacked / 2**30:.1f} GB, over the "
-                             f"{MAX_NPZ_UNPACKED_BYTES // 2**30} GB limit", field)
+        check_npz_archive(path, field)
+    except UserInputError as err:  # say "the uploaded dataset", not the temporary file's name
+        raise UserInputError(str(err).replace(f" {path.name}", " the uploaded dataset"), field) from None

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple
 
+from .errors import UserInputError
 from .runs import RunDir, list_runs, runs_root
 
 # -- thresholds ------------------------------------------------------------------------------------
@@ -138,7 +139,7 @@ def _candidates(config: dict[str, Any], root: str | Path | None, states: Iterabl
     for run in list_runs(root):
         try:
             other = run.config()
-        except (OSError, ValueError):
+        except (OSError, ValueError, UserInputError):
             continue
         if not isinstance(other, dict) or other.get("defense") != UNDEFENDED or not same_data(config, other):
             continue
@@ -152,8 +153,10 @@ def find_baseline(config: dict[str, Any], root: str | Path | None = None) -> Run
     """The newest finished ("done", with a summary) undefended run trained on the same poisoned data
     and seed as `config` (a config.json dict), under the runs root; None when there is none."""
     for run, _ in _candidates(config, root, ("done",)):
-        if run.summary() is not None:
-            return run
+        summary = run.summary()
+        if summary is not None and all(isinstance(summary.get(k), (int, float)) and not isinstance(summary.get(k), bool)
+                                       for k in ("clean_accuracy", "attack_success_rate")):
+            return run  # a hand-edited summary without its figures is no baseline
     return None
 
 

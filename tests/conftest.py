@@ -131,5 +131,8 @@ def open_page(name: str, run: str | None = None, session_state: dict | None = No
 def no_worker(monkeypatch):
     """No background worker process: `ensure_workers` does nothing (tests run workers in-process)."""
     import cbd_core.jobs
+    import cbd_core.jobs.launcher
 
+    # The launcher is the one place that starts workers (submit and keep_workers_running call it).
+    monkeypatch.setattr(cbd_core.jobs.launcher, "ensure_workers", lambda *a, **k: [])
     monkeypatch.setattr(cbd_core.jobs, "ensure_workers", lambda *a, **k: [])

@@ -14,7 +14,7 @@ import conftest
 def open_page(monkeypatch, root, run_id: str) -> AppTest:
     """The app on the Attributions page over `run_id` under `root` (no worker process)."""
     monkeypatch.setenv("BACKDOOR_LAB_RUNS", str(root))
-    monkeypatch.setattr(cbd_core.jobs, "ensure_workers", lambda *a, **k: [])
+    monkeypatch.setattr(cbd_core.jobs.launcher, "ensure_workers", lambda *a, **k: [])
     return conftest.open_page("attributions", run=run_id)
 
 

@@ -18,7 +18,7 @@ from conftest import open_page
 
 def page(monkeypatch, root, run_id: str | None = None) -> AppTest:
     monkeypatch.setenv("BACKDOOR_LAB_RUNS", str(root))
-    monkeypatch.setattr(cbd_core.jobs, "ensure_workers", lambda *a, **k: [])
+    monkeypatch.setattr(cbd_core.jobs.launcher, "ensure_workers", lambda *a, **k: [])
     return open_page("compare", run=run_id)
 
 

@@ -68,7 +68,8 @@ def test_status_updates(tmp_path):
     assert s["state"] == "running" and s["device"] == "cpu" and s["created"] == created
     run.update_status(state="done", seconds=1.5, progress={"epoch": 2})
     s = run.status()
-    assert s == {"state": "done", "created": created, "device": "cpu", "seconds": 1.5, "progress": {"epoch": 2}}
+    assert s == {"state": "done", "created": created, "device": "cpu", "seconds": 1.5, "progress": {"epoch": 2},
+                 "schema_version": runs.SCHEMA_VERSION}
     # A missing or corrupt status reads as failed, never as an exception.
     (run.path / "status.json").write_text("{not json")
     assert run.status()["state"] == "failed"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cbd_core import uploads
+from cbd_core import data as data_module, uploads
 from cbd_core.attacks import get_attack
 from cbd_core.data import ImageSet, load_npz
 from cbd_core.errors import UserInputError
@@ -119,7 +119,7 @@ def test_real_limits_are_200_mb_and_10_mb(tmp_path):
 
 
 def test_zip_bomb_npz_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(uploads, "MAX_NPZ_UNPACKED_BYTES", 1000)
+    monkeypatch.setattr(data_module, "MAX_NPZ_UNPACKED_BYTES", 1000)
     data = npz_bytes(**good_dataset())  # 60 * 144 bytes of images: more than 1000 unpacked
     with pytest.raises(UserInputError, match="npz_path: .*unpacks to"):
         save_upload(tmp_path, data, "dataset")

@@ -261,7 +261,6 @@ def compute_trigger_shares(run, methods: Sequence[str] | None = None) -> dict[st
     """Every model's mean share of attribution on the trigger, per method, over up to SHARE_IMAGES
     triggered test images of the run; written to the run's SHARES_FILE (the worker calls this once
     a run is done, so the page never recomputes it). Returns what it wrote."""
-    from ..runs import write_json
     from . import load_models
 
     images = run.arrays("images")
@@ -272,18 +271,16 @@ def compute_trigger_shares(run, methods: Sequence[str] | None = None) -> dict[st
     models = load_models(run)
     shares = {method: {name: mean_trigger_share(model, triggered, region, method) for name, model in models.items()}
               for method in (methods or METHODS)}
-    write_json(run.path / SHARES_FILE, shares)
+    run.write_json_file(SHARES_FILE, shares)
     return shares
 
 
 def stored_trigger_shares(run) -> dict[str, dict[str, float]] | None:
     """The shares the worker stored for this run, or None (older runs, or not computed yet)."""
-    import json
-
-    try:
-        return json.loads((run.path / SHARES_FILE).read_text())
-    except (FileNotFoundError, ValueError):
+    shares = run.read_json_file(SHARES_FILE)
+    if not all(isinstance(v, dict) for v in (shares or {}).values()):
         return None
+    return shares
 
 
 # -- editing the trigger -------------------------------------------------------------------------

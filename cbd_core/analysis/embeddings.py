@@ -1,6 +1,6 @@
 """UMAP maps of a finished run's features: where each model places the training images in 2-D.
 
-The background worker (`cbd_core/jobs.py`) calls `compute_umap(run)` once a run is done; the
+The background worker (`cbd_core/jobs/worker.py`) calls `compute_umap(run)` once a run is done; the
 Embeddings page only reads the `umap.npz` it writes:
 
     umap.npz    index        (n,) the training-set indices, as in embeddings.npz
@@ -206,14 +206,14 @@ def run_random_state(run: RunDir) -> int:
     """The map's random_state, derived from the run's seed so a rerun draws the same map."""
     try:
         seed = int(run.config().get("seed", 0))
-    except (FileNotFoundError, ValueError, TypeError):
+    except (UserInputError, ValueError, TypeError):
         seed = 0
     return seed % (2**32 - 1)
 
 
 def has_umap(run: RunDir) -> bool:
     """Whether the run holds its umap.npz."""
-    return (run.path / f"{UMAP_FILE}.npz").is_file()
+    return run.has_arrays(UMAP_FILE)
 
 
 def model_names_in(embeddings: dict[str, np.ndarray]) -> list[str]:

@@ -1,0 +1,44 @@
+"""Background jobs: runs train in long-lived worker processes, never inside the dashboard's script.
+
+One job per file: `settings` (names, timings, slots per device), `locks` (a held lock is a live
+worker), `queue` (submit, claim, cancel, positions), `launcher` (the one owner of the workers'
+lifetime: starting them, recovery by recorded owner, stopping them) and `worker` (the loop that
+trains). This package re-exports what callers use.
+
+Any widget click reruns a Streamlit script, which would kill a training loop inside it; so the
+dashboard only *queues* a run (a run folder whose status is "queued") and a worker process trains
+it through the CLI's own code path (`pipeline.prepare` + `execute`). The queue is the runs root
+itself, so it survives an app restart, a closed tab, several browser sessions.
+
+    submit(config)            validate like the CLI, create the run folder as "queued", make sure a
+                              worker serves its device; returns the RunDir at once
+    request_cancel(run)       a queued run is cancelled on the spot; a running one at its next batch
+    ensure_workers(root)      start the missing workers (one per slot per device); mark orphans failed
+    python -m cbd_core worker --root R --device cpu [--slot 0]     one worker, in the foreground
+
+A worker holds an exclusive lock on `<root>/.workers/<device>-<slot>.lock` for as long as it lives:
+the lock is what says "a worker is alive", so a crashed worker (even `kill -9`) frees its slot at
+once and no pid file can lie. Runs are claimed with an O_EXCL `claim` file, so two workers never
+take the same run. Progress goes into the run's status.json (throttled); cancelling writes a
+`cancel` file that the training loop checks at every batch.
+
+The worker stays warm between runs (torch imported once, umap-learn's numba kernels compiled once
+and cached on disk), computes each finished run's UMAP map and attribution shares before taking the
+next run, and fills in maps missing from older runs when it is idle. It exits on its own when it is idle and the process
+that started it (the app) is gone, so stopping the app never leaves a worker spinning.
+"""
+
+from ..runs import status_line
+from .launcher import (ORPHAN_ERROR, ensure_workers, keep_workers_running, owner_gone, recover_orphans,
+                       stop_workers)
+from .locks import WorkerInfo, _lock_path, _pid_alive, _try_lock, slot_is_alive, workers
+from .queue import (_claim, _waiting, cancel_requested, queue_position, queue_positions, queued_runs,
+                    request_cancel, submit)
+from .settings import (CANCEL_FILE, CLAIM_FILE, IDLE_POLL_S, PROGRESS_EVERY_S, WORKERS_DIR, device_key,
+                       workers_per_device)
+from .worker import Worker, worker_main
+
+__all__ = ["CANCEL_FILE", "CLAIM_FILE", "IDLE_POLL_S", "ORPHAN_ERROR", "PROGRESS_EVERY_S", "WORKERS_DIR",
+           "Worker", "WorkerInfo", "cancel_requested", "device_key", "ensure_workers", "keep_workers_running",
+           "owner_gone", "queue_position", "queue_positions", "queued_runs", "recover_orphans", "request_cancel",
+           "slot_is_alive", "status_line", "stop_workers", "submit", "worker_main", "workers", "workers_per_device"]

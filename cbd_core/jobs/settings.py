@@ -1,0 +1,37 @@
+"""What every part of the jobs package shares: file names in the runs root, timings, how many
+workers serve a device, which queue a run waits in."""
+
+from __future__ import annotations
+
+import os
+
+from ..config import RunConfig
+from ..errors import UserInputError
+
+WORKERS_DIR = ".workers"
+CLAIM_FILE = "claim"
+CANCEL_FILE = "cancel"
+PROGRESS_EVERY_S = 0.5  # status.json rewrites while training: often enough for a live page, cheap
+IDLE_POLL_S = 1.0
+
+
+def workers_per_device() -> int:
+    """Runs trained at once per device: $BACKDOOR_LAB_WORKERS_PER_DEVICE, default 1 (one run uses
+    every CPU core; on a large GPU two small runs can share it)."""
+    raw = os.environ.get("BACKDOOR_LAB_WORKERS_PER_DEVICE", "1")
+    try:
+        value = int(raw)
+    except ValueError:
+        raise UserInputError(f"BACKDOOR_LAB_WORKERS_PER_DEVICE: expected a whole number, got {raw!r}",
+                             "workers") from None
+    if not 1 <= value <= 16:
+        raise UserInputError(f"BACKDOOR_LAB_WORKERS_PER_DEVICE: {value} is outside [1, 16]", "workers")
+    return value
+
+
+def device_key(config: RunConfig) -> str:
+    """The queue a run waits in: the device it will train on ("cpu", "cuda", "cuda:1", "mps")."""
+    from ..training import choose_device
+
+    device = choose_device(config.device)
+    return str(device) if device.index is not None else device.type

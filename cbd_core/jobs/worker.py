@@ -1,0 +1,227 @@
+"""The worker loop: one slot of one device trains its queue's runs one after another through the CLI's
+own code path (`pipeline.prepare` + `execute`), writes throttled progress into each run's status, and
+stays warm between runs (torch imported once, umap-learn's kernels compiled once): it computes each
+finished run's UMAP map and attribution shares before taking the next, and fills in maps missing
+from older runs when idle.
+
+    python -m cbd_core worker --root R --device cpu [--slot 0]     one worker, in the foreground
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ..config import RunConfig
+from ..errors import UserInputError
+from ..progress import Cancelled, ProgressEvent
+from ..runs import RunDir, RunGone, describe_error, list_runs, now_iso, owner_record, runs_root
+from .launcher import recover_orphans
+from .locks import _lock_path, _pid_alive, _try_lock
+from .queue import _claim, cancel_requested, queued_runs
+from .settings import IDLE_POLL_S, PROGRESS_EVERY_S
+
+class Worker:
+    """One worker slot: trains the runs of one device's queue one after another."""
+
+    def __init__(self, root: Path, device: str, slot: int = 0, parent_pid: int | None = None,
+                 log: Callable[[str], None] = lambda line: print(line, flush=True), lock_fd: int | None = None):
+        self.root, self.device, self.slot, self.parent_pid, self.log = root, device, slot, parent_pid, log
+        self.stopping = False
+        self.current: RunDir | None = None
+        # Finished states that could not be written (a full disk): retried until they are, so a run
+        # never stays "running" under a live worker that has moved on.
+        self._unrecorded: dict[str, tuple[RunDir, str, dict[str, Any]]] = {}
+        self._lock_fd = lock_fd  # given when the spawner took the slot's lock for us
+
+    # The info file is for people and the Runs page; the lock is the truth about liveness.
+    def _write_info(self) -> None:
+        from ..runs import write_json
+        from .locks import workers_dir
+
+        write_json(workers_dir(self.root) / f"{self.device.replace(':', '_')}-{self.slot}.json",
+                   {"device": self.device, "slot": self.slot, "pid": os.getpid(), "started": now_iso(),
+                    "current_run": self.current.run_id if self.current else None})
+
+    def serve(self, max_runs: int | None = None, exit_when_idle: bool = False) -> int:
+        """Take queued runs until stopped. Returns the number of runs trained. With `exit_when_idle`
+        (tests, scripts) it returns once the queue is empty; otherwise it waits for more and exits
+        when idle and its parent process is gone."""
+        if self._lock_fd is None:
+            self._lock_fd = _try_lock(_lock_path(self.root, self.device, self.slot))
+        if self._lock_fd is None:
+            self.log(f"another worker already serves {self.device} slot {self.slot}; exiting")
+            return 0
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+        self._write_info()
+        from ..analysis.embeddings import configure_numba_cache
+
+        configure_numba_cache()  # before anything imports umap
+        recover_orphans(self.root)
+        self.log(f"worker {os.getpid()} serves {self.device} slot {self.slot} under {self.root}")
+        trained = 0
+        warmed = False
+        try:
+            while not self.stopping and (max_runs is None or trained < max_runs):
+                try:
+                    self._retry_unrecorded()
+                    run = self._next_run()
+                    if run is not None:
+                        self._train(run)
+                        self._analyse(run)
+                        trained += 1
+                        continue
+                    if self._backfill_one():
+                        continue
+                except (OSError, RunGone) as err:  # a full disk, a folder deleted: log it, keep serving
+                    self.log(f"worker: {describe_error(err)}")
+                    time.sleep(IDLE_POLL_S)
+                    continue
+                if not warmed:  # compile umap's kernels while nobody waits, so a finished run's map is quick
+                    warmed = self._warm_up()
+                    continue
+                if exit_when_idle or (self.parent_pid and not _pid_alive(self.parent_pid)):
+                    break
+                time.sleep(IDLE_POLL_S)
+        finally:
+            os.close(self._lock_fd)
+        return trained
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self.stopping = True  # a running run sees it at its next batch and is cancelled
+        if self.current is None:
+            raise SystemExit(0)  # idle, or computing a map / warming up: nothing to lose, stop now
+
+    def _next_run(self) -> RunDir | None:
+        for run in queued_runs(self.root, self.device):
+            if _claim(run):
+                return run
+        return None
+
+    def _train(self, run: RunDir) -> None:
+        from ..pipeline import execute, prepare
+
+        self.current = run
+        self._write_info()
+        worker = {"device": self.device, "slot": self.slot, "pid": os.getpid()}
+        owner = owner_record("worker", device=self.device, slot=self.slot)
+        try:
+            run.update_status(worker=worker, owner=owner, state="running", started=now_iso(), progress=None,
+                              error=None)
+        except RunGone:
+            self.log(f"run {run.run_id}: its folder is gone; taking the next run")
+            self.current = None
+            self._write_info()
+            return
+        self.log(f"run {run.run_id}: started")
+        last_write = [0.0]
+
+        def on_progress(event: ProgressEvent) -> None:
+            now = time.monotonic()
+            if event.metrics is None and now - last_write[0] < PROGRESS_EVERY_S:
+                return
+            last_write[0] = now
+            run.update_status(progress={"phase": event.phase, "epoch": event.epoch, "epochs": event.epochs,
+                                        "step": event.step, "steps": event.steps,
+                                        "fraction": round(event.fraction, 4), "updated": now_iso()})
+
+        def is_cancelled() -> bool:
+            if not run.exists():  # deleted under us: stop now, write nothing, re-create nothing
+                raise RunGone(f"run {run.run_id}: its folder is gone")
+            return self.stopping or cancel_requested(run)
+
+        try:
+            prepared = prepare(RunConfig.from_dict(run.config()))
+            execute(prepared, run, progress=on_progress, is_cancelled=is_cancelled, owner=owner)
+            self.log(f"run {run.run_id}: done")
+        except RunGone:
+            self.log(f"run {run.run_id}: its folder was deleted while it trained; stopped it")
+        except (Cancelled, KeyboardInterrupt):
+            self._record(run, "cancelled")
+            self.log(f"run {run.run_id}: cancelled")
+        except UserInputError as err:  # execute records it; prepare does not
+            self._record(run, "failed", error=str(err))
+            self.log(f"run {run.run_id}: failed: {err}")
+        except Exception as err:  # a bug or a write error: recorded in the run if possible; the worker goes on
+            self._record(run, "failed", error=describe_error(err))
+            self.log(f"run {run.run_id}: failed: {describe_error(err)}")
+        finally:
+            self.current = None
+            self._write_info()
+
+    def _record(self, run: RunDir, state: str, **fields: Any) -> None:
+        """Set a finished state unless the run already says so; a folder that is gone or a disk that
+        is full is logged, never raised (the worker goes on to the next run)."""
+        try:
+            if run.status().get("state") != state:
+                run.update_status(state=state, finished=now_iso(), **fields)
+        except RunGone:
+            pass
+        except OSError as err:
+            self.log(f"run {run.run_id}: could not record '{state}' yet: {describe_error(err)}")
+            self._unrecorded[run.run_id] = (run, state, fields)
+
+    def _retry_unrecorded(self) -> None:
+        for run_id, (run, state, fields) in list(self._unrecorded.items()):
+            del self._unrecorded[run_id]
+            self._record(run, state, **fields)
+
+    def _analyse(self, run: RunDir) -> None:
+        """The UMAP map of a finished run, so the Embeddings page never waits on it."""
+        if run.status().get("state") != "done" or self.stopping:
+            return
+        from ..analysis.attributions import compute_trigger_shares
+        from ..analysis.embeddings import compute_umap
+
+        try:
+            run.update_status(analysis="computing")
+            timings = compute_umap(run)
+            run.update_status(analysis="done", analysis_seconds=timings)
+        except Exception as err:  # the run stays done; the page says the map failed and why
+            run.update_status(analysis="failed", analysis_error=f"{type(err).__name__}: {err}")
+            self.log(f"run {run.run_id}: UMAP failed: {type(err).__name__}: {err}")
+        try:  # the Attributions page's 100-image shares, once per run (the page computes them otherwise)
+            started = time.perf_counter()
+            compute_trigger_shares(run)
+            run.update_status(attribution_shares_seconds=round(time.perf_counter() - started, 2))
+        except Exception as err:
+            self.log(f"run {run.run_id}: attribution shares failed: {type(err).__name__}: {err}")
+
+    def _backfill_one(self) -> bool:
+        """Compute the map of one finished run that lacks it (older runs, a run made by the CLI)."""
+        from ..analysis.embeddings import has_umap
+
+        if self.slot != 0:
+            return False  # one slot per device is enough for this light work
+        for run in list_runs(self.root):
+            status = run.status()
+            if status.get("state") == "done" and status.get("analysis") not in ("done", "failed", "computing") \
+                    and not has_umap(run):
+                self._analyse(run)
+                return True
+        return False
+
+    def _warm_up(self) -> bool:
+        from ..analysis.embeddings import warm_up
+
+        started = time.perf_counter()
+        try:
+            warm_up()
+        except Exception as err:
+            self.log(f"UMAP warm-up failed: {type(err).__name__}: {err}")
+        self.log(f"UMAP warm-up took {time.perf_counter() - started:.1f} s")
+        return True
+
+
+def worker_main(root: str | Path | None, device: str, slot: int = 0, parent_pid: int | None = None,
+                exit_when_idle: bool = False, lock_fd: int | None = None) -> int:
+    """Entry point of `python -m cbd_core worker`."""
+    # Each run trains with the threads its config names (pipeline.execute), as from the CLI.
+    worker = Worker(runs_root(root), device, slot, parent_pid, lock_fd=lock_fd)
+    worker.serve(exit_when_idle=exit_when_idle)
+    return 0
