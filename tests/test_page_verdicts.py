@@ -88,10 +88,13 @@ def judged_runs(runs_root, finished_runs):
     backdoor (ASR 0.4%, CA 96%) and a copy whose backdoor persists (ASR 86%, AUROC 0.61)."""
     root, ids = finished_runs
     copy_run(root / ids["undefended"], runs_root, BASELINE_ID, clean_accuracy=0.97, attack_success_rate=0.99)
+    # f_B had the trigger in both (the shared tiny run's own record depends on its training, not the page).
+    had_it = {"captured": True, "detection_auroc": 0.97, "loss_poisoned_median": 0.001,
+              "loss_clean_median": 0.2, "steps": 40, "test_attack_success_rate": 1.0}
     copy_run(root / ids["cbd"], runs_root, REMOVED_ID, clean_accuracy=0.96, attack_success_rate=0.004,
-             poison_detection_auroc=0.998)
+             poison_detection_auroc=0.998, f_b_capture=had_it)
     copy_run(root / ids["cbd"], runs_root, PERSISTS_ID, clean_accuracy=0.95, attack_success_rate=0.86,
-             poison_detection_auroc=0.61)
+             poison_detection_auroc=0.61, f_b_capture=had_it)
     return runs_root
 
 
