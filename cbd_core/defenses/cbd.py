@@ -20,13 +20,13 @@ weights' numerator, is not read off the last step but averaged (geometrically) o
 `backdoor_checkpoints` evenly spaced points of f_B's training: a sample's CE_B says how early *and how
 steadily* f_B fitted it. That is the paper's premise (backdoors are learned faster than the task)
 measured along the way instead of at one instant. Measured on mnist5k (f_B alone, seeds 0-4,
-bench/fb_capture.py): f_B's loss at one fixed step swings from run to run, since plain SGD at a
-constant rate passes through phases where it predicts the target for nearly everything and then
-unlearns it; at 64 steps (the former 2 epochs) BadNets seed 0 was not captured at all (AUROC of CE_B
-against the poison mask 0.54), and for Blend the share of the target class's weight left on poisoned
-samples ranged from 0.1% to 14% between seeds at the same step. That share decided whether f_C took
-the backdoor in (Blend seed 0: 14% -> ASR 86%). Averaged over the trajectory, BadNets is separated
-on every seed (AUROC 1.00) and Blend's share stays at 0.5-4%. `backdoor_loss="final"` restores the
+`python bench/fb_capture.py`): f_B's loss at one fixed step swings from run to run, since plain SGD
+at a constant rate passes through phases where it predicts the target for nearly everything and then
+unlearns it. What decides f_C's fate is the share of the target class's weight left on poisoned
+samples when f_C starts: at 64 steps (the former 2 epochs) it ranged over 0-24% for BadNets and 0-14%
+for Blend across seeds, and Blend's seed 0 (14%) ended at ASR 86%; reading f_B at 128 or 256 steps
+instead helps BadNets but not Blend (0-21%). Averaged over the trajectory it is at most 0.1% for
+BadNets and 1.7-3.6% for Blend on every seed. `backdoor_loss="final"` restores the
 paper's loss of the frozen f_B.
 
 `f_b_capture` in the run's summary records whether f_B had the trigger when f_C started: the AUROC of
