@@ -1,5 +1,5 @@
 """End to end in real headless Chromium: start `streamlit run app.py` on a free port with an empty runs
-root, press Quick demo (shrunk by $BACKDOOR_LAB_TINY_DEMO=1 to one epoch per model), wait for the
+root, press Quick demo (shrunk by $BACKDOOR_LAB_TINY_DEMO=1 to 64 steps of f_B and 2 epochs of f_C), wait for the
 background worker to train it and map it, then open every page on that run: no Streamlit exception
 anywhere, and a screenshot of each page under test-artifacts/e2e/ for a person to look at.
 
@@ -9,64 +9,26 @@ missing); Playwright only drives it (never `playwright install`).
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from cbd_core import jobs
 from cbd_core.runs import list_runs
+from streamlit_server import CHROMIUM, CHROMIUM_FLAGS, IDLE, ROOT, running_app
 
-ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "e2e"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"]
-IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
+
 # Every page after the demo: (url path, text that must be on it).
 PAGES = [("attack_lab", "Attack lab"), ("train", "Train a defense"), ("runs", "Runs"),
          ("sample_weights", "Sample weights"), ("embeddings", "Embeddings"), ("attributions", "Attributions"),
          ("compare", "Compare")]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"Chromium is missing ({CHROMIUM}): `apt-get install -y chromium` (.ci/run does it)")
     root = tmp_path_factory.mktemp("e2e_runs")
-    port = free_port()
-    env = {**os.environ, "BACKDOOR_LAB_RUNS": str(root), "BACKDOOR_LAB_TINY_DEMO": "1"}
-    log = open(root / "streamlit.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
-         "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if process.poll() is not None:
-                pytest.fail(f"streamlit exited: {(root / 'streamlit.log').read_text()[-2000:]}")
-            time.sleep(0.3)
-    yield url, root
-    process.terminate()
-    process.wait(20)
-    jobs.stop_workers(root)
-    log.close()
+    with running_app(root, {"BACKDOOR_LAB_TINY_DEMO": "1"}) as url:
+        yield url, root
 
 
 @pytest.fixture(scope="module")

@@ -6,25 +6,15 @@ test-artifacts/verdicts/ for a person to look at."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-import time
-import socket
 from pathlib import Path
 
 import pytest
 
-from cbd_core import jobs
-from cbd_core.runs import RunDir, write_json
+from cbd_core.runs import write_json
+from streamlit_server import CHROMIUM, CHROMIUM_FLAGS, IDLE, ROOT, running_app
 
-ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "verdicts"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"]
-IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 RUNS = {  # run id: (summary changes, the banner's headline)
     "20990101-000000-001-removed": ({"clean_accuracy": 0.962, "attack_success_rate": 0.003,
                                      "poison_detection_auroc": 0.998}, "Backdoor removed"),
@@ -47,35 +37,13 @@ def copy_run(source: Path, root: Path, run_id: str, changes: dict) -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, finished_runs):
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"Chromium is missing ({CHROMIUM}): `apt-get install -y chromium` (.ci/run does it)")
     source, ids = finished_runs
     root = tmp_path_factory.mktemp("verdict_runs")
     copy_run(source / ids["undefended"], root, BASELINE, {"clean_accuracy": 0.97, "attack_success_rate": 0.99})
     for run_id, (changes, _) in RUNS.items():
         copy_run(source / ids["cbd"], root, run_id, changes)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = open(root / "streamlit.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
-         "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env={**os.environ, "BACKDOOR_LAB_RUNS": str(root)}, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if process.poll() is not None:
-                pytest.fail(f"streamlit exited: {(root / 'streamlit.log').read_text()[-2000:]}")
-            time.sleep(0.3)
-    yield f"http://127.0.0.1:{port}", root
-    process.terminate()
-    process.wait(20)
-    jobs.stop_workers(root)
-    log.close()
+    with running_app(root) as url:
+        yield url, root
 
 
 @pytest.mark.parametrize("page_name", ["train", "runs"])
