@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cbd_core.attacks import ATTACKS  # noqa: E402
+from cbd_core.config import default_threads  # noqa: E402
 from cbd_core.defenses import DEFENSES  # noqa: E402
 from cbd_core.matrix import Cell, DefenseSpec, run_matrix, write_tables  # noqa: E402
 
@@ -39,6 +40,8 @@ def main() -> None:
     parser.add_argument("--poison-rate", type=float, default=0.1)
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel, sharing the cores")
     parser.add_argument("--out", type=Path, help="runs root (default: a temporary folder)")
+    parser.add_argument("--threads", type=int, help="CPU threads per run (part of each run's config; default: "
+                        "the machine's cores, at most 8)")
     args = parser.parse_args()
 
     if args.cbd_variants:
@@ -51,11 +54,12 @@ def main() -> None:
     out = args.out or Path(tempfile.mkdtemp(prefix="backdoor-lab-bench-"))
     cells = [Cell("mnist5k", attack, spec, seed, args.poison_rate)
              for attack in args.attacks for spec in specs for seed in args.seeds]
-    results = run_matrix(cells, out, jobs=args.jobs, device="cpu",
+    results = run_matrix(cells, out, jobs=args.jobs, device="cpu", threads=args.threads,
                          report=lambda line: print(line, file=sys.stderr, flush=True))
     csv_path, _, markdown = write_tables(results, out / "matrix")
     print(f"mnist5k, {args.poison_rate:.0%} poison, target 0, seeds {' '.join(map(str, args.seeds))}, "
-          f"{args.jobs} run(s) at a time (runs: {out}, CSV: {csv_path})\n")
+          f"{args.jobs} run(s) at a time, {args.threads or default_threads()} thread(s) each "
+          f"(runs: {out}, CSV: {csv_path})\n")
     print(markdown)
 
 

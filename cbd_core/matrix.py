@@ -112,16 +112,31 @@ def _run_cell(config_dict: dict[str, Any], root: str) -> dict[str, Any]:
     return execute(prepared, run, owner=owner, is_cancelled=lambda: cancel_requested(run))
 
 
+def _npz_shape(path: str | None, cache: dict) -> tuple[tuple[int, int, int], int]:
+    """(image shape, number of classes) of an .npz dataset, read once per grid."""
+    if path not in cache:
+        from .data import load_npz
+
+        train, _, _ = load_npz(path)
+        cache[path] = (train.image_shape, train.num_classes)
+    return cache[path]
+
+
 def run_matrix(cells: list[Cell], root: str | Path | None = None, jobs: int = 1, epochs: int | None = None,
                device: str = "auto", threads: int | None = None, report: Callable[[str], None] = print) -> list[tuple[Cell, dict[str, Any]]]:
     """Run every cell not already done under the runs root; returns (cell, summary) in cell order."""
     folder = runs_root(root)
     done = finished_runs(folder)
     todo, results = [], {}
+    npz_shapes: dict[str, tuple[tuple[int, int, int], int]] = {}
     for cell in cells:
         # Validating resolves every default, so "already done" compares the full configs; and a bad
         # cell stops the grid here, before anything runs.
         validated = cell.config(epochs, device, threads).validated()
+        if validated.dataset == "npz":
+            # A user's file: its image shape, which the attack's and defense's defaults depend on, is
+            # known only once it is read, so resolve against it (as the run itself will).
+            validated = validated.validated(*_npz_shape(validated.npz_path, npz_shapes))
         key = to_json(_comparable(validated.to_dict()))
         if key in done:
             results[cell] = done[key]

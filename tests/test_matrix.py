@@ -60,3 +60,20 @@ def test_matrix_rejects_bad_grid(capsys):
     assert main(["matrix", "--jobs", "0"]) == 2
     err = capsys.readouterr().err
     assert "attack" in err and "cbd.mi_weight" in err and "jobs" in err and "Traceback" not in err
+
+
+def test_matrix_resumes_a_grid_on_an_npz_dataset(tmp_path, tiny_sets, capsys):
+    """A user's .npz: its defaults depend on its image shape, so "already done" must resolve them
+    against the file, or every cell would run again."""
+    import numpy as np
+
+    train, test = tiny_sets
+    data = tmp_path / "mine.npz"
+    np.savez(data, x=train.x[..., 0], y=train.y, x_test=test.x[..., 0], y_test=test.y)
+    argv = ["matrix", "--datasets", str(data), "--attacks", "badnets", "--defenses", "undefended", "--seeds", "0",
+            "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "runs")]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "1 to run" in err and "| mine | badnets | undefended | 1 |" in out
+    assert main(argv) == 0
+    assert "1 already done, 0 to run" in capsys.readouterr().err
