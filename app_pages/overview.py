@@ -76,7 +76,7 @@ with page_errors():
 
     st.subheader("Try it")
     st.markdown("The **Quick demo** poisons 10% of the embedded MNIST digits with the BadNets trigger (target 0) "
-                "and trains CBD on them, in the background. It takes about a minute on a laptop CPU; on the "
+                "and trains CBD on them, in the background. It takes about half a minute on a laptop CPU; on the "
                 "**Train** page you watch f_B learn the trigger and see whether f_C keeps it out. The same data "
                 "without a defense trains next (half a minute), so the verdict can say what CBD cost.")
     if st.button("▶ Quick demo", type="primary"):
