@@ -78,7 +78,7 @@ with page_errors():
     st.markdown("The **Quick demo** poisons 10% of the embedded MNIST digits with the BadNets trigger (target 0) "
                 "and trains CBD on them, in the background. It takes about half a minute on a laptop CPU; on the "
                 "**Train** page you watch f_B learn the trigger and see whether f_C keeps it out. The same data "
-                "without a defense trains next (half a minute), so the verdict can say what CBD cost.")
+                "without a defense trains next (about 15 seconds), so the verdict can say what CBD cost.")
     if st.button("▶ Quick demo", type="primary"):
         with st.spinner("Queueing the demo run…"):
             run = jobs.submit(quick_demo_config(), runs_root_path())
