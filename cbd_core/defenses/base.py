@@ -169,6 +169,10 @@ def train_steps(ctx: DefenseContext, model: nn.Module, optimizer: torch.optim.Op
     from ..training import augment, batches, set_lr
 
     data = ctx.train
+    if len(data) < 2:  # every batch would be skipped, and the loop would never end
+        from ..errors import UserInputError
+
+        raise UserInputError(f"{phase} needs at least two training images, got {len(data)}", "dataset")
     stage_len = -(-total_steps // stages)
     step, total, count = 0, 0.0, 0
     model.train()
@@ -187,7 +191,8 @@ def train_steps(ctx: DefenseContext, model: nn.Module, optimizer: torch.optim.Op
             total += loss.item() * len(idx)
             count += len(idx)
             stage = min(stages, (step - 1) // stage_len + 1)
-            ctx.step(phase, stage, stages, step - (stage - 1) * stage_len, min(stage_len, total_steps - (stage - 1) * stage_len))
+            first = (stage - 1) * stage_len
+            ctx.step(phase, stage, stages, step - first, min(stage_len, total_steps - first))
             after_step(step, total / max(1, count))
             model.train()  # after_step may have evaluated the model
             if step % stage_len == 0:
