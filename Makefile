@@ -27,6 +27,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/fb_capture.py --attacks wanet --seeds 0 1 2
 	$(PY) bench/presets.py --out $(BENCH_OUT) --seeds 0 1 2 --extra "sig 0.1" "sig 0.025"
 	$(PY) bench/cbd_targets.py --out $(BENCH_OUT) --datasets mnist5k --attacks blend badnets --cbd cbd:backdoor_loss=final
+	$(PY) bench/cbd_targets.py --out $(BENCH_OUT) --datasets mnist5k --cbd cbd:mi_weight=0
 	$(PY) bench/cbd_targets.py --out $(BENCH_OUT) --datasets mnist5k mnist1k mnist2k mnist20 --cbd cbd:keep_lowest_from=start
 	$(PY) bench/defense_quality.py --defenses abl nonlinearity --seeds 0 1 2 --threads 1 --out $(BENCH_OUT)
 	$(PY) bench/speed.py
