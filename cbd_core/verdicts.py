@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple
+from typing import Any, NamedTuple
 
 from .errors import UserInputError
 from .runs import RunDir, list_runs, runs_root
@@ -131,43 +131,30 @@ def same_data(config: dict[str, Any], other: dict[str, Any]) -> bool:
     return all(_same(config.get(key), other.get(key)) for key in BASELINE_KEYS)
 
 
-def _candidates(config: dict[str, Any], root: str | Path | None, states: Iterable[str]
-                ) -> list[tuple[RunDir, str]]:
-    """(run, state) of every undefended run on the same data whose state is in `states`, newest first;
-    unreadable folders are skipped."""
+def _candidates(config: dict[str, Any], root: str | Path | None) -> list[tuple[RunDir, str]]:
+    """(run, state) of every undefended run on the same data in a reusable state (done, running,
+    queued), newest first, from one pass over the runs root; unreadable folders are skipped."""
     found = []
     for run in list_runs(root):
         try:
             other = run.config()
         except (OSError, ValueError, UserInputError):
             continue
-        if not isinstance(other, dict) or other.get("defense") != UNDEFENDED or not same_data(config, other):
+        if other.get("defense") != UNDEFENDED or not same_data(config, other):
             continue
         state = run.status().get("state")
-        if state in states:
+        if state in REUSABLE_STATES:
             found.append((run, state))
     return found
 
 
-def find_baseline(config: dict[str, Any], root: str | Path | None = None) -> RunDir | None:
-    """The newest finished ("done", with a summary) undefended run trained on the same poisoned data
-    and seed as `config` (a config.json dict), under the runs root; None when there is none."""
-    for run, _ in _candidates(config, root, ("done",)):
-        summary = run.summary()
-        if summary is not None and all(isinstance(summary.get(k), (int, float)) and not isinstance(summary.get(k), bool)
-                                       for k in ("clean_accuracy", "attack_success_rate")):
-            return run  # a hand-edited summary without its figures is no baseline
-    return None
-
-
-def find_reusable_baseline(config: dict[str, Any], root: str | Path | None = None) -> RunDir | None:
-    """Such an undefended run in any non-failed state, a done one first, then running, then queued:
-    the one to reuse instead of queueing another."""
-    found = _candidates(config, root, REUSABLE_STATES)
-    for state in REUSABLE_STATES:
-        for run, its_state in found:
-            if its_state == state:
-                return run
+def _figures(run: RunDir) -> dict[str, Any] | None:
+    """The run's summary when it holds its figures (a hand-edited summary without them is no
+    baseline), else None."""
+    summary = run.summary()
+    if summary is not None and all(_number(summary.get(k)) is not None
+                                   for k in ("clean_accuracy", "attack_success_rate")):
+        return summary
     return None
 
 
@@ -181,16 +168,39 @@ class Baseline:
 
 
 def lookup_baseline(config: dict[str, Any], root: str | Path | None = None) -> Baseline:
-    """The baseline of a run with this config: done, still training, or none."""
-    if config.get("defense") == UNDEFENDED:
-        return Baseline("none")
-    done = find_baseline(config, root)
-    if done is not None:
-        return Baseline("done", done.run_id, done.summary())
-    waiting = find_reusable_baseline(config, root)
-    if waiting is not None:
-        return Baseline("training", waiting.run_id)
+    """The baseline of a run with this config (a config.json dict): the newest finished undefended
+    run on the same poisoned data and seed ("done", with its summary), else one still queued or
+    running ("training"), else "none"."""
+    return Baseline("none") if config.get("defense") == UNDEFENDED else _lookup(config, root)
+
+
+def _lookup(config: dict[str, Any], root: str | Path | None) -> Baseline:
+    candidates = _candidates(config, root)
+    for run, state in candidates:
+        if state == "done" and (summary := _figures(run)) is not None:
+            return Baseline("done", run.run_id, summary)
+    for run, state in candidates:
+        if state != "done":
+            return Baseline("training", run.run_id)
     return Baseline("none")
+
+
+def find_baseline(config: dict[str, Any], root: str | Path | None = None) -> RunDir | None:
+    """The newest finished undefended run trained on the same poisoned data and seed as `config`,
+    under the runs root; None when there is none."""
+    found = _lookup(config, root)
+    return RunDir(runs_root(root) / found.run_id) if found.state == "done" else None
+
+
+def find_reusable_baseline(config: dict[str, Any], root: str | Path | None = None) -> RunDir | None:
+    """Such an undefended run in any non-failed state, a done one first, then running, then queued:
+    the one to reuse instead of queueing another."""
+    found = _candidates(config, root)
+    for state in REUSABLE_STATES:
+        for run, its_state in found:
+            if its_state == state:
+                return run
+    return None
 
 
 class Cost(NamedTuple):
@@ -214,10 +224,9 @@ def summary_fields(summary: dict[str, Any], config: dict[str, Any], root: str | 
     fields: dict[str, Any] = {"verdict": verdict(summary)}
     if config.get("defense") == UNDEFENDED:
         return fields
-    baseline = find_baseline(config, root)
-    base_summary = baseline.summary() if baseline is not None else None
-    if baseline is not None and base_summary is not None:
-        cost = clean_accuracy_cost(summary, base_summary)
+    baseline = lookup_baseline(config, root)
+    if baseline.state == "done":
+        cost = clean_accuracy_cost(summary, baseline.summary)
         fields.update(baseline_run_id=baseline.run_id, baseline_attack_success_rate=cost.baseline_attack_success_rate,
                       clean_accuracy_cost=cost.clean_accuracy_cost)
     return fields
