@@ -104,6 +104,17 @@ def finished_runs(tmp_path_factory, mnist5k):
     return root, ids
 
 
+def fast_config(**overrides):
+    """A one-epoch undefended BadNets run on mnist5k (use with `patch_dataset` to shrink the data):
+    what the queue and run-folder tests train."""
+    from cbd_core.config import RunConfig
+
+    values = dict(dataset="mnist5k", attack="badnets", poison_rate=0.1, defense="undefended", seed=0,
+                  device="cpu", embedding_samples=200, defense_params={"epochs": 1, "batch_size": 64})
+    values.update(overrides)
+    return RunConfig(**values)
+
+
 def app_at_page(name: str, run: str | None = None, session_state: dict | None = None):
     """An AppTest of the whole app (app.py's navigation) switched to `app_pages/<name>.py`, not yet run.
 

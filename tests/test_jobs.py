@@ -11,18 +11,13 @@ import numpy as np
 import pytest
 
 import cbd_core.jobs as jobs
-from cbd_core.config import RunConfig, quick_demo_config
+from conftest import fast_config
+from cbd_core.config import quick_demo_config
 from cbd_core.errors import UserInputError
 from cbd_core.runs import RunDir, list_runs, wait_for
 
-FAST = {"epochs": 1, "batch_size": 64}
-
-
-def _config(**overrides) -> RunConfig:
-    values = dict(dataset="mnist5k", attack="badnets", poison_rate=0.1, defense="undefended", seed=0,
-                  device="cpu", embedding_samples=200, defense_params=dict(FAST))
-    values.update(overrides)
-    return RunConfig(**values)
+def _config(**overrides):
+    return fast_config(**overrides)
 
 
 @pytest.fixture

@@ -18,20 +18,14 @@ import numpy as np
 import pytest
 
 import cbd_core.jobs as jobs
+from conftest import fast_config
 import cbd_core.runs as runs
 from cbd_core import matrix, verdicts
-from cbd_core.config import RunConfig
 from cbd_core.errors import UserInputError
 from cbd_core.runs import RunDir, RunGone, list_runs, owner_record
 
-FAST = {"epochs": 1, "batch_size": 64}
-
-
-def _config(**overrides) -> RunConfig:
-    values = dict(dataset="mnist5k", attack="badnets", poison_rate=0.1, defense="undefended", seed=0,
-                  device="cpu", embedding_samples=0, defense_params=dict(FAST))
-    values.update(overrides)
-    return RunConfig(**values)
+def _config(**overrides):
+    return fast_config(**{"embedding_samples": 0, **overrides})
 
 
 # Each kind of damage the fault probe found, as (file, bytes written over it).
@@ -399,17 +393,22 @@ def test_out_problems_are_found_before_any_data_is_loaded(tmp_path, monkeypatch,
     assert "cannot write runs under" in err and "read-only file system" in err and len(err.strip().splitlines()) == 1
 
 
+def _cli_run(root, epochs: int) -> subprocess.Popen:
+    """`python -m cbd_core run` (undefended, one thread) training into `root`, in the background."""
+    from pathlib import Path
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    return subprocess.Popen([sys.executable, "-m", "cbd_core", "run", "--defense", "undefended", "--epochs",
+                             str(epochs), "--device", "cpu", "--threads", "1", "--out", str(root)],
+                            cwd=Path(__file__).resolve().parents[1], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
 def test_a_real_cli_run_in_the_apps_root_survives_recovery_and_ends_clean(tmp_path):
     """Fault 2 end to end: `python -m cbd_core run` trains in the app's root while recovery runs (as the
     app does every 30 s); it is never marked failed, cannot be deleted meanwhile, and ends done with
     no error."""
-    from pathlib import Path
-
-    project = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    process = subprocess.Popen([sys.executable, "-m", "cbd_core", "run", "--defense", "undefended", "--epochs", "2",
-                                "--device", "cpu", "--threads", "1", "--out", str(tmp_path)], cwd=project, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = _cli_run(tmp_path, epochs=2)
     try:
         deadline = time.monotonic() + 120
         checked = 0
@@ -495,13 +494,7 @@ def test_a_reused_pid_does_not_keep_a_dead_owner_alive(tmp_path, live_process):
 
 def test_the_apps_cancel_stops_a_cli_run(tmp_path):
     """The Runs page offers Cancel on a CLI run in its root: the CLI honours the same cancel file."""
-    from pathlib import Path
-
-    project = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    process = subprocess.Popen([sys.executable, "-m", "cbd_core", "run", "--defense", "undefended", "--epochs", "100",
-                                "--device", "cpu", "--threads", "1", "--out", str(tmp_path)], cwd=project, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = _cli_run(tmp_path, epochs=100)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not (list_runs(tmp_path) and list_runs(tmp_path)[0].metrics()):
