@@ -13,9 +13,12 @@ import streamlit as st
 
 from cbd_core import jobs, verdicts
 from cbd_core.runs import FINISHED, RunDir, list_runs
-from app_pages.common import (ACTIVE_RUN, DEFENSE_TITLES, active_run_id, load_config, load_summary,
+from pages.common import (ACTIVE_RUN, DEFENSE_TITLES, active_run_id, load_config, load_summary,
                               missing_run_note, page_errors, run_label, runs_root_path, set_active_run,
                               verdict_banner)
+from pages.common.navigation import follow_app_navigation
+
+follow_app_navigation()
 
 
 def row(run: RunDir, positions: dict[str, int]) -> dict[str, Any]:

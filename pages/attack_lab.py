@@ -24,7 +24,10 @@ from cbd_core.config import RunConfig
 from cbd_core.data import DATASETS, ImageSet, load_dataset, load_npz
 from cbd_core.params import Param
 from cbd_core.uploads import MAX_BYTES, save_upload
-from app_pages.common import enlarge, explain, page_errors, runs_root_path
+from pages.common import enlarge, explain, page_errors, runs_root_path
+from pages.common.navigation import follow_app_navigation
+
+follow_app_navigation()
 
 SETTINGS_KEY = "attack_settings"  # read by the Train page as its defaults: keep the keys as they are
 DATASET_CHOICES = [*DATASETS, "npz"]
@@ -197,7 +200,7 @@ def image_row(images: list[np.ndarray], captions: list[str]) -> None:
 
 
 def link_to_train() -> None:
-    st.page_link("app_pages/train.py", label="Train a defense on this data →", icon=":material/model_training:")
+    st.page_link("pages/train.py", label="Train a defense on this data →", icon=":material/model_training:")
 
 
 def show_preview(preview: dict[str, Any], attack: Attack, params: dict[str, Any], target_label: int) -> None:

@@ -4,7 +4,7 @@ Filters at the top (dataset, poison rate, model); then a table of the runs, clea
 attack success rate (one point per run), and heatmaps of mean ASR and CA by defense and attack. Below,
 for any one run, its per-sample suspicion score against the true poison mask: how the two groups
 separate, the detection AUROC, precision and recall when the top k are flagged, and the most
-suspected training images. Read-only: everything comes from the run folders through app_pages.common.
+suspected training images. Read-only: everything comes from the run folders through pages.common.
 """
 
 from __future__ import annotations
@@ -23,8 +23,12 @@ from cbd_core.attacks import ATTACKS
 from cbd_core.errors import UserInputError
 from cbd_core.metrics import auroc
 from cbd_core.runs import RunDir, list_runs
-from app_pages.common import (DEFENSE_TITLES, enlarge, explain, load_arrays, load_config, load_summary, page_errors,
+from pages.common import (DEFENSE_TITLES, enlarge, explain, load_arrays, load_config, load_summary, page_errors,
                           pick_run, runs_root_path, verdict_banner)
+from pages.common.navigation import follow_app_navigation
+
+follow_app_navigation()
+
 
 GALLERY_SIZE = 12
 THUMBNAIL = 84

@@ -20,8 +20,12 @@ from cbd_core.defenses import DEFENSES
 from cbd_core.errors import UserInputError
 from cbd_core.params import Param
 from cbd_core.runs import FINISHED, RunDir, list_runs
-from app_pages.common import (active_run_id, explain, load_config, load_summary, page_errors, runs_root_path,
+from pages.common import (active_run_id, explain, load_config, load_summary, page_errors, runs_root_path,
                               set_active_run, verdict_banner)
+from pages.common.navigation import follow_app_navigation
+
+follow_app_navigation()
+
 
 # The settings a newcomer would touch first; everything else sits in an expander.
 KEY_PARAMS = {
@@ -212,9 +216,9 @@ def live_panel() -> None:
         c1.metric("clean accuracy", f"{summary['clean_accuracy']:.1%}")
         c2.metric("attack success rate", f"{summary['attack_success_rate']:.1%}")
         c3.metric("seconds", f"{summary['seconds']:.0f}")
-        st.page_link("app_pages/sample_weights.py", label="See the per-sample weights →")
-        st.page_link("app_pages/embeddings.py", label="See the embeddings →")
-        st.page_link("app_pages/attributions.py", label="See where each model looks →")
+        st.page_link("pages/sample_weights.py", label="See the per-sample weights →")
+        st.page_link("pages/embeddings.py", label="See the embeddings →")
+        st.page_link("pages/attributions.py", label="See where each model looks →")
 
 
 st.title("Train a defense")

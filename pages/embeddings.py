@@ -22,8 +22,12 @@ import streamlit as st
 
 from cbd_core.analysis.embeddings import UMAP_FILE, has_umap, model_names_in
 from cbd_core.runs import RunDir
-from app_pages.common import (DEFENSE_TITLES, enlarge, explain, load_arrays, load_config, load_summary, page_errors,
+from pages.common import (DEFENSE_TITLES, enlarge, explain, load_arrays, load_config, load_summary, page_errors,
                           pick_run)
+from pages.common.navigation import follow_app_navigation
+
+follow_app_navigation()
+
 
 SELECTED = "embedding_selected_sample"  # the chosen training sample's id (its index in the training set)
 COLOUR_BY = "embedding_colour_by"

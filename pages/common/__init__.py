@@ -1,7 +1,7 @@
 """What every page shares: the runs root, choosing the active run, cached reads of run files, and
 turning errors into a message in the page instead of a traceback.
 
-Pages import it as `from app_pages.common import ...` (the app's folder is on sys.path). Nothing here
+Pages import it as `from pages.common import ...` (the app's folder is on sys.path). Nothing here
 trains or writes into a run; reads are cached by run id and file modification time, so a page over a
 finished run renders instantly after its first visit, and a run that changes is read again.
 """

@@ -20,7 +20,10 @@ import streamlit as st
 
 from cbd_core.metrics import auroc
 from cbd_core.runs import RunDir
-from app_pages.common import DEFENSE_TITLES, enlarge, explain, load_arrays, load_config, load_summary, page_errors, pick_run
+from pages.common import DEFENSE_TITLES, enlarge, explain, load_arrays, load_config, load_summary, page_errors, pick_run
+from pages.common.navigation import follow_app_navigation
+
+follow_app_navigation()
 
 GALLERY_SIZE = 8
 THUMBNAIL = 84

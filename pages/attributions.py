@@ -30,7 +30,7 @@ from cbd_core.analysis.attributions import (
 )
 from cbd_core.errors import UserInputError
 from cbd_core.runs import RunDir
-from app_pages.common import (
+from pages.common import (
     enlarge,
     explain,
     load_arrays,
@@ -41,6 +41,9 @@ from app_pages.common import (
     pick_run,
     runs_root_path,
 )
+from pages.common.navigation import follow_app_navigation
+
+follow_app_navigation()
 
 MEAN_IMAGES = 100
 MODEL_TITLES = {"f_B": "backdoored model f_B", "f_C": "deconfounded model f_C", "model": "trained model"}
