@@ -21,6 +21,7 @@ from .attacks import PoisonedData, get_attack
 from .config import RunConfig, default_threads
 from .data import ImageSet, load_dataset, load_npz
 from .defenses import DefenseContext, get_defense
+from .epoch_features import EPOCH_FEATURES_FILE, EpochRecorder, epoch_subset
 from .errors import UserInputError
 from .metrics import auroc
 from .models import build_model, default_model_for
@@ -160,10 +161,15 @@ def _train_and_record(config: RunConfig, data: PoisonedData, run: RunDir, device
     eval_sets = EvalSets(Tensors.from_images(data.test, device), Tensors.from_images(data.test_triggered, device),
                          data.test_triggered_true_labels, data.target_label)
     train_tensors = Tensors.from_images(train, device)
+    # The embedding subset is fixed by the labels and the seed, so it can be chosen before training; the
+    # images followed epoch by epoch are drawn from it (images.npz keeps their thumbnails).
+    subset = stratified_subset(train.y, config.embedding_samples, config.seed)
+    recorder = EpochRecorder(train_tensors.x, epoch_subset(subset, data.is_poisoned, train.y, config.seed),
+                             defense.model_names, defense.total_epochs(config.defense_params))
     ctx = DefenseContext(train=train_tensors, build_model=new_model, params=config.defense_params,
                          augmentation=default_augmentation(train.image_shape), seed=config.seed, device=device,
                          progress=progress, _eval_sets=eval_sets, _poison_mask=data.is_poisoned,
-                         _log=run.append_metrics, _is_cancelled=is_cancelled)
+                         _log=run.append_metrics, _is_cancelled=is_cancelled, _on_epoch=recorder.record)
     result = defense.train(ctx)
 
     final = eval_sets.evaluate(result.model)
@@ -177,13 +183,15 @@ def _train_and_record(config: RunConfig, data: PoisonedData, run: RunDir, device
                     label=train.y, original_label=data.clean_train_labels,
                     suspicion=suspicion.astype(np.float32), **result.sample_record)
 
-    subset = stratified_subset(train.y, config.embedding_samples, config.seed)
     embed: dict[str, np.ndarray] = {"index": subset}
     for name, model in (models.items() if len(subset) else ()):
         z, logits = features_and_logits(model, train_tensors.x[torch.from_numpy(subset).to(device)])
         embed[f"features_{name}"] = z.cpu().numpy().astype(np.float32)
         embed[f"prediction_{name}"] = logits.argmax(1).cpu().numpy()
     run.save_arrays("embeddings", **embed)
+    epoch_features = recorder.arrays()
+    if epoch_features is not None:
+        run.save_arrays(EPOCH_FEATURES_FILE, **epoch_features)
     keep = stratified_subset(data.test.y, TEST_IMAGES_KEPT, config.seed)
     run.save_arrays("images", train_x=train.x[subset], train_index=subset, test_x=data.test.x[keep],
                     test_y=data.test.y[keep], trigger_region=data.trigger_region)

@@ -15,7 +15,18 @@
                           features_<name> (n, d) and prediction_<name> (n,)
       images.npz          what the pages draw: train_x / train_index for the embedding subset,
                           test_x / test_y, a few clean test images (triggers are re-applied live)
+      epoch_features.npz  the same models while they trained, for a subset of embeddings.npz's samples
+                          (every poisoned one up to 750, clean ones to 1,500 in all; see
+                          `cbd_core/epoch_features.py`), one frame per recorded epoch:
+                            index (n,) training indices; epoch (F,) the run's epoch number, i.e. the
+                            frame's line position in metrics.jsonl counted from 1 (the Train page's
+                            numbering: CBD's f_B stages, then f_C's epochs); phase (F,) and
+                            phase_epoch (F,) that line's phase and epoch; model (F,) the model recorded
+                            (f_B, f_C or model); features (F, n, d) float16; prediction (F, n) int16
       umap.npz            written by the background worker after the run: index, umap_<name> (n, 2)
+      umap_epochs.npz     also the worker's, from epoch_features.npz: index, epoch, phase, phase_epoch,
+                          model (F,) as there, coords (F, n, 2) float32; each model's frames are laid
+                          out in order, each starting from the one before, so points move smoothly
       attribution_shares.json  also the worker's: {method: {model: mean share of attribution on the
                           trigger over 100 triggered test images}}
       error.txt           the traceback, when a run failed on a bug
@@ -69,6 +80,8 @@ REQUIRED_ARRAYS: dict[str, tuple[str, ...]] = {
     "embeddings": ("index",),
     "images": ("train_x", "train_index", "test_x", "test_y", "trigger_region"),
     "umap": ("index",),
+    "epoch_features": ("index", "epoch", "phase", "phase_epoch", "model", "features"),
+    "umap_epochs": ("index", "epoch", "phase", "phase_epoch", "model", "coords"),
 }
 
 
@@ -127,6 +140,7 @@ def _kind(value: Any) -> str:
 _STATUS_TYPES: dict[str, type | tuple[type, ...]] = {
     "progress": dict, "worker": dict, "owner": dict, "error": str, "queue": str, "created": str,
     "started": str, "finished": str, "device": str, "analysis": str, "analysis_error": str,
+    "epoch_analysis": str, "epoch_analysis_error": str,
     "seconds": (int, float), "schema_version": int,
 }
 
@@ -496,6 +510,16 @@ class RunDir:
     def umap(self) -> dict[str, np.ndarray] | None:
         """umap.npz (the worker's): index, umap_<model> (n, 2)."""
         return self.arrays("umap", REQUIRED_ARRAYS["umap"])
+
+    def epoch_features(self) -> dict[str, np.ndarray] | None:
+        """epoch_features.npz: index (n,), epoch / phase / phase_epoch / model (F,), features (F, n, d),
+        prediction (F, n); None for runs made before it existed."""
+        return self.arrays("epoch_features", REQUIRED_ARRAYS["epoch_features"])
+
+    def umap_epochs(self) -> dict[str, np.ndarray] | None:
+        """umap_epochs.npz (the worker's): index (n,), epoch / phase / phase_epoch / model (F,),
+        coords (F, n, 2)."""
+        return self.arrays("umap_epochs", REQUIRED_ARRAYS["umap_epochs"])
 
     def model_state(self, name: str) -> dict[str, Any]:
         import torch

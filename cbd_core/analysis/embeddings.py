@@ -6,6 +6,10 @@ Embeddings page only reads the `umap.npz` it writes:
     umap.npz    index        (n,) the training-set indices, as in embeddings.npz
                 umap_<name>  (n, 2) float32, one map per model (CBD: f_C and f_B; others: model)
 
+and, for runs that recorded their models while training (epoch_features.npz), `compute_epoch_umap(run)`
+writes umap_epochs.npz: a map per recorded epoch, coords (F, n, 2), each model's maps laid out in
+order, each starting from the one before (`umap_sequence`), so the page can animate them.
+
 How it is made fast. umap-learn compiles numba kernels the first time a process uses them, and
 most of them (pynndescent's neighbour search, umap's graph and layout code) are not cached on disk,
 so out of the box every fresh process pays ~45-60 s before its first 5,000-point map. Here:
@@ -50,6 +54,10 @@ from ..runs import RunDir
 log = logging.getLogger(__name__)
 
 UMAP_FILE = "umap"  # the run's umap.npz, written by compute_umap
+EPOCH_UMAP_FILE = "umap_epochs"  # the run's umap_epochs.npz, written by compute_epoch_umap
+# Layout epochs of each map after an epoch's first: it starts from the previous map, so far fewer than
+# a fresh map's 500 are needed (measured: 100 keeps 14 maps of 1,500 points near 4 s of CPU on 2 cores).
+LATER_FRAME_EPOCHS = 100
 N_NEIGHBORS = 15  # umap-learn's default: local structure without shattering the digits into islands
 MIN_DIST = 0.1  # umap-learn's default: tight enough to show a cluster of poisoned images as one blob
 # Below this many points a neighbourhood graph says little and UMAP's spectral start can fail:
@@ -192,6 +200,52 @@ def umap_2d(features: np.ndarray, random_state: int | None = 0) -> np.ndarray:
     return np.asarray(coords, dtype=np.float32)
 
 
+def umap_sequence(frames: list[np.ndarray], random_state: int | None = 0,
+                  later_epochs: int = LATER_FRAME_EPOCHS) -> np.ndarray:
+    """2-D maps (F, n, 2) float32 of one model's features at successive epochs (each (n, d), the same
+    n points in the same order), laid out so the points move smoothly from map to map.
+
+    The first map is an ordinary `umap_2d` layout; every later one starts from the map before it and
+    runs `later_epochs` epochs of UMAP's layout: a point only moves where its neighbourhood changed.
+    umap-learn's AlignedUMAP does the same job with a penalty tying each point to its place in the
+    neighbouring maps, but measured on this 2-core machine it took 10-20 times longer (README,
+    "Dashboard speed"), most of it in a layout kernel that numba compiles anew on every call."""
+    if not frames:
+        return np.zeros((0, 0, 2), dtype=np.float32)
+    first = umap_2d(frames[0], random_state)
+    maps = [first]
+    for features in frames[1:]:
+        x = standardise(features)
+        if len(x) < MIN_UMAP_POINTS:
+            maps.append(_principal_components(x))
+            continue
+        import warnings
+
+        knn = exact_neighbours(x, min(N_NEIGHBORS, len(x) - 1))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # as in umap_2d
+            model = _umap_model(len(x), random_state, knn)
+            model.set_params(init=maps[-1].astype(np.float64), n_epochs=later_epochs)
+            maps.append(aligned_to(maps[-1], np.asarray(model.fit_transform(x), dtype=np.float32)))
+    return np.stack(maps)
+
+
+def aligned_to(reference: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """`points` (n, 2) moved, turned and scaled as a whole to lie as close as possible to `reference`
+    (least squares; no mirroring). umap rescales a starting map into a 10 x 10 box before it lays it
+    out, so without this every map would jump as a whole and hide how single points moved."""
+    ref_mean, pts_mean = reference.mean(axis=0), points.mean(axis=0)
+    ref, pts = reference - ref_mean, points - pts_mean
+    u, singular, vt = np.linalg.svd(pts.T @ ref)
+    flip = np.sign(np.linalg.det(u @ vt)) or 1.0  # a rotation, never a reflection
+    u[:, -1] *= flip
+    singular[-1] *= flip
+    rotation = u @ vt
+    norm = float((pts ** 2).sum())
+    scale = float(singular.sum()) / norm if norm > 0 else 1.0
+    return (scale * pts @ rotation + ref_mean).astype(np.float32)
+
+
 def warm_up(random_state: int | None = 0) -> float:
     """Compile (or load from numba's cache) umap's kernels with a tiny map; returns the seconds it took.
 
@@ -251,6 +305,37 @@ def compute_umap(run: RunDir, random_state: int | None = None) -> dict[str, Any]
     run.save_arrays(UMAP_FILE, index=index, **maps)
     return {"points": int(len(index)), "models": list(seconds), "seconds": seconds,
             "total_seconds": round(time.perf_counter() - started, 3), "random_state": random_state}
+
+
+def has_epoch_umap(run: RunDir) -> bool:
+    """Whether the run holds its umap_epochs.npz."""
+    return run.has_arrays(EPOCH_UMAP_FILE)
+
+
+def compute_epoch_umap(run: RunDir, random_state: int | None = None) -> dict[str, Any] | None:
+    """Lay out the run's epoch_features.npz, one `umap_sequence` per model, and write umap_epochs.npz
+    (index, epoch, phase, phase_epoch, model, coords (F, n, 2)) atomically. Returns the timings
+    {"points", "frames", "seconds": {model: s}, "total_seconds"}, or None for a run without
+    epoch_features.npz (made before it existed, or with embedding_samples = 0)."""
+    record = run.epoch_features()
+    if record is None:
+        return None
+    if random_state is None:
+        random_state = run_random_state(run)
+    models, features = record["model"].astype(str), record["features"]
+    coords = np.zeros(features.shape[:2] + (2,), dtype=np.float32)
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    for name in dict.fromkeys(models.tolist()):  # in order of first appearance
+        frames = np.flatnonzero(models == name)
+        frames = frames[np.argsort(record["epoch"][frames], kind="stable")]
+        t0 = time.perf_counter()
+        coords[frames] = umap_sequence([features[f].astype(np.float32) for f in frames], random_state)
+        seconds[name] = round(time.perf_counter() - t0, 3)
+    run.save_arrays(EPOCH_UMAP_FILE, **{k: record[k] for k in ("index", "epoch", "phase", "phase_epoch", "model")},
+                    coords=coords)
+    return {"points": int(features.shape[1]), "frames": int(features.shape[0]), "seconds": seconds,
+            "total_seconds": round(time.perf_counter() - started, 3)}
 
 
 def _bench(points: int, dims: int, seeded: bool, warm: bool) -> dict[str, float]:

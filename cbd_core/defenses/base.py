@@ -38,7 +38,11 @@ class DefenseContext:
     _poison_mask: np.ndarray
     _log: Callable[[dict[str, Any]], None]
     _is_cancelled: Callable[[], bool] = lambda: False
+    # Reporting only: called after each epoch's line with the run's epoch number (1-based, the line's
+    # position in metrics.jsonl), the line and the model; the pipeline records features through it.
+    _on_epoch: Callable[[int, dict[str, Any], nn.Module], None] = lambda number, line, model: None
     _started: float = field(default_factory=time.perf_counter)
+    _epochs_logged: int = 0
 
     def generator(self, offset: int = 0) -> torch.Generator:
         """A CPU generator for shuffling and augmentation, derived from the run's seed."""
@@ -85,6 +89,8 @@ class DefenseContext:
         line = {"phase": phase, "epoch": epoch, "epochs": epochs, **self._eval_sets.evaluate(model), **extra,
                 "elapsed_seconds": round(time.perf_counter() - self._started, 3)}
         self._log(line)
+        self._epochs_logged += 1
+        self._on_epoch(self._epochs_logged, line, model)
         self.progress(ProgressEvent(phase, epoch, epochs, metrics=line))
         if self._is_cancelled():
             raise Cancelled()

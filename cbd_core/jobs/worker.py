@@ -185,6 +185,7 @@ class Worker:
         except Exception as err:  # the run stays done; the page says the map failed and why
             run.update_status(analysis="failed", analysis_error=f"{type(err).__name__}: {err}")
             self.log(f"run {run.run_id}: UMAP failed: {type(err).__name__}: {err}")
+        self._analyse_epochs(run)
         try:  # the Attributions page's 100-image shares, once per run (the page computes them otherwise)
             started = time.perf_counter()
             compute_trigger_shares(run)
@@ -192,9 +193,23 @@ class Worker:
         except Exception as err:
             self.log(f"run {run.run_id}: attribution shares failed: {type(err).__name__}: {err}")
 
+    def _analyse_epochs(self, run: RunDir) -> None:
+        """The epoch-by-epoch maps (umap_epochs.npz) of a run that recorded its models while training."""
+        from ..analysis.embeddings import compute_epoch_umap
+
+        if not run.has_arrays("epoch_features"):
+            return
+        try:
+            run.update_status(epoch_analysis="computing")
+            timings = compute_epoch_umap(run)
+            run.update_status(epoch_analysis="done", epoch_analysis_seconds=timings)
+        except Exception as err:  # the final maps stay; the page says why the animation is missing
+            run.update_status(epoch_analysis="failed", epoch_analysis_error=f"{type(err).__name__}: {err}")
+            self.log(f"run {run.run_id}: epoch maps failed: {type(err).__name__}: {err}")
+
     def _backfill_one(self) -> bool:
         """Compute the map of one finished run that lacks it (older runs, a run made by the CLI)."""
-        from ..analysis.embeddings import has_umap
+        from ..analysis.embeddings import has_epoch_umap, has_umap
 
         if self.slot != 0:
             return False  # one slot per device is enough for this light work
@@ -203,6 +218,10 @@ class Worker:
             if status.get("state") == "done" and status.get("analysis") not in ("done", "failed", "computing") \
                     and not has_umap(run):
                 self._analyse(run)
+                return True
+            if status.get("state") == "done" and status.get("epoch_analysis") not in ("done", "failed", "computing") \
+                    and run.has_arrays("epoch_features") and not has_epoch_umap(run):
+                self._analyse_epochs(run)
                 return True
         return False
 
