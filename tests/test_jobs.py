@@ -33,7 +33,13 @@ def fake_analysis(monkeypatch):
         run.save_arrays("umap", index=np.arange(3))
         return {"total": 0.0}
 
+    def compute_epochs(run):
+        seen.append(f"epochs {run.run_id}")
+        run.save_arrays("umap_epochs", index=np.arange(3))
+        return {"total": 0.0}
+
     monkeypatch.setattr(embeddings, "compute_umap", compute)
+    monkeypatch.setattr(embeddings, "compute_epoch_umap", compute_epochs)
     monkeypatch.setattr(embeddings, "warm_up", lambda: None)
     monkeypatch.setattr(embeddings, "configure_numba_cache", lambda folder=None: None)
     monkeypatch.setattr(attributions, "compute_trigger_shares", lambda run: seen.append(f"shares {run.run_id}"))
@@ -70,7 +76,9 @@ def test_worker_trains_the_queue_in_order(tmp_path, patch_dataset, fake_analysis
         assert status["analysis"] == "done"
         assert run.summary()["run_id"] == run.run_id and run.model_names() == ["model"]
     assert runs[0].status()["started"] <= runs[1].status()["started"]
-    assert fake_analysis == [runs[0].run_id, f"shares {runs[0].run_id}", runs[1].run_id, f"shares {runs[1].run_id}"]
+    assert fake_analysis == [runs[0].run_id, f"epochs {runs[0].run_id}", f"shares {runs[0].run_id}",
+                             runs[1].run_id, f"epochs {runs[1].run_id}", f"shares {runs[1].run_id}"]
+    assert all(run.status()["epoch_analysis"] == "done" for run in runs)
     assert cancelled.summary() is None and cancelled.metrics() == []
 
 
@@ -82,7 +90,14 @@ def test_worker_backfills_maps_of_finished_runs(tmp_path, patch_dataset, fake_an
     run = RunDir.create(tmp_path, prepared.config.to_dict())
     execute(prepared, run)  # a run made by the CLI: no map yet
     assert jobs.Worker(tmp_path, "cpu").serve(exit_when_idle=True) == 0
-    assert fake_analysis == [run.run_id, f"shares {run.run_id}"] and run.status()["analysis"] == "done"
+    assert fake_analysis == [run.run_id, f"epochs {run.run_id}", f"shares {run.run_id}"]
+    assert run.status()["analysis"] == "done" and run.status()["epoch_analysis"] == "done"
+    # a run whose final map was made before epoch maps existed gets just the epoch maps
+    (run.path / "umap_epochs.npz").unlink()
+    run.update_status(epoch_analysis=None)
+    fake_analysis.clear()
+    assert jobs.Worker(tmp_path, "cpu").serve(exit_when_idle=True) == 0
+    assert fake_analysis == [f"epochs {run.run_id}"] and run.status()["epoch_analysis"] == "done"
 
 
 def test_cancel_a_running_run(tmp_path, patch_dataset, fake_analysis):

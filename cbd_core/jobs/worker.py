@@ -178,13 +178,8 @@ class Worker:
         from ..analysis.attributions import compute_trigger_shares
         from ..analysis.embeddings import compute_umap
 
-        try:
-            run.update_status(analysis="computing")
-            timings = compute_umap(run)
-            run.update_status(analysis="done", analysis_seconds=timings)
-        except Exception as err:  # the run stays done; the page says the map failed and why
-            run.update_status(analysis="failed", analysis_error=f"{type(err).__name__}: {err}")
-            self.log(f"run {run.run_id}: UMAP failed: {type(err).__name__}: {err}")
+        # the run stays done either way; the page says the map failed and why
+        self._step(run, "analysis", "UMAP", compute_umap)
         self._analyse_epochs(run)
         try:  # the Attributions page's 100-image shares, once per run (the page computes them otherwise)
             started = time.perf_counter()
@@ -199,13 +194,19 @@ class Worker:
 
         if not run.has_arrays("epoch_features"):
             return
+        # the final maps stay either way; the page says why the animation is missing
+        self._step(run, "epoch_analysis", "epoch maps", compute_epoch_umap)
+
+    def _step(self, run: RunDir, field: str, title: str, compute: Any) -> None:
+        """Run one analysis of `run`, recording `<field>` (computing, done or failed), its timings
+        (`<field>_seconds`) or its error (`<field>_error`) in status.json."""
         try:
-            run.update_status(epoch_analysis="computing")
-            timings = compute_epoch_umap(run)
-            run.update_status(epoch_analysis="done", epoch_analysis_seconds=timings)
-        except Exception as err:  # the final maps stay; the page says why the animation is missing
-            run.update_status(epoch_analysis="failed", epoch_analysis_error=f"{type(err).__name__}: {err}")
-            self.log(f"run {run.run_id}: epoch maps failed: {type(err).__name__}: {err}")
+            run.update_status(**{field: "computing"})
+            timings = compute(run)
+            run.update_status(**{field: "done", f"{field}_seconds": timings})
+        except Exception as err:
+            run.update_status(**{field: "failed", f"{field}_error": f"{type(err).__name__}: {err}"})
+            self.log(f"run {run.run_id}: {title} failed: {type(err).__name__}: {err}")
 
     def _backfill_one(self) -> bool:
         """Compute the map of one finished run that lacks it (older runs, a run made by the CLI)."""
