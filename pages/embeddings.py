@@ -2,12 +2,17 @@
 
 For CBD the backdoored f_B (left) should gather the poisoned images into a tight cluster of their
 own, while the deconfounded f_C (right) should put them back among the images of their true digit;
-other defenses show their one model. Colour by class, by the training label, or by what the defense
-thought of each sample (CBD's final weight, the others' suspicion); poisoned samples are crosses.
-Select a point (click, box or lasso) to see its image, labels and every model's prediction.
+other defenses show their one model. Two views: the final models' maps, and "epoch by epoch", an
+animation (Play, or drag its epoch slider) of the same maps while the models trained, numbered as
+the Train page numbers epochs (CBD: f_B's stages, then f_C's epochs). Colour by class, by the
+training label, or by what the defense thought of each sample (CBD's final weight on a log scale,
+the others' suspicion as a rank); poisoned samples are crosses on top, like the others, or hidden.
+Click a point to see its image, labels and every model's prediction; box or lasso several to count
+them and see their images.
 
-The maps come from the run's umap.npz, which the background worker computes once a run is done;
-this page only reads it (and waits for it when it is not there yet).
+The maps come from the run's umap.npz and umap_epochs.npz, which the background worker computes once
+a run is done; this page only reads them (and waits for them when they are not there yet). The
+figures themselves are built in pages/common/maps.py.
 """
 
 from __future__ import annotations
@@ -16,23 +21,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import plotly.colors
-import plotly.graph_objects as go
 import streamlit as st
 
-from cbd_core.analysis.embeddings import UMAP_FILE, has_umap, model_names_in
+from cbd_core.analysis.embeddings import EPOCH_UMAP_FILE, UMAP_FILE, has_epoch_umap, has_umap, model_names_in
+from cbd_core.epoch_features import EPOCH_FEATURES_FILE
 from cbd_core.runs import RunDir
 from pages.common import (DEFENSE_TITLES, enlarge, explain, load_arrays, load_config, load_summary, page_errors,
                           pick_run)
+from pages.common.maps import (MODEL_TITLES, POISONED_VIEWS, SUSPICION, TRAINING_LABEL,
+                               TRUE_CLASS, WEIGHT, animated_figure, class_name, colour_groups, epoch_timeline,
+                               hover_texts, map_figure, plot_order)
 from pages.common.navigation import follow_app_navigation
 
 follow_app_navigation()
 
 
-SELECTED = "embedding_selected_sample"  # the chosen training sample's id (its index in the training set)
+SELECTED = "embedding_selected_sample"  # the chosen training samples' ids (a list; one int is read as one)
 COLOUR_BY = "embedding_colour_by"
-MODEL_TITLES = {"f_B": "confounding f_B", "f_C": "deconfounded f_C"}
-TRUE_DIGIT, TRAINING_LABEL, WEIGHT, SUSPICION = "true class", "training label", "CBD's final weight", "suspicion"
+POISONED_VIEW = "embedding_poisoned_view"
+VIEW = "embedding_view"
+FINAL, EPOCHS = "final models", "epoch by epoch"
+GRID_MAX, GRID_COLUMNS = 40, 10  # thumbnails shown for a selection of many images
 MODEL_EXPLANATIONS = {
     "f_B": "Crosses (poisoned images) gathered in one tight island, apart from their true digits, mean f_B "
            "learned the trigger as a shortcut: that is what lets CBD spot them.",
@@ -41,25 +50,10 @@ MODEL_EXPLANATIONS = {
 }
 
 
-def plot_order(names: list[str]) -> list[str]:
-    """f_B on the left, f_C on the right; any other model alone."""
-    return sorted(names, key=lambda n: (n != "f_B", n))
-
-
-def class_colours(count: int) -> list[str]:
-    palette = plotly.colors.qualitative.Plotly if count <= 10 else plotly.colors.qualitative.Alphabet
-    return [palette[i % len(palette)] for i in range(count)]
-
-
-@st.cache_data(show_spinner=False, max_entries=32)
-def point_table(run_path: str, stamp: tuple[int, ...]) -> dict[str, Any]:
-    """Everything the maps draw, aligned to the embedding subset, as plain arrays (cached by run and
-    file times). Missing per-sample arrays come back as None."""
-    run = RunDir(Path(run_path))
-    umap_maps = load_arrays(run, UMAP_FILE) or {}
-    embeddings = load_arrays(run, "embeddings") or {}
+def _table(run: RunDir, index: np.ndarray, embeddings: dict[str, np.ndarray], predictions: dict[str, np.ndarray]
+           ) -> dict[str, Any]:
+    """Per-sample arrays for the points `index` (training indices), as plain arrays; missing ones are None."""
     weights = load_arrays(run, "sample_weights") or {}
-    index = np.asarray(umap_maps.get("index", embeddings.get("index", np.zeros(0, np.int64))), dtype=np.int64)
 
     def per_sample(key: str) -> np.ndarray | None:
         values = weights.get(key)
@@ -70,10 +64,7 @@ def point_table(run_path: str, stamp: tuple[int, ...]) -> dict[str, Any]:
     final_weight = per_sample("weights")
     suspicion = per_sample("suspicion")
     return {
-        "index": index,
-        "maps": {name: umap_maps[f"umap_{name}"] for name in model_names_in(embeddings) if f"umap_{name}" in umap_maps},
-        "predictions": {name: embeddings[f"prediction_{name}"] for name in model_names_in(embeddings)
-                        if f"prediction_{name}" in embeddings},
+        "index": index, "predictions": predictions,
         "label": per_sample("label"), "original_label": per_sample("original_label"),
         "is_poisoned": per_sample("is_poisoned"),
         "weight": final_weight[-1] if final_weight is not None and final_weight.ndim == 2 else None,
@@ -81,82 +72,102 @@ def point_table(run_path: str, stamp: tuple[int, ...]) -> dict[str, Any]:
     }
 
 
+@st.cache_data(show_spinner=False, max_entries=32)
+def point_table(run_path: str, stamp: tuple[int, ...]) -> dict[str, Any]:
+    """Everything the final maps draw, aligned to the embedding subset (cached by run and file times)."""
+    run = RunDir(Path(run_path))
+    umap_maps = load_arrays(run, UMAP_FILE) or {}
+    embeddings = load_arrays(run, "embeddings") or {}
+    index = np.asarray(umap_maps.get("index", embeddings.get("index", np.zeros(0, np.int64))), dtype=np.int64)
+    names = model_names_in(embeddings)
+    table = _table(run, index, embeddings, {n: embeddings[f"prediction_{n}"] for n in names
+                                            if f"prediction_{n}" in embeddings})
+    table["maps"] = {n: umap_maps[f"umap_{n}"] for n in names if f"umap_{n}" in umap_maps}
+    return table
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def epoch_table(run_path: str, stamp: tuple[int, ...]) -> dict[str, Any]:
+    """The animation's points (the images followed while training), their maps per recorded epoch and
+    the final models' predictions for them (cached by run and file times)."""
+    run = RunDir(Path(run_path))
+    maps = load_arrays(run, EPOCH_UMAP_FILE) or {}
+    embeddings = load_arrays(run, "embeddings") or {}
+    index = np.asarray(maps["index"], dtype=np.int64)
+    where = {int(s): i for i, s in enumerate(np.asarray(embeddings.get("index", [])).tolist())}
+    rows = np.array([where.get(int(s), -1) for s in index.tolist()], dtype=np.int64)
+    predictions = {n: embeddings[f"prediction_{n}"][rows] for n in model_names_in(embeddings)
+                   if f"prediction_{n}" in embeddings and (rows >= 0).all()}
+    table = _table(run, index, embeddings, predictions)
+    table.update(coords=maps["coords"], epoch=maps["epoch"], model=maps["model"].astype(str),
+                 phase=maps["phase"].astype(str), phase_epoch=maps["phase_epoch"])
+    return table
+
+
 def _stamp(run: RunDir) -> tuple[int, ...]:
-    return tuple(run.arrays_mtime(n) for n in (UMAP_FILE, "embeddings", "sample_weights"))
+    return tuple(run.arrays_mtime(n) for n in (UMAP_FILE, EPOCH_UMAP_FILE, "embeddings", "sample_weights"))
 
 
-def figure(points: dict[str, Any], name: str, colour_by: str, class_names: list[str], selected: int | None
-           ) -> go.Figure:
-    """One Scattergl trace: a dot per sample, customdata its training index."""
-    xy, index = points["maps"][name], points["index"]
-    poisoned = points["is_poisoned"] if points["is_poisoned"] is not None else np.zeros(len(index), bool)
-    labels = points["label"]
-    true_labels = points["original_label"] if points["original_label"] is not None else labels
-    colours = class_colours(len(class_names))
-
-    def class_name(c: int) -> str:
-        return class_names[c] if 0 <= c < len(class_names) else str(c)
-
-    marker: dict[str, Any] = {"symbol": ["x" if p else "circle" for p in poisoned.tolist()],
-                              "size": [14 if i == selected else (7 if p else 5) for i, p in
-                                       zip(index.tolist(), poisoned.tolist())],
-                              "opacity": 0.8, "line": {"width": 0}}
-    if colour_by in (WEIGHT, SUSPICION):
-        values = points["weight"] if colour_by == WEIGHT else points["suspicion"]
-        marker.update(color=np.nan_to_num(values.astype(float)).tolist(), colorscale="Viridis", showscale=True,
-                      colorbar={"title": {"text": "weight" if colour_by == WEIGHT else "suspicion"}, "thickness": 12})
-    else:
-        by = true_labels if colour_by == TRUE_DIGIT else labels
-        marker["color"] = [colours[c % len(colours)] for c in by.tolist()] if by is not None else "#636efa"
-
-    hover = []
-    for i, sample in enumerate(index.tolist()):
-        parts = [f"sample {sample}"]
-        if labels is not None:
-            parts.append(f"label {class_name(int(labels[i]))}")
-            if true_labels is not None and true_labels[i] != labels[i]:
-                parts.append(f"really {class_name(int(true_labels[i]))}")
-        parts.append("poisoned" if poisoned[i] else "clean")
-        if name in points["predictions"]:
-            parts.append(f"predicted {class_name(int(points['predictions'][name][i]))}")
-        if points["weight"] is not None:
-            parts.append(f"weight {points['weight'][i]:.3f}")
-        hover.append(" · ".join(parts))
-
-    fig = go.Figure(go.Scattergl(x=xy[:, 0].tolist(), y=xy[:, 1].tolist(), mode="markers",
-                                 customdata=index.tolist(), hovertext=hover, hoverinfo="text", marker=marker))
-    fig.update_layout(title=MODEL_TITLES.get(name, name), height=460, margin={"l": 10, "r": 10, "t": 40, "b": 10},
-                      dragmode="lasso", showlegend=False,
-                      xaxis={"showticklabels": False, "title": None}, yaxis={"showticklabels": False, "title": None})
-    return fig
+@st.cache_data(show_spinner=False, max_entries=64)
+def final_figures(run_path: str, stamp: tuple[int, ...], colour_by: str, poisoned_view: str,
+                  class_names: tuple[str, ...], selected: tuple[int, ...]) -> dict[str, Any]:
+    """{model: its final map figure} (cached: a figure of 5,000 points takes a noticeable moment)."""
+    table = point_table(run_path, stamp)
+    groups = colour_groups(table, colour_by, list(class_names), poisoned_view, list(selected))
+    return {name: map_figure(table, table["maps"][name], groups, MODEL_TITLES.get(name, name),
+                             hover_texts(table, list(class_names), name))
+            for name in plot_order(list(table["maps"]))}
 
 
-def selected_from(event: Any) -> int | None:
-    """The first selected point's sample id from a plotly_chart selection event, or None."""
+@st.cache_data(show_spinner=False, max_entries=64)
+def epoch_figure(run_path: str, stamp: tuple[int, ...], colour_by: str, poisoned_view: str,
+                 class_names: tuple[str, ...], selected: tuple[int, ...], total_epochs: int) -> Any:
+    table = epoch_table(run_path, stamp)
+    models = plot_order(list(dict.fromkeys(table["model"].tolist())))
+    steps = epoch_timeline(table["epoch"], table["model"], table["phase"], table["phase_epoch"], models)
+    groups = colour_groups(table, colour_by, list(class_names), poisoned_view, list(selected))
+    hover = {m: hover_texts(table, list(class_names), None) for m in models}
+    return animated_figure(table, table["coords"], steps, models, groups, hover, total_epochs)
+
+
+def as_selection(value: Any) -> list[int]:
+    """The session's selection as a list of sample ids (one id or a list of them)."""
+    if value is None:
+        return []
+    if isinstance(value, (int, np.integer)):
+        return [int(value)]
+    return [int(v) for v in value]
+
+
+def selected_from(event: Any) -> list[int]:
+    """Every selected point's sample id (customdata) from a plotly_chart selection event, in order,
+    without repeats (a point under its ring counts once)."""
     try:
         points = event.selection.points if hasattr(event, "selection") else event["selection"]["points"]
     except (KeyError, TypeError, AttributeError):
-        return None
+        return []
+    chosen: dict[int, None] = {}
     for point in points or []:
         value = point.get("customdata") if isinstance(point, dict) else None
         if isinstance(value, list):
             value = value[0] if value else None
         if value is not None:
-            return int(value)
-    return None
+            chosen[int(value)] = None
+    return list(chosen)
 
 
-def legend(class_names: list[str], colour_by: str) -> None:
-    """The colour key under the maps (one trace per map, so Plotly's own legend has nothing to list)."""
-    if colour_by in (WEIGHT, SUSPICION):
-        key = ("light = high weight (trusted), dark = low weight (suspected)" if colour_by == WEIGHT
-               else "light = more suspected, dark = less")
-    else:
-        colours = class_colours(len(class_names))
-        key = " ".join(f'<span style="color:{colours[i % len(colours)]}">●</span>&nbsp;{name}'
-                       for i, name in enumerate(class_names))
-    st.markdown(f"<small>Colour ({colour_by}): {key} &nbsp;·&nbsp; ✕ poisoned, ● clean</small>",
-                unsafe_allow_html=True)
+def chart(figure: Any, key: str) -> None:
+    """Draw a map that can be clicked, boxed or lassoed; a new selection on it becomes the page's."""
+    event = st.plotly_chart(figure, width="stretch", on_select="rerun", selection_mode=("points", "box", "lasso"),
+                            key=key, config={"scrollZoom": False})
+    chosen = selected_from(event)
+    # Only a chart whose selection changed moves the choice, so another chart's old selection does not
+    # win it back on every rerun.
+    if st.session_state.get(f"{key}_last") != chosen:
+        st.session_state[f"{key}_last"] = chosen
+        if chosen and chosen != as_selection(st.session_state.get(SELECTED)):
+            st.session_state[SELECTED] = chosen
+            st.rerun()
 
 
 def sample_details(run: RunDir, points: dict[str, Any], sample: int, class_names: list[str], defense: str) -> None:
@@ -167,9 +178,8 @@ def sample_details(run: RunDir, points: dict[str, Any], sample: int, class_names
         return
     i = int(position[0])
 
-    def class_name(c: Any) -> str:
-        c = int(c)
-        return f"{class_names[c]}" if 0 <= c < len(class_names) else str(c)
+    def name_of(c: Any) -> str:
+        return class_name(class_names, c)
 
     st.subheader(f"Sample {sample}")
     picture, facts = st.columns([1, 3])
@@ -184,9 +194,9 @@ def sample_details(run: RunDir, points: dict[str, Any], sample: int, class_names
         poisoned = bool(points["is_poisoned"][i]) if points["is_poisoned"] is not None else None
         rows = []
         if points["label"] is not None:
-            rows.append(f"- **Training label:** {class_name(points['label'][i])}")
+            rows.append(f"- **Training label:** {name_of(points['label'][i])}")
         if points["original_label"] is not None:
-            rows.append(f"- **Original label:** {class_name(points['original_label'][i])}")
+            rows.append(f"- **Original label:** {name_of(points['original_label'][i])}")
         if poisoned is not None:
             rows.append(f"- **Poisoned:** {'yes: it carries the trigger' if poisoned else 'no'}")
         if points["weight"] is not None:
@@ -195,8 +205,35 @@ def sample_details(run: RunDir, points: dict[str, Any], sample: int, class_names
             rows.append(f"- **{DEFENSE_TITLES.get(defense, defense)} suspicion:** {points['suspicion'][i]:.4g}")
         for name in plot_order(list(points["predictions"])):
             rows.append(f"- **{MODEL_TITLES.get(name, 'the model')} predicts:** "
-                        f"{class_name(points['predictions'][name][i])}")
+                        f"{name_of(points['predictions'][name][i])}")
         st.markdown("\n".join(rows))
+
+
+def selection_grid(run: RunDir, points: dict[str, Any], samples: list[int], class_names: list[str]) -> None:
+    """A selection of many: how many, how many of them poisoned, and their images."""
+    positions = np.flatnonzero(np.isin(points["index"], samples))
+    poisoned = points["is_poisoned"][positions].astype(bool) if points["is_poisoned"] is not None else None
+    st.subheader(f"{len(positions):,} images selected")
+    if poisoned is not None:
+        counts = st.columns(3)
+        counts[0].metric("poisoned", f"{int(poisoned.sum()):,}")
+        counts[1].metric("clean", f"{int((~poisoned).sum()):,}")
+        if points["label"] is not None and len(positions):
+            labels, frequency = np.unique(points["label"][positions], return_counts=True)
+            top = int(np.argmax(frequency))
+            counts[2].metric("most common training label", class_name(class_names, labels[top]),
+                             f"{int(frequency[top]):,} of {len(positions):,}", delta_color="off")
+    images = load_arrays(run, "images") or {}
+    where = {int(s): i for i, s in enumerate(np.asarray(images.get("train_index", [])).tolist())}
+    shown = [p for p in positions.tolist() if int(points["index"][p]) in where][:GRID_MAX]
+    for start in range(0, len(shown), GRID_COLUMNS):
+        for column, p in zip(st.columns(GRID_COLUMNS), shown[start:start + GRID_COLUMNS]):
+            sample = int(points["index"][p])
+            state = "poisoned" if poisoned is not None and points["is_poisoned"][p] else "clean"
+            label = class_name(class_names, points["label"][p]) if points["label"] is not None else "?"
+            column.image(enlarge(images["train_x"][where[sample]], 84), caption=f"{label} · {state}")
+    if len(positions) > len(shown):
+        st.caption(f"The first {len(shown)} of the {len(positions):,} selected images.")
 
 
 def waiting_for_map(run: RunDir) -> None:
@@ -222,6 +259,30 @@ def waiting_for_map(run: RunDir) -> None:
     poll()
 
 
+def epoch_notes(run: RunDir) -> bool:
+    """Say why the epoch-by-epoch view is not there; True when it is."""
+    if has_epoch_umap(run):
+        return True
+    if not run.has_arrays(EPOCH_FEATURES_FILE):
+        st.info("The epoch animation needs a run made by a newer version of the lab: this run did not record its "
+                "models while they trained. Train it again (same settings) to watch its maps form.")
+        return False
+    status = run.status()
+    if status.get("epoch_analysis") == "failed":
+        st.error(f"The background worker could not lay out this run's epochs: {status.get('epoch_analysis_error')}")
+        return False
+    st.info("The background worker is laying out this run's maps epoch by epoch (a few seconds). This page shows "
+            "them as soon as they are ready.")
+
+    @st.fragment(run_every=2)
+    def poll() -> None:
+        if has_epoch_umap(run) or run.status().get("epoch_analysis") == "failed":
+            st.rerun()
+
+    poll()
+    return False
+
+
 def render() -> None:
     run = pick_run()
     if run is None:
@@ -234,55 +295,77 @@ def render() -> None:
     if not has_umap(run):
         waiting_for_map(run)
         return
-    points = point_table(str(run.path), _stamp(run))
+    stamp = _stamp(run)
+    points = point_table(str(run.path), stamp)
     if not points["maps"]:
         st.info("This run kept no features to map (it was trained with embedding_samples = 0).")
         return
     summary = load_summary(run) or {}
     num_classes = int(summary.get("num_classes") or (int(points["label"].max()) + 1 if points["label"] is not None
                                                       and len(points["label"]) else 10))
-    class_names = [str(c) for c in (summary.get("class_names") or range(num_classes))]
+    class_names = tuple(str(c) for c in (summary.get("class_names") or range(num_classes)))
 
-    options = [TRUE_DIGIT, TRAINING_LABEL]
+    options = [TRUE_CLASS, TRAINING_LABEL]
     if points["weight"] is not None:
         options.append(WEIGHT)
     elif points["suspicion"] is not None:
         options.append(SUSPICION)
     if st.session_state.get(COLOUR_BY) not in options:
         st.session_state.pop(COLOUR_BY, None)  # e.g. "CBD's final weight" kept from a CBD run
-    colour_by = st.radio("Colour by", options, horizontal=True, key=COLOUR_BY,
-                         help="True class: the digit the image really shows. Training label: what the (poisoned) "
-                              "training set says. Weight / suspicion: what the defense made of each sample.")
+    view_column, colour_column, poisoned_column = st.columns([1.2, 2, 1.6])
+    view = view_column.radio("Show", (FINAL, EPOCHS), horizontal=True, key=VIEW,
+                             help="Final models: the maps of the models as training left them. Epoch by epoch: the "
+                                  "same maps while they trained, to play or scrub through.")
+    colour_by = colour_column.radio(
+        "Colour by", options, horizontal=True, key=COLOUR_BY,
+        help="True class: the digit the image really shows. Training label: what the (poisoned) training set "
+             "says. Weight (log scale) / suspicion (rank): what the defense made of each sample.")
+    poisoned_view = poisoned_column.radio(
+        "Poisoned images", POISONED_VIEWS, horizontal=True, key=POISONED_VIEW,
+        help="Crosses on top: drawn after the clean images, same size. Like the others: plain dots, so every "
+             "colour shows as the data has it. Hidden: only the clean images.")
+    selected = as_selection(st.session_state.get(SELECTED))
 
-    selected = st.session_state.get(SELECTED)
-    names = plot_order(list(points["maps"]))
-    columns = st.columns(len(names))
-    for column, name in zip(columns, names):
-        with column:
-            key = f"umap_chart_{name}"
-            event = st.plotly_chart(figure(points, name, colour_by, class_names, selected), width="stretch",
-                                    on_select="rerun", selection_mode=("points", "box", "lasso"), key=key)
-            chosen = selected_from(event)
-            # Only a chart whose selection changed moves the choice, so the other chart's old
-            # selection does not win it back on every rerun.
-            if st.session_state.get(f"{key}_last") != chosen:
-                st.session_state[f"{key}_last"] = chosen
-                if chosen is not None and chosen != selected:
-                    st.session_state[SELECTED] = chosen
-                    st.rerun()
-            delivered = name == names[-1]  # the model the defense hands over (f_C, or the only one)
-            explain(MODEL_EXPLANATIONS.get(name, f"How {DEFENSE_TITLES.get(defense, defense)}'s model groups the "
-                                                 "training images: crosses in an island of their own mean it "
-                                                 "learned the trigger; crosses among their true digit mean it did not."),
-                    summary if delivered else None)
-    legend(class_names, colour_by)
-    st.caption(f"{len(points['index']):,} training images, a stratified subset; the map is UMAP (15 neighbours) "
-               "of each model's standardised penultimate-layer features. Click, box or lasso a point to inspect it.")
+    if view == FINAL:
+        figures = final_figures(str(run.path), stamp, colour_by, poisoned_view, class_names, tuple(selected))
+        names = list(figures)
+        for column, name in zip(st.columns(len(names)), names):
+            with column:
+                chart(figures[name], f"umap_chart_{name}")
+                delivered = name == names[-1]  # the model the defense hands over (f_C, or the only one)
+                explain(MODEL_EXPLANATIONS.get(name, f"How {DEFENSE_TITLES.get(defense, defense)}'s model groups "
+                                                     "the training images: crosses in an island of their own mean "
+                                                     "it learned the trigger; crosses among their true digit mean "
+                                                     "it did not."),
+                        summary if delivered else None)
+        st.caption(f"{len(points['index']):,} training images, a stratified subset; the map is UMAP (15 neighbours) "
+                   "of each model's standardised penultimate-layer features. Click a point to inspect it; box or "
+                   "lasso several (toolbar, top right of a map) to count them and see their images.")
+    elif epoch_notes(run):
+        table = epoch_table(str(run.path), stamp)
+        total = len(run.metrics()) or int(table["epoch"].max())
+        chart(epoch_figure(str(run.path), stamp, colour_by, poisoned_view, class_names, tuple(selected), total),
+              "umap_epochs_chart")
+        poisoned_count = int(table["is_poisoned"].sum()) if table["is_poisoned"] is not None else 0
+        explain("Press Play (or drag the epoch slider under the maps): epochs are numbered as on the Train page. "
+                "Watch the crosses in f_B gather into an island of their own within its first epochs, while in "
+                "f_C, which starts once f_B is done, they stay with their true digits. A model keeps its last "
+                "map while the other trains.", summary)
+        st.caption(f"{len(table['index']):,} training images followed while training: all {poisoned_count:,} "
+                   "poisoned ones of the map's subset (up to 750) and clean ones in proportion to their classes, so "
+                   "the poison is over-represented here. Each epoch's map starts from the one before (UMAP), so a "
+                   "point moves only as far as the model's view of it changed.")
 
-    if selected is not None:
-        sample_details(run, points, int(selected), class_names, defense)
+    if len(selected) == 1:
+        sample_details(run, points, selected[0], list(class_names), defense)
+    elif selected:
+        selection_grid(run, points, selected, list(class_names))
     else:
-        st.caption("Select a point on a map to see its image, labels and predictions here.")
+        st.caption("Select a point on a map to see its image, labels and predictions here; box or lasso several "
+                   "to count them and see their images.")
+    if selected and st.button("Clear the selection", key="embedding_clear_selection"):
+        st.session_state.pop(SELECTED, None)
+        st.rerun()
 
 
 st.title("Embeddings")
