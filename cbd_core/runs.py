@@ -676,6 +676,16 @@ def _mtime_ns(path: Path) -> int:
         return 0
 
 
+def epoch_number(metrics: list[dict[str, Any]], phase: str, epoch: int) -> int | None:
+    """The run's number for `phase`'s `epoch`: the position (from 1) of its line in metrics.jsonl, the
+    numbering the Train page and epoch_features.npz use (CBD: f_B's stages 1-4, then f_C's epochs).
+    None when the run has no such line."""
+    for number, line in enumerate(metrics, start=1):
+        if line.get("phase") == phase and line.get("epoch") == epoch:
+            return number
+    return None
+
+
 def list_runs(root: str | Path | None = None) -> list[RunDir]:
     """Every run under the root, newest first: real folders (never a link) holding a config.json.
     Unreadable runs are listed too; `RunDir.problem()` says what is wrong with them."""

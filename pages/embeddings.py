@@ -250,10 +250,15 @@ def waiting_for_map(run: RunDir) -> None:
     else:
         st.info("The background worker is computing this run's map (UMAP takes from a few seconds to about half a "
                 "minute). This page shows it as soon as it is ready.")
+    rerun_when_done(run, "analysis", has_umap)
+
+
+def rerun_when_done(run: RunDir, field: str, ready: Any) -> None:
+    """Every 2 s, rerun the page once `ready(run)` or the worker's step `field` failed."""
 
     @st.fragment(run_every=2)
     def poll() -> None:
-        if has_umap(run) or run.status().get("analysis") == "failed":
+        if ready(run) or run.status().get(field) == "failed":
             st.rerun()
 
     poll()
@@ -273,13 +278,7 @@ def epoch_notes(run: RunDir) -> bool:
         return False
     st.info("The background worker is laying out this run's maps epoch by epoch (a few seconds). This page shows "
             "them as soon as they are ready.")
-
-    @st.fragment(run_every=2)
-    def poll() -> None:
-        if has_epoch_umap(run) or run.status().get("epoch_analysis") == "failed":
-            st.rerun()
-
-    poll()
+    rerun_when_done(run, "epoch_analysis", has_epoch_umap)
     return False
 
 

@@ -2,9 +2,12 @@
 
 CBD gives every training sample a weight w = CE_B / (CE_B + CE_C) each epoch: the poisoned samples,
 which the backdoored f_B fits far better than f_C, should sink towards 0. An epoch slider moves
-through the weights as f_C trains (epoch 0 = before it starts): their distribution split into
-poisoned and clean, how well "low weight" singles out the poisoned samples (AUROC) epoch by epoch,
-and the lowest- and highest-weight images. ABL and NONE get the equivalent: which samples they set
+through the weights as f_C trains, with epochs numbered as on the Train page (CBD: f_B's stages 1-4,
+then f_C's epochs, so the first weights, from the finished f_B and an untrained f_C, are at epoch 4):
+their distribution split into poisoned and clean, how well "low weight" singles out the poisoned
+samples (AUROC) epoch by epoch, and the lowest- and highest-weight images. A note says from which
+epoch each sample kept its lowest weight (summary's `weights_kept_from_epoch`), after which weights
+can only fall. ABL and NONE get the equivalent: which samples they set
 apart and how many of those were really poisoned. An undefended run has nothing to show here.
 Read-only: everything comes from the run's sample_weights.npz and images.npz.
 """
@@ -19,7 +22,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from cbd_core.metrics import auroc
-from cbd_core.runs import RunDir
+from cbd_core.runs import RunDir, epoch_number
 from pages.common import DEFENSE_TITLES, enlarge, explain, load_arrays, load_config, load_summary, page_errors, pick_run
 from pages.common.navigation import follow_app_navigation
 
@@ -82,27 +85,68 @@ def gallery(title: str, order: np.ndarray, images: dict[str, np.ndarray], captio
             st.image(enlarge(images["train_x"][position[int(sample)]], THUMBNAIL), caption=caption_of(int(sample)))
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def first_f_c_epoch(run_path: str, mtime: int) -> int | None:
+    """The run's number of f_C's first epoch (the Train page's numbering), None without metrics."""
+    from pathlib import Path
+
+    return epoch_number(RunDir(Path(run_path)).metrics(), "f_C", 1)
+
+
+def kept_note(summary: dict[str, Any], weighting: str | None, offset: int) -> str:
+    """From which epoch the weights only fall (CBD's "stable" weighting keeps each sample's lowest), in
+    the page's numbering, or why they never did."""
+    if weighting == "paper":
+        return ("This run used the paper's live weighting: f_C trained on weights recomputed in every batch; the ones "
+                "shown were taken at each epoch's end.")
+    kept = summary.get("weights_kept_from_epoch")
+    if kept is None:
+        return ("The weights were never frozen in this run: each sample keeps its lowest weight only once f_C's median "
+                "loss falls below f_B's, which did not happen, so every epoch's weights are fresh.")
+    return (f"From epoch {offset + int(kept)} (f_C's epoch {int(kept)}) on, each sample keeps its lowest weight so "
+            "far: weights can only fall from then on, so the histogram changes little after it.")
+
+
 def cbd_view(run: RunDir, record: dict[str, np.ndarray], class_names: list[str], summary: dict[str, Any]) -> None:
     weights, is_poisoned = record["weights"], record["is_poisoned"].astype(bool)
     epochs = weights.shape[0] - 1
-    epoch = st.slider("Epoch of f_C", 0, epochs, epochs, key="weights_epoch",
-                      help="0 = the weights before f_C starts training (from f_B's losses and an untrained f_C); "
-                           "each later epoch is the weight f_C trained on in the next one.")
-    current = weights[epoch]
+    first = first_f_c_epoch(str(run.path), run.file_mtime("metrics.jsonl"))
+    offset = first - 1 if first else 0  # row 0 (before f_C trains) sits at f_B's last epoch
+    if not offset <= st.session_state.get("weights_epoch", offset) <= offset + epochs:
+        st.session_state.pop("weights_epoch", None)  # kept from a run numbered differently
+
+    def label(number: int) -> str:
+        row = number - offset
+        return (f"epoch {number} (f_B done, f_C not trained yet)" if row == 0 else
+                f"epoch {number} (f_C's epoch {row})")
+
+    epoch = st.slider("Epoch", offset, offset + epochs, offset + epochs, key="weights_epoch",
+                      help=f"Numbered as on the Train page: epochs 1-{offset} are f_B's, {offset + 1}-{offset + epochs} "
+                           f"f_C's. Epoch {offset}: the weights f_C starts with (from the finished f_B and an "
+                           "untrained f_C); each later epoch: the weights f_C trained on in the next one.")
+    row = epoch - offset
+    current = weights[row]
     scores = auroc_per_epoch(weights, is_poisoned)
+    kept = summary.get("weights_kept_from_epoch")
+    st.caption(f"**Weights kept:** {kept_note(summary, (load_config(run).get('defense_params') or {}).get('weighting'), offset)}")
 
     left, right = st.columns(2)
     with left:
-        st.plotly_chart(split_histogram(current, is_poisoned, f"weight at epoch {epoch}"), width="stretch",
+        st.plotly_chart(split_histogram(current, is_poisoned, f"weight at {label(epoch)}"), width="stretch",
                         key="weights_histogram")
         explain("For CBD to work, the red bars (poisoned samples) must pile up near 0, far left of the blue ones: "
                 "the samples CBD stops trusting, so f_C hardly learns from them.", summary)
     with right:
-        fig = go.Figure(go.Scatter(x=list(range(epochs + 1)), y=[None if not np.isfinite(s) else s for s in scores],
+        numbers = list(range(offset, offset + epochs + 1))
+        fig = go.Figure(go.Scatter(x=numbers, y=[None if not np.isfinite(s) else s for s in scores],
                                    mode="lines+markers", name="AUROC", line={"color": POISONED_COLOUR}))
+        if kept is not None:
+            fig.add_vrect(x0=offset + int(kept), x1=offset + epochs, fillcolor="grey", opacity=0.12, line_width=0,
+                          annotation_text="lowest weight kept", annotation_position="top left")
         fig.add_vline(x=epoch, line_dash="dot", line_color="grey")
-        fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 30, "b": 10}, xaxis_title="epoch of f_C",
-                          yaxis_title="poison-detection AUROC", yaxis_range=[0, 1.02], xaxis_dtick=1)
+        fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 30, "b": 10},
+                          xaxis_title="epoch (as on the Train page)", yaxis_title="poison-detection AUROC",
+                          yaxis_range=[0, 1.02], xaxis_dtick=1)
         st.plotly_chart(fig, width="stretch", key="weights_auroc")
         explain("How well a low weight picks out the poisoned samples, epoch by epoch: 1.0 means every poisoned "
                 "sample weighs less than every clean one, 0.5 is a coin toss.")
@@ -127,8 +171,8 @@ def cbd_view(run: RunDir, record: dict[str, np.ndarray], class_names: list[str],
             state = "clean"
         return f"label {label} · {state} · w {current[sample]:.3f}"
 
-    gallery(f"Lowest weight at epoch {epoch}", ranked[:GALLERY_SIZE], images, caption)
-    gallery(f"Highest weight at epoch {epoch}", ranked[::-1][:GALLERY_SIZE], images, caption)
+    gallery(f"Lowest weight at {label(epoch)}", ranked[:GALLERY_SIZE], images, caption)
+    gallery(f"Highest weight at {label(epoch)}", ranked[::-1][:GALLERY_SIZE], images, caption)
     explain("If CBD singled out the poison, the lowest row is mostly poisoned images (look for the trigger) and the "
             "highest row clean images f_C learns most from." + (f" Drawn from the {len(kept):,} training images this "
                                                                  "run kept." if len(kept) < len(current) else ""),

@@ -31,13 +31,15 @@ def test_cbd_run_shows_histogram_auroc_and_gallery(finished_runs, monkeypatch):
     assert not at.exception and not at.error
     record = RunDir(root / ids["cbd"]).arrays("sample_weights")
     epochs = record["weights"].shape[0] - 1
-    assert at.slider[0].value == epochs
+    # numbered as on the Train page: f_B's 4 stages first, so the weights f_C starts with sit at epoch 4
+    assert (at.slider[0].min, at.slider[0].max, at.slider[0].value) == (4, 4 + epochs, 4 + epochs)
 
     histogram, curve = charts(at)
     assert [t["type"] for t in histogram["data"]] == ["histogram", "histogram"]
     assert sum(len(t["x"]) for t in histogram["data"]) == record["weights"].shape[1]
     expected = [auroc(-w, record["is_poisoned"]) for w in record["weights"]]
     np.testing.assert_allclose(curve["data"][0]["y"], expected)
+    assert curve["data"][0]["x"] == list(range(4, 5 + epochs))
     assert 2 * 8 == len(at.image)  # lowest- and highest-weight rows
     shown = [caption for image in at.image for caption in image.proto.imgs[0].caption.split("\n")]
     assert all(" · poisoned" in c or " · clean · " in c for c in shown)  # each image says which it is
@@ -67,13 +69,35 @@ def test_gallery_ranks_and_labels_the_poison(finished_runs, monkeypatch, tmp_pat
 def test_moving_the_epoch_slider(finished_runs, monkeypatch):
     root, ids = finished_runs
     at = open_page(root, ids["cbd"], monkeypatch)
-    at.slider[0].set_value(0).run()
+    at.slider[0].set_value(4).run()  # f_B's last epoch: the weights before f_C trains (row 0)
     assert not at.exception and not at.error
     weights = RunDir(root / ids["cbd"]).arrays("sample_weights")["weights"]
     histogram = charts(at)[0]
     shown = sorted(x for t in histogram["data"] for x in t["x"])
     np.testing.assert_allclose(shown, np.sort(weights[0]), rtol=1e-6)
-    assert "epoch 0" in histogram["layout"]["xaxis"]["title"]["text"]
+    assert "epoch 4 (f_B done, f_C not trained yet)" in histogram["layout"]["xaxis"]["title"]["text"]
+    at.slider[0].set_value(6).run()
+    histogram = charts(at)[0]
+    np.testing.assert_allclose(sorted(x for t in histogram["data"] for x in t["x"]), np.sort(weights[2]), rtol=1e-6)
+    assert "epoch 6 (f_C's epoch 2)" in histogram["layout"]["xaxis"]["title"]["text"]
+
+
+def test_the_page_says_from_which_epoch_weights_were_kept(finished_runs, monkeypatch, tmp_path):
+    import shutil
+
+    root, ids = finished_runs
+    shutil.copytree(root / ids["cbd"], tmp_path / ids["cbd"])
+    run = RunDir(tmp_path / ids["cbd"])
+    run.write_summary({**run.summary(), "weights_kept_from_epoch": 2})
+    at = open_page(tmp_path, ids["cbd"], monkeypatch)
+    assert not at.exception and not at.error
+    assert any("From epoch 6 (f_C's epoch 2) on, each sample keeps its lowest weight" in c.value for c in at.caption)
+    curve = charts(at)[1]
+    (shade,) = [shape for shape in curve["layout"]["shapes"] if shape["type"] == "rect"]
+    assert (shade["x0"], shade["x1"]) == (6, 4 + run.sample_record()["weights"].shape[0] - 1)
+    run.write_summary({**run.summary(), "weights_kept_from_epoch": None})
+    at = open_page(tmp_path, ids["cbd"], monkeypatch)
+    assert any("The weights were never frozen in this run" in c.value for c in at.caption)
 
 
 def test_undefended_run_says_why_there_is_nothing(finished_runs, monkeypatch):
