@@ -111,23 +111,26 @@ def _stamp(run: RunDir) -> tuple[int, ...]:
 @st.cache_data(show_spinner=False, max_entries=64)
 def final_figures(run_path: str, stamp: tuple[int, ...], colour_by: str, poisoned_view: str,
                   class_names: tuple[str, ...], selected: tuple[int, ...]) -> dict[str, Any]:
-    """{model: its final map figure} (cached: a figure of 5,000 points takes a noticeable moment)."""
+    """{model: its final map figure, as a plain dict} (cached: a figure of 5,000 points takes a noticeable
+    moment). Dicts, not Figures: a pickled Figure comes back with its template in another order, and
+    Streamlit keys a chart's selection on its spec, so the first click after a cache hit was lost."""
     table = point_table(run_path, stamp)
     groups = colour_groups(table, colour_by, list(class_names), poisoned_view, list(selected))
     return {name: map_figure(table, table["maps"][name], groups, MODEL_TITLES.get(name, name),
-                             hover_texts(table, list(class_names), name))
+                             hover_texts(table, list(class_names), name)).to_dict()
             for name in plot_order(list(table["maps"]))}
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def epoch_figure(run_path: str, stamp: tuple[int, ...], colour_by: str, poisoned_view: str,
-                 class_names: tuple[str, ...], selected: tuple[int, ...], total_epochs: int) -> Any:
+                 class_names: tuple[str, ...], selected: tuple[int, ...], total_epochs: int) -> dict[str, Any]:
+    """The animation, as a plain dict (see final_figures)."""
     table = epoch_table(run_path, stamp)
     models = plot_order(list(dict.fromkeys(table["model"].tolist())))
     steps = epoch_timeline(table["epoch"], table["model"], table["phase"], table["phase_epoch"], models)
     groups = colour_groups(table, colour_by, list(class_names), poisoned_view, list(selected))
     hover = {m: hover_texts(table, list(class_names), None) for m in models}
-    return animated_figure(table, table["coords"], steps, models, groups, hover, total_epochs)
+    return animated_figure(table, table["coords"], steps, models, groups, hover, total_epochs).to_dict()
 
 
 def as_selection(value: Any) -> list[int]:
@@ -159,7 +162,7 @@ def selected_from(event: Any) -> list[int]:
 def chart(figure: Any, key: str) -> None:
     """Draw a map that can be clicked, boxed or lassoed; a new selection on it becomes the page's."""
     event = st.plotly_chart(figure, width="stretch", on_select="rerun", selection_mode=("points", "box", "lasso"),
-                            key=key, config={"scrollZoom": False})
+                            key=key)
     chosen = selected_from(event)
     # Only a chart whose selection changed moves the choice, so another chart's old selection does not
     # win it back on every rerun.
@@ -311,7 +314,7 @@ def render() -> None:
         options.append(SUSPICION)
     if st.session_state.get(COLOUR_BY) not in options:
         st.session_state.pop(COLOUR_BY, None)  # e.g. "CBD's final weight" kept from a CBD run
-    view_column, colour_column, poisoned_column = st.columns([1.2, 2, 1.6])
+    view_column, colour_column, poisoned_column = st.columns([1.15, 1.9, 1.95])
     view = view_column.radio("Show", (FINAL, EPOCHS), horizontal=True, key=VIEW,
                              help="Final models: the maps of the models as training left them. Epoch by epoch: the "
                                   "same maps while they trained, to play or scrub through.")

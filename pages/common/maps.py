@@ -21,8 +21,9 @@ MARKED, LIKE_OTHERS, HIDDEN = "crosses on top", "like the others", "hidden"
 POISONED_VIEWS = (MARKED, LIKE_OTHERS, HIDDEN)
 MODEL_TITLES = {"f_B": "confounding f_B", "f_C": "deconfounded f_C"}
 POINT_SIZE, OPACITY = 6, 0.7
+FEW_SELECTED = 20
 WEIGHT_FLOOR = 1e-4  # weights below count as this on the log scale
-MAP_HEIGHT, ANIMATION_HEIGHT = 620, 660
+MAP_HEIGHT, ANIMATION_HEIGHT = 620, 720
 
 
 def plot_order(names: list[str]) -> list[str]:
@@ -99,9 +100,10 @@ def colour_groups(table: dict[str, Any], colour_by: str, class_names: list[str],
                                                                         for c in by[positions].tolist()]}})
     chosen = np.flatnonzero(np.isin(table["index"], np.asarray(selected, dtype=np.int64)))
     if len(chosen):
+        few = len(chosen) <= FEW_SELECTED  # a bold ring finds one point; hundreds of them would hide the map
         groups.append({"name": "selected", "positions": chosen,
-                       "marker": {"symbol": "circle-open", "size": 15, "color": "black", "line": {"width": 2},
-                                  "opacity": 1.0}})
+                       "marker": {"symbol": "circle-open", "size": 15 if few else 9, "color": "black",
+                                  "line": {"width": 2 if few else 1}, "opacity": 1.0 if few else 0.45}})
     return groups
 
 
@@ -213,20 +215,23 @@ def animated_figure(table: dict[str, Any], coords: np.ndarray, steps: list[dict[
 
     fig.frames = [go.Frame(name=str(s["epoch"]), data=frame_data(s), layout={"title": {"text": caption(s)}})
                   for s in steps]
-    play = {"frame": {"duration": 900, "redraw": False}, "transition": {"duration": 600, "easing": "cubic-in-out"},
+    play = {"frame": {"duration": 900, "redraw": True}, "transition": {"duration": 600, "easing": "cubic-in-out"},
             "fromcurrent": True, "mode": "immediate"}
-    pause = {"frame": {"duration": 0, "redraw": False}, "transition": {"duration": 0}, "mode": "immediate"}
+    pause = {"frame": {"duration": 0, "redraw": True}, "transition": {"duration": 0}, "mode": "immediate"}
+    # Title, then the legend in a row of its own above the maps; Play / Pause and the epoch slider in one
+    # row below them, the slider starting right of the buttons so its "epoch N" label stays readable.
     fig.update_layout(
-        title={"text": caption(steps[0])}, height=ANIMATION_HEIGHT, margin={"l": 10, "r": 10, "t": 70, "b": 10},
-        **_legend(),
-        updatemenus=[{"type": "buttons", "direction": "left", "x": 0, "y": -0.16, "xanchor": "left", "yanchor": "top",
-                      "showactive": False, "pad": {"r": 10, "t": 10},
+        title={"text": caption(steps[0]), "y": 0.985, "yanchor": "top"}, height=ANIMATION_HEIGHT,
+        margin={"l": 10, "r": 10, "t": 110, "b": 90},
+        showlegend=True, legend={"orientation": "h", "x": 0, "y": 1.09, "yanchor": "bottom", "itemsizing": "constant",
+                                 "font": {"size": 13}},
+        updatemenus=[{"type": "buttons", "direction": "left", "x": 0, "y": -0.03, "xanchor": "left", "yanchor": "top",
+                      "showactive": False, "pad": {"t": 30},
                       "buttons": [{"label": "▶ Play", "method": "animate", "args": [None, play]},
                                   {"label": "❚❚ Pause", "method": "animate", "args": [[None], pause]}]}],
-        sliders=[{"active": 0, "x": 0.12, "len": 0.88, "y": -0.14, "yanchor": "top", "pad": {"t": 10},
-                  "currentvalue": {"prefix": "epoch ", "font": {"size": 14}},
+        sliders=[{"active": 0, "x": 0.17, "len": 0.83, "y": -0.03, "yanchor": "top", "pad": {"t": 10},
+                  "currentvalue": {"prefix": "epoch ", "font": {"size": 14}, "xanchor": "left"},
                   "steps": [{"label": str(s["epoch"]), "method": "animate",
                              "args": [[str(s["epoch"])], {**pause, "transition": {"duration": 300}}]}
                             for s in steps]}])
-    fig.update_layout(legend={"y": -0.3})
     return fig
