@@ -110,4 +110,15 @@ def test_quick_demo_and_every_page(server, browser):
         assert "Look inside a run" in nav.inner_text() and "common" not in nav.inner_text(), nav.inner_text()
         assert run.run_id in linked.url and "Select a point on a map" in linked.locator("[data-testid='stMain']").inner_text()
         linked.screenshot(path=str(ARTIFACTS / "11_deep_link_embeddings.png"), full_page=True)
+        # One click on a point selects it (Streamlit turns click-to-select off in lasso drag mode, and
+        # loses the first click when a chart's spec changes between reruns).
+        point = linked.evaluate("""() => { const g = document.querySelector('.js-plotly-plot');
+            const t = g.data.find(d => d.x.length), l = g._fullLayout, r = g.getBoundingClientRect();
+            return {x: r.left + l._size.l + l.xaxis.l2p(t.x[0]), y: r.top + l._size.t + l.yaxis.l2p(t.y[0]),
+                    sample: t.customdata[0]}; }""")
+        linked.mouse.move(point["x"], point["y"])
+        linked.wait_for_timeout(300)
+        linked.mouse.click(point["x"], point["y"])
+        linked.wait_for_selector(f"h3:has-text('Sample {point['sample']}')", timeout=30_000)
+        assert_no_exception(linked, "selected point")
         fresh.close()
