@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit = sub.add_parser("submit", help="queue one run for the dashboard's background worker and exit")
     add_run_arguments(submit)
     submit.add_argument("--out", help="runs root the worker serves (default $BACKDOOR_LAB_RUNS or ./runs)")
-    submit.add_argument("--json", action="store_true", help="print {run_id, run_dir, queue} as one JSON line")
+    submit.add_argument("--json", action="store_true",
+                        help="print {run_id, run_dir, queue, reused, state} as one JSON line")
     submit.add_argument("--no-worker", action="store_true",
                         help="only queue: do not start a worker (the dashboard's starts when the app runs)")
 
@@ -220,14 +221,19 @@ def config_from_args(args: argparse.Namespace):
 def command_submit(args: argparse.Namespace) -> int:
     """Validate exactly as `run` does, queue the run under the runs root, print its id, exit. Unless
     --no-worker, a worker is started for its device if none serves it (it trains the queue, then
-    stops by itself once idle, since this process is gone)."""
-    from .jobs import submit
+    stops by itself once idle, since this process is gone). Like the dashboard's Start, a config that
+    is already queued, running or done is not queued again: its run's id is printed, and stderr says so."""
+    from .jobs import submit_once
     from .runs import check_writable_root, to_json
 
     check_writable_root(args.out)  # before any data is loaded
-    run = submit(config_from_args(args), args.out, start_worker=not args.no_worker)
+    run, reused, state = submit_once(config_from_args(args), args.out, start_worker=not args.no_worker)
+    if reused:
+        print(f"an identical run (same settings and seed) is already {state}: {run.run_id}; nothing new was "
+              "queued (change the seed, or use `run`, to train it again)", file=sys.stderr)
     if args.json:
-        print(to_json({"run_id": run.run_id, "run_dir": str(run.path), "queue": run.status().get("queue")}))
+        print(to_json({"run_id": run.run_id, "run_dir": str(run.path), "queue": run.status().get("queue"),
+                       "reused": reused, "state": state}))
     else:
         print(run.run_id)
     return 0
