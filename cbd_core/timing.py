@@ -38,7 +38,9 @@ class RunTiming:
     basis: str  # what `remaining` rests on, in words ("" when there is nothing to say)
 
 
-def _seconds_between(start: Any, end: Any) -> float | None:
+def seconds_between(start: Any, end: Any = None) -> float | None:
+    """Seconds from one ISO time to another (default: now); None when either cannot be read."""
+    end = end or now_iso()
     try:
         a, b = datetime.fromisoformat(str(start)), datetime.fromisoformat(str(end))
     except ValueError:
@@ -56,13 +58,13 @@ def estimate(status: dict[str, Any], metrics: list[dict[str, Any]], total_stages
     if state == "done":
         seconds = status.get("seconds")
         elapsed = float(seconds) if isinstance(seconds, (int, float)) else \
-            _seconds_between(status.get("started"), status.get("finished"))
+            seconds_between(status.get("started"), status.get("finished"))
         return RunTiming(elapsed, 0.0, "")
     if state != "running" or not status.get("started"):
         end = status.get("finished") if state in ("failed", "cancelled") else None
-        elapsed = _seconds_between(status["started"], end) if status.get("started") and end else None
+        elapsed = seconds_between(status["started"], end) if status.get("started") and end else None
         return RunTiming(elapsed, None, "")
-    elapsed = _seconds_between(status["started"], now) or 0.0
+    elapsed = seconds_between(status["started"], now) or 0.0
 
     if similar_seconds:
         typical = statistics.median(similar_seconds)
