@@ -21,8 +21,8 @@ from cbd_core.errors import UserInputError
 from cbd_core.params import Param
 from cbd_core.runs import FINISHED, RunDir, list_runs
 from cbd_core.timing import duration_text, run_timing, seconds_between
-from pages.common import (active_run_id, explain, load_config, load_summary, page_errors, runs_root_path,
-                              set_active_run, verdict_banner)
+from pages.common import (active_run_id, chart_config, explain, load_config, load_summary, page_errors,
+                          runs_root_path, set_active_run, verdict_banner)
 from pages.common.navigation import follow_app_navigation
 
 follow_app_navigation()
@@ -319,7 +319,8 @@ def live_panel() -> None:
         verdict_banner(run, status)
     metrics = run.metrics()
     if metrics:
-        st.plotly_chart(curves(metrics), width="stretch", key="train_curves")
+        st.plotly_chart(curves(metrics), width="stretch", key="train_curves",
+                        config=chart_config("training-curves", run.run_id))
         explain("solid lines are clean accuracy (higher is better), dashed lines the attack success rate "
                 "(lower is better for a defense). For CBD, f_B's dashed line should shoot up - it learns the "
                 "trigger on purpose - while f_C's is meant to stay near zero as its clean accuracy climbs.",

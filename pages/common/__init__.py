@@ -233,6 +233,15 @@ def pick_run(label: str = "Run", only: Callable[[dict[str, Any], dict[str, Any]]
     return candidates[ids.index(chosen)]
 
 
+def chart_config(name: str, run_id: str | None = None) -> dict[str, Any]:
+    """The `config` of st.plotly_chart: the modebar's camera button saves the chart as a PNG named
+    after it (and its run), drawn by plotly.js in the browser, so it works offline; at twice the
+    screen's resolution, sharp enough for slides."""
+    stem = "-".join(filter(None, ["backdoor-lab", name, run_id]))
+    filename = "".join(c if c.isalnum() or c in "-_." else "-" for c in stem)
+    return {"toImageButtonOptions": {"format": "png", "filename": filename, "scale": 2}, "displaylogo": False}
+
+
 def set_active_run(run_id: str) -> None:
     st.session_state[ACTIVE_RUN] = run_id
     if st.query_params.get("run") != run_id:
