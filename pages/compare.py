@@ -24,7 +24,7 @@ from cbd_core.errors import UserInputError
 from cbd_core.metrics import auroc
 from cbd_core.runs import RunDir, list_runs
 from pages.common import (DEFENSE_TITLES, chart_config, enlarge, explain, load_arrays, load_config, load_summary,
-                          page_errors, pick_run, runs_root_path, verdict_banner)
+                          page_errors, pick_run, report_download, runs_root_path, verdict_banner)
 from pages.common.navigation import follow_app_navigation
 
 follow_app_navigation()
@@ -344,4 +344,5 @@ with page_errors():
     run = pick_run("Run", key="compare_run")
     if run is not None:
         verdict_banner(run)
+        report_download(run, "compare_report")
         suspected_poison_view(run)

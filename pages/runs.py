@@ -14,8 +14,8 @@ import streamlit as st
 from cbd_core import jobs, verdicts
 from cbd_core.runs import FINISHED, RunDir, list_runs
 from pages.common import (ACTIVE_RUN, DEFENSE_TITLES, active_run_id, load_config, load_summary,
-                              missing_run_note, page_errors, run_label, runs_root_path, set_active_run,
-                              verdict_banner)
+                          missing_run_note, page_errors, report_download, run_label, runs_root_path, set_active_run,
+                          verdict_banner)
 from pages.common.navigation import follow_app_navigation
 
 follow_app_navigation()
@@ -116,7 +116,8 @@ def details(run: RunDir) -> None:
     if state in FINISHED:
         c2.download_button("Download as zip", zipped(str(run.path), str(status.get("finished"))),
                            file_name=f"{run.run_id}.zip", mime="application/zip")
-    with c3:
+    report_download(run, f"report_{run.run_id}", c3)
+    with c4:
         if state in FINISHED:
             delete_controls(run)
         else:
