@@ -56,6 +56,10 @@ def _number(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
 
 
+def _count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else "n/a"
+
+
 def _pct(value: Any) -> str:
     return f"{100 * value:.1f} %" if isinstance(value, (int, float)) and np.isfinite(value) else "n/a"
 
@@ -92,7 +96,10 @@ def curves_svg(metrics: list[dict[str, Any]], phase_names: dict[str, str] | None
                 label=f"{name}: clean accuracy")
         ax.plot(x, [_number(m.get("attack_success_rate")) for m in lines], marker="x", ls=ASR_STYLE, color=colour,
                 ms=5, label=f"{name}: attack success")
+    from matplotlib.ticker import MaxNLocator
+
     ax.set_ylim(0, 1.02)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # stages are whole numbers
     ax.set_xlabel("stage (epochs of every phase, in order)")
     ax.set_ylabel("share of test images")
     ax.grid(alpha=0.3)
@@ -125,7 +132,10 @@ def weights_svg(record: dict[str, np.ndarray] | None) -> tuple[str | None, str]:
     ax = fig.add_subplot()
     for name, mask, colour in (("clean", ~poisoned, CLEAN), ("poisoned", poisoned, POISONED)):
         ax.hist(values[mask & finite], bins=edges, color=colour, alpha=0.65, label=f"{name} ({int(mask.sum()):,})")
+    from matplotlib.ticker import FuncFormatter
+
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))  # 1, 10, 100, not 10²
     ax.set_xlabel(axis)
     ax.set_ylabel("training samples (log)")
     ax.legend(fontsize=9, frameon=False)
@@ -188,8 +198,8 @@ def html_report(run: RunDir, phase_names: dict[str, str] | None = None) -> str:
             rows.append((f"undefended baseline ({baseline.run_id})", _pct(base.get("clean_accuracy")),
                          _pct(base.get("attack_success_rate")), _pct(base.get("robust_accuracy"))))
         parts.append(_table(rows, ("", "clean accuracy (CA)", "attack success rate (ASR)", "robust accuracy (RA)")))
-        extra = [("poisoned training images", f"{summary.get('poisoned_samples', 'n/a')} of "
-                                              f"{summary.get('train_samples', 'n/a')}"),
+        extra = [("poisoned training images", f"{_count(summary.get('poisoned_samples'))} of "
+                                              f"{_count(summary.get('train_samples'))}"),
                  ("poison-detection AUROC", f"{summary['poison_detection_auroc']:.3f}"
                   if isinstance(summary.get("poison_detection_auroc"), (int, float)) else "n/a"),
                  ("model", str(summary.get("model"))), ("device", str(summary.get("device"))),

@@ -71,7 +71,7 @@ def estimate(status: dict[str, Any], metrics: list[dict[str, Any]], total_stages
         if elapsed < typical:
             runs = f"{len(similar_seconds)} finished run{'s' if len(similar_seconds) != 1 else ''}"
             return RunTiming(elapsed, typical - elapsed,
-                             f"from {runs} with the same settings (typically {typical:.0f} s in all)")
+                             f"judged from {runs} with the same settings, typically {typical:.0f} s in all")
     stages = [m for m in metrics if isinstance(m.get("elapsed_seconds"), (int, float))]
     if stages and total_stages:
         per_stage = float(stages[-1]["elapsed_seconds"]) / len(stages)
@@ -80,7 +80,7 @@ def estimate(status: dict[str, Any], metrics: list[dict[str, Any]], total_stages
         step, steps = progress.get("step"), progress.get("steps")
         within = step / steps if isinstance(step, int) and isinstance(steps, int) and steps > 0 and left else 0.0
         return RunTiming(elapsed, max(0.0, per_stage * (left - within)),
-                         f"from this run's pace: {per_stage:.1f} s per stage over {len(stages)} finished, "
+                         f"judged from this run's pace: {per_stage:.1f} s per stage over {len(stages)} finished, "
                          f"{left} of {total_stages} to go")
     return RunTiming(elapsed, None, "an estimate follows when the first stage ends")
 

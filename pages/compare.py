@@ -136,7 +136,9 @@ def scatter(table: pd.DataFrame) -> go.Figure:
     fig.update_yaxes(range=[-3, 103])
     fig.add_shape(type="rect", x0=90, x1=101, y0=-3, y1=10, fillcolor="green", opacity=0.08, line_width=0,
                   layer="below")
-    fig.add_annotation(x=100, y=0, text="ideal: high CA, low ASR", showarrow=True, arrowhead=2, ax=-90, ay=-50)
+    # Above the shaded corner, on a translucent ground, so it names the corner without hiding the runs in it.
+    fig.add_annotation(x=101, y=10, xanchor="right", yanchor="bottom", text="ideal corner: high CA, low ASR",
+                       showarrow=False, font=dict(size=11, color="#2e7d32"), bgcolor="rgba(255,255,255,0.6)")
     fig.update_layout(height=440, margin=dict(t=20, b=10, l=10, r=10), legend=dict(title="attack, defense"))
     fig.update_xaxes(automargin=True)
     fig.update_yaxes(automargin=True)
@@ -211,7 +213,10 @@ def suspicion_histogram(suspicion: np.ndarray, is_poisoned: np.ndarray, threshol
     for name, mask, colour in (("clean", ~is_poisoned, "#4c78a8"), ("poisoned", is_poisoned, "#e45756")):
         fig.add_trace(go.Histogram(x=suspicion[mask & finite], name=f"{name} ({int(mask.sum()):,})", xbins=bins,
                                    marker_color=colour, opacity=0.65))
-    fig.add_vline(x=threshold, line_dash="dash", annotation_text="top k flagged →", annotation_position="top right")
+    # The label goes on the side of the line with room, so it is never cut off at the plot's edge.
+    right_half = np.isfinite(threshold) and threshold > (edges[0] + edges[-1]) / 2
+    fig.add_vline(x=threshold, line_dash="dash", annotation_text="top k flagged →",
+                  annotation_position="top left" if right_half else "top right")
     # One tick per power of ten (1, 10, 100, 1,000): Plotly's default log ticks read "1 2 5 10 2 5 100".
     fig.update_layout(barmode="overlay", height=340, margin=dict(t=50, b=10, l=10, r=10),
                       xaxis_title="suspicion (higher = more suspected)", legend=dict(orientation="h", y=1.18))

@@ -40,12 +40,18 @@ def row(run: RunDir, positions: dict[str, int]) -> dict[str, Any]:
     return {
         "state": state, "verdict": verdicts.verdict(summary) if status.get("state") == "done" else "",
         "defense": DEFENSE_TITLES.get(config.get("defense"), config.get("defense")),
-        "attack": config.get("attack"), "poison rate": config.get("poison_rate"), "dataset": config.get("dataset"),
+        "attack": config.get("attack"), "poison rate": _percent(config.get("poison_rate")),
+        "dataset": config.get("dataset"),
         "seed": config.get("seed"), "clean accuracy": summary.get("clean_accuracy"),
         "attack success rate": summary.get("attack_success_rate"), "robust accuracy": summary.get("robust_accuracy"),
         "seconds": summary.get("seconds") or status.get("seconds"), "created": status.get("created"),
         "run": run.run_id,  # last: the long id would push the figures off screen
     }
+
+
+def _percent(fraction: Any) -> float | None:
+    """A fraction as percent, so the poison rate reads as on the Train page (10 %, never 0.10)."""
+    return round(100 * float(fraction), 4) if isinstance(fraction, (int, float)) else None
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
@@ -62,7 +68,9 @@ def table() -> None:
     positions = jobs.queue_positions(root)
     st.dataframe([row(run, positions) for run in list_runs(root)], hide_index=True, width="stretch",
                  column_config={"clean accuracy": fraction, "attack success rate": fraction,
-                                "robust accuracy": fraction, "poison rate": st.column_config.NumberColumn(format="%.2f"),
+                                "robust accuracy": fraction,
+                                "poison rate": st.column_config.NumberColumn(
+                                    format="%g %%", help="percent of the training set poisoned"),
                                 "seconds": st.column_config.NumberColumn(format="%.0f")})
 
 

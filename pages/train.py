@@ -255,7 +255,7 @@ def timing_line(run: RunDir, status: dict[str, Any]) -> None:
         st.caption(f":material/timer: Elapsed {duration_text(timing.elapsed)} · {timing.basis}.")
     else:
         st.caption(f":material/timer: Elapsed {duration_text(timing.elapsed)} · about "
-                   f"{duration_text(timing.remaining)} left ({timing.basis}).")
+                   f"{duration_text(timing.remaining)} left, {timing.basis}.")
 
 
 def live_panel() -> None:

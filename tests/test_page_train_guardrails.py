@@ -116,8 +116,8 @@ def test_a_running_run_shows_elapsed_time_and_an_estimate(runs_root):
     at = open_page("train", run=run.run_id)
     assert not at.exception
     text = captions(at)
-    assert re.search(r"Elapsed 2\d s · about 10 s left \(from this run's pace: 5\.0 s per stage over 2 finished, "
-                     r"2 of 4 to go\)", text), text
+    assert re.search(r"Elapsed 2\d s · about 10 s left, judged from this run's pace: 5\.0 s per stage over 2 "
+                     r"finished, 2 of 4 to go\.", text), text
     assert [m.value for m in at.metric if m.label == "phase"] == ["training"]
 
 
