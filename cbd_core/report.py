@@ -78,8 +78,10 @@ def _svg(fig: Any) -> str:
     return re.sub(r"<metadata>.*?</metadata>", "", text, flags=re.S)
 
 
-def curves_svg(metrics: list[dict[str, Any]], phase_names: dict[str, str] | None = None) -> str | None:
-    """Clean accuracy (solid) and attack success rate (dashed) per stage, one colour per phase."""
+def curves_svg(metrics: list[dict[str, Any]], defense: str | None = None) -> str | None:
+    """Clean accuracy (solid) and attack success rate (dashed) per stage, one colour per phase (named by
+    the defense's registry entry, e.g. CBD's "f_C" as "deconfounded f_C")."""
+    from .defenses import DEFENSES
     from matplotlib.figure import Figure
 
     points = [m for m in metrics if isinstance(m.get("clean_accuracy"), (int, float))]
@@ -91,7 +93,7 @@ def curves_svg(metrics: list[dict[str, Any]], phase_names: dict[str, str] | None
     for colour, phase in zip(PALETTE * 4, phases):
         x = [i + 1 for i, m in enumerate(points) if str(m.get("phase")) == phase]
         lines = [m for m in points if str(m.get("phase")) == phase]
-        name = (phase_names or {}).get(phase, phase)
+        name = DEFENSES[defense].phase_title(phase) if defense in DEFENSES else phase
         ax.plot(x, [_number(m.get("clean_accuracy")) for m in lines], marker="o", color=colour, ms=4,
                 label=f"{name}: clean accuracy")
         ax.plot(x, [_number(m.get("attack_success_rate")) for m in lines], marker="x", ls=ASR_STYLE, color=colour,
@@ -161,7 +163,7 @@ STATE_NOTES = {
 }
 
 
-def html_report(run: RunDir, phase_names: dict[str, str] | None = None) -> str:
+def html_report(run: RunDir) -> str:
     """The run as one self-contained HTML page (see the module docstring). Raises a UserInputError
     (RunUnreadable) when its config.json cannot be read."""
     config = run.config()
@@ -212,7 +214,7 @@ def html_report(run: RunDir, phase_names: dict[str, str] | None = None) -> str:
         parts.append("<p>No final figures: the run did not finish.</p>")
 
     parts.append("<h2>Training curves</h2>")
-    curves = curves_svg(metrics, phase_names)
+    curves = curves_svg(metrics, config.get("defense"))
     if curves:
         parts.append(f"<figure>{curves}<figcaption>Solid: clean accuracy; dashed: attack success rate, after each "
                      "stage. For CBD, f_B's ASR climbs on purpose while f_C's should stay near 0.</figcaption></figure>")

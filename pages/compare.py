@@ -20,11 +20,12 @@ import streamlit as st
 
 from cbd_core import verdicts
 from cbd_core.attacks import ATTACKS
+from cbd_core.defenses import DEFENSES, defense_or_none
 from cbd_core.errors import UserInputError
 from cbd_core.metrics import auroc
 from cbd_core.runs import RunDir, list_runs
-from pages.common import (DEFENSE_TITLES, chart_config, enlarge, explain, load_arrays, load_config, load_summary,
-                          page_errors, pick_run, report_download, runs_root_path, verdict_banner)
+from pages.common import (chart_config, defense_title, enlarge, explain, judging_defenses, load_arrays, load_config,
+                          load_summary, page_errors, pick_run, report_download, runs_root_path, verdict_banner)
 from pages.common.navigation import follow_app_navigation
 
 follow_app_navigation()
@@ -32,15 +33,6 @@ follow_app_navigation()
 
 GALLERY_SIZE = 12
 THUMBNAIL = 84
-
-# What each defense's suspicion score is (higher = more suspected), in a phrase.
-SUSPICION_MEANING = {
-    "cbd": "1 − the weight CBD gave the sample at the end (a sample f_B fits far better than f_C gets a small "
-           "weight)",
-    "abl": "minus the sample's loss in ABL's isolation phase (poisoned samples are learned first, so their loss is "
-           "lowest)",
-    "nonlinearity": "the sample's activation on NONE's hyperplane neurons (a trigger drives them far above normal)",
-}
 
 HINT = ("No finished runs to compare yet. Train a few on the **Train** page, or from a terminal run a grid: "
         "`python -m cbd_core matrix --datasets mnist5k --attacks badnets blend --defenses all --seeds 0 1`.")
@@ -66,7 +58,6 @@ def settings_note(owner: Any, image_shape: tuple[int, int, int], resolved: dict[
 def finished_runs_table() -> pd.DataFrame:
     """One row per finished ("done") run with its figures; unreadable runs are skipped (the Runs
     page shows them)."""
-    from cbd_core.defenses import DEFENSES  # imports torch: only when there are runs to show
 
     rows = []
     for run in list_runs(runs_root_path()):
@@ -89,7 +80,7 @@ def finished_runs_table() -> pd.DataFrame:
                 attack_note = settings_note(ATTACKS[attack], shape, config.get("attack_params") or {})
         rows.append({
             "run_id": run.run_id, "defense": defense, "defense_settings": defense_note,
-            "Defense": DEFENSE_TITLES.get(defense, defense), "attack": attack, "attack_settings": attack_note,
+            "Defense": defense_title(defense), "attack": attack, "attack_settings": attack_note,
             "Attack": attack, "Dataset": config.get("dataset"), "Rate": 100 * float(config.get("poison_rate", 0)),
             "Seed": config.get("seed"), "Model": summary.get("model"),
             "CA": _percent(summary.get("clean_accuracy")), "ASR": _percent(summary.get("attack_success_rate")),
@@ -168,7 +159,7 @@ def heatmap(table: pd.DataFrame, column: str, good_high: bool) -> go.Figure:
     dataset), "mean ± std (n)" in each cell."""
     table = table.assign(Condition=condition_labels(table))
     stats = table.groupby(["Defense", "Condition"])[column].agg(["mean", "std", "count"])
-    rows = _order(table["Defense"], list(DEFENSE_TITLES.values()))
+    rows = _order(table["Defense"], [d.title for d in DEFENSES.values()])
     cols = condition_order(table, table["Condition"])
     z = np.full((len(rows), len(cols)), np.nan)
     text = [["" for _ in cols] for _ in rows]
@@ -229,7 +220,7 @@ def suspicion_histogram(suspicion: np.ndarray, is_poisoned: np.ndarray, threshol
 def suspected_poison_view(run: RunDir) -> None:
     config = load_config(run)
     defense = config.get("defense", "?")
-    title = DEFENSE_TITLES.get(defense, defense)
+    title = defense_title(defense)
     record = load_arrays(run, "sample_weights")
     if record is None:
         st.info("This run kept no per-sample record (sample_weights.npz), so there is nothing to show here.")
@@ -238,13 +229,14 @@ def suspected_poison_view(run: RunDir) -> None:
     is_poisoned = np.asarray(record["is_poisoned"], dtype=bool)
     if np.isnan(suspicion).all():
         st.info(f"{title} has no opinion about individual samples: it trains on every sample as given and never "
-                "scores them, so there is no suspicion to show. Pick a CBD, ABL or NONE run.")
+                f"scores them, so there is no suspicion to show. Pick a {judging_defenses()} run.")
         return
     n_poisoned, n = int(is_poisoned.sum()), len(is_poisoned)
     if n_poisoned == 0:
         st.info("This run has no poisoned training samples, so there is nothing for a detector to find.")
         return
-    st.caption(f"{title}'s suspicion: {SUSPICION_MEANING.get(defense, 'higher = more suspected')}. The true poison "
+    meaning = getattr(defense_or_none(defense), "suspicion_meaning", None) or "higher = more suspected"
+    st.caption(f"{title}'s suspicion: {meaning}. The true poison "
                "mask is only used here, to score it; the defense never saw it.")
 
     k = st.slider("Flag the k most suspected samples", 1, n, value=n_poisoned, key=f"compare_k_{run.run_id}",

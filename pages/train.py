@@ -18,42 +18,15 @@ from cbd_core.config import RunConfig, poison_rate_in_words, poison_rate_warning
 from cbd_core.data import DATASETS
 from cbd_core.defenses import DEFENSES
 from cbd_core.errors import UserInputError
-from cbd_core.params import Param
 from cbd_core.runs import FINISHED, RunDir, list_runs
 from cbd_core.timing import duration_text, run_timing, seconds_between
-from pages.common import (active_run_id, chart_config, explain, load_config, load_summary, page_errors,
-                          runs_root_path, set_active_run, verdict_banner)
+from pages.common import (active_run_id, chart_config, defense_title, explain, load_config, load_summary,
+                          page_errors, phase_title, runs_root_path, set_active_run, verdict_banner)
 from pages.common.navigation import follow_app_navigation
+from pages.common.settings import AttackSettings
+from pages.common.widgets import changed_values, param_widget
 
 follow_app_navigation()
-
-
-# The settings a newcomer would touch first; everything else sits in an expander.
-KEY_PARAMS = {
-    "undefended": ("epochs", "lr"),
-    "cbd": ("backdoor_steps", "epochs", "mi_weight", "weighting"),
-    "abl": ("isolation_epochs", "epochs", "unlearn_epochs", "unlearn_lr"),
-    "nonlinearity": ("epochs", "rounds", "reset_fraction", "reset_mode"),
-}
-PHASE_NAMES = {"f_B": "backdoored f_B", "f_C": "deconfounded f_C", "train": "training", "isolate": "isolation",
-               "unlearn": "unlearning"}
-
-
-def param_input(param: Param, default: Any, key: str) -> Any:
-    """One widget for a declared parameter, bounded by its range; the config validates it again."""
-    label = param.name.replace("_", " ")
-    if param.kind is str:
-        if param.choices:
-            return st.selectbox(label, param.choices, index=param.choices.index(default)
-                                if default in param.choices else 0, help=param.help, key=key)
-        return st.text_input(label, value=default or "", help=param.help, key=key) or None
-    if param.kind is int:
-        return st.number_input(label, value=int(default), step=1, help=param.help, key=key,
-                               min_value=int(param.low) if param.low is not None else None,
-                               max_value=int(param.high) if param.high is not None else None)
-    return st.number_input(label, value=float(default), help=param.help, key=key, format="%g",
-                           min_value=float(param.low) if param.low is not None else None,
-                           max_value=float(param.high) if param.high is not None else None)
 
 
 # The form's values live in session state under these keys, and a copy in FORM_MEMORY: Streamlit forgets
@@ -78,18 +51,17 @@ def remember(*keys: str) -> None:
         memory[key] = st.session_state[key]
 
 
-def take_attack_lab_settings(carried: dict[str, Any]) -> None:
+def take_attack_lab_settings(carried: AttackSettings) -> None:
     """New settings from the Attack lab replace the data and attack fields once; after that the user's
     own edits stand."""
-    if not carried or st.session_state.get(CARRIED) == carried:
+    if not AttackSettings.was_saved() or st.session_state.get(CARRIED) == carried:
         return
-    st.session_state[CARRIED] = dict(carried)
+    st.session_state[CARRIED] = carried
     memory = st.session_state.setdefault(FORM_MEMORY, {})
-    for key, value in (("train_dataset", carried.get("dataset")), ("train_attack", carried.get("attack")),
-                       ("train_rate_percent", round(100 * float(carried.get("poison_rate", 0.1)), 4)),
-                       ("train_target", int(carried.get("target_label", 0)))):
-        if value is not None:
-            st.session_state[key] = memory[key] = value
+    for key, value in (("train_dataset", carried.dataset), ("train_attack", carried.attack),
+                       ("train_rate_percent", round(100 * float(carried.poison_rate), 4)),
+                       ("train_target", int(carried.target_label))):
+        st.session_state[key] = memory[key] = value
 
 
 def poison_rate_input(column: Any, dataset: str) -> float:
@@ -115,26 +87,26 @@ def rate_guardrails(rate: float, dataset: str, attack: str) -> None:
 
 def settings_form() -> RunConfig | None:
     """The data and defense settings as a RunConfig (validated on Start), prefilled from the Attack lab."""
-    carried = st.session_state.get("attack_settings") or {}
+    carried = AttackSettings.current()
     take_attack_lab_settings(carried)
     st.markdown("**1 · Data and attack**")
-    if carried:
+    if AttackSettings.was_saved():
         st.caption("Prefilled from the **Attack lab** (its attack parameters and uploads come along).")
     c1, c2, c3, c4 = st.columns(4)
-    names = list(DATASETS) + (["npz"] if carried.get("dataset") == "npz" else [])
+    names = list(DATASETS) + (["npz"] if carried.dataset == "npz" else [])
     remembered("train_dataset", "mnist5k", names)
     dataset = c1.selectbox("dataset", names, key="train_dataset",
                            format_func=lambda n: n if n == "npz" else f"{n} ({'offline' if DATASETS[n].offline else 'files needed'})")
     attacks = list(ATTACKS)
     remembered("train_attack", "badnets", attacks)
-    attack = c2.selectbox("attack", attacks, key="train_attack")
+    attack = c2.selectbox("attack", attacks, key="train_attack", format_func=lambda n: ATTACKS[n].title)
     rate = poison_rate_input(c3, dataset)
     remembered("train_target", 0)
     target = c4.number_input("target label", 0, 999, step=1, key="train_target",
                              help="the class the trigger sends images to")
     remember("train_dataset", "train_attack", "train_target")
     rate_guardrails(rate, dataset, attack)
-    attack_params = carried.get("attack_params", {}) if carried.get("attack") == attack else {}
+    attack_params = carried.attack_params if carried.attack == attack else {}
 
     st.markdown("**2 · Defense**")
     c1, c2, c3 = st.columns([2, 1, 1])
@@ -151,20 +123,19 @@ def settings_form() -> RunConfig | None:
     shape = DATASETS[dataset].image_shape if dataset in DATASETS else (28, 28, 1)
     defaults = defense.defaults(shape)
     declared = {p.name: p for p in defense.params}
-    key_names = [n for n in KEY_PARAMS.get(defense_name, ()) if n in declared]
-    values: dict[str, Any] = {}
-    columns = st.columns(max(1, len(key_names)))
-    for column, name in zip(columns, key_names):
+    key_names = [n for n in defense.key_params if n in declared]
+    chosen: dict[str, Any] = {}
+    for column, name in zip(st.columns(max(1, len(key_names))), key_names):
         with column:
-            values[name] = param_input(declared[name], defaults[name], f"train_{defense_name}_{name}")
+            chosen[name] = param_widget(declared[name], defaults[name], f"train_{defense_name}_{name}")
     with st.expander("All parameters of " + defense.title):
         for param in defense.params:
             if param.name not in key_names:
-                values[param.name] = param_input(param, defaults[param.name], f"train_{defense_name}_{param.name}")
-    changed = {k: v for k, v in values.items() if v != defaults.get(k)}
+                chosen[param.name] = param_widget(param, defaults[param.name], f"train_{defense_name}_{param.name}")
+    changed = changed_values(chosen, defaults)
     return RunConfig(dataset=dataset, attack=attack, poison_rate=rate, target_label=int(target),
                      defense=defense_name, seed=int(seed), attack_params=dict(attack_params),
-                     defense_params=changed, device=device, npz_path=carried.get("npz_path") if dataset == "npz" else None)
+                     defense_params=changed, device=device, npz_path=carried.npz_path if dataset == "npz" else None)
 
 
 @st.cache_resource(show_spinner=False)
@@ -193,7 +164,7 @@ def active_run() -> RunDir | None:
     return chosen
 
 
-def curves(metrics: list[dict[str, Any]]) -> go.Figure:
+def curves(metrics: list[dict[str, Any]], defense: str) -> go.Figure:
     """CA (solid) and ASR (dashed) per epoch, one colour per phase, epochs numbered across phases."""
     fig = go.Figure()
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
@@ -204,7 +175,7 @@ def curves(metrics: list[dict[str, Any]]) -> go.Figure:
     for colour, phase in zip(palette * 4, phases):
         points = [(i + 1, m) for i, m in enumerate(metrics) if m.get("phase") == phase]
         x = [i for i, _ in points]
-        name = PHASE_NAMES.get(phase, phase)
+        name = phase_title(defense, phase)
         fig.add_trace(go.Scatter(x=x, y=[m.get("clean_accuracy") for _, m in points], mode="lines+markers",
                                  name=f"{name}: clean accuracy", line={"color": colour}))
         fig.add_trace(go.Scatter(x=x, y=[m.get("attack_success_rate") for _, m in points], mode="lines+markers",
@@ -281,13 +252,13 @@ def live_panel() -> None:
     st.session_state["train_panel_active"] = state not in FINISHED
     if was_active and state in FINISHED:
         st.rerun()
-    st.markdown(f"**{config['defense']}** against **{config['attack']}** at {config['poison_rate'] * 100:g} % on "
+    st.markdown(f"**{defense_title(config['defense'])}** against **{config['attack']}** at {config['poison_rate'] * 100:g} % on "
                 f"{config['dataset']} (seed {config['seed']}) · run `{run.run_id}`")
     c1, c2, c3 = st.columns(3)
     c1.metric("state", state)
     c2.metric("device", status.get("device") or status.get("queue", "?"))
     progress = status.get("progress") or {}
-    phase = PHASE_NAMES.get(progress.get("phase"), progress.get("phase"))
+    phase = phase_title(config["defense"], progress.get("phase")) if progress.get("phase") else None
     if state == "queued":
         position = jobs.queue_position(run)
         c3.metric("place in queue", position if position is not None else "starting")
@@ -319,7 +290,7 @@ def live_panel() -> None:
         verdict_banner(run, status)
     metrics = run.metrics()
     if metrics:
-        st.plotly_chart(curves(metrics), width="stretch", key="train_curves",
+        st.plotly_chart(curves(metrics, config["defense"]), width="stretch", key="train_curves",
                         config=chart_config("training-curves", run.run_id))
         explain("solid lines are clean accuracy (higher is better), dashed lines the attack success rate "
                 "(lower is better for a defense). For CBD, f_B's dashed line should shoot up - it learns the "
