@@ -179,9 +179,9 @@ def heatmap(table: pd.DataFrame, column: str, good_high: bool) -> go.Figure:
     lines = max(label.count("<br>") + 1 for label in cols) if cols else 1
     fig.update_layout(height=110 + 45 * len(rows) + 16 * lines, margin=dict(t=20, b=10, l=10, r=10),
                       yaxis=dict(autorange="reversed"))
-    fig.update_xaxes(type="category", automargin=True, title_text="attack · poison rate"
+    fig.update_xaxes(type="category", automargin=True, showgrid=False, title_text="attack · poison rate"
                      + (" · dataset" if lines > 2 else ""))
-    fig.update_yaxes(type="category", automargin=True)
+    fig.update_yaxes(type="category", automargin=True, showgrid=False)  # no grid lines across empty cells
     return fig
 
 
