@@ -26,9 +26,9 @@ import streamlit as st
 from cbd_core.analysis.embeddings import EPOCH_UMAP_FILE, UMAP_FILE, has_epoch_umap, has_umap, model_names_in
 from cbd_core.epoch_features import EPOCH_FEATURES_FILE
 from cbd_core.runs import RunDir
-from pages.common import (DEFENSE_TITLES, enlarge, explain, load_arrays, load_config, load_summary, page_errors,
-                          pick_run)
-from pages.common.maps import (MODEL_TITLES, POISONED_VIEWS, SUSPICION, TRAINING_LABEL,
+from pages.common import (defense_title, enlarge, explain, load_arrays, load_config, load_summary, model_view,
+                          page_errors, phase_title, pick_run)
+from pages.common.maps import (POISONED_VIEWS, SUSPICION, TRAINING_LABEL,
                                TRUE_CLASS, WEIGHT, animated_figure, class_name, colour_groups, epoch_timeline,
                                hover_texts, map_figure, plot_order)
 from pages.common.navigation import follow_app_navigation
@@ -42,12 +42,6 @@ POISONED_VIEW = "embedding_poisoned_view"
 VIEW = "embedding_view"
 FINAL, EPOCHS = "final models", "epoch by epoch"
 GRID_MAX, GRID_COLUMNS = 40, 10  # thumbnails shown for a selection of many images
-MODEL_EXPLANATIONS = {
-    "f_B": "Crosses (poisoned images) gathered in one tight island, apart from their true digits, mean f_B "
-           "learned the trigger as a shortcut: that is what lets CBD spot them.",
-    "f_C": "Crosses scattered among the dots of their own colour mean f_C sees the digit, not the trigger; "
-           "crosses in an island of their own mean the backdoor got into f_C.",
-}
 
 
 def _table(run: RunDir, index: np.ndarray, embeddings: dict[str, np.ndarray], predictions: dict[str, np.ndarray]
@@ -109,28 +103,30 @@ def _stamp(run: RunDir) -> tuple[int, ...]:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def final_figures(run_path: str, stamp: tuple[int, ...], colour_by: str, poisoned_view: str,
+def final_figures(run_path: str, stamp: tuple[int, ...], defense: str, colour_by: str, poisoned_view: str,
                   class_names: tuple[str, ...], selected: tuple[int, ...]) -> dict[str, Any]:
     """{model: its final map figure, as a plain dict} (cached: a figure of 5,000 points takes a noticeable
     moment). Dicts, not Figures: a pickled Figure comes back with its template in another order, and
     Streamlit keys a chart's selection on its spec, so the first click after a cache hit was lost."""
     table = point_table(run_path, stamp)
     groups = colour_groups(table, colour_by, list(class_names), poisoned_view, list(selected))
-    return {name: map_figure(table, table["maps"][name], groups, MODEL_TITLES.get(name, name),
+    return {name: map_figure(table, table["maps"][name], groups, model_view(defense, name).title,
                              hover_texts(table, list(class_names), name)).to_dict()
             for name in plot_order(list(table["maps"]))}
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def epoch_figure(run_path: str, stamp: tuple[int, ...], colour_by: str, poisoned_view: str,
+def epoch_figure(run_path: str, stamp: tuple[int, ...], defense: str, colour_by: str, poisoned_view: str,
                  class_names: tuple[str, ...], selected: tuple[int, ...], total_epochs: int) -> dict[str, Any]:
     """The animation, as a plain dict (see final_figures)."""
     table = epoch_table(run_path, stamp)
     models = plot_order(list(dict.fromkeys(table["model"].tolist())))
-    steps = epoch_timeline(table["epoch"], table["model"], table["phase"], table["phase_epoch"], models)
+    phases = {p: phase_title(defense, p) for p in set(table["phase"].tolist())}
+    steps = epoch_timeline(table["epoch"], table["model"], table["phase"], table["phase_epoch"], models, phases)
     groups = colour_groups(table, colour_by, list(class_names), poisoned_view, list(selected))
     hover = {m: hover_texts(table, list(class_names), None) for m in models}
-    return animated_figure(table, table["coords"], steps, models, groups, hover, total_epochs).to_dict()
+    titles = {m: model_view(defense, m).title for m in models}
+    return animated_figure(table, table["coords"], steps, models, titles, groups, hover, total_epochs).to_dict()
 
 
 def as_selection(value: Any) -> list[int]:
@@ -205,9 +201,9 @@ def sample_details(run: RunDir, points: dict[str, Any], sample: int, class_names
         if points["weight"] is not None:
             rows.append(f"- **CBD weight at the end:** {points['weight'][i]:.4f}")
         elif points["suspicion"] is not None:
-            rows.append(f"- **{DEFENSE_TITLES.get(defense, defense)} suspicion:** {points['suspicion'][i]:.4g}")
+            rows.append(f"- **{defense_title(defense)} suspicion:** {points['suspicion'][i]:.4g}")
         for name in plot_order(list(points["predictions"])):
-            rows.append(f"- **{MODEL_TITLES.get(name, 'the model')} predicts:** "
+            rows.append(f"- **{model_view(defense, name).title} predicts:** "
                         f"{name_of(points['predictions'][name][i])}")
         st.markdown("\n".join(rows))
 
@@ -329,16 +325,13 @@ def render() -> None:
     selected = as_selection(st.session_state.get(SELECTED))
 
     if view == FINAL:
-        figures = final_figures(str(run.path), stamp, colour_by, poisoned_view, class_names, tuple(selected))
+        figures = final_figures(str(run.path), stamp, defense, colour_by, poisoned_view, class_names, tuple(selected))
         names = list(figures)
         for column, name in zip(st.columns(len(names)), names):
             with column:
                 chart(figures[name], f"umap_chart_{name}")
                 delivered = name == names[-1]  # the model the defense hands over (f_C, or the only one)
-                explain(MODEL_EXPLANATIONS.get(name, f"How {DEFENSE_TITLES.get(defense, defense)}'s model groups "
-                                                     "the training images: crosses in an island of their own mean "
-                                                     "it learned the trigger; crosses among their true digit mean "
-                                                     "it did not."),
+                explain(model_view(defense, name).map_hint,
                         summary if delivered else None)
         st.caption(f"{len(points['index']):,} training images, a stratified subset; the map is UMAP (15 neighbours) "
                    "of each model's standardised penultimate-layer features. Click a point to inspect it; box or "
@@ -346,13 +339,14 @@ def render() -> None:
     elif epoch_notes(run):
         table = epoch_table(str(run.path), stamp)
         total = len(run.metrics()) or int(table["epoch"].max())
-        chart(epoch_figure(str(run.path), stamp, colour_by, poisoned_view, class_names, tuple(selected), total),
+        chart(epoch_figure(str(run.path), stamp, defense, colour_by, poisoned_view, class_names, tuple(selected), total),
               "umap_epochs_chart")
         poisoned_count = int(table["is_poisoned"].sum()) if table["is_poisoned"] is not None else 0
-        explain("Press Play (or drag the epoch slider under the maps): epochs are numbered as on the Train page. "
-                "Watch the crosses in f_B gather into an island of their own within its first epochs, while in "
-                "f_C, which starts once f_B is done, they stay with their true digits. A model keeps its last "
-                "map while the other trains.", summary)
+        models = plot_order(list(dict.fromkeys(table["model"].tolist())))
+        explain("Press Play (or drag the epoch slider under the maps) and watch where the crosses go as training "
+                "goes on; epochs are numbered as on the Train page, and a model keeps its last map while another "
+                "trains. " + " ".join(f"{model_view(defense, m).title}: {model_view(defense, m).map_hint}"
+                                      for m in models), summary)
         st.caption(f"{len(table['index']):,} training images followed while training: all {poisoned_count:,} "
                    "poisoned ones of the map's subset (up to 750) and clean ones in proportion to their classes, so "
                    "the poison is over-represented here. Each epoch's map starts from the one before (UMAP), so a "

@@ -76,7 +76,7 @@ def test_cbd_shows_f_b_left_and_f_c_right_with_a_legend(mapped_runs, monkeypatch
     at = open_page(ids["cbd"])
     assert not at.exception and not at.error
     specs = chart_specs(at)
-    assert [spec["layout"]["title"]["text"] for spec in specs] == ["confounding f_B", "deconfounded f_C"]
+    assert [spec["layout"]["title"]["text"] for spec in specs] == ["backdoored model f_B", "deconfounded model f_C"]
     embeddings = RunDir(root / ids["cbd"]).arrays("embeddings")
     record = RunDir(root / ids["cbd"]).arrays("sample_weights")
     poisoned = record["is_poisoned"][embeddings["index"]]
@@ -151,7 +151,7 @@ def test_selected_sample_shows_its_image_and_every_prediction(mapped_runs, monke
     assert not at.exception and not at.error
     assert len(at.image) == 1
     details = " ".join(md.value for md in at.markdown)
-    assert "confounding f_B predicts" in details and "deconfounded f_C predicts" in details
+    assert "backdoored model f_B predicts" in details and "deconfounded model f_C predicts" in details
     assert "Poisoned:** yes" in details
     assert f"{record['weights'][-1][sample]:.4f}" in details
     for spec in chart_specs(at):  # a ring around the chosen point on both maps, drawn last

@@ -19,7 +19,6 @@ import plotly.graph_objects as go
 TRUE_CLASS, TRAINING_LABEL, WEIGHT, SUSPICION = "true class", "training label", "CBD's final weight", "suspicion"
 MARKED, LIKE_OTHERS, HIDDEN = "crosses on top", "like the others", "hidden"
 POISONED_VIEWS = (MARKED, LIKE_OTHERS, HIDDEN)
-MODEL_TITLES = {"f_B": "confounding f_B", "f_C": "deconfounded f_C"}
 POINT_SIZE, OPACITY = 6, 0.7
 FEW_SELECTED = 20
 WEIGHT_FLOOR = 1e-4  # weights below count as this on the log scale
@@ -151,29 +150,33 @@ def map_figure(table: dict[str, Any], xy: np.ndarray, groups: list[dict[str, Any
 
 
 def epoch_timeline(frame_epochs: np.ndarray, frame_models: np.ndarray, frame_phases: np.ndarray,
-                   frame_phase_epochs: np.ndarray, models: list[str]) -> list[dict[str, Any]]:
+                   frame_phase_epochs: np.ndarray, models: list[str], phase_titles: dict[str, str]
+                   ) -> list[dict[str, Any]]:
     """The animation's steps, one per recorded epoch number in order: {epoch, label, frame: {model:
-    the frame (row) shown for it, or None before that model's first recorded epoch}}. A model keeps
+    the frame (row) shown for it, or None before that model's first recorded epoch}}; `phase_titles`
+    name the phases in the labels (the defense registry's phase titles). A model keeps
     its latest frame while another trains (CBD's f_B is frozen while f_C learns)."""
     steps, current = [], {m: None for m in models}
     for row in np.argsort(frame_epochs, kind="stable").tolist():
         model = str(frame_models[row])
         current[model] = row
         steps.append({"epoch": int(frame_epochs[row]), "frame": dict(current),
-                      "label": f"{MODEL_TITLES.get(str(frame_phases[row]), str(frame_phases[row]))} "
+                      "label": f"{phase_titles.get(str(frame_phases[row]), str(frame_phases[row]))} "
                                f"epoch {int(frame_phase_epochs[row])}"})
     return steps
 
 
 def animated_figure(table: dict[str, Any], coords: np.ndarray, steps: list[dict[str, Any]], models: list[str],
-                    groups: list[dict[str, Any]], hover: dict[str, list[str]], total_epochs: int) -> go.Figure:
+                    titles: dict[str, str], groups: list[dict[str, Any]], hover: dict[str, list[str]],
+                    total_epochs: int) -> go.Figure:
     """Every model's map side by side, one animation frame per step, with a Play / Pause button and an
     epoch slider (Plotly's own, so scrubbing and playing run in the browser without a page rerun).
-    SVG traces, so points glide between epochs (WebGL ones cannot be tweened)."""
+    SVG traces, so points glide between epochs (WebGL ones cannot be tweened). `titles`: each model's
+    title (the defense registry's)."""
     from plotly.subplots import make_subplots
 
     index = table["index"]
-    fig = make_subplots(rows=1, cols=len(models), subplot_titles=[MODEL_TITLES.get(m, m) for m in models],
+    fig = make_subplots(rows=1, cols=len(models), subplot_titles=[titles.get(m, m) for m in models],
                         horizontal_spacing=0.03)
     ranges = {}
     for col, model in enumerate(models, start=1):
@@ -209,7 +212,7 @@ def animated_figure(table: dict[str, Any], coords: np.ndarray, steps: list[dict[
                          zeroline=False, row=1, col=col)
 
     def caption(step: dict[str, Any]) -> str:
-        waiting = [MODEL_TITLES.get(m, m) for m in models if step["frame"][m] is None]
+        waiting = [titles.get(m, m) for m in models if step["frame"][m] is None]
         return (f"Epoch {step['epoch']} of {total_epochs}: {step['label']}"
                 + (f" ({', '.join(waiting)} has not started yet)" if waiting else ""))
 
