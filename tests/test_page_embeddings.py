@@ -194,7 +194,7 @@ def test_epoch_by_epoch_animates_both_models_in_the_train_pages_numbering(mapped
     buttons = spec["layout"]["updatemenus"][0]["buttons"]
     assert [b["label"] for b in buttons] == ["▶ Play", "❚❚ Pause"] and buttons[0]["method"] == "animate"
     titles = [a["text"] for a in spec["layout"]["annotations"]]
-    assert titles == ["confounding f_B", "deconfounded f_C"]
+    assert titles == ["backdoored model f_B", "deconfounded model f_C"]  # the registry's model titles
     # f_C has no map until its first epoch; f_B keeps its last map while f_C trains
     f_b_stages = sum(line["phase"] == "f_B" for line in metrics)
     traces_per_model = len(spec["data"]) // 2
