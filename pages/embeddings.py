@@ -310,7 +310,7 @@ def render() -> None:
         options.append(SUSPICION)
     if st.session_state.get(COLOUR_BY) not in options:
         st.session_state.pop(COLOUR_BY, None)  # e.g. "CBD's final weight" kept from a CBD run
-    view_column, colour_column, poisoned_column = st.columns([1.15, 1.9, 1.95])
+    view_column, colour_column, poisoned_column = st.columns([1.35, 1.8, 1.85])
     view = view_column.radio("Show", (FINAL, EPOCHS), horizontal=True, key=VIEW,
                              help="Final models: the maps of the models as training left them. Epoch by epoch: the "
                                   "same maps while they trained, to play or scrub through.")

@@ -11,6 +11,7 @@ import torch
 
 import cbd_core.pipeline as pipeline
 from cbd_core.config import RunConfig
+from cbd_core.defenses import Defense
 from cbd_core.errors import UserInputError
 from cbd_core.metrics import accuracy, auroc
 from cbd_core.models import build_model
@@ -221,7 +222,9 @@ def test_cancelled_run(tmp_path, patch_dataset, when):
     assert not (run.path / "error.txt").exists()
 
 
-class _Broken:
+class _Broken(Defense):
+    """A defense whose training fails after one step."""
+
     name = "undefended"
     model_names = ("model",)
 
