@@ -6,7 +6,7 @@ other defenses show their one model. Two views: the final models' maps, and "epo
 animation (Play, or drag its epoch slider) of the same maps while the models trained, numbered as
 the Train page numbers epochs (CBD: f_B's stages, then f_C's epochs). Colour by class, by the
 training label, or by what the defense thought of each sample (CBD's final weight on a log scale,
-the others' suspicion as a rank); poisoned samples are crosses on top, like the others, or hidden.
+the others' suspicion as a rank); poisoned samples are crosses on top, plain dots, or hidden.
 Click a point to see its image, labels and every model's prediction; box or lasso several to count
 them and see their images.
 
@@ -310,7 +310,7 @@ def render() -> None:
         options.append(SUSPICION)
     if st.session_state.get(COLOUR_BY) not in options:
         st.session_state.pop(COLOUR_BY, None)  # e.g. "CBD's final weight" kept from a CBD run
-    view_column, colour_column, poisoned_column = st.columns([1.35, 1.8, 1.85])
+    view_column, colour_column, poisoned_column = st.columns([1.3, 2.05, 1.45])
     view = view_column.radio("Show", (FINAL, EPOCHS), horizontal=True, key=VIEW,
                              help="Final models: the maps of the models as training left them. Epoch by epoch: the "
                                   "same maps while they trained, to play or scrub through.")
@@ -320,7 +320,7 @@ def render() -> None:
              "says. Weight (log scale) / suspicion (rank): what the defense made of each sample.")
     poisoned_view = poisoned_column.radio(
         "Poisoned images", POISONED_VIEWS, horizontal=True, key=POISONED_VIEW,
-        help="Crosses on top: drawn after the clean images, same size. Like the others: plain dots, so every "
+        help="✕ on top: crosses drawn after the clean images, same size. As dots: plain dots like the others, so every "
              "colour shows as the data has it. Hidden: only the clean images.")
     selected = as_selection(st.session_state.get(SELECTED))
 

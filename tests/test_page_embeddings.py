@@ -106,7 +106,7 @@ def test_poisoned_images_like_the_others_or_hidden(mapped_runs, monkeypatch):
     embeddings = RunDir(root / ids["cbd"]).arrays("embeddings")
     poisoned = RunDir(root / ids["cbd"]).arrays("sample_weights")["is_poisoned"][embeddings["index"]]
     at = open_page(ids["cbd"])
-    at.radio(key="embedding_poisoned_view").set_value("like the others").run()
+    at.radio(key="embedding_poisoned_view").set_value("as dots").run()
     assert not at.exception and not at.error
     spec = chart_specs(at)[0]
     assert "poisoned (✕)" not in traces_by_name(spec) and shown_samples(spec) == sorted(embeddings["index"].tolist())

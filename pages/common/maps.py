@@ -17,7 +17,7 @@ import plotly.colors
 import plotly.graph_objects as go
 
 TRUE_CLASS, TRAINING_LABEL, WEIGHT, SUSPICION = "true class", "training label", "CBD's final weight", "suspicion"
-MARKED, LIKE_OTHERS, HIDDEN = "crosses on top", "like the others", "hidden"
+MARKED, LIKE_OTHERS, HIDDEN = "✕ on top", "as dots", "hidden"
 POISONED_VIEWS = (MARKED, LIKE_OTHERS, HIDDEN)
 POINT_SIZE, OPACITY = 6, 0.7
 FEW_SELECTED = 20
