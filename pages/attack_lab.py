@@ -24,7 +24,7 @@ from cbd_core.config import RunConfig
 from cbd_core.data import DATASETS, ImageSet, load_dataset, load_npz
 from cbd_core.params import Param
 from cbd_core.uploads import MAX_BYTES, save_upload
-from pages.common import enlarge, explain, page_errors, runs_root_path
+from pages.common import amplified_difference, enlarge, explain, page_errors, runs_root_path
 from pages.common.navigation import follow_app_navigation
 
 follow_app_navigation()
@@ -125,14 +125,6 @@ def _preview(dataset: str, npz_path: str | None, _download: bool, attack_name: s
 
 
 # -- pictures ----------------------------------------------------------------------------------
-
-def amplified_difference(clean: np.ndarray, poisoned: np.ndarray) -> tuple[np.ndarray, float]:
-    """|poisoned - clean| of images (N, H, W, C), the largest over channels, scaled so the largest
-    change in the batch is white; returns (N, H, W) uint8 and the gain used."""
-    diff = np.abs(poisoned.astype(np.int16) - clean.astype(np.int16)).max(axis=-1)
-    gain = 255.0 / max(1, int(diff.max())) if diff.size else 1.0
-    return np.clip(np.rint(diff * gain), 0, 255).astype(np.uint8), gain
-
 
 def grid_image(image_shape: tuple[int, int, int], spacing: int = 4) -> np.ndarray:
     """White lines every `spacing` pixels on black: a warp shows as bent lines."""

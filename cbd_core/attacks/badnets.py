@@ -23,6 +23,7 @@ def checkerboard(size: int) -> np.ndarray:
 class BadNets(Attack):
     name = "badnets"
     description = "a small checkerboard patch in a corner; poisoned labels set to the target"
+    patch_trigger = True
     params = (
         Param("size", int, "side of the square patch in pixels", 1, 64),
         Param("row", int, "top row of the patch (default: touching the bottom edge)", 0, 1024),

@@ -53,6 +53,9 @@ class Attack:
     name: ClassVar[str]
     description: ClassVar[str]
     clean_label: ClassVar[bool] = False
+    # A patch stamped on a few pixels (drawn as a box, movable on the Attributions page); False for
+    # triggers that touch the whole image (a blend, a sinusoid, a warp), where a box would mean nothing.
+    patch_trigger: ClassVar[bool] = False
     params: ClassVar[tuple[Param, ...]] = ()
 
     # -- parameters --------------------------------------------------------------------------

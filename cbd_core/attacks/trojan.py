@@ -25,6 +25,7 @@ def watermark(size: int) -> np.ndarray:
 class Trojan(Attack):
     name = "trojan"
     description = "a fixed square watermark (concentric rings) at full opacity; labels set to the target"
+    patch_trigger = True
     params = (
         Param("size", int, "side of the watermark in pixels (default: a quarter of the image)", 2, 64),
         Param("margin", int, "gap between the watermark and the bottom-right corner", 0, 32),

@@ -240,13 +240,24 @@ def set_active_run(run_id: str) -> None:
 
 
 def enlarge(image: np.ndarray, size: int = 112) -> np.ndarray:
-    """A uint8 (H, W, C) image scaled up with nearest neighbours to about `size` pixels, so the few
-    pixels of a trigger stay sharp; single-channel images come back as (H', W')."""
+    """A uint8 (H, W, C) image scaled up with nearest neighbours to about `size` pixels (more in
+    presentation mode), so the few pixels of a trigger stay sharp; single-channel images come back as
+    (H', W')."""
+    from .presentation import scaled
+
     image = np.asarray(image)
-    factor = max(1, size // max(image.shape[0], image.shape[1]))
+    factor = max(1, scaled(size) // max(image.shape[0], image.shape[1]))
     big = np.kron(image, np.ones((factor, factor, 1), dtype=image.dtype)) if image.ndim == 3 else \
         np.kron(image, np.ones((factor, factor), dtype=image.dtype))
     return big[..., 0] if big.ndim == 3 and big.shape[-1] == 1 else big
+
+
+def amplified_difference(clean: np.ndarray, poisoned: np.ndarray) -> tuple[np.ndarray, float]:
+    """|poisoned - clean| of images (N, H, W, C), the largest over channels, scaled so the largest
+    change in the batch is white; returns (N, H, W) uint8 and the gain used."""
+    diff = np.abs(poisoned.astype(np.int16) - clean.astype(np.int16)).max(axis=-1)
+    gain = 255.0 / max(1, int(diff.max())) if diff.size else 1.0
+    return np.clip(np.rint(diff * gain), 0, 255).astype(np.uint8), gain
 
 
 DEFENSE_TITLES = {"undefended": "Undefended", "cbd": "CBD", "abl": "ABL", "nonlinearity": "NONE"}
