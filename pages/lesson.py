@@ -132,8 +132,10 @@ def preset_status(preset: Preset, pairs: list[dict[str, Any]]) -> None:
             verdicts.ensure_baseline(RunDir(runs_root_path() / done[0]["run_id"]), runs_root_path())
             st.rerun()
         return
-    st.info(f"**{preset.title}** has not been trained here yet. Queue it before class (about a minute on a "
-            "laptop CPU, with its undefended baseline), or pick a finished run of this attack below.",
+    others = any(p["attack"] == preset.attack and p["state"] == "done" for p in pairs)
+    st.info(f"**{preset.title}** has not been trained here yet. Queue it before class (a minute or two on a "
+            "laptop CPU, with its undefended baseline)"
+            + ("; meanwhile the lesson below uses another finished run of this attack." if others else "."),
             icon=":material/schedule:")
     if st.button("Queue this preset and its baseline", type="primary", key="lesson_queue_preset"):
         with st.spinner("Queueing the preset and its undefended baseline…"):
@@ -264,8 +266,9 @@ def step_attack(ctx: Lesson) -> None:
             st.markdown(f"**Poisoned training images**, as the model saw them (labelled {ctx.name(ctx.target)})")
             image_row([p[0] for p in poisoned], [p[1] for p in poisoned])
     with right:
-        st.image(enlarge(difference[0], 140),
-                 caption=f"what the trigger changed in the first digit (difference, ×{gain:.0f})")
+        amplified = f", amplified ×{gain:.0f}" if gain >= 1.5 else ""
+        st.image(enlarge(difference[0], 112), width=scaled(112),
+                 caption=f"the trigger alone: what it changed in the first digit{amplified}")
         clean_label = bool(attack and attack.clean_label)
         say([f"**{attack.name.capitalize() if attack else ctx.config.get('attack')}**: "
              f"{attack.description if attack else ''}."] + lesson.attack_story(ctx.summary, clean_label))
@@ -452,20 +455,21 @@ def step_attributions(ctx: Lesson) -> None:
 
 
 def step_verdict(ctx: Lesson) -> None:
+    verdict_banner(ctx.run)  # the verdict, the cost and what happened, in sentences
     left, right = st.columns([3, 2])
     with left:
-        verdict_banner(ctx.run)
         base = ctx.baseline.summary if ctx.baseline.state == "done" else None
         c1, c2 = st.columns(2)
         asr, ca = ctx.summary.get("attack_success_rate"), ctx.summary.get("clean_accuracy")
         if base:
-            c1.metric("attack success rate", f"{asr:.1%}", f"{(asr - base['attack_success_rate']) * 100:+.1f} points "
-                      f"against {base['attack_success_rate']:.1%} undefended", delta_color="inverse")
-            c2.metric("clean accuracy", f"{ca:.1%}", f"{(ca - base['clean_accuracy']) * 100:+.1f} points against "
-                      f"{base['clean_accuracy']:.1%} undefended")
+            c1.metric("attack success rate with CBD", f"{asr:.1%}",
+                      f"{(asr - base['attack_success_rate']) * 100:+.1f} points against {base['attack_success_rate']:.1%} "
+                      "undefended", delta_color="inverse")
+            c2.metric("clean accuracy with CBD", f"{ca:.1%}",
+                      f"{(ca - base['clean_accuracy']) * 100:+.1f} points against {base['clean_accuracy']:.1%} undefended")
         else:
-            c1.metric("attack success rate", f"{asr:.1%}")
-            c2.metric("clean accuracy", f"{ca:.1%}")
+            c1.metric("attack success rate with CBD", f"{asr:.1%}")
+            c2.metric("clean accuracy with CBD", f"{ca:.1%}")
         if ctx.baseline.state == "training":
             st.info(f"The undefended baseline `{ctx.baseline.run_id}` is still training; the comparison appears "
                     "when it is done.")
@@ -476,9 +480,10 @@ def step_verdict(ctx: Lesson) -> None:
                 verdicts.ensure_baseline(ctx.run, runs_root_path())
                 st.rerun()
     with right:
-        say(verdicts.explain(ctx.summary, ctx.baseline.summary if ctx.baseline.state == "done" else None))
         if ctx.preset is not None:
             st.markdown(f"#### What this preset teaches\n{ctx.preset.lesson}")
+        st.markdown("#### Next\nPick another attack above and walk through it the same way: WaNet is the one where "
+                    "CBD fails, and its steps show where the story breaks.")
 
 
 STEP_VIEWS = {"attack": step_attack, "training": step_training, "weights": step_weights, "maps": step_maps,

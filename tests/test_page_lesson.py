@@ -64,10 +64,10 @@ def test_lesson_is_the_default_page(lesson_pair):
 def test_every_step_renders_for_a_finished_run_pair(lesson_pair):
     root, ids = lesson_pair
     expected = {
-        1: ("Step 1 of 6: The attack", "carry the trigger", "labelled 0"),
+        1: ("Step 1 of 6: The attack", "put the trigger on", "labelled 0"),
         2: ("Step 2 of 6: Training", "f_B", "f_C"),
         3: ("Step 3 of 6: The weights find the poison", "median poisoned image has weight", "detection AUROC"),
-        4: ("Step 4 of 6: What each model sees", "nearest neighbours are poisoned", "Embeddings page"),
+        4: ("Step 4 of 6: What each model sees", "nearest neighbours are poisoned", "Crosses are poisoned"),
         5: ("Step 5 of 6: Where each model looks", "of f_B's attribution falls on it", "f_C puts"),
         6: ("Step 6 of 6: The verdict", "against the undefended baseline", "without a defense"),
     }
@@ -78,30 +78,32 @@ def test_every_step_renders_for_a_finished_run_pair(lesson_pair):
         text = page_text(at)
         for word in words:
             assert word in text, (step, word)
-        assert at.query_params["run"] == [ids["cbd"]] and at.query_params["step"] == [str(step)]
+        assert at.query_params["run"] == ids["cbd"] and at.query_params["step"] == str(step)
     # The pictures: images on the attack step, a chart on each of the others.
     assert open_lesson(ids["cbd"], 1).get("imgs")
     for step in (2, 3):
         assert len(open_lesson(ids["cbd"], step).get("plotly_chart")) == 1
-    assert len(open_lesson(ids["cbd"], 4).get("plotly_chart")) == 2  # f_B's and f_C's maps
+    maps = open_lesson(ids["cbd"], 4)
+    assert len(maps.get("plotly_chart")) == 2  # f_B's and f_C's maps
+    assert any("Embeddings page" in link.proto.label for link in maps.get("page_link"))  # for the animation
     assert len(open_lesson(ids["cbd"], 5).get("plotly_chart")) == 2  # f_B's and f_C's attributions
 
 
 def test_next_and_back_move_the_step_in_the_url(lesson_pair):
     root, ids = lesson_pair
     at = open_lesson(ids["cbd"])
-    assert at.query_params["step"] == ["1"] and at.subheader[0].value.startswith("Step 1 of 6")
+    assert at.query_params["step"] == "1" and at.subheader[0].value.startswith("Step 1 of 6")
     assert at.button(key="lesson_back").disabled
     at.button(key="lesson_next").click().run()
     assert not at.exception
-    assert at.query_params["step"] == ["2"] and at.subheader[0].value.startswith("Step 2 of 6")
+    assert at.query_params["step"] == "2" and at.subheader[0].value.startswith("Step 2 of 6")
     at.button(key="lesson_next").click().run()
-    assert at.query_params["step"] == ["3"]
+    assert at.query_params["step"] == "3"
     at.button(key="lesson_back").click().run()
-    assert at.query_params["step"] == ["2"] and at.subheader[0].value.startswith("Step 2 of 6")
+    assert at.query_params["step"] == "2" and at.subheader[0].value.startswith("Step 2 of 6")
     at.segmented_control(key="lesson_step_picker").set_value(6).run()
-    assert at.query_params["step"] == ["6"] and at.button(key="lesson_next").disabled
-    assert at.query_params["run"] == [ids["cbd"]]
+    assert at.query_params["step"] == "6" and at.button(key="lesson_next").disabled
+    assert at.query_params["run"] == ids["cbd"]
 
 
 def test_a_deep_link_opens_on_its_step_and_run(lesson_pair):

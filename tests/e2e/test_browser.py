@@ -55,7 +55,7 @@ def test_quick_demo_and_every_page(server, browser):
     url, root = server
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page = browser.new_page(viewport={"width": 1400, "height": 2400})
-    page.goto(url)
+    page.goto(url + "/overview")  # the Lesson is the default page; the demo starts from the Overview
     settle(page)
     assert_no_exception(page, "overview")
     page.screenshot(path=str(ARTIFACTS / "01_overview.png"), full_page=True)
