@@ -31,7 +31,7 @@ from pages.common import (ACTIVE_RUN, active_run_id, amplified_difference, enlar
 from pages.common.attribution_views import (MODEL_TITLES, colour_limits, example_index, mean_shares,
                                             overlay_figure, run_images)
 from pages.common.navigation import follow_app_navigation
-from pages.common.presentation import plotly_chart, scaled
+from pages.common.presentation import plotly_chart, presenting, scaled
 
 follow_app_navigation()
 
@@ -284,8 +284,12 @@ def poisoned_training_images(ctx: Lesson, count: int = 4) -> list[tuple[np.ndarr
     poisoned = np.asarray(weights["is_poisoned"], bool)
     if len(index) and index.max() >= len(poisoned):
         return []
-    kept = np.flatnonzero(poisoned[index])[:count]
     labels, truth = weights.get("label"), weights.get("original_label")
+    kept = np.flatnonzero(poisoned[index])
+    if truth is not None and len(kept):  # one per true digit, so the row shows different digits
+        _, first = np.unique(np.asarray(truth)[index[kept]], return_index=True)
+        kept = kept[np.sort(first)]
+    kept = kept[:count]
     out = []
     for k in kept.tolist():
         sample = int(index[k])
@@ -533,8 +537,9 @@ def main() -> None:
 
 
 st.title("Lesson: how CBD keeps a backdoor out")
-st.caption("One real run, step by step: the attack, how the two models train, how CBD's weights find the poison, "
-           "what each model sees and where it looks, and the verdict. Share the page's link: it opens on the same "
-           "run and step.")
+if not presenting():  # on a projector the step itself gets the room
+    st.caption("One real run, step by step: the attack, how the two models train, how CBD's weights find the poison, "
+               "what each model sees and where it looks, and the verdict. Share the page's link: it opens on the same "
+               "run and step.")
 with page_errors():
     main()

@@ -74,13 +74,15 @@ def test_every_step_renders_for_a_finished_run_pair(lesson_pair):
     for step, words in expected.items():
         at = open_lesson(ids["cbd"], step)
         assert not at.exception, (step, at.exception)
-        assert not at.error, (step, [e.value for e in at.error])
+        # The tiny shared run's backdoor persists (a red verdict banner); nothing else may be an error.
+        assert not [e for e in at.error if "Backdoor persists" not in e.value], (step, [e.value for e in at.error])
         text = page_text(at)
         for word in words:
             assert word in text, (step, word)
         assert at.query_params["run"] == ids["cbd"] and at.query_params["step"] == str(step)
     # The pictures: images on the attack step, a chart on each of the others.
-    assert open_lesson(ids["cbd"], 1).get("imgs")
+    # Four clean test digits, the same with the trigger, the trigger alone, poisoned training images.
+    assert len(open_lesson(ids["cbd"], 1).get("image")) >= 9
     for step in (2, 3):
         assert len(open_lesson(ids["cbd"], step).get("plotly_chart")) == 1
     maps = open_lesson(ids["cbd"], 4)

@@ -23,30 +23,44 @@ def chart_heights(at: AppTest) -> list[int]:
     return [json.loads(chart.proto.spec)["layout"].get("height") for chart in at.get("plotly_chart")]
 
 
-def test_the_toggle_enlarges_text_and_goes_into_the_url(tmp_path, monkeypatch):
+def open_overview(present_in_url: bool = False, **state) -> AppTest:
+    """A fresh session on the Overview. (AppTest reruns a switched-to page without app.py, whose sidebar
+    holds the toggle, so every state is checked on a fresh run; the browser test clicks it for real.)"""
+    at = app_at_page("overview", session_state=state)
+    if present_in_url:
+        at.query_params[QUERY_KEY] = "1"
+    return at.run()
+
+
+def test_off_by_default(tmp_path, monkeypatch):
     monkeypatch.setenv("BACKDOOR_LAB_RUNS", str(tmp_path))
-    at = app_at_page("overview").run()
+    at = open_overview()
+    assert not at.exception
     assert at.toggle(key=TOGGLE_KEY).value is False and not style_sheets(at)
     assert QUERY_KEY not in at.query_params
-    at.toggle(key=TOGGLE_KEY).set_value(True).run()
-    assert not at.exception
-    sheet = "".join(style_sheets(at))
-    assert f"font-size: {round(16 * SCALE)}px" in sheet
-    assert at.query_params[QUERY_KEY] == "1"
-    at.toggle(key=TOGGLE_KEY).set_value(False).run()
-    assert not style_sheets(at) and QUERY_KEY not in at.query_params
 
 
-def test_a_link_with_present_opens_in_presentation_mode_and_keeps_it_across_pages(tmp_path, monkeypatch):
+def test_switched_on_it_enlarges_the_text_and_goes_into_the_url(tmp_path, monkeypatch):
     monkeypatch.setenv("BACKDOOR_LAB_RUNS", str(tmp_path))
-    at = app_at_page("overview")
-    at.query_params[QUERY_KEY] = "1"
-    at.run()
-    assert at.toggle(key=TOGGLE_KEY).value is True and style_sheets(at)
-    at.switch_page("pages/train.py").run()
+    at = open_overview(**{TOGGLE_KEY: True})
+    assert not at.exception
+    assert f"html {{ font-size: {round(16 * SCALE)}px; }}" in "".join(style_sheets(at))
+    assert at.query_params[QUERY_KEY] == "1"
+
+
+def test_a_link_with_present_opens_in_presentation_mode(tmp_path, monkeypatch):
+    monkeypatch.setenv("BACKDOOR_LAB_RUNS", str(tmp_path))
+    at = open_overview(present_in_url=True)
     assert not at.exception
     assert at.toggle(key=TOGGLE_KEY).value is True and style_sheets(at)
     assert at.query_params[QUERY_KEY] == "1"
+
+
+def test_switched_off_it_leaves_the_url(tmp_path, monkeypatch):
+    monkeypatch.setenv("BACKDOOR_LAB_RUNS", str(tmp_path))
+    at = open_overview(present_in_url=True, **{TOGGLE_KEY: False})  # the session's choice wins over the link
+    assert at.toggle(key=TOGGLE_KEY).value is False and not style_sheets(at)
+    assert QUERY_KEY not in at.query_params
 
 
 def test_charts_and_images_grow_in_presentation_mode(finished_runs, monkeypatch):
