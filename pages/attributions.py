@@ -29,13 +29,13 @@ from pages.common import (
     load_config,
     load_models,
     load_summary,
+    model_view,
     page_errors,
     pick_run,
     runs_root_path,
 )
 from pages.common.attribution_views import (
     MEAN_IMAGES,
-    MODEL_TITLES,
     colour_limits,
     display_order,
     example_index,
@@ -49,12 +49,6 @@ from pages.common.presentation import plotly_chart
 
 follow_app_navigation()
 
-MODEL_EXPLAIN = {
-    "f_B": "Bright pixels on the trigger mean f_B decides by the trigger, as CBD means it to.",
-    "f_C": "If f_B's bright area sits on the trigger and f_C's on the digit, CBD has kept the trigger out of f_C.",
-    "model": "A bright area on the trigger means the model decides by the trigger, not the digit: "
-             "the backdoor is alive.",
-}
 MODES = ["Clean", "Triggered"]
 IMAGE_KEY, IMAGE_RUN_KEY = "attr_image", "attr_image_run"
 
@@ -103,9 +97,10 @@ def main() -> None:
     models = load_models(run)
     class_names = summary.get("class_names") or [str(c) for c in range(int(summary.get("num_classes", 10)))]
     target = int(config.get("target_label", summary.get("target_label", 0)))
+    defense = config.get("defense")
     local = trigger_is_patch(config, region)
     attack = ATTACKS.get(str(config.get("attack")))
-    attack_title = attack.name.capitalize() if attack is not None else str(config.get("attack"))
+    attack_title = attack.title if attack is not None else str(config.get("attack"))
     n, w = test_x.shape[0], test_x.shape[2]
 
     left, middle, right = st.columns([5, 3, 4])
@@ -145,7 +140,7 @@ def main() -> None:
     # At least two columns, so a single model's map is as big as each of CBD's two.
     for column, name in zip(st.columns(max(2, len(names))), names):
         with column:
-            st.markdown(f"**{MODEL_TITLES.get(name, name)}**")
+            st.markdown(f"**{model_view(defense, name).title}**")
             # Every map carries its colour bar, so the images line up at the same size.
             plotly_chart(overlay_figure(image, maps[name], shown_region if local else None, tops[name]),
                          key=f"attr_chart_{name}")
@@ -157,7 +152,7 @@ def main() -> None:
                 st.markdown(f"Attribution on the trigger: **{percent(trigger_mass_share(maps[name], shown_region))}**"
                             f" (the trigger covers {shown_region.mean():.1%} of the image)")
             # The model the defense hands over (f_C, or the only one) carries the run's outcome.
-            explain(MODEL_EXPLAIN.get(name, MODEL_EXPLAIN["model"]), summary if name == names[-1] else None)
+            explain(model_view(defense, name).attribution_hint, summary if name == names[-1] else None)
 
     st.subheader(f"Across {MEAN_IMAGES} triggered test images")
     all_methods = st.toggle("All four methods", key="attr_all_methods",
@@ -168,7 +163,7 @@ def main() -> None:
     fig = go.Figure()
     for name in names:
         values = [shares[m].get(name, float("nan")) for m in methods]
-        fig.add_trace(go.Bar(x=[METHODS[m] for m in methods], y=values, name=MODEL_TITLES.get(name, name),
+        fig.add_trace(go.Bar(x=[METHODS[m] for m in methods], y=values, name=model_view(defense, name).title,
                              text=[percent(v) for v in values], textposition="outside"))
     fig.add_hline(y=float(region.mean()), line_dash="dash", line_color="gray")
     fig.update_layout(barmode="group", bargap=0.4, height=360, margin=dict(l=0, r=0, t=30, b=0),

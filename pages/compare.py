@@ -20,27 +20,20 @@ import streamlit as st
 
 from cbd_core import verdicts
 from cbd_core.attacks import ATTACKS
+from cbd_core.defenses import DEFENSES, defense_or_none
 from cbd_core.errors import UserInputError
 from cbd_core.metrics import auroc
 from cbd_core.runs import RunDir, list_runs
-from pages.common import (DEFENSE_TITLES, enlarge, explain, load_arrays, load_config, load_summary, page_errors,
+from pages.common import (defense_title, judging_defenses, enlarge, explain, load_arrays, load_config, load_summary, page_errors,
                           pick_run, runs_root_path, verdict_banner)
 from pages.common.navigation import follow_app_navigation
+from pages.common.presentation import plotly_chart  # sized for presentation mode
 
 follow_app_navigation()
 
 
 GALLERY_SIZE = 12
 THUMBNAIL = 84
-
-# What each defense's suspicion score is (higher = more suspected), in a phrase.
-SUSPICION_MEANING = {
-    "cbd": "1 − the weight CBD gave the sample at the end (a sample f_B fits far better than f_C gets a small "
-           "weight)",
-    "abl": "minus the sample's loss in ABL's isolation phase (poisoned samples are learned first, so their loss is "
-           "lowest)",
-    "nonlinearity": "the sample's activation on NONE's hyperplane neurons (a trigger drives them far above normal)",
-}
 
 HINT = ("No finished runs to compare yet. Train a few on the **Train** page, or from a terminal run a grid: "
         "`python -m cbd_core matrix --datasets mnist5k --attacks badnets blend --defenses all --seeds 0 1`.")
@@ -66,7 +59,6 @@ def settings_note(owner: Any, image_shape: tuple[int, int, int], resolved: dict[
 def finished_runs_table() -> pd.DataFrame:
     """One row per finished ("done") run with its figures; unreadable runs are skipped (the Runs
     page shows them)."""
-    from cbd_core.defenses import DEFENSES  # imports torch: only when there are runs to show
 
     rows = []
     for run in list_runs(runs_root_path()):
@@ -89,7 +81,7 @@ def finished_runs_table() -> pd.DataFrame:
                 attack_note = settings_note(ATTACKS[attack], shape, config.get("attack_params") or {})
         rows.append({
             "run_id": run.run_id, "defense": defense, "defense_settings": defense_note,
-            "Defense": DEFENSE_TITLES.get(defense, defense), "attack": attack, "attack_settings": attack_note,
+            "Defense": defense_title(defense), "attack": attack, "attack_settings": attack_note,
             "Attack": attack, "Dataset": config.get("dataset"), "Rate": 100 * float(config.get("poison_rate", 0)),
             "Seed": config.get("seed"), "Model": summary.get("model"),
             "CA": _percent(summary.get("clean_accuracy")), "ASR": _percent(summary.get("attack_success_rate")),
@@ -144,7 +136,7 @@ def scatter(table: pd.DataFrame) -> go.Figure:
 def heatmap(table: pd.DataFrame, column: str, good_high: bool) -> go.Figure:
     """Mean of `column` per defense (rows) and attack (columns), "mean ± std (n)" in each cell."""
     stats = table.groupby(["Defense", "Attack"])[column].agg(["mean", "std", "count"])
-    rows = _order(table["Defense"], list(DEFENSE_TITLES.values()))
+    rows = _order(table["Defense"], [d.title for d in DEFENSES.values()])
     cols = _order(table["Attack"], list(ATTACKS))
     z = np.full((len(rows), len(cols)), np.nan)
     text = [["" for _ in cols] for _ in rows]
@@ -196,7 +188,7 @@ def suspicion_histogram(suspicion: np.ndarray, is_poisoned: np.ndarray, threshol
 def suspected_poison_view(run: RunDir) -> None:
     config = load_config(run)
     defense = config.get("defense", "?")
-    title = DEFENSE_TITLES.get(defense, defense)
+    title = defense_title(defense)
     record = load_arrays(run, "sample_weights")
     if record is None:
         st.info("This run kept no per-sample record (sample_weights.npz), so there is nothing to show here.")
@@ -205,13 +197,14 @@ def suspected_poison_view(run: RunDir) -> None:
     is_poisoned = np.asarray(record["is_poisoned"], dtype=bool)
     if np.isnan(suspicion).all():
         st.info(f"{title} has no opinion about individual samples: it trains on every sample as given and never "
-                "scores them, so there is no suspicion to show. Pick a CBD, ABL or NONE run.")
+                f"scores them, so there is no suspicion to show. Pick a {judging_defenses()} run.")
         return
     n_poisoned, n = int(is_poisoned.sum()), len(is_poisoned)
     if n_poisoned == 0:
         st.info("This run has no poisoned training samples, so there is nothing for a detector to find.")
         return
-    st.caption(f"{title}'s suspicion: {SUSPICION_MEANING.get(defense, 'higher = more suspected')}. The true poison "
+    meaning = getattr(defense_or_none(defense), "suspicion_meaning", None) or "higher = more suspected"
+    st.caption(f"{title}'s suspicion: {meaning}. The true poison "
                "mask is only used here, to score it; the defense never saw it.")
 
     k = st.slider("Flag the k most suspected samples", 1, n, value=n_poisoned, key=f"compare_k_{run.run_id}",
@@ -223,7 +216,7 @@ def suspected_poison_view(run: RunDir) -> None:
     middle.metric(f"Precision of the top {k:,}", f"{precision:.1%}")
     right.metric(f"Recall of the top {k:,}", f"{recall:.1%}",
                  help=f"Share of the {n_poisoned:,} poisoned samples found.")
-    st.plotly_chart(suspicion_histogram(suspicion, is_poisoned, threshold))
+    plotly_chart(suspicion_histogram(suspicion, is_poisoned, threshold))
     explain("Red is the truly poisoned samples, blue the clean ones (log scale): a good detector pushes red to the "
             "right of the dashed line and keeps blue to its left; the AUROC is how well they separate.")
 
@@ -296,15 +289,15 @@ with page_errors():
                 "which did not (weakened, persists).")
 
         st.subheader("Clean accuracy against attack success")
-        st.plotly_chart(scatter(shown))
+        plotly_chart(scatter(shown))
         explain("Each point is a run (hover for its id): the shaded bottom-right corner is where a defense wants to "
                 "be, keeping accuracy and leaving the trigger powerless; undefended runs sit at the top.")
 
         st.subheader("Mean attack success rate")
-        st.plotly_chart(heatmap(shown, "ASR", good_high=False))
+        plotly_chart(heatmap(shown, "ASR", good_high=False))
         explain("Green is a defense that held against that attack; each cell is mean ± std over its runs (n).")
         st.subheader("Mean clean accuracy")
-        st.plotly_chart(heatmap(shown, "CA", good_high=True))
+        plotly_chart(heatmap(shown, "CA", good_high=True))
         explain("What each defense costs on clean images; compare a row with the Undefended row.")
 
     st.divider()

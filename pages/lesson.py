@@ -23,12 +23,13 @@ from cbd_core import jobs, lesson, verdicts
 from cbd_core.analysis.attributions import apply_run_trigger, attribution_map, predict_proba, trigger_is_patch
 from cbd_core.analysis.embeddings import UMAP_FILE
 from cbd_core.attacks import ATTACKS
+from cbd_core.attacks.base import amplified_difference
 from cbd_core.presets import PRESETS, Preset
 from cbd_core.runs import FINISHED, RunDir
-from pages.common import (ACTIVE_RUN, active_run_id, amplified_difference, enlarge, load_arrays, load_baseline, load_config,
-                          load_models, load_summary, page_errors, run_label, runs_root_path, set_active_run,
+from pages.common import (ACTIVE_RUN, active_run_id, enlarge, load_arrays, load_baseline, load_config,
+                          load_models, load_summary, model_view, page_errors, run_label, runs_root_path, set_active_run,
                           verdict_banner, _runs_stamp)
-from pages.common.attribution_views import (MODEL_TITLES, colour_limits, example_index, mean_shares,
+from pages.common.attribution_views import (colour_limits, example_index, mean_shares,
                                             overlay_figure, run_images)
 from pages.common.navigation import follow_app_navigation
 from pages.common.presentation import plotly_chart, presenting, scaled
@@ -255,7 +256,6 @@ def step_attack(ctx: Lesson) -> None:
     chosen = shown_test_images(ctx)
     clean = test_x[chosen]
     triggered = apply_run_trigger(clean, ctx.config)
-    difference, gain = amplified_difference(clean[:1], triggered[:1])
     left, right = st.columns([3, 2])
     with left:
         st.markdown("**Test digits, clean** and **with the trigger** (this run's attack)")
@@ -266,11 +266,18 @@ def step_attack(ctx: Lesson) -> None:
             st.markdown(f"**Poisoned training images**, as the model saw them (labelled {ctx.name(ctx.target)})")
             image_row([p[0] for p in poisoned], [p[1] for p in poisoned])
     with right:
-        amplified = f", amplified ×{gain:.0f}" if gain >= 1.5 else ""
-        st.image(enlarge(difference[0], 112), width=scaled(112),
-                 caption=f"the trigger alone: what it changed in the first digit{amplified}")
+        if attack is not None:  # the attack's own honest view of its trigger (a warp has no pattern)
+            preview = attack.trigger_preview(attack.resolve(test_x.shape[1:], ctx.config.get("attack_params") or {}),
+                                             test_x.shape[1:])
+            for column, image, caption in zip(st.columns(3), preview.images, preview.captions):
+                column.image(enlarge(image, 112), width=scaled(112), caption=caption)
+            st.caption(preview.sentence)
+        else:
+            difference, gain = amplified_difference(clean[:1], triggered[:1])
+            st.image(enlarge(difference[0], 112), width=scaled(112),
+                     caption=f"what the trigger changed in the first digit (×{gain:.0f})")
         clean_label = bool(attack and attack.clean_label)
-        say([f"**{attack.name.capitalize() if attack else ctx.config.get('attack')}**: "
+        say([f"**{attack.title if attack else ctx.config.get('attack')}**: "
              f"{attack.description if attack else ''}."] + lesson.attack_story(ctx.summary, clean_label))
 
 
@@ -443,7 +450,7 @@ def step_attributions(ctx: Lesson) -> None:
         st.image(enlarge(image, 112), caption=f"a {ctx.name(int(test_y[index]))} with the trigger")
     for column, name in zip(columns[1:], names):
         with column:
-            st.markdown(f"**{MODEL_TITLES.get(name, name)}**")
+            st.markdown(f"**{model_view(ctx.config.get('defense'), name).title}**")
             plotly_chart(overlay_figure(image, maps[name], region if patch else None, tops[name], height=300),
                          key=f"lesson_attr_{name}")
             predicted = int(np.argmax(predict_proba(models[name], image)))

@@ -13,9 +13,8 @@ import streamlit as st
 
 from cbd_core import jobs, verdicts
 from cbd_core.runs import FINISHED, RunDir, list_runs
-from pages.common import (ACTIVE_RUN, DEFENSE_TITLES, active_run_id, load_config, load_summary,
-                              missing_run_note, page_errors, run_label, runs_root_path, set_active_run,
-                              verdict_banner)
+from pages.common import (ACTIVE_RUN, active_run_id, defense_title, load_config, load_summary, missing_run_note,
+                          page_errors, run_label, runs_root_path, set_active_run, verdict_banner)
 from pages.common.navigation import follow_app_navigation
 
 follow_app_navigation()
@@ -39,7 +38,7 @@ def row(run: RunDir, positions: dict[str, int]) -> dict[str, Any]:
         state = f"queued (#{position})" if position else "queued"
     return {
         "state": state, "verdict": verdicts.verdict(summary) if status.get("state") == "done" else "",
-        "defense": DEFENSE_TITLES.get(config.get("defense"), config.get("defense")),
+        "defense": defense_title(config.get("defense")),
         "attack": config.get("attack"), "poison rate": config.get("poison_rate"), "dataset": config.get("dataset"),
         "seed": config.get("seed"), "clean accuracy": summary.get("clean_accuracy"),
         "attack success rate": summary.get("attack_success_rate"), "robust accuracy": summary.get("robust_accuracy"),

@@ -18,10 +18,13 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from cbd_core.defenses import defense_or_none
 from cbd_core.metrics import auroc
 from cbd_core.runs import RunDir
-from pages.common import DEFENSE_TITLES, enlarge, explain, load_arrays, load_config, load_summary, page_errors, pick_run
+from pages.common import (defense_title, enlarge, explain, judging_defenses, load_arrays, load_config, load_summary,
+                          page_errors, pick_run)
 from pages.common.navigation import follow_app_navigation
+from pages.common.presentation import plotly_chart  # sized for presentation mode
 
 follow_app_navigation()
 
@@ -93,7 +96,7 @@ def cbd_view(run: RunDir, record: dict[str, np.ndarray], class_names: list[str],
 
     left, right = st.columns(2)
     with left:
-        st.plotly_chart(split_histogram(current, is_poisoned, f"weight at epoch {epoch}"), width="stretch",
+        plotly_chart(split_histogram(current, is_poisoned, f"weight at epoch {epoch}"), width="stretch",
                         key="weights_histogram")
         explain("For CBD to work, the red bars (poisoned samples) must pile up near 0, far left of the blue ones: "
                 "the samples CBD stops trusting, so f_C hardly learns from them.", summary)
@@ -103,7 +106,7 @@ def cbd_view(run: RunDir, record: dict[str, np.ndarray], class_names: list[str],
         fig.add_vline(x=epoch, line_dash="dot", line_color="grey")
         fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 30, "b": 10}, xaxis_title="epoch of f_C",
                           yaxis_title="poison-detection AUROC", yaxis_range=[0, 1.02], xaxis_dtick=1)
-        st.plotly_chart(fig, width="stretch", key="weights_auroc")
+        plotly_chart(fig, width="stretch", key="weights_auroc")
         explain("How well a low weight picks out the poisoned samples, epoch by epoch: 1.0 means every poisoned "
                 "sample weighs less than every clean one, 0.5 is a coin toss.")
         if not is_poisoned.any():
@@ -141,7 +144,7 @@ def abl_view(record: dict[str, np.ndarray], summary: dict[str, Any]) -> None:
     isolated = record["isolated"].astype(bool)
     left, right = st.columns([2, 1])
     with left:
-        st.plotly_chart(split_histogram(np.log10(np.maximum(losses, 1e-12)), is_poisoned,
+        plotly_chart(split_histogram(np.log10(np.maximum(losses, 1e-12)), is_poisoned,
                                         "loss after the isolation phase, log10 (−4 means 0.0001)"),
                         width="stretch", key="abl_histogram")
         explain("ABL trains briefly and sets apart the samples it learned fastest, the lowest losses: for it to "
@@ -164,7 +167,7 @@ def none_view(record: dict[str, np.ndarray], summary: dict[str, Any]) -> None:
         rows.append({"round": i, "filtered": count, "precision": _percent(precision), "recall": _percent(recall)})
     left, right = st.columns([2, 1])
     with left:
-        st.plotly_chart(split_histogram(activation[-1], is_poisoned, "activation of the suspected neurons"),
+        plotly_chart(split_histogram(activation[-1], is_poisoned, "activation of the suspected neurons"),
                         width="stretch", key="none_histogram")
         explain("NONE looks for neurons that fire far above normal on a few samples; for it to work, the red bars "
                 "(poisoned) must stand apart to the right, where it filters samples out.", summary)
@@ -181,15 +184,16 @@ def render() -> None:
     defense = load_config(run).get("defense", "")
     summary = load_summary(run) or {}
     class_names = [str(c) for c in (summary.get("class_names") or range(int(summary.get("num_classes") or 10)))]
-    if defense == "undefended":
-        st.info("This run is **undefended**: it trained on every sample equally, so there are no per-sample weights "
-                "or suspicions to show. Pick a CBD, ABL or NONE run to see what a defense made of each sample.")
+    if defense_or_none(defense) is not None and defense_or_none(defense).suspicion_meaning is None:
+        st.info(f"This run is **{defense_title(defense)}**: it trained on every sample equally, so there are no "
+                f"per-sample weights or suspicions to show. Pick a {judging_defenses()} run to see what a defense "
+                "made of each sample.")
         return
     record = load_arrays(run, "sample_weights")
     if record is None:
         st.info("This run has no sample_weights.npz (it did not finish writing its results).")
         return
-    title = DEFENSE_TITLES.get(defense, defense)
+    title = defense_title(defense)
     if "weights" in record and np.ndim(record["weights"]) == 2:
         st.subheader(f"{title}: each sample's weight as f_C trains")
         cbd_view(run, record, class_names, summary)

@@ -18,62 +18,35 @@ from cbd_core.config import RunConfig
 from cbd_core.data import DATASETS
 from cbd_core.defenses import DEFENSES
 from cbd_core.errors import UserInputError
-from cbd_core.params import Param
 from cbd_core.runs import FINISHED, RunDir, list_runs
-from pages.common import (active_run_id, explain, load_config, load_summary, page_errors, runs_root_path,
-                              set_active_run, verdict_banner)
+from pages.common import (active_run_id, defense_title, explain, load_config, load_summary, page_errors, phase_title,
+                          runs_root_path, set_active_run, verdict_banner)
 from pages.common.navigation import follow_app_navigation
+from pages.common.presentation import plotly_chart  # sized for presentation mode
+from pages.common.settings import AttackSettings
+from pages.common.widgets import changed_values, param_widget
 
 follow_app_navigation()
 
 
-# The settings a newcomer would touch first; everything else sits in an expander.
-KEY_PARAMS = {
-    "undefended": ("epochs", "lr"),
-    "cbd": ("backdoor_steps", "epochs", "mi_weight", "weighting"),
-    "abl": ("isolation_epochs", "epochs", "unlearn_epochs", "unlearn_lr"),
-    "nonlinearity": ("epochs", "rounds", "reset_fraction", "reset_mode"),
-}
-PHASE_NAMES = {"f_B": "backdoored f_B", "f_C": "deconfounded f_C", "train": "training", "isolate": "isolation",
-               "unlearn": "unlearning"}
-
-
-def param_input(param: Param, default: Any, key: str) -> Any:
-    """One widget for a declared parameter, bounded by its range; the config validates it again."""
-    label = param.name.replace("_", " ")
-    if param.kind is str:
-        if param.choices:
-            return st.selectbox(label, param.choices, index=param.choices.index(default)
-                                if default in param.choices else 0, help=param.help, key=key)
-        return st.text_input(label, value=default or "", help=param.help, key=key) or None
-    if param.kind is int:
-        return st.number_input(label, value=int(default), step=1, help=param.help, key=key,
-                               min_value=int(param.low) if param.low is not None else None,
-                               max_value=int(param.high) if param.high is not None else None)
-    return st.number_input(label, value=float(default), help=param.help, key=key, format="%g",
-                           min_value=float(param.low) if param.low is not None else None,
-                           max_value=float(param.high) if param.high is not None else None)
-
-
 def settings_form() -> RunConfig | None:
     """The data and defense settings as a RunConfig (validated on Start), prefilled from the Attack lab."""
-    carried = st.session_state.get("attack_settings") or {}
+    carried = AttackSettings.current()
     st.markdown("**1 · Data and attack**")
-    if carried:
+    if AttackSettings.was_saved():
         st.caption("Prefilled from the **Attack lab** (its attack parameters and uploads come along).")
     c1, c2, c3, c4 = st.columns(4)
-    names = list(DATASETS) + (["npz"] if carried.get("dataset") == "npz" else [])
-    dataset = c1.selectbox("dataset", names, index=names.index(carried.get("dataset", "mnist5k"))
-                           if carried.get("dataset", "mnist5k") in names else 0,
+    names = list(DATASETS) + (["npz"] if carried.dataset == "npz" else [])
+    dataset = c1.selectbox("dataset", names, index=names.index(carried.dataset) if carried.dataset in names else 0,
                            format_func=lambda n: n if n == "npz" else f"{n} ({'offline' if DATASETS[n].offline else 'files needed'})")
     attacks = list(ATTACKS)
-    attack = c2.selectbox("attack", attacks, index=attacks.index(carried.get("attack", "badnets"))
-                          if carried.get("attack", "badnets") in attacks else 0)
-    rate = c3.number_input("poison rate (%)", 0.0, 50.0, float(carried.get("poison_rate", 0.1)) * 100, step=1.0,
+    attack = c2.selectbox("attack", attacks, index=attacks.index(carried.attack) if carried.attack in attacks else 0,
+                          format_func=lambda n: ATTACKS[n].title)
+    rate = c3.number_input("poison rate (%)", 0.0, 50.0, float(carried.poison_rate) * 100, step=1.0,
                            help="share of the training set that carries the trigger")
-    target = c4.number_input("target label", 0, 999, int(carried.get("target_label", 0)), step=1,
+    target = c4.number_input("target label", 0, 999, int(carried.target_label), step=1,
                              help="the class the trigger sends images to")
-    attack_params = carried.get("attack_params", {}) if carried.get("attack") == attack else {}
+    attack_params = carried.attack_params if carried.attack == attack else {}
 
     st.markdown("**2 · Defense**")
     c1, c2, c3 = st.columns([2, 1, 1])
@@ -85,20 +58,19 @@ def settings_form() -> RunConfig | None:
     shape = DATASETS[dataset].image_shape if dataset in DATASETS else (28, 28, 1)
     defaults = defense.defaults(shape)
     declared = {p.name: p for p in defense.params}
-    key_names = [n for n in KEY_PARAMS.get(defense_name, ()) if n in declared]
-    values: dict[str, Any] = {}
-    columns = st.columns(max(1, len(key_names)))
-    for column, name in zip(columns, key_names):
+    key_names = [n for n in defense.key_params if n in declared]
+    chosen: dict[str, Any] = {}
+    for column, name in zip(st.columns(max(1, len(key_names))), key_names):
         with column:
-            values[name] = param_input(declared[name], defaults[name], f"train_{defense_name}_{name}")
+            chosen[name] = param_widget(declared[name], defaults[name], f"train_{defense_name}_{name}")
     with st.expander("All parameters of " + defense.title):
         for param in defense.params:
             if param.name not in key_names:
-                values[param.name] = param_input(param, defaults[param.name], f"train_{defense_name}_{param.name}")
-    changed = {k: v for k, v in values.items() if v != defaults.get(k)}
+                chosen[param.name] = param_widget(param, defaults[param.name], f"train_{defense_name}_{param.name}")
+    changed = changed_values(chosen, defaults)
     return RunConfig(dataset=dataset, attack=attack, poison_rate=round(float(rate) / 100, 6), target_label=int(target),
                      defense=defense_name, seed=int(seed), attack_params=dict(attack_params),
-                     defense_params=changed, device=device, npz_path=carried.get("npz_path") if dataset == "npz" else None)
+                     defense_params=changed, device=device, npz_path=carried.npz_path if dataset == "npz" else None)
 
 
 @st.cache_resource(show_spinner=False)
@@ -127,7 +99,7 @@ def active_run() -> RunDir | None:
     return chosen
 
 
-def curves(metrics: list[dict[str, Any]]) -> go.Figure:
+def curves(metrics: list[dict[str, Any]], defense: str) -> go.Figure:
     """CA (solid) and ASR (dashed) per epoch, one colour per phase, epochs numbered across phases."""
     fig = go.Figure()
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
@@ -138,7 +110,7 @@ def curves(metrics: list[dict[str, Any]]) -> go.Figure:
     for colour, phase in zip(palette * 4, phases):
         points = [(i + 1, m) for i, m in enumerate(metrics) if m.get("phase") == phase]
         x = [i for i, _ in points]
-        name = PHASE_NAMES.get(phase, phase)
+        name = phase_title(defense, phase)
         fig.add_trace(go.Scatter(x=x, y=[m.get("clean_accuracy") for _, m in points], mode="lines+markers",
                                  name=f"{name}: clean accuracy", line={"color": colour}))
         fig.add_trace(go.Scatter(x=x, y=[m.get("attack_success_rate") for _, m in points], mode="lines+markers",
@@ -173,7 +145,7 @@ def live_panel() -> None:
     st.session_state["train_panel_active"] = state not in FINISHED
     if was_active and state in FINISHED:
         st.rerun()
-    st.markdown(f"**{config['defense']}** against **{config['attack']}** at {config['poison_rate']:.0%} on "
+    st.markdown(f"**{defense_title(config['defense'])}** against **{config['attack']}** at {config['poison_rate']:.0%} on "
                 f"{config['dataset']} (seed {config['seed']}) · run `{run.run_id}`")
     c1, c2, c3 = st.columns(3)
     c1.metric("state", state)
@@ -186,10 +158,10 @@ def live_panel() -> None:
         if not alive:
             st.warning("No background worker is running yet; it is being started (this takes a few seconds).")
     elif progress:
-        c3.metric("phase", f"{PHASE_NAMES.get(progress.get('phase'), progress.get('phase'))}")
+        c3.metric("phase", phase_title(config["defense"], progress.get("phase")))
         epoch = max(1, int(progress.get("epoch") or 0))
         st.progress(float(progress.get("fraction", 0.0)),
-                    text=f"{PHASE_NAMES.get(progress.get('phase'), progress.get('phase'))}: epoch {epoch} of "
+                    text=f"{phase_title(config['defense'], progress.get('phase'))}: epoch {epoch} of "
                          f"{progress.get('epochs')}")
     if state in ("queued", "running"):
         if st.button("Cancel this run", key="cancel_active"):
@@ -204,7 +176,7 @@ def live_panel() -> None:
         verdict_banner(run, status)
     metrics = run.metrics()
     if metrics:
-        st.plotly_chart(curves(metrics), width="stretch", key="train_curves")
+        plotly_chart(curves(metrics, config["defense"]), width="stretch", key="train_curves")
         explain("solid lines are clean accuracy (higher is better), dashed lines the attack success rate "
                 "(lower is better for a defense). For CBD, f_B's dashed line should shoot up - it learns the "
                 "trigger on purpose - while f_C's is meant to stay near zero as its clean accuracy climbs.",

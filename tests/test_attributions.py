@@ -378,7 +378,7 @@ def test_example_test_image_of_a_real_run_is_right_when_clean_and_fooled_when_tr
 def test_the_registry_says_which_triggers_are_patches(attack, patch):
     from cbd_core.analysis.attributions import trigger_is_patch
 
-    assert get_attack(attack).patch_trigger is patch
+    assert get_attack(attack).patch is patch
     assert trigger_is_patch({"attack": attack}, np.zeros((28, 28), bool)) is patch
     # An attack the registry does not know is judged by its region's shape.
     corner = np.zeros((28, 28), bool)

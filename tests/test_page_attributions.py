@@ -208,5 +208,5 @@ def test_a_whole_image_trigger_has_no_box_and_no_caption_about_one(monkeypatch, 
     assert not at.exception and not at.error
     words = texts(at) + "\n".join(c.value for c in at.caption)
     assert "box" not in words.lower()
-    assert f"{attack.capitalize()}'s trigger changes almost every pixel" in words
+    assert f"{chosen.title}'s trigger changes almost every pixel" in words
     assert all(not spec["layout"].get("shapes") for spec in chart_specs(at)[:2])

@@ -14,6 +14,7 @@ import cbd_core.jobs as jobs
 from cbd_core.defenses import DEFENSES
 from cbd_core.runs import RunDir, list_runs
 from conftest import open_page
+from pages.common.settings import AttackSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,9 +93,8 @@ def test_train_page_cancels_a_queued_run(runs_root):
 
 
 def test_train_page_takes_the_attack_lab_settings(runs_root):
-    at = open_page("train", session_state={"attack_settings": {
-        "dataset": "mnist5k", "attack": "blend", "poison_rate": 0.05, "target_label": 3,
-        "attack_params": {"alpha": 0.3}, "npz_path": None}})
+    at = open_page("train", session_state={"attack_settings": AttackSettings(
+        dataset="mnist5k", attack="blend", poison_rate=0.05, target_label=3, attack_params={"alpha": 0.3})})
     start(at)
     at.run()
     assert not at.exception and not at.error

@@ -302,7 +302,7 @@ def trigger_is_patch(config: dict, region: np.ndarray) -> bool:
     from ..attacks import ATTACKS
 
     attack = ATTACKS.get(str(config.get("attack")))
-    return attack.patch_trigger if attack is not None else trigger_is_local(region)
+    return attack.patch if attack is not None else trigger_is_local(region)
 
 
 # -- stored per run: computed once by the background worker ---------------------------------------

@@ -17,6 +17,8 @@ import numpy as np
 import streamlit as st
 
 from cbd_core import verdicts
+from cbd_core.defenses import defense_or_none
+from cbd_core.defenses.base import PLAIN_MODEL, ModelView
 from cbd_core.errors import UserInputError
 from cbd_core.runs import RunDir, list_runs, runs_root
 
@@ -252,12 +254,27 @@ def enlarge(image: np.ndarray, size: int = 112) -> np.ndarray:
     return big[..., 0] if big.ndim == 3 and big.shape[-1] == 1 else big
 
 
-def amplified_difference(clean: np.ndarray, poisoned: np.ndarray) -> tuple[np.ndarray, float]:
-    """|poisoned - clean| of images (N, H, W, C), the largest over channels, scaled so the largest
-    change in the batch is white; returns (N, H, W) uint8 and the gain used."""
-    diff = np.abs(poisoned.astype(np.int16) - clean.astype(np.int16)).max(axis=-1)
-    gain = 255.0 / max(1, int(diff.max())) if diff.size else 1.0
-    return np.clip(np.rint(diff * gain), 0, 255).astype(np.uint8), gain
+def defense_title(name: str | None) -> str:
+    """How pages name a defense (its registry title; the raw name for one this version does not know)."""
+    defense = defense_or_none(name)
+    return defense.title if defense else str(name)
 
 
-DEFENSE_TITLES = {"undefended": "Undefended", "cbd": "CBD", "abl": "ABL", "nonlinearity": "NONE"}
+def model_view(defense_name: str | None, model: str) -> ModelView:
+    """Title and what-to-look-for texts of one of a defense's models (a plain model's for unknown ones)."""
+    defense = defense_or_none(defense_name)
+    return defense.model_view(model) if defense else PLAIN_MODEL
+
+
+def phase_title(defense_name: str | None, phase: str | None) -> str:
+    """How pages name one of a defense's training phases, e.g. CBD's "f_C" as "deconfounded f_C"."""
+    defense = defense_or_none(defense_name)
+    return defense.phase_title(phase) if defense else str(phase)
+
+
+def judging_defenses() -> str:
+    """'CBD, ABL or NONE': the registered defenses that score individual samples, for hints."""
+    from cbd_core.defenses import DEFENSES
+
+    titles = [d.title for d in DEFENSES.values() if d.suspicion_meaning]
+    return ", ".join(titles[:-1]) + (" or " if len(titles) > 1 else "") + titles[-1]

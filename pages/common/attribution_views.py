@@ -24,7 +24,6 @@ from cbd_core.runs import RunDir
 from pages.common import load_arrays, load_config, load_models
 
 MEAN_IMAGES = 100
-MODEL_TITLES = {"f_B": "backdoored model f_B", "f_C": "deconfounded model f_C", "model": "trained model"}
 # Transparent where the model pays no attention, so the image shows through; hot where it does.
 OVERLAY_SCALE = [
     [0.0, "rgba(255, 0, 0, 0)"],
