@@ -445,24 +445,25 @@ def step_attributions(ctx: Lesson) -> None:
     names = sorted(models, key=lambda n: (n != "f_B", n))
     maps = {name: attribution_map(models[name], image, None, LESSON_METHOD) for name in names}
     tops = colour_limits(maps, per_model=True)
-    columns = st.columns([1] + [2] * len(names) + [3])
+    columns = st.columns([1] + [2] * len(names) + [2])
     with columns[0]:
         st.image(enlarge(image, 112), caption=f"a {ctx.name(int(test_y[index]))} with the trigger")
     for column, name in zip(columns[1:], names):
         with column:
             st.markdown(f"**{model_view(ctx.config.get('defense'), name).title}**")
-            plotly_chart(overlay_figure(image, maps[name], region if patch else None, tops[name], height=300),
+            plotly_chart(overlay_figure(image, maps[name], region if patch else None, tops[name], height=280,
+                                        colour_bar=False),
                          key=f"lesson_attr_{name}")
             predicted = int(np.argmax(predict_proba(models[name], image)))
             st.markdown(f"predicts **{ctx.name(predicted)}**"
                         + (" — the attack's target" if predicted == ctx.target else ""))
     with columns[-1]:
-        st.caption("Bright = the pixels that drove the model's decision (integrated gradients; each map has its own "
-                   "colour scale)." + (" The dotted box is the trigger." if patch else
+        st.caption("Bright = the pixels that drove the model's decision (integrated gradients; each map is coloured "
+                   "from zero to its own largest value)." + (" The dotted box is the trigger." if patch else
                                        " This trigger changes the whole image, so it is not outlined."))
         shares = mean_shares(str(runs_root_path()), ctx.run.run_id, LESSON_METHOD)
         say(lesson.attributions_story(shares, float(region.mean()), patch, ctx.summary))
-        st.page_link("pages/attributions.py", label="Move the trigger, try other images and methods →")
+        st.page_link("pages/attributions.py", label="Try other images and methods →")
 
 
 def step_verdict(ctx: Lesson) -> None:
@@ -543,7 +544,7 @@ def main() -> None:
     step_navigation(step, "bottom")
 
 
-st.title("Lesson: how CBD keeps a backdoor out")
+st.title("How CBD keeps a backdoor out")
 if not presenting():  # on a projector the step itself gets the room
     st.caption("One real run, step by step: the attack, how the two models train, how CBD's weights find the poison, "
                "what each model sees and where it looks, and the verdict. Share the page's link: it opens on the same "

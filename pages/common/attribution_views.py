@@ -83,13 +83,14 @@ def mean_shares(root: str, run_id: str, method: str) -> dict[str, float]:
 
 
 def overlay_figure(image: np.ndarray, attr: np.ndarray, region: np.ndarray | None, vmax: float,
-                   height: int = 340) -> go.Figure:
+                   height: int = 340, colour_bar: bool = True) -> go.Figure:
     """The image (dimmed a little) under its attribution map, coloured from 0 to `vmax`; the trigger
-    region's box outlined when `region` is given (patch triggers only)."""
+    region's box outlined when `region` is given (patch triggers only). Without the colour bar the
+    image gets the whole width (the Lesson, where the caption says how maps are scaled)."""
     rgb = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[..., :3]
     dimmed = (rgb.astype(np.float32) * 0.7).astype(np.uint8)  # so the hot colours stand out on white strokes
     fig = go.Figure(go.Image(z=dimmed, hoverinfo="skip"))
-    fig.add_trace(go.Heatmap(z=attr, zmin=0.0, zmax=vmax or 1.0, colorscale=OVERLAY_SCALE, showscale=True,
+    fig.add_trace(go.Heatmap(z=attr, zmin=0.0, zmax=vmax or 1.0, colorscale=OVERLAY_SCALE, showscale=colour_bar,
                              colorbar=dict(title="attribution", thickness=12),
                              hovertemplate="column %{x}, row %{y}<br>attribution %{z:.3g}<extra></extra>"))
     box = region_bbox(region) if region is not None else None
