@@ -32,7 +32,7 @@ from .runs import RunDir, list_runs
 STEPS: tuple[tuple[str, str], ...] = (
     ("attack", "The attack"),
     ("training", "Training"),
-    ("weights", "The weights find the poison"),
+    ("weights", "The weights"),
     ("maps", "What each model sees"),
     ("attributions", "Where each model looks"),
     ("verdict", "The verdict"),
@@ -90,26 +90,30 @@ def training_story(metrics: Sequence[dict[str, Any]], summary: dict[str, Any]) -
     from metrics.jsonl, and what that means for this run."""
     f_b, f_c = phase_lines(metrics, "f_B"), phase_lines(metrics, "f_C")
     sentences = []
+    capture = summary.get("f_b_capture")
+    useless = isinstance(capture, dict) and capture.get("captured") is False  # CBD's own record of f_B
     if f_b:
         asr = [_number(line.get("attack_success_rate")) for line in f_b]
         caught = next((i for i, value in enumerate(asr) if value is not None and value >= CAUGHT_ASR), None)
         last = asr[-1]
-        if caught is not None:
+        peak = max((v for v in asr if v is not None), default=None)
+        if caught is None:
+            sentences.append(f"f_B never caught the trigger: its attack success rate stayed below "
+                             f"{CAUGHT_ASR:.0%} (it ended at {_pct(last)}). CBD needs f_B to learn the trigger "
+                             "first; here it did not.")
+        elif useless:
+            sentences.append(f"f_B did not catch the trigger in a way CBD can use: its attack success rate on test "
+                             f"images swung (peak {_pct(peak)}, {_pct(last)} at the end), and on the training images "
+                             "it did not fit the poisoned ones better than the clean ones, so its losses could not "
+                             "point the weights at the poison.")
+        else:
             when = f_b[caught].get("step")
-            sentences.append(f"f_B, trained briefly on purpose, caught the trigger fast: its attack success rate "
+            early = "early" if caught <= 1 else "in the end"
+            sentences.append(f"f_B, trained briefly on purpose, caught the trigger {early}: its attack success rate "
                              f"reached {_pct(asr[caught])}"
                              + (f" after {int(when)} steps" if isinstance(when, int) else "")
                              + f" and ended at {_pct(last)}, while it was still learning the digits "
                              f"(clean accuracy {_pct(_number(f_b[-1].get('clean_accuracy')))}).")
-        else:
-            sentences.append(f"f_B never caught the trigger: its attack success rate stayed below "
-                             f"{CAUGHT_ASR:.0%} (it ended at {_pct(last)}). CBD needs f_B to learn the trigger "
-                             "first; here it did not.")
-    capture = summary.get("f_b_capture")
-    if isinstance(capture, dict) and capture.get("captured") is False and f_b and sentences and \
-            "never caught" not in sentences[-1]:
-        sentences.append("Yet on the training images f_B did not fit the poisoned ones better than the clean "
-                         "ones, so its losses could not point the weights at the poison.")
     if f_c:
         # The summary's final figures are what the verdict is judged on; the last epoch's line otherwise.
         asr_c = _number(summary.get("attack_success_rate"))

@@ -58,7 +58,7 @@ def page_text(at: AppTest) -> str:
 def test_lesson_is_the_default_page(lesson_pair):
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
     assert not at.exception
-    assert at.title[0].value == "How CBD keeps a backdoor out"
+    assert at.title[0].value == "CBD, step by step"
 
 
 def test_every_step_renders_for_a_finished_run_pair(lesson_pair):
@@ -66,7 +66,7 @@ def test_every_step_renders_for_a_finished_run_pair(lesson_pair):
     expected = {
         1: ("Step 1 of 6: The attack", "put the trigger on", "labelled 0"),
         2: ("Step 2 of 6: Training", "f_B", "f_C"),
-        3: ("Step 3 of 6: The weights find the poison", "median poisoned image has weight", "detection AUROC"),
+        3: ("Step 3 of 6: The weights", "median poisoned image has weight", "detection AUROC"),
         4: ("Step 4 of 6: What each model sees", "nearest neighbours are poisoned", "Crosses are poisoned"),
         5: ("Step 5 of 6: Where each model looks", "of f_B's attribution falls on it", "f_C puts"),
         6: ("Step 6 of 6: The verdict", "against the undefended baseline", "without a defense"),
