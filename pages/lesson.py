@@ -474,12 +474,14 @@ def step_verdict(ctx: Lesson) -> None:
         c1, c2 = st.columns(2)
         asr, ca = ctx.summary.get("attack_success_rate"), ctx.summary.get("clean_accuracy")
         if base:
+            base_asr, base_ca = base["attack_success_rate"], base["clean_accuracy"]
             # Green only for a removed backdoor: a small drop of a persisting one is no success.
+            removed = verdicts.verdict(ctx.summary) == verdicts.REMOVED
             c1.metric("attack success rate with CBD", f"{asr:.1%}",
-                      f"{(asr - base['attack_success_rate']) * 100:+.1f} points against {base['attack_success_rate']:.1%} "
-                      "undefended", delta_color="inverse" if verdicts.verdict(ctx.summary) == verdicts.REMOVED else "off")
+                      f"{(asr - base_asr) * 100:+.1f} points against {base_asr:.1%} undefended",
+                      delta_color="inverse" if removed else "off")
             c2.metric("clean accuracy with CBD", f"{ca:.1%}",
-                      f"{(ca - base['clean_accuracy']) * 100:+.1f} points against {base['clean_accuracy']:.1%} undefended")
+                      f"{(ca - base_ca) * 100:+.1f} points against {base_ca:.1%} undefended")
         else:
             c1.metric("attack success rate with CBD", f"{asr:.1%}")
             c2.metric("clean accuracy with CBD", f"{ca:.1%}")
@@ -547,8 +549,8 @@ def main() -> None:
 
 st.title("CBD, step by step")
 if not presenting():  # on a projector the step itself gets the room
-    st.caption("One real run, step by step: the attack, how the two models train, whether CBD's weights find the poison, "
-               "what each model sees and where it looks, and the verdict. Share the page's link: it opens on the same "
-               "run and step.")
+    st.caption("One real run, step by step: the attack, how the two models train, whether CBD's weights find the "
+               "poison, what each model sees and where it looks, and the verdict. Share the page's link: it opens on "
+               "the same run and step.")
 with page_errors():
     main()
