@@ -58,15 +58,28 @@ def arithmetic(threads: int, deterministic: bool) -> Iterator[None]:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.set_num_threads(threads)
     # warn_only: an op without a deterministic kernel warns instead of failing the run.
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    _set_deterministic(deterministic)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic
     try:
         yield
     finally:
         torch.set_num_threads(saved[0])
-        torch.use_deterministic_algorithms(saved[1], warn_only=True)
+        _set_deterministic(saved[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2], saved[3]
+
+
+def _set_deterministic(mode: bool) -> None:
+    """torch.use_deterministic_algorithms(mode, warn_only=True) without its side trip: it also sets
+    torch._inductor's config, and importing torch._inductor costs a fresh process 1.2 s. Nothing here
+    compiles, so eager torch's own switch is all that matters; once inductor is loaded anyway
+    (someone compiles), the public call keeps the two in step."""
+    import sys
+
+    if "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(mode, warn_only=True)
+    else:
+        torch._C._set_deterministic_algorithms(mode, warn_only=True)
 
 
 @dataclass
@@ -173,13 +186,89 @@ class EvalSets:
         }
 
 
-def sgd(model: nn.Module, lr: float, weight_decay: float, momentum: float = 0.9) -> torch.optim.Optimizer:
+class SGD:
+    """Nesterov SGD with per-group weight decay: torch.optim.SGD's arithmetic, op for op (its
+    single-tensor path, the one it takes on CPU), written out. torch.optim's first use imports
+    torch._dynamo (0.8 s of every fresh process); this does not, and it has no per-step machinery
+    (hooks, profiler records). tests/test_training.py checks it against torch.optim bit for bit.
+
+    Duck-types what the training loops use: `param_groups` (each with "params", "lr",
+    "weight_decay"), `zero_grad(set_to_none=True)` and `step()`."""
+
+    def __init__(self, groups: list[dict], lr: float, momentum: float = 0.9, nesterov: bool = True):
+        self.momentum, self.nesterov = momentum, nesterov
+        self.param_groups = [{"lr": lr, "weight_decay": 0.0, **g, "params": list(g["params"])} for g in groups]
+        self.momentum_buffers: dict[int, torch.Tensor] = {}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if set_to_none:
+                    p.grad = None
+                elif p.grad is not None:
+                    p.grad.zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for group in self.param_groups:
+            lr, weight_decay = group["lr"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                if weight_decay != 0:
+                    grad = grad.add(p, alpha=weight_decay)
+                if self.momentum != 0:
+                    buf = self.momentum_buffers.get(id(p))
+                    if buf is None:
+                        buf = self.momentum_buffers[id(p)] = grad.detach().clone()
+                    else:
+                        buf.mul_(self.momentum).add_(grad, alpha=1)  # no dampening
+                    grad = grad.add(buf, alpha=self.momentum) if self.nesterov else buf
+                p.add_(grad, alpha=-lr)
+
+
+class Adam:
+    """torch.optim.Adam (no weight decay, no amsgrad) written out like `SGD` above, op for op as
+    torch's single-tensor path: the same numbers without importing torch._dynamo."""
+
+    def __init__(self, params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.param_groups = [{"params": list(params), "lr": lr}]
+        self.beta1, self.beta2, self.eps = betas[0], betas[1], eps
+        self.state: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    zero_grad = SGD.zero_grad
+
+    @torch.no_grad()
+    def step(self) -> None:
+        beta1, beta2 = self.beta1, self.beta2
+        for group in self.param_groups:
+            lr = group["lr"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if id(p) not in self.state:  # torch keeps the step count as a float32 tensor
+                    self.state[id(p)] = (torch.tensor(0.0), torch.zeros_like(p, memory_format=torch.preserve_format),
+                                         torch.zeros_like(p, memory_format=torch.preserve_format))
+                step_t, exp_avg, exp_avg_sq = self.state[id(p)]
+                grad = p.grad
+                step_t += 1
+                exp_avg.lerp_(grad, 1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                step = step_t.item()  # a CPU tensor, as in torch: no device sync
+                bias_correction1 = 1 - beta1 ** step
+                bias_correction2 = 1 - beta2 ** step
+                step_size = lr / bias_correction1
+                denom = (exp_avg_sq.sqrt() / bias_correction2 ** 0.5).add_(self.eps)
+                p.addcdiv_(exp_avg, denom, value=-step_size)
+
+
+def sgd(model: nn.Module, lr: float, weight_decay: float, momentum: float = 0.9) -> SGD:
     """Nesterov SGD, as in the CBD and ABL code; no weight decay on biases and norm layers."""
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    return torch.optim.SGD([{"params": decay, "weight_decay": weight_decay},
-                            {"params": no_decay, "weight_decay": 0.0}],
-                           lr=lr, momentum=momentum, nesterov=True)
+    return SGD([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+               lr=lr, momentum=momentum, nesterov=True)
 
 
 def cosine_lr(step: int, total_steps: int, peak: float, warmup_steps: int = 0) -> float:
@@ -190,6 +279,6 @@ def cosine_lr(step: int, total_steps: int, peak: float, warmup_steps: int = 0) -
     return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+def set_lr(optimizer: SGD | torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr

@@ -68,7 +68,7 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
 from ..params import Param
-from ..training import augment, batches, cosine_lr, per_sample_loss, set_lr, sgd
+from ..training import Adam, augment, batches, cosine_lr, per_sample_loss, set_lr, sgd
 from .base import Defense, DefenseContext, DefenseResult, train_steps
 
 
@@ -198,7 +198,7 @@ class CBD(Defense):
         f_c = ctx.build_model()
         opt_c = sgd(f_c, p["lr"], p["weight_decay"])
         disc = MIDiscriminator(f_b.feature_dim, f_c.feature_dim).to(ctx.device)
-        opt_d = torch.optim.Adam(disc.parameters(), lr=p["disc_lr"], betas=(0.5, 0.999))
+        opt_d = Adam(disc.parameters(), lr=p["disc_lr"], betas=(0.5, 0.999))
         total_steps = p["epochs"] * steps_per_epoch
 
         weights_now = cbd_weights(ce_b_full, per_sample_loss(f_c, ctx.train))  # before f_C trains

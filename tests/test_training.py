@@ -1,0 +1,78 @@
+"""The training loop's own optimisers and the SmallCNN's block order give torch's numbers to the bit."""
+
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from cbd_core.models import build_model
+from cbd_core.training import SGD, Adam, sgd
+
+
+def _train(model, optimizer, steps=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.rand(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g)
+    for i in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = 0.05 * (i + 1) / steps  # a schedule, as the loops set it
+        loss = F.cross_entropy(model(x[i * 8:i * 8 + 32]), y[i * 8:i * 8 + 32])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return model.state_dict()
+
+
+def _pair(seed=0):
+    torch.manual_seed(seed)
+    a = build_model("cnn", 1, 10)
+    b = build_model("cnn", 1, 10)
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+def _same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sgd_matches_torch_optim_bit_for_bit():
+    ours, theirs = _pair()
+    decay = [p for p in theirs.parameters() if p.ndim > 1]
+    no_decay = [p for p in theirs.parameters() if p.ndim <= 1]
+    reference = torch.optim.SGD([{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],
+                                lr=0.05, momentum=0.9, nesterov=True)
+    optimizer = sgd(ours, 0.05, 5e-4)
+    assert isinstance(optimizer, SGD)
+    assert _same(_train(ours, optimizer), _train(theirs, reference))
+
+
+def test_adam_matches_torch_optim_bit_for_bit():
+    ours, theirs = _pair(1)
+    mine = _train(ours, Adam(ours.parameters(), lr=1e-3, betas=(0.5, 0.999)))
+    reference = _train(theirs, torch.optim.Adam(theirs.parameters(), lr=1e-3, betas=(0.5, 0.999)))
+    assert _same(mine, reference)
+
+
+def test_training_never_imports_dynamo():
+    """torch.optim's first step imports torch._dynamo (0.8 s); ours must not (checked in a fresh process)."""
+    import subprocess
+
+    code = ("import sys, torch\nfrom cbd_core.models import build_model\nfrom cbd_core.training import sgd, Adam, "
+            "arithmetic\nm = build_model('cnn', 1, 10)\nwith arithmetic(1, True):\n  o = sgd(m, 0.1, 5e-4); "
+            "m(torch.rand(4, 1, 28, 28)).sum().backward(); o.step()\n  a = Adam(m.parameters(), 1e-3); a.step()\n"
+            "print('torch._dynamo' in sys.modules, 'torch._inductor' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_pool_before_relu_is_the_same_function():
+    """SmallCNN pools before its ReLU: the same outputs as ReLU then pool, to the bit."""
+    torch.manual_seed(0)
+    model = build_model("cnn", 1, 10).eval()
+    x = torch.rand(16, 1, 28, 28)
+    body = model.body
+    reference = x.contiguous(memory_format=torch.channels_last)
+    for conv, bn in ((body[0], body[1]), (body[4], body[5])):
+        reference = F.max_pool2d(F.relu(bn(conv(reference))), 2)
+    reference = model.penultimate(body[9](body[8](reference)))
+    with torch.no_grad():
+        assert torch.equal(model.features(x), reference.detach())
