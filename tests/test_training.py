@@ -76,3 +76,30 @@ def test_pool_before_relu_is_the_same_function():
     reference = model.penultimate(body[9](body[8](reference)))
     with torch.no_grad():
         assert torch.equal(model.features(x), reference.detach())
+
+
+def test_a_pass_is_reused_only_while_the_model_is_unchanged():
+    import numpy as np
+
+    from cbd_core.training import EvalSets, Tensors
+
+    torch.manual_seed(0)
+    model = build_model("cnn", 1, 10)
+    x = torch.rand(40, 1, 28, 28)
+    sets = EvalSets(Tensors(x, torch.randint(0, 10, (40,))), Tensors(x[:20], torch.zeros(20, dtype=torch.long)),
+                    np.ones(20, dtype=np.int64), 0)
+    calls = []
+    model.register_forward_hook(lambda *args: calls.append(1))
+    first = sets.evaluate(model)
+    n = len(calls)
+    assert sets.evaluate(model) == first and len(calls) == n  # unchanged: no second pass
+    with torch.no_grad():
+        model.fc.bias[0] += 1.0  # any change to a parameter (or a buffer) invalidates it
+    sets.evaluate(model)
+    assert len(calls) > n
+    other = build_model("cnn", 1, 10)
+    other.load_state_dict(model.state_dict())
+    other.register_forward_hook(lambda *args: calls.append(1))
+    m = len(calls)
+    sets.evaluate(other)  # the same weights in another model object: its own pass
+    assert len(calls) > m

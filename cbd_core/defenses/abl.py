@@ -128,7 +128,7 @@ import torch
 import torch.nn as nn
 
 from ..params import Param
-from ..training import Tensors, augment, batches, cosine_lr, per_sample_loss, set_lr, sgd
+from ..training import Tensors, augment, batches, cosine_lr, set_lr, sgd
 from .base import Defense, DefenseContext, DefenseResult, train_epoch
 
 
@@ -206,7 +206,7 @@ class ABL(Defense):
             ce = train_epoch(ctx, model, optimizer, generator, lambda s: p["lr"], (epoch - 1) * steps,
                              "isolate", epoch, p["isolation_epochs"],
                              objective=lambda loss: lga_loss(loss, p["gamma"]), augmented=False)
-            losses = per_sample_loss(model, ctx.train).cpu().numpy().astype(np.float32)
+            losses = ctx.per_sample_loss(model).cpu().numpy().astype(np.float32)
             ctx.end_epoch("isolate", epoch, p["isolation_epochs"], model, train_loss=round(ce, 5),
                           poison_detection_auroc=ctx.detection_auroc(-losses))
         isolated = isolate_lowest(losses, p["isolation_ratio"])
@@ -234,7 +234,7 @@ class ABL(Defense):
         summary_extra: dict = {}
         record_extra: dict = {}
         if p["reisolation_ratio"] > 0:
-            late_losses = per_sample_loss(model, ctx.train).cpu().numpy().astype(np.float32)
+            late_losses = ctx.per_sample_loss(model).cpu().numpy().astype(np.float32)
             unlearned = isolated | isolate_lowest(late_losses, p["reisolation_ratio"])
             late = ctx.flagged_report(unlearned)
             summary_extra = {"unlearned_count": late["flagged"], "unlearned_precision": late["precision"],

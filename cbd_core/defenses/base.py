@@ -15,10 +15,11 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..params import Param, resolve_params
 from ..progress import Cancelled, ProgressCallback, ProgressEvent
-from ..training import EvalSets, Tensors
+from ..training import EvalSets, PassMemo, Tensors, features_and_logits
 
 
 CAPTURE_AUROC = 0.9  # f_B "has the trigger" when its loss ranks poisoned below clean this well
@@ -39,6 +40,30 @@ class DefenseContext:
     _log: Callable[[dict[str, Any]], None]
     _is_cancelled: Callable[[], bool] = lambda: False
     _started: float = field(default_factory=time.perf_counter)
+    # Training samples whose features the run keeps for its embeddings (None: none kept here).
+    _embedding_index: torch.Tensor | None = None
+    _full_pass: PassMemo = field(default_factory=PassMemo)
+
+    def per_sample_loss(self, model: nn.Module) -> torch.Tensor:
+        """Cross-entropy of every training sample under `model` (eval mode, no augmentation).
+
+        The pass is remembered with the model's exact state (`PassMemo`): asked again for an unchanged
+        model it is not made twice, and the run's embeddings take their features from it."""
+        remembered = self._full_pass.get(model)
+        if remembered is None:
+            z, logits = features_and_logits(model, self.train.x)
+            kept = z[self._embedding_index] if self._embedding_index is not None else None
+            remembered = (logits, kept)
+            self._full_pass.put(model, remembered)
+        return F.cross_entropy(remembered[0], self.train.y, reduction="none")
+
+    def remembered_embedding(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(features, logits) of the embedding samples from the last full pass over `model`, if the
+        model has not changed since; None otherwise."""
+        remembered = self._full_pass.get(model)
+        if remembered is None or remembered[1] is None:
+            return None
+        return remembered[1], remembered[0][self._embedding_index]
 
     def generator(self, offset: int = 0) -> torch.Generator:
         """A CPU generator for shuffling and augmentation, derived from the run's seed."""

@@ -68,7 +68,7 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
 from ..params import Param
-from ..training import Adam, augment, batches, cosine_lr, per_sample_loss, set_lr, sgd
+from ..training import Adam, augment, batches, cosine_lr, set_lr, sgd
 from .base import Defense, DefenseContext, DefenseResult, train_steps
 
 
@@ -175,7 +175,7 @@ class CBD(Defense):
         def at_step(step: int, loss: float) -> None:
             if step not in checkpoints and step not in stage_ends:
                 return
-            log_loss = per_sample_loss(f_b, ctx.train).clamp_min(LOSS_FLOOR).log()
+            log_loss = ctx.per_sample_loss(f_b).clamp_min(LOSS_FLOOR).log()
             if step in checkpoints:
                 log_losses.append(log_loss)
             if step in stage_ends:
@@ -190,7 +190,7 @@ class CBD(Defense):
         if p["backdoor_loss"] == "trajectory":
             ce_b_full = torch.stack(log_losses).mean(0).exp()  # geometric mean over the checkpoints
         else:
-            ce_b_full = per_sample_loss(f_b, ctx.train)
+            ce_b_full = ctx.per_sample_loss(f_b)
         capture = ctx.capture_report(ce_b_full.cpu().numpy(), f_b)
         capture["steps"] = p["backdoor_steps"]
 
@@ -201,7 +201,7 @@ class CBD(Defense):
         opt_d = Adam(disc.parameters(), lr=p["disc_lr"], betas=(0.5, 0.999))
         total_steps = p["epochs"] * steps_per_epoch
 
-        weights_now = cbd_weights(ce_b_full, per_sample_loss(f_c, ctx.train))  # before f_C trains
+        weights_now = cbd_weights(ce_b_full, ctx.per_sample_loss(f_c))  # before f_C trains
         history = [weights_now.cpu().numpy()]
         stable = p["weighting"] == "stable"
         memory_from = None  # "stable": the epoch from which each sample's lowest weight is kept
@@ -249,7 +249,7 @@ class CBD(Defense):
                 step += 1
                 ctx.step("f_C", epoch, p["epochs"], i + 1, steps_per_epoch)
 
-            ce_c_full = per_sample_loss(f_c, ctx.train)
+            ce_c_full = ctx.per_sample_loss(f_c)
             fresh = cbd_weights(ce_b_full, ce_c_full)
             if stable:
                 # Evidence counts once f_C has caught up with f_B on the data as a whole (median
