@@ -40,6 +40,10 @@ class DefenseContext:
     _log: Callable[[dict[str, Any]], None]
     _is_cancelled: Callable[[], bool] = lambda: False
     _started: float = field(default_factory=time.perf_counter)
+    # Progress of the whole run: every phase's epochs (Defense.total_epochs), how many have ended.
+    _total_epochs: int = 0
+    _epochs_done: int = 0
+    _epoch_started: float = field(default_factory=time.perf_counter)
     # Training samples whose features the run keeps for its embeddings (None: none kept here).
     _embedding_index: torch.Tensor | None = None
     _full_pass: PassMemo = field(default_factory=PassMemo)
@@ -73,7 +77,12 @@ class DefenseContext:
         """Report a finished batch; raises `Cancelled` when the user cancelled the run."""
         if self._is_cancelled():
             raise Cancelled()
-        self.progress(ProgressEvent(phase, epoch, epochs, step, steps))
+        self.progress(ProgressEvent(phase, epoch, epochs, step, steps, **self._run_progress(step / max(1, steps))))
+
+    def _run_progress(self, within_epoch: float) -> dict[str, float | None]:
+        fraction = min(1.0, (self._epochs_done + within_epoch) / self._total_epochs) if self._total_epochs > 0 \
+            else None
+        return {"run_fraction": fraction, "elapsed_seconds": round(time.perf_counter() - self._started, 3)}
 
     def detection_auroc(self, suspicion: np.ndarray) -> float:
         """AUROC of a per-sample suspicion score against the true poison mask (shown, never used)."""
@@ -107,10 +116,14 @@ class DefenseContext:
 
     def end_epoch(self, phase: str, epoch: int, epochs: int, model: nn.Module, **extra: Any) -> dict[str, Any]:
         """Score `model` on the test sets, log the epoch's line, report it; returns the line."""
-        line = {"phase": phase, "epoch": epoch, "epochs": epochs, **self._eval_sets.evaluate(model), **extra,
-                "elapsed_seconds": round(time.perf_counter() - self._started, 3)}
+        line = {"phase": phase, "epoch": epoch, "epochs": epochs, **self._eval_sets.evaluate(model), **extra}
+        now = time.perf_counter()
+        # elapsed: since training started; epoch_seconds: this epoch alone, its scoring included.
+        line.update(elapsed_seconds=round(now - self._started, 3), epoch_seconds=round(now - self._epoch_started, 3))
+        self._epoch_started = now
+        self._epochs_done += 1
         self._log(line)
-        self.progress(ProgressEvent(phase, epoch, epochs, metrics=line))
+        self.progress(ProgressEvent(phase, epoch, epochs, metrics=line, **self._run_progress(0.0)))
         if self._is_cancelled():
             raise Cancelled()
         return line

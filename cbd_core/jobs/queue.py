@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..config import RunConfig
 from ..runs import FINISHED, RunDir, list_runs, now_iso, runs_root
-from .settings import CANCEL_FILE, CLAIM_FILE, device_key
+from .settings import CANCEL_FILE, CLAIM_FILE, device_key, wake_file_name
 
 def submit(config: RunConfig, root: str | Path | None = None, start_worker: bool = True) -> RunDir:
     """Validate `config` exactly as the CLI does (UserInputError on bad input, before anything is
@@ -24,11 +24,23 @@ def submit(config: RunConfig, root: str | Path | None = None, start_worker: bool
     prepared = prepare(config)  # loads and poisons the data: a bad value fails here, not in the worker
     queue = device_key(prepared.config)
     run = RunDir.create(root, prepared.config.to_dict(), state="queued", queue=queue)
+    wake(root, queue)
     if start_worker:
         from . import launcher
 
         launcher.ensure_workers(root, devices=[queue])
     return run
+
+
+def wake(root: Path, queue: str) -> None:
+    """Tell an idle worker of `queue` that a run is waiting (it checks the wake file's time every
+    WAKE_POLL_S, and scans the queue every IDLE_POLL_S regardless). Best effort: never raises."""
+    from .locks import workers_dir
+
+    try:
+        (workers_dir(root) / wake_file_name(queue)).touch()
+    except OSError:
+        pass
 
 
 def request_cancel(run: RunDir) -> str:
