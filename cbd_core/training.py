@@ -102,18 +102,52 @@ def augment(x: torch.Tensor, generator: torch.Generator, pad: int, flip: bool) -
     `flip`, random horizontal flips; batched, on x's device."""
     n, c, h, w = x.shape
     if flip:
-        flips = torch.rand(n, generator=generator, device="cpu").to(x.device) < 0.5
+        flips = to_device(torch.rand(n, generator=generator, device="cpu"), x.device) < 0.5
         x = torch.where(flips[:, None, None, None], x.flip(3), x)
     if pad <= 0:
         return x
     padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    dy = to_device(torch.randint(0, 2 * pad + 1, (n,), generator=generator), x.device)
+    dx = to_device(torch.randint(0, 2 * pad + 1, (n,), generator=generator), x.device)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (n, 1, h, 1)
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (n, 1, 1, w)
     batch = torch.arange(n, device=x.device)[:, None, None, None]
     chans = torch.arange(c, device=x.device)[None, :, None, None]
     return padded[batch, chans, rows, cols]
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor (a batch's indices, its random shifts) on `device`. To a GPU it goes from
+    pinned memory without blocking: a plain `.to("cuda")` waits for the GPU to finish its queue, a
+    host sync at every batch. Same values either way."""
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+class LossTally:
+    """Batch losses weighted by batch size, kept as device tensors: adding one costs no host sync
+    (`loss.item()` at every batch makes the CPU wait for the GPU); `mean()` reads them all at once.
+    It adds `float(loss) * n` up in Python, in order, as the loops did: the same number to the bit."""
+
+    def __init__(self) -> None:
+        self._losses: list[torch.Tensor] = []
+        self._counts: list[int] = []
+
+    def add(self, loss: torch.Tensor, n: int) -> None:
+        self._losses.append(loss.detach())
+        self._counts.append(n)
+
+    @property
+    def count(self) -> int:
+        return sum(self._counts)
+
+    def mean(self) -> float:
+        """The weighted mean; 0.0 when nothing was added."""
+        total = 0.0
+        for value, n in zip(torch.stack(self._losses).tolist() if self._losses else [], self._counts):
+            total += value * n
+        return total / max(1, sum(self._counts))
 
 
 def default_augmentation(image_shape: tuple[int, int, int]) -> dict:

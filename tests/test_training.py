@@ -103,3 +103,52 @@ def test_a_pass_is_reused_only_while_the_model_is_unchanged():
     m = len(calls)
     sets.evaluate(other)  # the same weights in another model object: its own pass
     assert len(calls) > m
+
+
+def test_loss_tally_adds_up_like_the_python_loop():
+    from cbd_core.training import LossTally
+
+    g = torch.Generator().manual_seed(0)
+    losses = [torch.rand((), generator=g) * 3 for _ in range(50)]
+    tally, total, count = LossTally(), 0.0, 0
+    for i, loss in enumerate(losses):
+        n = 32 if i < 49 else 17
+        tally.add(loss, n)
+        total += loss.item() * n
+        count += n
+    assert tally.mean() == total / count and tally.count == count
+    assert LossTally().mean() == 0.0
+
+
+def test_training_reads_nothing_back_per_batch(patch_dataset, monkeypatch, tmp_path):
+    """On a GPU, reading a tensor back (`.item()`, `.tolist()`, `.cpu()`) makes the CPU wait for the
+    device. CBD's and the undefended loops read back per epoch, never per batch: halving the batch
+    size (twice the batches) must not change how often they do. (Adam's step count is a CPU tensor
+    by design; its `.item()` never waits for a device and is not counted.)"""
+    from cbd_core.pipeline import execute, prepare
+    from cbd_core.runs import RunDir
+    from conftest import fast_config
+
+    patch_dataset(256, 64)
+    counts = {}
+    for name in ("item", "tolist", "cpu"):
+        original = getattr(torch.Tensor, name)
+
+        def counting(self, *args, _original=original, _name=name, **kwargs):
+            if sys._getframe(1).f_code.co_name != "step":  # Adam.step's CPU step counter
+                counts[_name] = counts.get(_name, 0) + 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+
+    def reads(defense, batch_size, **params):
+        counts.clear()
+        config = fast_config(defense=defense, embedding_samples=0,
+                             defense_params={"batch_size": batch_size, **params})
+        prepared = prepare(config)
+        execute(prepared, RunDir.create(tmp_path, prepared.config.to_dict()))
+        return dict(counts)
+
+    assert reads("undefended", 64, epochs=2) == reads("undefended", 32, epochs=2)
+    assert reads("cbd", 64, epochs=2, backdoor_steps=8, backdoor_checkpoints=2) == \
+        reads("cbd", 32, epochs=2, backdoor_steps=8, backdoor_checkpoints=2)

@@ -170,7 +170,7 @@ def train_epoch(ctx: DefenseContext, model: nn.Module, optimizer: torch.optim.Op
     """One pass over `data` (default: the whole training set) minimising `objective(mean batch
     cross-entropy)` (ABL: its local gradient ascent, or -loss to unlearn); returns the mean
     cross-entropy seen. With `frozen_norms` the batch norms stay in eval mode (statistics fixed)."""
-    from ..training import augment, batches, set_lr
+    from ..training import LossTally, augment, batches, set_lr, to_device
 
     data = ctx.train if data is None else data
     model.train()
@@ -180,31 +180,31 @@ def train_epoch(ctx: DefenseContext, model: nn.Module, optimizer: torch.optim.Op
                 m.eval()
     batch_size = ctx.params["batch_size"]
     n_steps = -(-len(data) // batch_size)
-    total, count = 0.0, 0
+    tally = LossTally()
     for i, idx in enumerate(batches(len(data), batch_size, generator)):
         if len(idx) < 2 and model.training and not frozen_norms:
             continue  # a batch of one cannot be batch-normalised in train mode
         set_lr(optimizer, lr_at(first_step + i))
-        idx = idx.to(ctx.device)
+        idx = to_device(idx, ctx.device)
         x = augment(data.x[idx], generator, **ctx.augmentation) if augmented else data.x[idx]
         loss = nn.functional.cross_entropy(model(x), data.y[idx])
         optimizer.zero_grad(set_to_none=True)
         objective(loss).backward()
         optimizer.step()
-        total += loss.item() * len(idx)
-        count += len(idx)
+        tally.add(loss, len(idx))
         ctx.step(phase, epoch, epochs, i + 1, n_steps)
-    return total / max(1, count)
+    return tally.mean()
 
 
 def train_steps(ctx: DefenseContext, model: nn.Module, optimizer: torch.optim.Optimizer,
                 generator: torch.Generator, total_steps: int, lr_at: Callable[[int], float], phase: str,
-                stages: int, after_step: Callable[[int, float], None] = lambda step, loss: None) -> None:
+                stages: int, after_step: Callable[[int, Callable[[], float]], None] = lambda step, loss: None
+                ) -> None:
     """`total_steps` optimiser steps of plain cross-entropy on augmented batches of the training set,
     reshuffled every pass, whatever the data's size. `after_step(step, loss)` runs after each step
-    (1-based; loss = the mean cross-entropy so far in the current stage); progress is reported as
-    `stages` equal parts."""
-    from ..training import augment, batches, set_lr
+    (1-based; `loss()` = the mean cross-entropy so far in the current stage, read only when called:
+    reading it waits for the device); progress is reported as `stages` equal parts."""
+    from ..training import LossTally, augment, batches, set_lr, to_device
 
     data = ctx.train
     if len(data) < 2:  # every batch would be skipped, and the loop would never end
@@ -212,28 +212,27 @@ def train_steps(ctx: DefenseContext, model: nn.Module, optimizer: torch.optim.Op
 
         raise UserInputError(f"{phase} needs at least two training images, got {len(data)}", "dataset")
     stage_len = -(-total_steps // stages)
-    step, total, count = 0, 0.0, 0
+    step, tally = 0, LossTally()
     model.train()
     while step < total_steps:
         for idx in batches(len(data), ctx.params["batch_size"], generator):
             if len(idx) < 2:
                 continue  # a batch of one cannot be batch-normalised in train mode
             set_lr(optimizer, lr_at(step))
-            idx = idx.to(ctx.device)
+            idx = to_device(idx, ctx.device)
             loss = nn.functional.cross_entropy(model(augment(data.x[idx], generator, **ctx.augmentation)),
                                                data.y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
-            total += loss.item() * len(idx)
-            count += len(idx)
+            tally.add(loss, len(idx))
             stage = min(stages, (step - 1) // stage_len + 1)
             first = (stage - 1) * stage_len
             ctx.step(phase, stage, stages, step - first, min(stage_len, total_steps - first))
-            after_step(step, total / max(1, count))
+            after_step(step, tally.mean)
             model.train()  # after_step may have evaluated the model
             if step % stage_len == 0:
-                total, count = 0.0, 0
+                tally = LossTally()
             if step >= total_steps:
                 return

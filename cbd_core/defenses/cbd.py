@@ -60,6 +60,7 @@ restores the paper's behaviour, and bench/defense_quality.py --cbd-variants meas
 
 from __future__ import annotations
 
+from typing import Callable
 
 import numpy as np
 import torch
@@ -68,7 +69,7 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
 from ..params import Param
-from ..training import Adam, augment, batches, cosine_lr, set_lr, sgd
+from ..training import Adam, LossTally, augment, batches, cosine_lr, set_lr, sgd, to_device
 from .base import Defense, DefenseContext, DefenseResult, train_steps
 
 
@@ -172,14 +173,14 @@ class CBD(Defense):
         stage_ends = checkpoint_steps(p["backdoor_steps"], F_B_STAGES)
         log_losses = []
 
-        def at_step(step: int, loss: float) -> None:
+        def at_step(step: int, loss: Callable[[], float]) -> None:
             if step not in checkpoints and step not in stage_ends:
                 return
             log_loss = ctx.per_sample_loss(f_b).clamp_min(LOSS_FLOOR).log()
             if step in checkpoints:
                 log_losses.append(log_loss)
             if step in stage_ends:
-                ctx.end_epoch("f_B", stage_ends.index(step) + 1, F_B_STAGES, f_b, train_loss=round(loss, 5),
+                ctx.end_epoch("f_B", stage_ends.index(step) + 1, F_B_STAGES, f_b, train_loss=round(loss(), 5),
                               step=step, poison_detection_auroc=ctx.detection_auroc(-log_loss.cpu().numpy()))
 
         train_steps(ctx, f_b, opt_b, generator, p["backdoor_steps"], lambda s: p["backdoor_lr"], "f_B",
@@ -211,10 +212,10 @@ class CBD(Defense):
             disc.train()
             # "stable" trains the epoch on the weights just recorded, balanced per class.
             epoch_weights = class_balanced(weights_now, ctx.train.y) if stable else None
-            sums = {"loss": 0.0, "mi": 0.0, "n": 0}
+            tally_loss, tally_mi = LossTally(), LossTally()
             for i, idx in enumerate(batches(len(ctx.train), p["batch_size"], generator)):
                 set_lr(opt_c, cosine_lr(step, total_steps, p["lr"], warmup_steps=steps_per_epoch // 2))
-                idx_d = idx.to(ctx.device)
+                idx_d = to_device(idx, ctx.device)
                 x = augment(ctx.train.x[idx_d], generator, **ctx.augmentation)
                 y = ctx.train.y[idx_d]
                 z_c = f_c.features(x)
@@ -239,13 +240,12 @@ class CBD(Defense):
                     opt_d.step()
                     mi = disc.mi_estimate(z_b, z_c)
                     loss = loss + p["mi_weight"] * mi
-                    sums["mi"] += mi.item() * len(idx)
+                    tally_mi.add(mi, len(idx))
 
                 opt_c.zero_grad(set_to_none=True)
                 loss.backward()
                 opt_c.step()
-                sums["loss"] += loss.item() * len(idx)
-                sums["n"] += len(idx)
+                tally_loss.add(loss, len(idx))
                 step += 1
                 ctx.step("f_C", epoch, p["epochs"], i + 1, steps_per_epoch)
 
@@ -264,8 +264,8 @@ class CBD(Defense):
                 weights_now = fresh
             w = weights_now.cpu().numpy()
             history.append(w)
-            ctx.end_epoch("f_C", epoch, p["epochs"], f_c, train_loss=round(sums["loss"] / sums["n"], 5),
-                          mi_estimate=round(sums["mi"] / sums["n"], 6) if p["mi_weight"] > 0 else None,
+            ctx.end_epoch("f_C", epoch, p["epochs"], f_c, train_loss=round(tally_loss.mean(), 5),
+                          mi_estimate=round(tally_mi.mean(), 6) if p["mi_weight"] > 0 else None,
                           poison_detection_auroc=ctx.detection_auroc(1.0 - w),
                           mean_weight=float(w.mean()), memory_from=memory_from)
 
