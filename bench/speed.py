@@ -140,7 +140,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="backdoor-lab-speed-"))
     n = args.repeats
     print(f"{os.cpu_count()} CPU cores, {default_threads()} torch threads (the config's default); "
-          f"median of {n}; runs root {root}\n")
+          f"median of {n}; runs root {root}; load average at the start {os.getloadavg()[0]:.1f}\n")
 
     cold = []
     for _ in range(n):
@@ -179,6 +179,8 @@ def main() -> None:
         ("CBD f_C epoch / undefended epoch", med(ratios), "<= 1.4"),
         ("slowdown beside a busy 1-thread process", med(b["done"] / q["done"] for b, q in zip(busy, quiet)), "<= 1.5"),
     ]
+    print(f"load average (1 min) at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
+          "(above the core count, other processes shared the CPU and every figure is slower)\n")
     print("| figure | median | target |\n|---|---|---|")
     for name, value, target in rows:
         print(f"| {name} | {value:.2f} | {target} |")
