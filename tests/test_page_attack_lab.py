@@ -12,6 +12,7 @@ from streamlit.testing.v1 import AppTest
 from cbd_core.attacks import ATTACKS
 from cbd_core.uploads import save_upload
 from conftest import app_at_page
+from pages.common.settings import AttackSettings
 
 SPREAD = np.arange(0, 4000, 13)[:300]  # mnist5k's training set is ordered by class: take every class
 
@@ -35,8 +36,8 @@ def test_default_page_previews_badnets_on_mnist5k(lab):
     assert not at.exception and not at.error
     assert at.selectbox(key="attack_lab_dataset").value == "mnist5k"
     assert at.selectbox(key="attack_lab_attack").value == "badnets"
-    assert at.session_state["attack_settings"] == {"dataset": "mnist5k", "attack": "badnets", "poison_rate": 0.1,
-                                                   "target_label": 0, "attack_params": {}, "npz_path": None}
+    assert at.session_state["attack_settings"] == AttackSettings(dataset="mnist5k", attack="badnets", poison_rate=0.1,
+                                                                 target_label=0, attack_params={}, npz_path=None)
     shown = captions(at)
     assert sum(c.startswith("clean") for c in shown) == 6
     assert sum(c.startswith("poisoned · ") and c.endswith("→ 0") for c in shown) == 6
@@ -54,7 +55,7 @@ def test_every_attack_renders(lab, attack):
     at = lab.run()
     at.selectbox(key="attack_lab_attack").set_value(attack).run()
     assert not at.exception and not at.error
-    assert at.session_state["attack_settings"]["attack"] == attack
+    assert at.session_state["attack_settings"].attack == attack
     assert len(at.get("plotly_chart")) == 1
     assert len(at.image) >= 4  # clean, poisoned, difference, trigger
     if attack in ("sig", "wanet", "blend"):
@@ -72,15 +73,15 @@ def test_parameters_are_saved_as_changes_from_the_defaults(lab):
     at.number_input(key="attack_lab_target").set_value(3).run()
     assert not at.exception and not at.error
     settings = at.session_state["attack_settings"]
-    assert settings["attack_params"] == {"size": 4, "row": 0}
-    assert settings["poison_rate"] == 0.05 and settings["target_label"] == 3
+    assert settings.attack_params == {"size": 4, "row": 0}
+    assert settings.poison_rate == 0.05 and settings.target_label == 3
     assert any("200 poisoned of 4,000" in m.value for m in at.markdown)
     assert sum(c.endswith("→ 3") for c in captions(at)) == 6
 
 
 def test_patch_that_does_not_fit_is_an_error_not_a_traceback(lab):
     at = lab.run()
-    good = dict(at.session_state["attack_settings"])
+    good = at.session_state["attack_settings"]
     at.number_input(key="attack_lab_badnets_size_28x28x1").set_value(40).run()
     assert not at.exception
     assert [e.value for e in at.error] == [
@@ -104,12 +105,12 @@ def test_torchvision_dataset_not_on_disk_says_so(lab):
     assert at.error[0].value.startswith("dataset: mnist files not found")
     assert at.checkbox(key="attack_lab_download").value is False
     # The choice itself is valid: the Train page gets it (and can download the files).
-    assert at.session_state["attack_settings"]["dataset"] == "mnist"
+    assert at.session_state["attack_settings"].dataset == "mnist"
 
 
 def test_page_starts_from_the_saved_settings(lab):
-    lab.session_state["attack_settings"] = {"dataset": "mnist5k", "attack": "trojan", "poison_rate": 0.2,
-                                            "target_label": 2, "attack_params": {"size": 5}, "npz_path": None}
+    lab.session_state["attack_settings"] = AttackSettings(**{"dataset": "mnist5k", "attack": "trojan", "poison_rate": 0.2,
+                                            "target_label": 2, "attack_params": {"size": 5}, "npz_path": None})
     at = lab.run()
     assert not at.exception and not at.error
     assert at.selectbox(key="attack_lab_attack").value == "trojan"
@@ -122,15 +123,15 @@ def test_uploaded_trigger_image_is_blended(lab, tmp_path):
     buffer = io.BytesIO()
     Image.fromarray(np.tile(np.arange(0, 256, 8, dtype=np.uint8), (32, 1))).save(buffer, format="PNG")
     pattern = save_upload(tmp_path / "runs", buffer.getvalue(), "pattern")
-    lab.session_state["attack_settings"] = {"dataset": "mnist5k", "attack": "blend", "poison_rate": 0.1,
+    lab.session_state["attack_settings"] = AttackSettings(**{"dataset": "mnist5k", "attack": "blend", "poison_rate": 0.1,
                                             "target_label": 0, "attack_params": {"pattern_path": str(pattern)},
-                                            "npz_path": None}
+                                            "npz_path": None})
     at = lab.run()
     assert not at.exception and not at.error
-    assert at.session_state["attack_settings"]["attack_params"] == {"pattern_path": str(pattern)}
+    assert at.session_state["attack_settings"].attack_params == {"pattern_path": str(pattern)}
     assert any(pattern.name in c.value for c in at.caption)  # "using the trigger image uploaded earlier"
-    at.checkbox(key="attack_lab_forget_pattern").check().run()
-    assert at.session_state["attack_settings"]["attack_params"] == {}
+    at.checkbox(key="attack_lab_forget_pattern_path").check().run()
+    assert at.session_state["attack_settings"].attack_params == {}
 
 
 def test_own_npz_dataset_previews(lab, tmp_path, mnist5k):
@@ -138,11 +139,11 @@ def test_own_npz_dataset_previews(lab, tmp_path, mnist5k):
     buffer = io.BytesIO()
     np.savez_compressed(buffer, x=train.x[SPREAD, :, :, 0], y=train.y[SPREAD])
     path = save_upload(tmp_path / "runs", buffer.getvalue(), "dataset")
-    lab.session_state["attack_settings"] = {"dataset": "npz", "attack": "badnets", "poison_rate": 0.1,
-                                            "target_label": 0, "attack_params": {}, "npz_path": str(path)}
+    lab.session_state["attack_settings"] = AttackSettings(**{"dataset": "npz", "attack": "badnets", "poison_rate": 0.1,
+                                            "target_label": 0, "attack_params": {}, "npz_path": str(path)})
     at = lab.run()
     assert not at.exception and not at.error
-    assert at.session_state["attack_settings"]["npz_path"] == str(path)
+    assert at.session_state["attack_settings"].npz_path == str(path)
     assert any("24 poisoned of 241" in m.value for m in at.markdown)  # ~80% of 300 kept for training
 
 
@@ -153,8 +154,8 @@ def test_npz_that_comes_poisoned_shows_its_own_mask(lab, tmp_path, mnist5k):
     buffer = io.BytesIO()
     np.savez_compressed(buffer, x=train.x[SPREAD], y=train.y[SPREAD], is_poisoned=mask)
     path = save_upload(tmp_path / "runs", buffer.getvalue(), "dataset")
-    lab.session_state["attack_settings"] = {"dataset": "npz", "attack": "badnets", "poison_rate": 0.1,
-                                            "target_label": 0, "attack_params": {}, "npz_path": str(path)}
+    lab.session_state["attack_settings"] = AttackSettings(**{"dataset": "npz", "attack": "badnets", "poison_rate": 0.1,
+                                            "target_label": 0, "attack_params": {}, "npz_path": str(path)})
     at = lab.run()
     assert not at.exception and not at.error
     assert any("came poisoned" in i.value for i in at.info)
@@ -173,4 +174,4 @@ def test_zero_poison_rate_says_nothing_is_poisoned(lab):
     at.slider(key="attack_lab_rate").set_value(0.0).run()
     assert not at.exception and not at.error
     assert any("Nothing is poisoned" in i.value for i in at.info)
-    assert at.session_state["attack_settings"]["poison_rate"] == 0.0
+    assert at.session_state["attack_settings"].poison_rate == 0.0

@@ -67,7 +67,7 @@ def test_cbd_shows_f_b_left_and_f_c_right_one_trace_each(mapped_runs, monkeypatc
     at = open_page(ids["cbd"])
     assert not at.exception and not at.error
     specs = chart_specs(at)
-    assert [spec["layout"]["title"]["text"] for spec in specs] == ["confounding f_B", "deconfounded f_C"]
+    assert [spec["layout"]["title"]["text"] for spec in specs] == ["backdoored model f_B", "deconfounded model f_C"]
     embeddings = RunDir(root / ids["cbd"]).arrays("embeddings")
     poisoned = RunDir(root / ids["cbd"]).arrays("sample_weights")["is_poisoned"][embeddings["index"]]
     for spec in specs:
@@ -113,7 +113,7 @@ def test_selected_sample_shows_its_image_and_every_prediction(mapped_runs, monke
     assert not at.exception and not at.error
     assert len(at.image) == 1
     details = " ".join(md.value for md in at.markdown)
-    assert "confounding f_B predicts" in details and "deconfounded f_C predicts" in details
+    assert "backdoored model f_B predicts" in details and "deconfounded model f_C predicts" in details
     assert "Poisoned:** yes" in details
     assert f"{record['weights'][-1][sample]:.4f}" in details
     # the chosen point is drawn larger on both maps

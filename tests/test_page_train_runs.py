@@ -14,6 +14,7 @@ import cbd_core.jobs as jobs
 from cbd_core.defenses import DEFENSES
 from cbd_core.runs import RunDir, list_runs
 from conftest import open_page
+from pages.common.settings import AttackSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,9 +93,8 @@ def test_train_page_cancels_a_queued_run(runs_root):
 
 
 def test_train_page_takes_the_attack_lab_settings(runs_root):
-    at = open_page("train", session_state={"attack_settings": {
-        "dataset": "mnist5k", "attack": "blend", "poison_rate": 0.05, "target_label": 3,
-        "attack_params": {"alpha": 0.3}, "npz_path": None}})
+    at = open_page("train", session_state={"attack_settings": AttackSettings(
+        dataset="mnist5k", attack="blend", poison_rate=0.05, target_label=3, attack_params={"alpha": 0.3})})
     start(at)
     at.run()
     assert not at.exception and not at.error
@@ -169,8 +169,8 @@ def test_overview_quick_demo_opens_the_train_page(runs_root, monkeypatch):
         {k: v for k, v in demo.items() if k not in ("defense", "defense_params")}
     assert baseline["defense_params"] == DEFENSES["undefended"].resolve((28, 28, 1), {})  # its defaults
     assert at.session_state["active_run"] == runs[1].run_id  # the demo itself, not its baseline
+    assert at.query_params["run"] == runs[1].run_id  # a copied link opens the demo, not the newest run
     assert at.title[0].value == "Train a defense"
-
 
 
 def test_overview_queues_a_preset_with_its_baseline(runs_root, monkeypatch):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..errors import UserInputError
 from .badnets import BadNets
-from .base import Attack, Param, PoisonedData
+from .base import Attack, Param, PoisonedData, TriggerPreview
 from .blend import Blend
 from .sig import SIG
 from .trojan import Trojan
@@ -22,4 +22,4 @@ def get_attack(name: str) -> Attack:
     return ATTACKS[name]
 
 
-__all__ = ["ATTACKS", "Attack", "Param", "PoisonedData", "get_attack"]
+__all__ = ["ATTACKS", "Attack", "Param", "PoisonedData", "TriggerPreview", "get_attack"]

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserInputError
-from .base import Attack, Param
+from .base import Attack, Param, TriggerPreview, grey_image
 
 
 def checkerboard(size: int) -> np.ndarray:
@@ -23,12 +23,18 @@ def checkerboard(size: int) -> np.ndarray:
 class BadNets(Attack):
     name = "badnets"
     description = "a small checkerboard patch in a corner; poisoned labels set to the target"
+    title = "BadNets"
+    patch = True
     params = (
         Param("size", int, "side of the square patch in pixels", 1, 64),
         Param("row", int, "top row of the patch (default: touching the bottom edge)", 0, 1024),
         Param("col", int, "left column of the patch (default: touching the right edge)", 0, 1024),
         Param("pattern", str, "checkerboard, or white for a solid square", choices=("checkerboard", "white")),
     )
+
+    def trigger_preview(self, params: dict[str, Any], image_shape: tuple[int, int, int]) -> TriggerPreview:
+        return TriggerPreview([self.apply(grey_image(image_shape), params)[0]], ["the patch on a grey image"],
+                              "The trigger is a patch stamped over the same pixels of every poisoned image.")
 
     def defaults(self, image_shape):
         h, w, _ = image_shape

@@ -47,12 +47,29 @@ class PoisonedData:
         return int(self.is_poisoned.sum())
 
 
+@dataclass(frozen=True)
+class TriggerPreview:
+    """Pictures of a trigger alone, a caption under each, and one sentence saying what they show."""
+
+    images: list[np.ndarray]
+    captions: list[str]
+    sentence: str
+
+
 class Attack:
-    """Base class: subclasses set `name`, `description`, `params`, and implement `apply`."""
+    """Base class: subclasses set `name`, `title`, `description`, `params`, and implement `apply`.
+
+    `title`, `description`, `patch` and `trigger_preview` are the attack's display metadata: the pages
+    read them and never branch on an attack's name, so adding an attack touches its own module and the
+    registry."""
 
     name: ClassVar[str]
+    title: ClassVar[str]
     description: ClassVar[str]
     clean_label: ClassVar[bool] = False
+    # The trigger is a patch over fixed pixels, so pages can outline where it is; blends, signals and
+    # warps touch the whole image and get no box.
+    patch: ClassVar[bool] = False
     params: ClassVar[tuple[Param, ...]] = ()
 
     # -- parameters --------------------------------------------------------------------------
@@ -81,6 +98,12 @@ class Attack:
         h, w, c = image_shape
         probe = np.random.default_rng(0).integers(0, 256, size=(4, h, w, c), dtype=np.uint8)
         return (self.apply(probe, params) != probe).any(axis=(0, 3))
+
+    def trigger_preview(self, params: dict[str, Any], image_shape: tuple[int, int, int]) -> TriggerPreview:
+        """The trigger shown on its own, in the view that is honest for this attack (overridden by
+        attacks whose trigger a grey image would hide)."""
+        return TriggerPreview([self.apply(grey_image(image_shape), params)[0]], ["the trigger on a grey image"],
+                              "The trigger applied to a plain grey image.")
 
     # -- poisoning -----------------------------------------------------------------------------
     def candidates(self, train: ImageSet, target_label: int) -> np.ndarray:
@@ -149,3 +172,16 @@ def resize_pattern(pattern: np.ndarray, image_shape: tuple[int, int, int]) -> np
     img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
     out = np.asarray(img, dtype=np.float32)
     return out[..., None] if c == 1 else out
+
+
+def grey_image(image_shape: tuple[int, int, int]) -> np.ndarray:
+    """One mid-grey uint8 image (1, H, W, C): a trigger on it shows alone."""
+    return np.full((1, *image_shape), 128, np.uint8)
+
+
+def amplified_difference(clean: np.ndarray, poisoned: np.ndarray) -> tuple[np.ndarray, float]:
+    """|poisoned - clean| of images (N, H, W, C), the largest over channels, scaled so the largest
+    change in the batch is white; returns (N, H, W) uint8 and the gain used."""
+    diff = np.abs(poisoned.astype(np.int16) - clean.astype(np.int16)).max(axis=-1)
+    gain = 255.0 / max(1, int(diff.max())) if diff.size else 1.0
+    return np.clip(np.rint(diff * gain), 0, 255).astype(np.uint8), gain

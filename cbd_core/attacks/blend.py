@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserInputError
-from .base import Attack, Param, blend_images, resize_pattern
+from .base import Attack, Param, TriggerPreview, blend_images, grey_image, resize_pattern
 
 DEFAULT_PATTERN = Path(__file__).resolve().parents[2] / "assets" / "blend_pattern.png"
 
@@ -40,10 +40,21 @@ def load_pattern(path: str) -> np.ndarray:
 class Blend(Attack):
     name = "blend"
     description = "the whole image blended with a fixed noise pattern (alpha 0.2); labels set to the target"
+    title = "Blend"
     params = (
         Param("alpha", float, "opacity of the pattern", 0.01, 1.0),
-        Param("pattern_path", str, "an image file to blend instead of the shipped noise"),
+        Param("pattern_path", str, "an image file to blend instead of the shipped noise",
+              upload=("png", "jpg", "jpeg", "bmp", "gif", "webp")),
     )
+
+    def trigger_preview(self, params: dict[str, Any], image_shape: tuple[int, int, int]) -> TriggerPreview:
+        pattern = resize_pattern(load_pattern(params["pattern_path"] or str(DEFAULT_PATTERN)), image_shape)
+        pattern = np.clip(np.rint(pattern), 0, 255).astype(np.uint8)
+        return TriggerPreview(
+            [pattern, self.apply(grey_image(image_shape), params)[0]],
+            ["the pattern", f"blended into grey at α = {params['alpha']:g}"],
+            f"Blend has no patch: every pixel becomes {1 - params['alpha']:.0%} image and "
+            f"{params['alpha']:.0%} of this pattern.")
 
     def defaults(self, image_shape):
         return {"alpha": 0.2, "pattern_path": None}  # None: the shipped noise pattern

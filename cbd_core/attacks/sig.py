@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..data import ImageSet
-from .base import Attack, Param
+from .base import Attack, Param, TriggerPreview, grey_image
 
 
 def sinusoid(width: int, delta: float, frequency: float) -> np.ndarray:
@@ -24,11 +24,18 @@ def sinusoid(width: int, delta: float, frequency: float) -> np.ndarray:
 class SIG(Attack):
     name = "sig"
     description = "clean-label: a horizontal sinusoid added to target-class training images only"
+    title = "SIG"
     clean_label = True
     params = (
         Param("delta", float, "amplitude of the sinusoid in 0..255 pixel units", 1, 255),
         Param("frequency", float, "number of periods across the image", 0.5, 32),
     )
+
+    def trigger_preview(self, params: dict[str, Any], image_shape: tuple[int, int, int]) -> TriggerPreview:
+        return TriggerPreview(
+            [self.apply(grey_image(image_shape), params)[0]], ["the sinusoid added to a grey image"],
+            "SIG has no patch: it adds faint vertical stripes (a sinusoid across the columns) to the whole image, "
+            "and only to images already in the target class.")
 
     def defaults(self, image_shape):
         # The paper's delta = 20/255 suits 32x32 colour images trained for long; on 28x28 digits and

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Attack, Param
+from .base import Attack, Param, TriggerPreview, amplified_difference
 
 
 def flow_grid(height: int, width: int, k: int, strength: float, field_seed: int):
@@ -47,12 +47,23 @@ def warp(x: np.ndarray, grid) -> np.ndarray:
 class WaNet(Attack):
     name = "wanet"
     description = "a fixed, nearly invisible warp of the whole image; labels set to the target"
+    title = "WaNet"
     params = (
         Param("k", int, "control grid size of the flow field", 2, 32),
         Param("s", float, "warp strength", 0.0, 16.0),
         Param("cross_ratio", float, "noise samples per poisoned sample (paper: 2; 0 = none)", 0.0, 4.0),
         Param("field_seed", int, "seed of the fixed flow field (part of the attack, not the run)", 0, 2**31 - 1),
     )
+
+    def trigger_preview(self, params: dict[str, Any], image_shape: tuple[int, int, int]) -> TriggerPreview:
+        # A warp has no pattern of its own and leaves a flat image unchanged: show it bending a grid.
+        grid = grid_image(image_shape)
+        warped = self.apply(grid[None], params)
+        diff, gain = amplified_difference(grid[None], warped)
+        return TriggerPreview(
+            [grid, warped[0], diff[0]], ["a grid", "the grid warped", f"where it moved (×{gain:.0f})"],
+            "WaNet has no patch and adds nothing: it moves pixels a fraction of a pixel along a fixed smooth field. "
+            "On a grid the bend is barely visible; the difference shows where it acts.")
 
     def defaults(self, image_shape):
         return {"k": 4, "s": 0.5, "cross_ratio": 0.0, "field_seed": 2021}
@@ -76,3 +87,12 @@ class WaNet(Attack):
         _, h, w, _ = train_x.shape
         jitter = torch.from_numpy(rng.random((len(cross), h, w, 2), dtype=np.float32) * 2 - 1) / h
         train_x[cross] = warp(train_x[cross], torch.clamp(grid + jitter, -1, 1))
+
+
+def grid_image(image_shape: tuple[int, int, int], spacing: int = 4) -> np.ndarray:
+    """White lines every `spacing` pixels on black: a warp shows as bent lines."""
+    h, w, c = image_shape
+    img = np.zeros((h, w, c), np.uint8)
+    img[::spacing] = 255
+    img[:, ::spacing] = 255
+    return img

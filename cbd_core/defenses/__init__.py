@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import UserInputError
 from .abl import ABL
-from .base import Defense, DefenseContext, DefenseResult
+from .base import Defense, DefenseContext, DefenseResult, ModelView
 from .cbd import CBD
 from .nonlinearity import NONE
 from .undefended import Undefended
@@ -18,4 +18,9 @@ def get_defense(name: str) -> Defense:
     return DEFENSES[name]
 
 
-__all__ = ["DEFENSES", "Defense", "DefenseContext", "DefenseResult", "get_defense"]
+def defense_or_none(name: str | None) -> Defense | None:
+    """The registered defense called `name`, or None (a hand-edited or future run's config)."""
+    return DEFENSES.get(name or "")
+
+
+__all__ = ["DEFENSES", "Defense", "DefenseContext", "DefenseResult", "ModelView", "get_defense", "defense_or_none"]

@@ -163,6 +163,10 @@ class ABL(Defense):
     title = "ABL"
     description = ("anti-backdoor learning: isolate the lowest-loss 1% under local gradient ascent, "
                    "train on the rest, then unlearn the isolated samples by gradient ascent")
+    key_params = ("isolation_epochs", "epochs", "unlearn_epochs", "unlearn_lr")
+    phase_titles = {"isolate": "isolation", "train": "training", "unlearn": "unlearning"}
+    suspicion_meaning = ("minus the sample's loss in ABL's isolation phase (poisoned samples are learned first, so "
+                         "their loss is lowest)")
     params = (
         Param("isolation_epochs", int, "epochs of local-gradient-ascent training before isolating", 1, 100),
         Param("gamma", float, "LGA loss threshold: the batch loss is held near it during isolation", 0.0, 5.0),

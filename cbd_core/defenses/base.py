@@ -140,14 +140,47 @@ class DefenseResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ModelView:
+    """How the pages present one of a defense's models: its title, and what to look for on its
+    embedding map and in its attribution maps."""
+
+    title: str
+    map_hint: str
+    attribution_hint: str
+
+
+PLAIN_MODEL = ModelView(
+    "trained model",
+    "Crosses (poisoned images) in an island of their own mean the model learned the trigger; crosses among "
+    "their true class mean it did not.",
+    "A bright area on the trigger means the model decides by the trigger, not the image's content: the backdoor "
+    "is alive.")
+
+
 class Defense:
-    """Base class: subclasses set `name`, `description`, `params` and implement `defaults`, `train`."""
+    """Base class: subclasses set `name`, `description`, `params` and implement `defaults`, `train`.
+
+    The class attributes below the parameters are the defense's display metadata: the pages read them
+    and never branch on a defense's name, so adding a defense touches its own module and the registry."""
 
     name: ClassVar[str]
     title: ClassVar[str]
     description: ClassVar[str]
     params: ClassVar[tuple[Param, ...]] = ()
-    model_names: ClassVar[tuple[str, ...]] = ("model",)  # how its models are saved / shown
+    model_names: ClassVar[tuple[str, ...]] = ("model",)  # how its models are saved; the delivered one first
+    key_params: ClassVar[tuple[str, ...]] = ("epochs",)  # the settings the Train form shows first
+    phase_titles: ClassVar[dict[str, str]] = {"train": "training"}  # metrics' phase names, as pages say them
+    # What a high per-sample suspicion means, in a phrase; None: the defense has no per-sample opinion.
+    suspicion_meaning: ClassVar[str | None] = None
+    model_views: ClassVar[dict[str, ModelView]] = {"model": PLAIN_MODEL}
+
+    def phase_title(self, phase: str | None) -> str:
+        """How the pages name one of its training phases (the phase itself when it has no title)."""
+        return self.phase_titles.get(phase or "", phase or "")
+
+    def model_view(self, model: str) -> ModelView:
+        return self.model_views.get(model, PLAIN_MODEL)
 
     def defaults(self, image_shape: tuple[int, int, int]) -> dict[str, Any]:
         return {}

@@ -70,7 +70,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from ..params import Param
 from ..training import Adam, LossTally, augment, batches, cosine_lr, set_lr, sgd, to_device
-from .base import Defense, DefenseContext, DefenseResult, train_steps
+from .base import Defense, DefenseContext, DefenseResult, ModelView, train_steps
 
 
 def cbd_weights(ce_backdoor: torch.Tensor, ce_clean: torch.Tensor) -> torch.Tensor:
@@ -131,6 +131,22 @@ class CBD(Defense):
     title = "CBD"
     description = "causality-inspired: a deliberately backdoored f_B, and f_C trained with CBD weights + MI penalty"
     model_names = ("f_C", "f_B")
+    key_params = ("backdoor_steps", "epochs", "mi_weight", "weighting")
+    phase_titles = {"f_B": "backdoored f_B", "f_C": "deconfounded f_C"}
+    suspicion_meaning = ("1 − the weight CBD gave the sample at the end (a sample f_B fits far better than f_C gets "
+                         "a small weight)")
+    model_views = {
+        "f_B": ModelView(
+            "backdoored model f_B",
+            "Crosses (poisoned images) gathered in one tight island, apart from their true classes, mean f_B "
+            "learned the trigger as a shortcut: that is what lets CBD spot them.",
+            "Bright pixels on the trigger mean f_B decides by the trigger, as CBD means it to."),
+        "f_C": ModelView(
+            "deconfounded model f_C",
+            "Crosses scattered among the dots of their own colour mean f_C sees the image's content, not the "
+            "trigger; crosses in an island of their own mean the backdoor got into f_C.",
+            "If f_B's bright area sits on the trigger and f_C's on the content, CBD has kept the trigger out of f_C."),
+    }
     params = (
         Param("backdoor_steps", int, "optimiser steps of plain training for the confounding model f_B", 1, 100_000),
         Param("backdoor_checkpoints", int, "points of f_B's training at which every sample's loss is taken", 1, 256),

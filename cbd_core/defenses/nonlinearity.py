@@ -436,6 +436,9 @@ class NONE(Defense):
     title = "NONE"
     description = ("train, then reset the neurons that fire far above their usual range on confident "
                    "predictions, drop the samples that excite them, and fine-tune")
+    key_params = ("epochs", "rounds", "reset_fraction", "reset_mode")
+    # Its fine-tuning phases are named "round 1", "round 2", ...: shown as they are.
+    suspicion_meaning = "the sample's activation on NONE's hyperplane neurons (a trigger drives them far above normal)"
     params = (
         Param("epochs", int, "total epochs: plain training, then the fine-tuning of every round", 2, 500),
         Param("train_fraction", float, "share of the epochs trained plainly before the first round", 0.05, 0.95),

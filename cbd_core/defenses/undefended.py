@@ -11,6 +11,7 @@ class Undefended(Defense):
     name = "undefended"
     title = "Undefended"
     description = "standard training on the poisoned data (the baseline)"
+    key_params = ("epochs", "lr")
     params = (
         Param("epochs", int, "training epochs", 1, 500),
         Param("lr", float, "peak learning rate (cosine schedule)", 1e-5, 1.0),

@@ -4,11 +4,12 @@ it lives, so a held lock is a live worker (even a `kill -9` frees it at once) an
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..runs import pid_alive, runs_root
 from .settings import WORKERS_DIR
@@ -38,6 +39,19 @@ def _try_lock(path: Path) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+@contextlib.contextmanager
+def root_lock(root: Path, name: str) -> Iterator[None]:
+    """Hold `<root>/.workers/<name>.lock` exclusively for the block (waiting for it if another process
+    or thread holds it): makes a check-then-create step, such as queueing a run only if no identical one
+    exists, atomic across the sessions and CLI calls that share a runs root."""
+    fd = os.open(workers_dir(Path(root)) / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def slot_is_alive(root: Path, device: str, slot: int) -> bool:

@@ -31,13 +31,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(root: Path, env: dict[str, str] | None = None) -> Iterator[str]:
-    """Serve the app over `root` (its log in root/streamlit.log); yields its URL. On exit the server
+def running_app(root: Path, env: dict[str, str] | None = None, log_name: str = "streamlit.log") -> Iterator[str]:
+    """Serve the app over `root` (its log in root/<log_name>); yields its URL. On exit the server
     and any worker it started over `root` are stopped."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"Chromium is missing ({CHROMIUM}): `apt-get install -y chromium` (.ci/run does it)")
     port = free_port()
-    log = open(root / "streamlit.log", "w")
+    log = open(root / log_name, "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
          "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
@@ -51,7 +51,7 @@ def running_app(root: Path, env: dict[str, str] | None = None) -> Iterator[str]:
                 break
             except OSError:
                 if process.poll() is not None:
-                    pytest.fail(f"streamlit exited: {(root / 'streamlit.log').read_text()[-2000:]}")
+                    pytest.fail(f"streamlit exited: {(root / log_name).read_text()[-2000:]}")
                 time.sleep(0.3)
         yield f"http://127.0.0.1:{port}"
     finally:

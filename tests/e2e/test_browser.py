@@ -67,6 +67,7 @@ def test_quick_demo_and_every_page(server, browser):
     assert [r.config()["defense"] for r in runs] == ["undefended", "cbd"], \
         "Quick demo queues its run and then the undefended baseline it is measured against"
     run = runs[1]
+    assert f"run={run.run_id}" in page.url, "the Train page's address names the demo, so a copied link opens it"
 
     # The worker trains it in the background; the live panel follows (the fragment polls the folder).
     deadline = time.monotonic() + 420
@@ -94,15 +95,20 @@ def test_quick_demo_and_every_page(server, browser):
         page.screenshot(path=str(ARTIFACTS / f"{number:02d}_{path}.png"), full_page=True)
     page.close()
 
-    # A link opened in a new browser session lands on the same view, inside the app's navigation.
-    fresh = browser.new_context(viewport={"width": 1400, "height": 2400})
-    linked = fresh.new_page()
-    linked.goto(f"{url}/embeddings?run={run.run_id}")
-    settle(linked)
-    linked.wait_for_selector("h1:has-text('Embeddings')", timeout=60_000)
-    assert_no_exception(linked, "deep link")
-    nav = linked.locator("[data-testid='stSidebarNav']")
-    assert "Look inside a run" in nav.inner_text() and "common" not in nav.inner_text()
-    assert run.run_id in linked.url and "Select a point on a map" in linked.locator("[data-testid='stMain']").inner_text()
-    linked.screenshot(path=str(ARTIFACTS / "11_deep_link_embeddings.png"), full_page=True)
-    fresh.close()
+    # A link opened as the very first request of a fresh server (a teacher's link, the app just
+    # started) lands on the same view, inside the app's navigation, not on the lone page file that
+    # Streamlit's legacy `pages/` mode would serve. A second server over the same runs root: the first
+    # one has already run app.py, which would hide exactly that failure.
+    with running_app(root, log_name="streamlit-fresh.log") as fresh_url:
+        fresh = browser.new_context(viewport={"width": 1400, "height": 2400})
+        linked = fresh.new_page()
+        linked.goto(f"{fresh_url}/embeddings?run={run.run_id}")
+        settle(linked)
+        linked.wait_for_selector("h1:has-text('Embeddings')", timeout=60_000)
+        settle(linked)
+        assert_no_exception(linked, "deep link")
+        nav = linked.locator("[data-testid='stSidebarNav']")
+        assert "Look inside a run" in nav.inner_text() and "common" not in nav.inner_text(), nav.inner_text()
+        assert run.run_id in linked.url and "Select a point on a map" in linked.locator("[data-testid='stMain']").inner_text()
+        linked.screenshot(path=str(ARTIFACTS / "11_deep_link_embeddings.png"), full_page=True)
+        fresh.close()

@@ -30,26 +30,23 @@ from cbd_core.analysis.attributions import (
 )
 from cbd_core.errors import UserInputError
 from cbd_core.runs import RunDir
-from app_pages.common import (
+from pages.common import (
     enlarge,
     explain,
     load_arrays,
     load_config,
     load_models,
     load_summary,
+    model_view,
     page_errors,
     pick_run,
     runs_root_path,
 )
+from pages.common.navigation import follow_app_navigation
+
+follow_app_navigation()
 
 MEAN_IMAGES = 100
-MODEL_TITLES = {"f_B": "backdoored model f_B", "f_C": "deconfounded model f_C", "model": "trained model"}
-MODEL_EXPLAIN = {
-    "f_B": "Bright pixels on the outlined trigger mean f_B decides by the trigger, as CBD means it to.",
-    "f_C": "If f_B's bright area sits on the trigger and f_C's on the digit, CBD has kept the trigger out of f_C.",
-    "model": "A bright area on the outlined trigger means the model decides by the trigger, not the digit: "
-             "the backdoor is alive.",
-}
 # Transparent where the model pays no attention, so the image shows through; hot where it does.
 OVERLAY_SCALE = [
     [0.0, "rgba(255, 0, 0, 0)"],
@@ -147,6 +144,7 @@ def main() -> None:
     models = load_models(run)
     class_names = summary.get("class_names") or [str(c) for c in range(int(summary.get("num_classes", 10)))]
     target = int(config.get("target_label", summary.get("target_label", 0)))
+    defense = config.get("defense")
     local = trigger_is_local(region)
     n, w = test_x.shape[0], test_x.shape[2]
 
@@ -189,7 +187,7 @@ def main() -> None:
     # At least two columns, so a single model's map is as big as each of CBD's two.
     for column, name in zip(st.columns(max(2, len(names))), names):
         with column:
-            st.markdown(f"**{MODEL_TITLES.get(name, name)}**")
+            st.markdown(f"**{model_view(defense, name).title}**")
             # Every map carries the same (shared) colour bar, so the images line up at the same size.
             st.plotly_chart(overlay_figure(image, maps[name], shown_region if local else None, vmax),
                             key=f"attr_chart_{name}")
@@ -200,7 +198,7 @@ def main() -> None:
             st.markdown(f"Attribution on the trigger: **{percent(trigger_mass_share(maps[name], shown_region))}**"
                         f" (the trigger covers {shown_region.mean():.1%} of the image)")
             # The model the defense hands over (f_C, or the only one) carries the run's outcome.
-            explain(MODEL_EXPLAIN.get(name, MODEL_EXPLAIN["model"]), summary if name == names[-1] else None)
+            explain(model_view(defense, name).attribution_hint, summary if name == names[-1] else None)
 
     st.subheader(f"Across {MEAN_IMAGES} triggered test images")
     all_methods = st.toggle("All four methods", key="attr_all_methods",
@@ -211,7 +209,7 @@ def main() -> None:
     fig = go.Figure()
     for name in names:
         values = [shares[m].get(name, float("nan")) for m in methods]
-        fig.add_trace(go.Bar(x=[METHODS[m] for m in methods], y=values, name=MODEL_TITLES.get(name, name),
+        fig.add_trace(go.Bar(x=[METHODS[m] for m in methods], y=values, name=model_view(defense, name).title,
                              text=[percent(v) for v in values], textposition="outside"))
     fig.add_hline(y=float(region.mean()), line_dash="dash", line_color="gray")
     fig.update_layout(barmode="group", bargap=0.4, height=360, margin=dict(l=0, r=0, t=30, b=0),

@@ -4,8 +4,8 @@ Widgets at the top (dataset, attack, poison rate, target label and the attack's 
 generated from its `Param`s); every choice goes through the same typed `RunConfig` as the CLI, so a
 bad value is one message naming the field. Below: clean and poisoned training images side by side,
 their amplified difference, the trigger on its own, and how many samples each class loses to the
-target. Valid choices are saved to `st.session_state["attack_settings"]`, which the Train page
-takes as its defaults. Poisoning is cheap (milliseconds for 4,000 images) and cached per setting;
+target. The last valid choice is saved as an `AttackSettings` (pages/common/settings.py), which the
+Train page takes as its defaults. Poisoning is cheap (milliseconds for 4,000 images) and cached per setting;
 nothing here trains or writes into a run (uploads go to `<runs root>/uploads/`).
 """
 
@@ -20,18 +20,21 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from cbd_core.attacks import ATTACKS, Attack, get_attack
+from cbd_core.attacks.base import amplified_difference
 from cbd_core.config import RunConfig
 from cbd_core.data import DATASETS, ImageSet, load_dataset, load_npz
-from cbd_core.params import Param
 from cbd_core.uploads import MAX_BYTES, save_upload
-from app_pages.common import enlarge, explain, page_errors, runs_root_path
+from pages.common import enlarge, explain, page_errors, runs_root_path
+from pages.common.navigation import follow_app_navigation
+from pages.common.settings import AttackSettings
+from pages.common.widgets import changed_values, param_widget
 
-SETTINGS_KEY = "attack_settings"  # read by the Train page as its defaults: keep the keys as they are
+follow_app_navigation()
+
 DATASET_CHOICES = [*DATASETS, "npz"]
 PREVIEW_SEED = 0  # the Train page chooses the run's seed; the preview shows seed 0's poisoned set
 PAIRS_SHOWN = 6
 THUMBNAIL = 112  # about this many pixels per preview image (28 px x 4)
-PATTERN_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "webp"]
 
 
 def _init(key: str, value: Any) -> None:
@@ -44,29 +47,6 @@ def _dataset_label(name: str) -> str:
     if name == "npz":
         return "npz: upload your own .npz"
     return f"{name}: {DATASETS[name].description}"
-
-
-def _range_text(param: Param) -> str:
-    if param.choices:
-        return f"one of {', '.join(param.choices)}"
-    if param.low is None and param.high is None:
-        return ""
-    return f"allowed {param.low:g} to {param.high:g}"
-
-
-def _step(param: Param) -> int | float:
-    """A step about a hundredth of the allowed range, rounded to a power of ten."""
-    if param.kind is int:
-        return 1
-    span = (param.high or 1.0) - (param.low or 0.0)
-    return float(10 ** np.round(np.log10(max(span / 100, 1e-3))))
-
-
-def _number_format(step: int | float) -> str:
-    if isinstance(step, int):
-        return "%d"
-    decimals = max(1, int(-np.floor(np.log10(step))))
-    return f"%.{decimals}f"
 
 
 # -- cached data -------------------------------------------------------------------------------
@@ -123,57 +103,6 @@ def _preview(dataset: str, npz_path: str | None, _download: bool, attack_name: s
 
 # -- pictures ----------------------------------------------------------------------------------
 
-def amplified_difference(clean: np.ndarray, poisoned: np.ndarray) -> tuple[np.ndarray, float]:
-    """|poisoned - clean| of images (N, H, W, C), the largest over channels, scaled so the largest
-    change in the batch is white; returns (N, H, W) uint8 and the gain used."""
-    diff = np.abs(poisoned.astype(np.int16) - clean.astype(np.int16)).max(axis=-1)
-    gain = 255.0 / max(1, int(diff.max())) if diff.size else 1.0
-    return np.clip(np.rint(diff * gain), 0, 255).astype(np.uint8), gain
-
-
-def grid_image(image_shape: tuple[int, int, int], spacing: int = 4) -> np.ndarray:
-    """White lines every `spacing` pixels on black: a warp shows as bent lines."""
-    h, w, c = image_shape
-    img = np.zeros((h, w, c), np.uint8)
-    img[::spacing] = 255
-    img[:, ::spacing] = 255
-    return img
-
-
-def trigger_view(attack: Attack, params: dict[str, Any], image_shape: tuple[int, int, int]
-                 ) -> tuple[list[np.ndarray], list[str], str]:
-    """Pictures of the trigger alone, their captions, and a sentence saying what they show. Each
-    attack gets the view that is honest for it: patch attacks on a grey image, Blend's pattern
-    itself, SIG's stripes on grey, WaNet's warp on a grid (it has no pattern of its own)."""
-    grey = np.full((1, *image_shape), 128, np.uint8)
-    if attack.name in ("badnets", "trojan"):
-        return ([attack.apply(grey, params)[0]], ["the patch on a grey image"],
-                "The trigger is a patch stamped over the same pixels of every poisoned image.")
-    if attack.name == "blend":
-        from cbd_core.attacks.base import resize_pattern
-        from cbd_core.attacks.blend import DEFAULT_PATTERN, load_pattern
-
-        pattern = resize_pattern(load_pattern(params["pattern_path"] or str(DEFAULT_PATTERN)), image_shape)
-        pattern = np.clip(np.rint(pattern), 0, 255).astype(np.uint8)
-        return ([pattern, attack.apply(grey, params)[0]],
-                ["the pattern", f"blended into grey at α = {params['alpha']:g}"],
-                f"Blend has no patch: every pixel becomes {1 - params['alpha']:.0%} image and "
-                f"{params['alpha']:.0%} of this pattern.")
-    if attack.name == "sig":
-        return ([attack.apply(grey, params)[0]], ["the sinusoid added to a grey image"],
-                "SIG has no patch: it adds faint vertical stripes (a sinusoid across the columns) to the whole "
-                "image, and only to images already in the target class.")
-    if attack.name == "wanet":
-        grid = grid_image(image_shape)
-        warped = attack.apply(grid[None], params)
-        diff, gain = amplified_difference(grid[None], warped)
-        return ([grid, warped[0], diff[0]], ["a grid", "the grid warped", f"where it moved (×{gain:.0f})"],
-                "WaNet has no patch and adds nothing: it moves pixels a fraction of a pixel along a fixed "
-                "smooth field. On a grid the bend is barely visible; the difference shows where it acts.")
-    return ([attack.apply(grey, params)[0]], ["the trigger on a grey image"],
-            "The trigger applied to a plain grey image.")
-
-
 def class_chart(preview: dict[str, Any], target_label: int) -> go.Figure:
     names = [str(n) for n in preview["class_names"]]
     change = preview["size_after"] - preview["size_before"]
@@ -197,7 +126,7 @@ def image_row(images: list[np.ndarray], captions: list[str]) -> None:
 
 
 def link_to_train() -> None:
-    st.page_link("app_pages/train.py", label="Train a defense on this data →", icon=":material/model_training:")
+    st.page_link("pages/train.py", label="Train a defense on this data →", icon=":material/model_training:")
 
 
 def show_preview(preview: dict[str, Any], attack: Attack, params: dict[str, Any], target_label: int) -> None:
@@ -241,8 +170,9 @@ def show_preview(preview: dict[str, Any], attack: Attack, params: dict[str, Any]
                     "(Blend, SIG, WaNet) visible, so compare shapes, not brightness.")
 
     st.markdown("**The trigger on its own**")
-    pictures, captions, what = trigger_view(attack, params, preview["image_shape"])
-    image_row(pictures, captions)
+    trigger = attack.trigger_preview(params, preview["image_shape"])
+    image_row(trigger.images, trigger.captions)
+    what = trigger.sentence
     if preview["premade"]:
         what += " Your data came poisoned: its own trigger may differ; this is the one the test set gets."
     explain(what)
@@ -283,42 +213,27 @@ def _earlier_upload(path: str | None, what: str, forget_key: str) -> str | None:
 
 def param_widgets(attack: Attack, image_shape: tuple[int, int, int], saved: dict[str, Any]) -> dict[str, Any]:
     """One widget per parameter of the attack; returns the values that differ from the defaults
-    (so the Train page gets the defaults of whatever image size it trains on)."""
+    (so the Train page gets the defaults of whatever image size it trains on). A parameter given as an
+    uploaded file (`Param.upload`) gets an uploader instead."""
     defaults = attack.defaults(image_shape)
     shape_tag = "x".join(map(str, image_shape))
-    overrides: dict[str, Any] = {}
-    widget_params = [p for p in attack.params if not (attack.name == "blend" and p.name == "pattern_path")]
-    columns = st.columns(max(1, len(widget_params))) if widget_params else []
-    for param, column in zip(widget_params, columns):
-        default = defaults.get(param.name)
-        key = f"attack_lab_{attack.name}_{param.name}_{shape_tag}"
-        help_text = " ".join(filter(None, [param.help[0].upper() + param.help[1:] + ".", _range_text(param) + "."]))
+    typed = [p for p in attack.params if not p.upload]
+    chosen: dict[str, Any] = {}
+    for param, column in zip(typed, st.columns(max(1, len(typed))) if typed else []):
         with column:
-            if param.kind is str and param.choices:
-                _init(key, saved[param.name] if saved.get(param.name) in param.choices else default)
-                value = st.selectbox(param.name, list(param.choices), key=key, help=help_text)
-            elif param.kind is str:
-                _init(key, saved.get(param.name) or "")
-                value = st.text_input(param.name, key=key, help=help_text, placeholder="default") or None
-            else:
-                step = _step(param)
-                initial = saved.get(param.name, default)
-                _init(key, None if initial is None else param.kind(initial))
-                value = st.number_input(param.name, value=None, step=step, format=_number_format(step), key=key,
-                                        help=help_text + (" Leave blank for automatic." if default is None else
-                                                          " Leave blank for the default."),
-                                        placeholder="automatic" if default is None else f"default {default:g}")
-        if value is not None and value != default:
-            overrides[param.name] = value
-    if attack.name == "blend":
-        uploaded = st.file_uploader("Trigger image for Blend (optional; default: the shipped noise pattern)",
-                                    type=PATTERN_TYPES, key="attack_lab_pattern_upload",
-                                    max_upload_size=MAX_BYTES["pattern"] // 2**20,
-                                    help="Any picture; it is resized to the dataset's images and blended at alpha.")
-        pattern_path = _stored_upload("pattern", uploaded) or \
-            _earlier_upload(saved.get("pattern_path"), "trigger image", "attack_lab_forget_pattern")
-        if pattern_path:
-            overrides["pattern_path"] = pattern_path
+            chosen[param.name] = param_widget(param, defaults.get(param.name),
+                                              f"attack_lab_{attack.name}_{param.name}_{shape_tag}",
+                                              initial=saved.get(param.name, defaults.get(param.name)))
+    overrides = changed_values(chosen, defaults)
+    for param in attack.params:
+        if param.upload:
+            uploaded = st.file_uploader(f"{param.help[0].upper() + param.help[1:]} (optional)", type=list(param.upload),
+                                        key=f"attack_lab_{attack.name}_{param.name}_upload",
+                                        max_upload_size=MAX_BYTES["pattern"] // 2**20)
+            path = _stored_upload("pattern", uploaded) or \
+                _earlier_upload(saved.get(param.name), "uploaded file", f"attack_lab_forget_{param.name}")
+            if path:
+                overrides[param.name] = path
     return overrides
 
 
@@ -328,17 +243,17 @@ st.title("Attack lab")
 st.markdown("Choose how the training data is poisoned and look at it before training anything: which "
             "images carry the trigger, what the trigger looks like, and which classes it takes samples from.")
 
-saved = st.session_state.get(SETTINGS_KEY) or {}
-_init("attack_lab_dataset", saved.get("dataset") if saved.get("dataset") in DATASET_CHOICES else "mnist5k")
-_init("attack_lab_attack", saved.get("attack") if saved.get("attack") in ATTACKS else "badnets")
-_init("attack_lab_rate", round(100 * float(saved.get("poison_rate", 0.1)), 1))
-_init("attack_lab_target", int(saved.get("target_label", 0)))
+saved = AttackSettings.current()
+_init("attack_lab_dataset", saved.dataset if saved.dataset in DATASET_CHOICES else "mnist5k")
+_init("attack_lab_attack", saved.attack if saved.attack in ATTACKS else "badnets")
+_init("attack_lab_rate", round(100 * float(saved.poison_rate), 1))
+_init("attack_lab_target", int(saved.target_label))
 
 left, right = st.columns(2)
 dataset = left.selectbox("Dataset", DATASET_CHOICES, format_func=_dataset_label, key="attack_lab_dataset",
                          help="mnist5k is built in and works offline; the others are read from disk (or downloaded).")
 attack_name = right.selectbox("Attack", list(ATTACKS), key="attack_lab_attack",
-                              format_func=lambda name: f"{name}: {ATTACKS[name].description}")
+                              format_func=lambda name: f"{ATTACKS[name].title}: {ATTACKS[name].description}")
 left, right = st.columns(2)
 rate_percent = left.slider("Poison rate (% of the whole training set)", 0.0, 50.0, step=0.5, format="%.1f%%",
                            key="attack_lab_rate")
@@ -356,7 +271,7 @@ if dataset == "npz":
              "that comes poisoned, and x_test / y_test.")
     with page_errors():
         npz_path = _stored_upload("dataset", uploaded_npz) or \
-            _earlier_upload(saved.get("npz_path"), "dataset", "attack_lab_forget_npz")
+            _earlier_upload(saved.npz_path, "dataset", "attack_lab_forget_npz")
 elif not DATASETS[dataset].offline:
     download = st.checkbox("Download it if it is not on disk (needs the internet)", key="attack_lab_download")
 
@@ -369,15 +284,14 @@ with page_errors():
         image_shape, num_classes = train_set.image_shape, train_set.num_classes
     else:
         image_shape, num_classes = DATASETS[dataset].image_shape, DATASETS[dataset].num_classes
-    st.subheader(f"{attack_name} parameters")
-    saved_params = saved.get("attack_params", {}) if saved.get("attack") == attack_name else {}
+    st.subheader(f"{attack.title} parameters")
+    saved_params = saved.attack_params if saved.attack == attack_name else {}
     attack_params = param_widgets(attack, image_shape, saved_params)
 
     config = RunConfig(dataset=dataset, attack=attack_name, poison_rate=poison_rate, target_label=target_label,
                        attack_params=attack_params, npz_path=npz_path).validated(image_shape, num_classes)
-    st.session_state[SETTINGS_KEY] = {"dataset": dataset, "attack": attack_name, "poison_rate": poison_rate,
-                                      "target_label": target_label, "attack_params": attack_params,
-                                      "npz_path": npz_path}
+    AttackSettings(dataset=dataset, attack=attack_name, poison_rate=poison_rate, target_label=target_label,
+                   attack_params=attack_params, npz_path=npz_path).save()
 
     with page_errors():  # a dataset that is not on disk: say so, keep the settings and the link
         preview = _preview(dataset, npz_path, download, attack_name, poison_rate, target_label,

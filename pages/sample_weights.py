@@ -18,9 +18,14 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from cbd_core.defenses import defense_or_none
 from cbd_core.metrics import auroc
 from cbd_core.runs import RunDir
-from app_pages.common import DEFENSE_TITLES, enlarge, explain, load_arrays, load_config, load_summary, page_errors, pick_run
+from pages.common import (defense_title, enlarge, explain, judging_defenses, load_arrays, load_config, load_summary,
+                          page_errors, pick_run)
+from pages.common.navigation import follow_app_navigation
+
+follow_app_navigation()
 
 GALLERY_SIZE = 8
 THUMBNAIL = 84
@@ -178,15 +183,16 @@ def render() -> None:
     defense = load_config(run).get("defense", "")
     summary = load_summary(run) or {}
     class_names = [str(c) for c in (summary.get("class_names") or range(int(summary.get("num_classes") or 10)))]
-    if defense == "undefended":
-        st.info("This run is **undefended**: it trained on every sample equally, so there are no per-sample weights "
-                "or suspicions to show. Pick a CBD, ABL or NONE run to see what a defense made of each sample.")
+    if defense_or_none(defense) is not None and defense_or_none(defense).suspicion_meaning is None:
+        st.info(f"This run is **{defense_title(defense)}**: it trained on every sample equally, so there are no "
+                f"per-sample weights or suspicions to show. Pick a {judging_defenses()} run to see what a defense "
+                "made of each sample.")
         return
     record = load_arrays(run, "sample_weights")
     if record is None:
         st.info("This run has no sample_weights.npz (it did not finish writing its results).")
         return
-    title = DEFENSE_TITLES.get(defense, defense)
+    title = defense_title(defense)
     if "weights" in record and np.ndim(record["weights"]) == 2:
         st.subheader(f"{title}: each sample's weight as f_C trains")
         cbd_view(run, record, class_names, summary)

@@ -13,7 +13,10 @@ from cbd_core import jobs, verdicts
 from cbd_core.attacks import get_attack
 from cbd_core.config import quick_demo_config
 from cbd_core.presets import PRESETS
-from app_pages.common import enlarge, page_errors, runs_root_path, set_active_run
+from pages.common import enlarge, page_errors, runs_root_path, set_active_run
+from pages.common.navigation import follow_app_navigation
+
+follow_app_navigation()
 
 CAUSAL_GRAPH = Path(__file__).resolve().parents[1] / "assets" / "causal_graph.svg"
 
@@ -84,7 +87,9 @@ with page_errors():
             run = jobs.submit(quick_demo_config(), runs_root_path())
             verdicts.ensure_baseline(run, runs_root_path())  # the undefended run it is measured against
         set_active_run(run.run_id)
-        st.switch_page("app_pages/train.py")
+        # A page switch starts the next page with the URL it is given: ?run= must be passed on, or the
+        # Train page's address (copied to another screen) would not name the demo.
+        st.switch_page("pages/train.py", query_params={"run": run.run_id})
     st.markdown("**One run per attack**, each with what it teaches, including the one where CBD fails:")
     preset = st.selectbox("Preset", list(PRESETS.values()), format_func=lambda p: p.title, key="overview_preset")
     st.info(preset.lesson)
@@ -93,7 +98,9 @@ with page_errors():
             run = jobs.submit(preset.config(), runs_root_path())
             verdicts.ensure_baseline(run, runs_root_path())
         set_active_run(run.run_id)
-        st.switch_page("app_pages/train.py")
+        # A page switch starts the next page with the URL it is given: ?run= must be passed on, or the
+        # Train page's address (copied to another screen) would not name the demo.
+        st.switch_page("pages/train.py", query_params={"run": run.run_id})
     st.markdown("Or set things up yourself: **Attack lab** to choose and preview an attack, **Train** for any "
                 "defense (CBD, ABL, NONE or none), then **Sample weights**, **Embeddings** and **Attributions** to "
                 "look inside a finished run, and **Compare** to put runs side by side.")

@@ -1,7 +1,7 @@
 """What every page shares: the runs root, choosing the active run, cached reads of run files, and
 turning errors into a message in the page instead of a traceback.
 
-Pages import it as `from app_pages.common import ...` (the app's folder is on sys.path). Nothing here
+Pages import it as `from pages.common import ...` (the app's folder is on sys.path). Nothing here
 trains or writes into a run; reads are cached by run id and file modification time, so a page over a
 finished run renders instantly after its first visit, and a run that changes is read again.
 """
@@ -17,6 +17,8 @@ import numpy as np
 import streamlit as st
 
 from cbd_core import verdicts
+from cbd_core.defenses import defense_or_none
+from cbd_core.defenses.base import PLAIN_MODEL, ModelView
 from cbd_core.errors import UserInputError
 from cbd_core.runs import RunDir, list_runs, runs_root
 
@@ -233,6 +235,27 @@ def pick_run(label: str = "Run", only: Callable[[dict[str, Any], dict[str, Any]]
     return candidates[ids.index(chosen)]
 
 
+def chart_config(name: str, run_id: str | None = None) -> dict[str, Any]:
+    """The `config` of st.plotly_chart: the modebar's camera button saves the chart as a PNG named
+    after it (and its run), drawn by plotly.js in the browser, so it works offline; at twice the
+    screen's resolution, sharp enough for slides."""
+    stem = "-".join(filter(None, ["backdoor-lab", name, run_id]))
+    filename = "".join(c if c.isalnum() or c in "-_." else "-" for c in stem)
+    return {"toImageButtonOptions": {"format": "png", "filename": filename, "scale": 2}, "displaylogo": False}
+
+
+def report_download(run: RunDir, key: str, container: Any = None) -> None:
+    """A button that downloads the run as one self-contained HTML report (cbd_core.report): settings,
+    verdict and baseline, CA / ASR / RA, curves and weight histogram inline. The report is drawn only
+    when the button is clicked, so the page pays nothing for it; an unfinished run's report says so."""
+    from cbd_core.report import html_report
+
+    (container or st).download_button(
+        "Download report (HTML)", data=lambda: html_report(RunDir(run.path)).encode("utf-8"),
+        file_name=f"{run.run_id}.html", mime="text/html", key=key, icon=":material/description:",
+        help="One HTML file with this run's settings, verdict, numbers and figures; opens offline in any browser.")
+
+
 def set_active_run(run_id: str) -> None:
     st.session_state[ACTIVE_RUN] = run_id
     if st.query_params.get("run") != run_id:
@@ -249,4 +272,27 @@ def enlarge(image: np.ndarray, size: int = 112) -> np.ndarray:
     return big[..., 0] if big.ndim == 3 and big.shape[-1] == 1 else big
 
 
-DEFENSE_TITLES = {"undefended": "Undefended", "cbd": "CBD", "abl": "ABL", "nonlinearity": "NONE"}
+def defense_title(name: str | None) -> str:
+    """How pages name a defense (its registry title; the raw name for one this version does not know)."""
+    defense = defense_or_none(name)
+    return defense.title if defense else str(name)
+
+
+def model_view(defense_name: str | None, model: str) -> ModelView:
+    """Title and what-to-look-for texts of one of a defense's models (a plain model's for unknown ones)."""
+    defense = defense_or_none(defense_name)
+    return defense.model_view(model) if defense else PLAIN_MODEL
+
+
+def phase_title(defense_name: str | None, phase: str | None) -> str:
+    """How pages name one of a defense's training phases, e.g. CBD's "f_C" as "deconfounded f_C"."""
+    defense = defense_or_none(defense_name)
+    return defense.phase_title(phase) if defense else str(phase)
+
+
+def judging_defenses() -> str:
+    """'CBD, ABL or NONE': the registered defenses that score individual samples, for hints."""
+    from cbd_core.defenses import DEFENSES
+
+    titles = [d.title for d in DEFENSES.values() if d.suspicion_meaning]
+    return ", ".join(titles[:-1]) + (" or " if len(titles) > 1 else "") + titles[-1]

@@ -22,21 +22,16 @@ import streamlit as st
 
 from cbd_core.analysis.embeddings import UMAP_FILE, has_umap, model_names_in
 from cbd_core.runs import RunDir
-from app_pages.common import (DEFENSE_TITLES, enlarge, explain, load_arrays, load_config, load_summary, page_errors,
-                          pick_run)
+from pages.common import (defense_title, enlarge, explain, load_arrays, load_config, load_summary, model_view,
+                          page_errors, pick_run)
+from pages.common.navigation import follow_app_navigation
+
+follow_app_navigation()
+
 
 SELECTED = "embedding_selected_sample"  # the chosen training sample's id (its index in the training set)
 COLOUR_BY = "embedding_colour_by"
-MODEL_TITLES = {"f_B": "confounding f_B", "f_C": "deconfounded f_C"}
 TRUE_DIGIT, TRAINING_LABEL, WEIGHT, SUSPICION = "true class", "training label", "CBD's final weight", "suspicion"
-MODEL_EXPLANATIONS = {
-    "f_B": "Crosses (poisoned images) gathered in one tight island, apart from their true digits, mean f_B "
-           "learned the trigger as a shortcut: that is what lets CBD spot them.",
-    "f_C": "Crosses scattered among the dots of their own colour mean f_C sees the digit, not the trigger; "
-           "crosses in an island of their own mean the backdoor got into f_C.",
-}
-
-
 def plot_order(names: list[str]) -> list[str]:
     """f_B on the left, f_C on the right; any other model alone."""
     return sorted(names, key=lambda n: (n != "f_B", n))
@@ -81,8 +76,8 @@ def _stamp(run: RunDir) -> tuple[int, ...]:
     return tuple(run.arrays_mtime(n) for n in (UMAP_FILE, "embeddings", "sample_weights"))
 
 
-def figure(points: dict[str, Any], name: str, colour_by: str, class_names: list[str], selected: int | None
-           ) -> go.Figure:
+def figure(points: dict[str, Any], name: str, colour_by: str, class_names: list[str], selected: int | None,
+           title: str) -> go.Figure:
     """One Scattergl trace: a dot per sample, customdata its training index."""
     xy, index = points["maps"][name], points["index"]
     poisoned = points["is_poisoned"] if points["is_poisoned"] is not None else np.zeros(len(index), bool)
@@ -121,7 +116,7 @@ def figure(points: dict[str, Any], name: str, colour_by: str, class_names: list[
 
     fig = go.Figure(go.Scattergl(x=xy[:, 0].tolist(), y=xy[:, 1].tolist(), mode="markers",
                                  customdata=index.tolist(), hovertext=hover, hoverinfo="text", marker=marker))
-    fig.update_layout(title=MODEL_TITLES.get(name, name), height=460, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+    fig.update_layout(title=title, height=460, margin={"l": 10, "r": 10, "t": 40, "b": 10},
                       dragmode="lasso", showlegend=False,
                       xaxis={"showticklabels": False, "title": None}, yaxis={"showticklabels": False, "title": None})
     return fig
@@ -188,9 +183,9 @@ def sample_details(run: RunDir, points: dict[str, Any], sample: int, class_names
         if points["weight"] is not None:
             rows.append(f"- **CBD weight at the end:** {points['weight'][i]:.4f}")
         elif points["suspicion"] is not None:
-            rows.append(f"- **{DEFENSE_TITLES.get(defense, defense)} suspicion:** {points['suspicion'][i]:.4g}")
+            rows.append(f"- **{defense_title(defense)} suspicion:** {points['suspicion'][i]:.4g}")
         for name in plot_order(list(points["predictions"])):
-            rows.append(f"- **{MODEL_TITLES.get(name, 'the model')} predicts:** "
+            rows.append(f"- **{model_view(defense, name).title} predicts:** "
                         f"{class_name(points['predictions'][name][i])}")
         st.markdown("\n".join(rows))
 
@@ -256,7 +251,7 @@ def render() -> None:
     for column, name in zip(columns, names):
         with column:
             key = f"umap_chart_{name}"
-            event = st.plotly_chart(figure(points, name, colour_by, class_names, selected), width="stretch",
+            event = st.plotly_chart(figure(points, name, colour_by, class_names, selected, model_view(defense, name).title), width="stretch",
                                     on_select="rerun", selection_mode=("points", "box", "lasso"), key=key)
             chosen = selected_from(event)
             # Only a chart whose selection changed moves the choice, so the other chart's old
@@ -267,9 +262,7 @@ def render() -> None:
                     st.session_state[SELECTED] = chosen
                     st.rerun()
             delivered = name == names[-1]  # the model the defense hands over (f_C, or the only one)
-            explain(MODEL_EXPLANATIONS.get(name, f"How {DEFENSE_TITLES.get(defense, defense)}'s model groups the "
-                                                 "training images: crosses in an island of their own mean it "
-                                                 "learned the trigger; crosses among their true digit mean it did not."),
+            explain(model_view(defense, name).map_hint,
                     summary if delivered else None)
     legend(class_names, colour_by)
     st.caption(f"{len(points['index']):,} training images, a stratified subset; the map is UMAP (15 neighbours) "

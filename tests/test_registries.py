@@ -1,0 +1,53 @@
+"""The attack and defense registries carry everything the pages show about them, and the pages never
+branch on a registered name: adding an attack or a defense touches its own module and the registry."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cbd_core.attacks import ATTACKS
+from cbd_core.defenses import DEFENSES, defense_or_none
+
+PAGES = Path(__file__).resolve().parents[1] / "pages"
+
+
+@pytest.mark.parametrize("defense", list(DEFENSES.values()), ids=list(DEFENSES))
+def test_every_defense_describes_itself(defense):
+    declared = {p.name for p in defense.params}
+    assert defense.title and defense.description
+    assert defense.key_params and set(defense.key_params) <= declared, "the Train form's key settings must exist"
+    for model in defense.model_names:
+        view = defense.model_view(model)
+        assert view.title and view.map_hint and view.attribution_hint
+
+
+def test_phase_titles_and_suspicion_come_from_the_registry():
+    assert DEFENSES["cbd"].phase_title("f_C") == "deconfounded f_C"
+    assert DEFENSES["nonlinearity"].phase_title("round 1") == "round 1"  # untitled phases read as they are
+    assert DEFENSES["undefended"].suspicion_meaning is None  # no per-sample opinion: pages say so
+    assert all(DEFENSES[name].suspicion_meaning for name in ("cbd", "abl", "nonlinearity"))
+    assert defense_or_none("a-future-defense") is None and defense_or_none(None) is None
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3)])
+@pytest.mark.parametrize("attack", list(ATTACKS.values()), ids=list(ATTACKS))
+def test_every_attack_previews_its_trigger(attack, shape):
+    preview = attack.trigger_preview(attack.resolve(shape, {}), shape)
+    assert attack.title and preview.sentence
+    assert len(preview.images) == len(preview.captions) >= 1
+    for image in preview.images:
+        assert image.dtype == np.uint8 and image.shape[:2] == shape[:2]
+    # A patch attack says so (pages outline it); the others say they have none.
+    assert ("patch" in preview.sentence) and (attack.patch == ("has no patch" not in preview.sentence))
+
+
+def test_pages_never_branch_on_a_registered_name():
+    names = "|".join(re.escape(n) for n in [*ATTACKS, *DEFENSES])
+    branch = re.compile(rf'(==|!=|\bin)\s*[\(\[{{]?\s*"({names})"')
+    found = [f"{path.name}:{number}: {line.strip()}" for path in sorted(PAGES.rglob("*.py"))
+             for number, line in enumerate(path.read_text().splitlines(), 1) if branch.search(line)]
+    assert not found, "pages read the registries' metadata instead:\n" + "\n".join(found)
