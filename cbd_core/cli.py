@@ -5,6 +5,7 @@
     python -m cbd_core matrix --datasets mnist5k --attacks all --defenses all --seeds 0 1 2 [--jobs 2]
     python -m cbd_core submit <the same flags as run> [--out ROOT] [--json] [--no-worker]
     python -m cbd_core list [--json]
+    python -m cbd_core report RUN_ID --out run.html [--root ROOT]     one run as a self-contained HTML page
     python -m cbd_core worker --device cpu     (the dashboard starts this itself; see cbd_core/jobs/)
 
 `run` trains with a progress bar on stderr and prints a short table at the end; with `--json` the
@@ -43,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit = sub.add_parser("submit", help="queue one run for the dashboard's background worker and exit")
     add_run_arguments(submit)
     submit.add_argument("--out", help="runs root the worker serves (default $BACKDOOR_LAB_RUNS or ./runs)")
-    submit.add_argument("--json", action="store_true", help="print {run_id, run_dir, queue} as one JSON line")
+    submit.add_argument("--json", action="store_true",
+                        help="print {run_id, run_dir, queue, reused, state} as one JSON line")
     submit.add_argument("--no-worker", action="store_true",
                         help="only queue: do not start a worker (the dashboard's starts when the app runs)")
 
@@ -68,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--parent-pid", type=int, help="exit when idle once this process is gone")
     worker.add_argument("--exit-when-idle", action="store_true", help="return once the queue is empty")
     worker.add_argument("--lock-fd", type=int, help=argparse.SUPPRESS)  # the slot's lock, taken by the spawner
+
+    report = sub.add_parser("report", help="write one run as a self-contained HTML report (figures inline)")
+    report.add_argument("run_id", help="the run's id (its folder name under the runs root)")
+    report.add_argument("--out", required=True, help="the HTML file to write")
+    report.add_argument("--root", help="runs root (default $BACKDOOR_LAB_RUNS or ./runs)")
 
     lst = sub.add_parser("list", help="attacks, defenses and datasets with their parameters")
     lst.add_argument("--json", action="store_true")
@@ -220,14 +227,19 @@ def config_from_args(args: argparse.Namespace):
 def command_submit(args: argparse.Namespace) -> int:
     """Validate exactly as `run` does, queue the run under the runs root, print its id, exit. Unless
     --no-worker, a worker is started for its device if none serves it (it trains the queue, then
-    stops by itself once idle, since this process is gone)."""
-    from .jobs import submit
+    stops by itself once idle, since this process is gone). Like the dashboard's Start, a config that
+    is already queued, running or done is not queued again: its run's id is printed, and stderr says so."""
+    from .jobs import submit_once
     from .runs import check_writable_root, to_json
 
     check_writable_root(args.out)  # before any data is loaded
-    run = submit(config_from_args(args), args.out, start_worker=not args.no_worker)
+    run, reused, state = submit_once(config_from_args(args), args.out, start_worker=not args.no_worker)
+    if reused:
+        print(f"an identical run (same settings and seed) is already {state}: {run.run_id}; nothing new was "
+              "queued (change the seed, or use `run`, to train it again)", file=sys.stderr)
     if args.json:
-        print(to_json({"run_id": run.run_id, "run_dir": str(run.path), "queue": run.status().get("queue")}))
+        print(to_json({"run_id": run.run_id, "run_dir": str(run.path), "queue": run.status().get("queue"),
+                       "reused": reused, "state": state}))
     else:
         print(run.run_id)
     return 0
@@ -255,6 +267,26 @@ def command_run(args: argparse.Namespace) -> int:
     print(format_table(summary), file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(to_json(summary))
+    return 0
+
+
+def command_report(args: argparse.Namespace) -> int:
+    """Write the run's HTML report to --out (a run that has not finished gets one too, saying so)."""
+    from pathlib import Path
+
+    from .report import html_report
+    from .runs import RunDir, runs_root
+
+    run = RunDir.open(runs_root(args.root), args.run_id)
+    out = Path(args.out)
+    if out.is_dir():
+        raise UserInputError(f"out: {out} is a folder; give the HTML file's name", "out")
+    try:
+        out.write_text(html_report(run), encoding="utf-8")
+    except OSError as err:
+        raise UserInputError(f"out: cannot write {out} ({err.strerror or err})", "out") from None
+    state = run.status().get("state")
+    print(f"wrote {out} (run {run.run_id}, {state})", file=sys.stderr)
     return 0
 
 
@@ -292,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
             return command_matrix(args)
         if args.command == "submit":
             return command_submit(args)
+        if args.command == "report":
+            return command_report(args)
         if args.command == "worker":
             from .jobs import worker_main
 

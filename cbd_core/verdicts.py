@@ -403,6 +403,9 @@ def banner_text(summary: dict[str, Any] | None, baseline: Baseline | None, state
     the baseline ("baseline still training" / "no baseline" otherwise) and the `explain` sentences.
     The verdict is "n/a" for a run that has not finished."""
     if state != "done" or not isinstance(summary, dict):
+        if state in ("failed", "cancelled"):  # it never will be done: "yet" would promise a verdict
+            return NOT_APPLICABLE, (f"**No verdict**: the run was {state} before it finished, so it has none; "
+                                    "train it again to get one.")
         return NOT_APPLICABLE, f"**No verdict yet**: the run is {state}; it gets one when it is done."
     result = verdict(summary)
     asr = _number(summary.get("attack_success_rate"))

@@ -24,8 +24,8 @@ from cbd_core.defenses import DEFENSES, defense_or_none
 from cbd_core.errors import UserInputError
 from cbd_core.metrics import auroc
 from cbd_core.runs import RunDir, list_runs
-from pages.common import (defense_title, judging_defenses, enlarge, explain, load_arrays, load_config, load_summary, page_errors,
-                          pick_run, runs_root_path, verdict_banner)
+from pages.common import (chart_config, defense_title, enlarge, explain, judging_defenses, load_arrays, load_config,
+                          load_summary, page_errors, pick_run, report_download, runs_root_path, verdict_banner)
 from pages.common.navigation import follow_app_navigation
 from pages.common.presentation import plotly_chart  # sized for presentation mode
 
@@ -128,20 +128,44 @@ def scatter(table: pd.DataFrame) -> go.Figure:
     fig.update_yaxes(range=[-3, 103])
     fig.add_shape(type="rect", x0=90, x1=101, y0=-3, y1=10, fillcolor="green", opacity=0.08, line_width=0,
                   layer="below")
-    fig.add_annotation(x=100, y=0, text="ideal: high CA, low ASR", showarrow=True, arrowhead=2, ax=-90, ay=-50)
-    fig.update_layout(height=440, margin=dict(t=20, b=10), legend=dict(title="attack, defense"))
+    # Above the shaded corner, on a translucent ground, so it names the corner without hiding the runs in it.
+    fig.add_annotation(x=101, y=10, xanchor="right", yanchor="bottom", text="ideal corner: high CA, low ASR",
+                       showarrow=False, font=dict(size=11, color="#2e7d32"), bgcolor="rgba(255,255,255,0.6)")
+    fig.update_layout(height=440, margin=dict(t=20, b=10, l=10, r=10), legend=dict(title="attack, defense"))
+    fig.update_xaxes(automargin=True)
+    fig.update_yaxes(automargin=True)
     return fig
 
 
+def condition_labels(table: pd.DataFrame) -> pd.Series:
+    """Each run's poisoned-data condition as a heatmap column label: attack and poison rate, and the
+    dataset when the table holds more than one. Runs are averaged only within one condition: a
+    defense's ASR at 10 % and at 50 % poison are different results, never one cell."""
+    label = table["Attack"] + "<br>" + table["Rate"].map(lambda rate: f"{rate:g} %")
+    if table["Dataset"].nunique() > 1:
+        label = label + "<br>" + table["Dataset"].astype(str)
+    return label
+
+
+def condition_order(table: pd.DataFrame, labels: pd.Series) -> list[str]:
+    """Condition labels by attack (registry order, variants after), then rate, then dataset."""
+    rank = {name: i for i, name in enumerate(ATTACKS)}
+    keys = {label: (rank.get(attack.split(" (")[0], len(rank)), attack, rate, str(dataset))
+            for label, attack, rate, dataset in zip(labels, table["Attack"], table["Rate"], table["Dataset"])}
+    return sorted(keys, key=keys.get)
+
+
 def heatmap(table: pd.DataFrame, column: str, good_high: bool) -> go.Figure:
-    """Mean of `column` per defense (rows) and attack (columns), "mean ± std (n)" in each cell."""
-    stats = table.groupby(["Defense", "Attack"])[column].agg(["mean", "std", "count"])
+    """Mean of `column` per defense (rows) and condition (columns: attack at one poison rate, on one
+    dataset), "mean ± std (n)" in each cell."""
+    table = table.assign(Condition=condition_labels(table))
+    stats = table.groupby(["Defense", "Condition"])[column].agg(["mean", "std", "count"])
     rows = _order(table["Defense"], [d.title for d in DEFENSES.values()])
-    cols = _order(table["Attack"], list(ATTACKS))
+    cols = condition_order(table, table["Condition"])
     z = np.full((len(rows), len(cols)), np.nan)
     text = [["" for _ in cols] for _ in rows]
-    for (defense, attack), (mean, std, count) in stats.iterrows():
-        i, j = rows.index(defense), cols.index(attack)
+    for (defense, condition), (mean, std, count) in stats.iterrows():
+        i, j = rows.index(defense), cols.index(condition)
         z[i, j] = mean
         if count == 0:
             text[i][j] = "n/a"
@@ -152,10 +176,13 @@ def heatmap(table: pd.DataFrame, column: str, good_high: bool) -> go.Figure:
     fig = go.Figure(go.Heatmap(z=z, x=cols, y=rows, text=text, texttemplate="%{text}", textfont=dict(size=13),
                                zmin=0, zmax=100,
                                colorscale="RdYlGn" if good_high else "RdYlGn_r", colorbar=dict(title="%"),
-                               hovertemplate="%{y} · %{x}: %{text}<extra></extra>"))
-    fig.update_layout(height=120 + 45 * len(rows), margin=dict(t=20, b=10), yaxis=dict(autorange="reversed"))
-    fig.update_xaxes(type="category")
-    fig.update_yaxes(type="category")
+                               hovertemplate="%{y}<br>%{x}<br>%{text}<extra></extra>", xgap=2, ygap=2))
+    lines = max(label.count("<br>") + 1 for label in cols) if cols else 1
+    fig.update_layout(height=110 + 45 * len(rows) + 16 * lines, margin=dict(t=20, b=10, l=10, r=10),
+                      yaxis=dict(autorange="reversed"))
+    fig.update_xaxes(type="category", automargin=True, showgrid=False, title_text="attack · poison rate"
+                     + (" · dataset" if lines > 2 else ""))
+    fig.update_yaxes(type="category", automargin=True, showgrid=False)  # no grid lines across empty cells
     return fig
 
 
@@ -178,10 +205,16 @@ def suspicion_histogram(suspicion: np.ndarray, is_poisoned: np.ndarray, threshol
     for name, mask, colour in (("clean", ~is_poisoned, "#4c78a8"), ("poisoned", is_poisoned, "#e45756")):
         fig.add_trace(go.Histogram(x=suspicion[mask & finite], name=f"{name} ({int(mask.sum()):,})", xbins=bins,
                                    marker_color=colour, opacity=0.65))
-    fig.add_vline(x=threshold, line_dash="dash", annotation_text="top k flagged →", annotation_position="top right")
-    fig.update_layout(barmode="overlay", height=320, margin=dict(t=30, b=10), xaxis_title="suspicion (higher = more "
-                      "suspected)", yaxis_title="training samples", yaxis_type="log",
-                      legend=dict(orientation="h", y=1.12))
+    # The label goes on the side of the line with room, so it is never cut off at the plot's edge.
+    right_half = np.isfinite(threshold) and threshold > (edges[0] + edges[-1]) / 2
+    fig.add_vline(x=threshold, line_dash="dash", annotation_text="top k flagged →",
+                  annotation_position="top left" if right_half else "top right")
+    # One tick per power of ten (1, 10, 100, 1,000): Plotly's default log ticks read "1 2 5 10 2 5 100".
+    fig.update_layout(barmode="overlay", height=340, margin=dict(t=50, b=10, l=10, r=10),
+                      xaxis_title="suspicion (higher = more suspected)", legend=dict(orientation="h", y=1.18))
+    fig.update_yaxes(type="log", dtick=1, exponentformat="none", separatethousands=True,
+                     title_text="training samples (log scale)", automargin=True)
+    fig.update_xaxes(automargin=True)
     return fig
 
 
@@ -216,7 +249,8 @@ def suspected_poison_view(run: RunDir) -> None:
     middle.metric(f"Precision of the top {k:,}", f"{precision:.1%}")
     right.metric(f"Recall of the top {k:,}", f"{recall:.1%}",
                  help=f"Share of the {n_poisoned:,} poisoned samples found.")
-    plotly_chart(suspicion_histogram(suspicion, is_poisoned, threshold))
+    plotly_chart(suspicion_histogram(suspicion, is_poisoned, threshold),
+                 config=chart_config("suspicion", run.run_id))
     explain("Red is the truly poisoned samples, blue the clean ones (log scale): a good detector pushes red to the "
             "right of the dashed line and keeps blue to its left; the AUROC is how well they separate.")
 
@@ -244,6 +278,8 @@ def suspected_poison_view(run: RunDir) -> None:
 st.title("Compare")
 st.markdown("Every finished run side by side: does the defense remove the backdoor (low attack success rate) "
             "without costing clean accuracy? And which training samples did it suspect?")
+st.caption(":material/photo_camera: Every chart saves as a PNG: hover over it and click the camera icon at its top "
+           "right. The **Runs** page exports a run as one HTML report.")
 
 with page_errors():
     table = finished_runs_table()
@@ -289,15 +325,16 @@ with page_errors():
                 "which did not (weakened, persists).")
 
         st.subheader("Clean accuracy against attack success")
-        plotly_chart(scatter(shown))
+        plotly_chart(scatter(shown), config=chart_config("ca-vs-asr"))
         explain("Each point is a run (hover for its id): the shaded bottom-right corner is where a defense wants to "
                 "be, keeping accuracy and leaving the trigger powerless; undefended runs sit at the top.")
 
         st.subheader("Mean attack success rate")
-        plotly_chart(heatmap(shown, "ASR", good_high=False))
-        explain("Green is a defense that held against that attack; each cell is mean ± std over its runs (n).")
+        plotly_chart(heatmap(shown, "ASR", good_high=False), config=chart_config("mean-asr"))
+        explain("Green is a defense that held against that attack; each column is one attack at one poison rate "
+                "(runs at different rates are never averaged together), each cell mean ± std over its runs (n).")
         st.subheader("Mean clean accuracy")
-        plotly_chart(heatmap(shown, "CA", good_high=True))
+        plotly_chart(heatmap(shown, "CA", good_high=True), config=chart_config("mean-ca"))
         explain("What each defense costs on clean images; compare a row with the Undefended row.")
 
     st.divider()
@@ -305,4 +342,5 @@ with page_errors():
     run = pick_run("Run", key="compare_run")
     if run is not None:
         verdict_banner(run)
+        report_download(run, "compare_report")
         suspected_poison_view(run)

@@ -50,7 +50,9 @@ with page_errors():
                 run = jobs.submit(quick_demo_config(), runs_root_path())
                 verdicts.ensure_baseline(run, runs_root_path())  # the undefended run it is measured against
             set_active_run(run.run_id)
-            st.switch_page("pages/train.py")
+            # A page switch starts the next page with the URL it is given: ?run= must be passed on, or the
+            # Train page's address (copied to another screen) would not name the demo.
+            st.switch_page("pages/train.py", query_params={"run": run.run_id})
 
     st.subheader("What is a backdoor?")
     left, right = st.columns([1, 2])
@@ -102,7 +104,9 @@ with page_errors():
             run = jobs.submit(preset.config(), runs_root_path())
             verdicts.ensure_baseline(run, runs_root_path())
         set_active_run(run.run_id)
-        st.switch_page("pages/train.py")
+        # A page switch starts the next page with the URL it is given: ?run= must be passed on, or the
+        # Train page's address (copied to another screen) would not name the demo.
+        st.switch_page("pages/train.py", query_params={"run": run.run_id})
     st.markdown("Or set things up yourself: **Attack lab** to choose and preview an attack, **Train** for any "
                 "defense (CBD, ABL, NONE or none), then **Sample weights**, **Embeddings** and **Attributions** to "
                 "look inside a finished run, and **Compare** to put runs side by side.")

@@ -14,7 +14,7 @@ import streamlit as st
 from cbd_core import jobs, verdicts
 from cbd_core.runs import FINISHED, RunDir, list_runs
 from pages.common import (ACTIVE_RUN, active_run_id, defense_title, load_config, load_summary, missing_run_note,
-                          page_errors, run_label, runs_root_path, set_active_run, verdict_banner)
+                          page_errors, report_download, run_label, runs_root_path, set_active_run, verdict_banner)
 from pages.common.navigation import follow_app_navigation
 
 follow_app_navigation()
@@ -39,12 +39,18 @@ def row(run: RunDir, positions: dict[str, int]) -> dict[str, Any]:
     return {
         "state": state, "verdict": verdicts.verdict(summary) if status.get("state") == "done" else "",
         "defense": defense_title(config.get("defense")),
-        "attack": config.get("attack"), "poison rate": config.get("poison_rate"), "dataset": config.get("dataset"),
+        "attack": config.get("attack"), "poison rate": _percent(config.get("poison_rate")),
+        "dataset": config.get("dataset"),
         "seed": config.get("seed"), "clean accuracy": summary.get("clean_accuracy"),
         "attack success rate": summary.get("attack_success_rate"), "robust accuracy": summary.get("robust_accuracy"),
         "seconds": summary.get("seconds") or status.get("seconds"), "created": status.get("created"),
         "run": run.run_id,  # last: the long id would push the figures off screen
     }
+
+
+def _percent(fraction: Any) -> float | None:
+    """A fraction as percent, so the poison rate reads as on the Train page (10 %, never 0.10)."""
+    return round(100 * float(fraction), 4) if isinstance(fraction, (int, float)) else None
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
@@ -61,7 +67,9 @@ def table() -> None:
     positions = jobs.queue_positions(root)
     st.dataframe([row(run, positions) for run in list_runs(root)], hide_index=True, width="stretch",
                  column_config={"clean accuracy": fraction, "attack success rate": fraction,
-                                "robust accuracy": fraction, "poison rate": st.column_config.NumberColumn(format="%.2f"),
+                                "robust accuracy": fraction,
+                                "poison rate": st.column_config.NumberColumn(
+                                    format="%g %%", help="percent of the training set poisoned"),
                                 "seconds": st.column_config.NumberColumn(format="%.0f")})
 
 
@@ -115,7 +123,8 @@ def details(run: RunDir) -> None:
     if state in FINISHED:
         c2.download_button("Download as zip", zipped(str(run.path), str(status.get("finished"))),
                            file_name=f"{run.run_id}.zip", mime="application/zip")
-    with c3:
+    report_download(run, f"report_{run.run_id}", c3)
+    with c4:
         if state in FINISHED:
             delete_controls(run)
         else:

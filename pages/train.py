@@ -14,13 +14,14 @@ import streamlit as st
 
 from cbd_core import jobs, verdicts
 from cbd_core.attacks import ATTACKS
-from cbd_core.config import RunConfig
+from cbd_core.config import RunConfig, poison_rate_in_words, poison_rate_warnings
 from cbd_core.data import DATASETS
 from cbd_core.defenses import DEFENSES
 from cbd_core.errors import UserInputError
 from cbd_core.runs import FINISHED, RunDir, list_runs
-from pages.common import (active_run_id, defense_title, explain, load_config, load_summary, page_errors, phase_title,
-                          runs_root_path, set_active_run, verdict_banner)
+from cbd_core.timing import duration_text, run_timing, seconds_between
+from pages.common import (active_run_id, chart_config, defense_title, explain, load_config, load_summary,
+                          page_errors, phase_title, runs_root_path, set_active_run, verdict_banner)
 from pages.common.navigation import follow_app_navigation
 from pages.common.presentation import plotly_chart  # sized for presentation mode
 from pages.common.settings import AttackSettings
@@ -29,31 +30,96 @@ from pages.common.widgets import changed_values, param_widget
 follow_app_navigation()
 
 
+# The form's values live in session state under these keys, and a copy in FORM_MEMORY: Streamlit forgets
+# a widget's value when its page is left, and the copy brings it back, so Start, the reruns after it and
+# a visit to another page never reset what the user chose.
+FORM_MEMORY = "train_form_memory"
+CARRIED = "train_form_carried"  # the Attack lab settings last applied to the form
+
+
+def remembered(key: str, default: Any, allowed: list[Any] | None = None) -> None:
+    """Before the widget `key` is drawn: give it its remembered value, else `default` (a remembered
+    value no longer among `allowed` falls back to the default)."""
+    memory = st.session_state.setdefault(FORM_MEMORY, {})
+    if key not in st.session_state:
+        value = memory.get(key, default)
+        st.session_state[key] = default if allowed is not None and value not in allowed else value
+
+
+def remember(*keys: str) -> None:
+    memory = st.session_state.setdefault(FORM_MEMORY, {})
+    for key in keys:
+        memory[key] = st.session_state[key]
+
+
+def take_attack_lab_settings(carried: AttackSettings) -> None:
+    """New settings from the Attack lab replace the data and attack fields once; after that the user's
+    own edits stand."""
+    if not AttackSettings.was_saved() or st.session_state.get(CARRIED) == carried:
+        return
+    st.session_state[CARRIED] = carried
+    memory = st.session_state.setdefault(FORM_MEMORY, {})
+    for key, value in (("train_dataset", carried.dataset), ("train_attack", carried.attack),
+                       ("train_rate_percent", round(100 * float(carried.poison_rate), 4)),
+                       ("train_target", int(carried.target_label))):
+        st.session_state[key] = memory[key] = value
+
+
+def poison_rate_input(column: Any, dataset: str) -> float:
+    """The poison rate in percent, echoed as a share and a count under the form, so 0.5 cannot be taken
+    for 50 %; returns it as the fraction RunConfig (and the CLI's --poison-rate) uses."""
+    remembered("train_rate_percent", 10.0)
+    percent = column.number_input("poison rate (%)", 0.0, 50.0, step=0.5, format="%.1f", key="train_rate_percent",
+                                  help="percent of the training set that carries the trigger: 10 means one image "
+                                       "in ten, 0.5 one in two hundred")
+    remember("train_rate_percent")
+    return round(float(percent) / 100, 6)
+
+
+def rate_guardrails(rate: float, dataset: str, attack: str) -> None:
+    """The rate in words (share, one-in-N, count) and what goes wrong at it, under the data fields."""
+    info = DATASETS.get(dataset)
+    st.caption(f":material/percent: Poison rate: **{poison_rate_in_words(rate, info.train_size if info else None)}**.")
+    owner = ATTACKS.get(attack)
+    for warning in poison_rate_warnings(rate, bool(getattr(owner, "clean_label", False)),
+                                        info.num_classes if info else None):
+        st.warning(warning, icon=":material/warning:")
+
+
 def settings_form() -> RunConfig | None:
     """The data and defense settings as a RunConfig (validated on Start), prefilled from the Attack lab."""
     carried = AttackSettings.current()
+    take_attack_lab_settings(carried)
     st.markdown("**1 · Data and attack**")
     if AttackSettings.was_saved():
         st.caption("Prefilled from the **Attack lab** (its attack parameters and uploads come along).")
     c1, c2, c3, c4 = st.columns(4)
     names = list(DATASETS) + (["npz"] if carried.dataset == "npz" else [])
-    dataset = c1.selectbox("dataset", names, index=names.index(carried.dataset) if carried.dataset in names else 0,
+    remembered("train_dataset", "mnist5k", names)
+    dataset = c1.selectbox("dataset", names, key="train_dataset",
                            format_func=lambda n: n if n == "npz" else f"{n} ({'offline' if DATASETS[n].offline else 'files needed'})")
     attacks = list(ATTACKS)
-    attack = c2.selectbox("attack", attacks, index=attacks.index(carried.attack) if carried.attack in attacks else 0,
-                          format_func=lambda n: ATTACKS[n].title)
-    rate = c3.number_input("poison rate (%)", 0.0, 50.0, float(carried.poison_rate) * 100, step=1.0,
-                           help="share of the training set that carries the trigger")
-    target = c4.number_input("target label", 0, 999, int(carried.target_label), step=1,
+    remembered("train_attack", "badnets", attacks)
+    attack = c2.selectbox("attack", attacks, key="train_attack", format_func=lambda n: ATTACKS[n].title)
+    rate = poison_rate_input(c3, dataset)
+    remembered("train_target", 0)
+    target = c4.number_input("target label", 0, 999, step=1, key="train_target",
                              help="the class the trigger sends images to")
+    remember("train_dataset", "train_attack", "train_target")
+    rate_guardrails(rate, dataset, attack)
     attack_params = carried.attack_params if carried.attack == attack else {}
 
     st.markdown("**2 · Defense**")
     c1, c2, c3 = st.columns([2, 1, 1])
-    defense_name = c1.selectbox("defense", list(DEFENSES), index=list(DEFENSES).index("cbd"),
+    remembered("train_defense", "cbd", list(DEFENSES))
+    defense_name = c1.selectbox("defense", list(DEFENSES), key="train_defense",
                                 format_func=lambda n: f"{DEFENSES[n].title}: {DEFENSES[n].description}")
-    seed = c2.number_input("seed", 0, 2**31 - 1, 0, step=1, help="the same seed gives the same poisoned set and run")
-    device = c3.selectbox("device", available_devices(), help="auto picks a GPU when there is one")
+    remembered("train_seed", 0)
+    seed = c2.number_input("seed", 0, 2**31 - 1, step=1, key="train_seed",
+                           help="the same seed gives the same poisoned set and run")
+    remembered("train_device", "auto", available_devices())
+    device = c3.selectbox("device", available_devices(), key="train_device", help="auto picks a GPU when there is one")
+    remember("train_defense", "train_seed", "train_device")
     defense = DEFENSES[defense_name]
     shape = DATASETS[dataset].image_shape if dataset in DATASETS else (28, 28, 1)
     defaults = defense.defaults(shape)
@@ -68,7 +134,7 @@ def settings_form() -> RunConfig | None:
             if param.name not in key_names:
                 chosen[param.name] = param_widget(param, defaults[param.name], f"train_{defense_name}_{param.name}")
     changed = changed_values(chosen, defaults)
-    return RunConfig(dataset=dataset, attack=attack, poison_rate=round(float(rate) / 100, 6), target_label=int(target),
+    return RunConfig(dataset=dataset, attack=attack, poison_rate=rate, target_label=int(target),
                      defense=defense_name, seed=int(seed), attack_params=dict(attack_params),
                      defense_params=changed, device=device, npz_path=carried.npz_path if dataset == "npz" else None)
 
@@ -122,6 +188,48 @@ def curves(metrics: list[dict[str, Any]], defense: str) -> go.Figure:
     return fig
 
 
+def waiting_note(run: RunDir, status: dict[str, Any]) -> None:
+    """Why a queued run waits, from what its device's worker is doing (none, starting, busy, idle)."""
+    worker = jobs.worker_state(runs_root_path(), status.get("queue") or "cpu")
+    if worker.state == "none":
+        st.info("Starting the background worker… It loads Python and PyTorch before it takes this run; this "
+                "takes a few seconds (longer on a busy machine).", icon=":material/hourglass_top:")
+    elif worker.state == "starting":
+        st.info("Starting the background worker… it is loading Python and PyTorch and takes this run as soon as "
+                "it is ready.", icon=":material/hourglass_top:")
+    elif worker.task == "training":
+        st.info(f"The worker is training run `{worker.run_id}` first; this run follows in queue order.",
+                icon=":material/schedule:")
+    elif worker.task == "mapping":
+        st.info(f"The worker is computing the UMAP map of run `{worker.run_id}` (so its Embeddings page opens at "
+                "once) and takes this run right after; the first map after a restart takes longer while its code "
+                "compiles.", icon=":material/schedule:")
+    else:
+        st.info("The worker is ready and takes this run in a moment.", icon=":material/schedule:")
+
+
+def timing_line(run: RunDir, status: dict[str, Any]) -> None:
+    """Elapsed time and, while it trains, about how long is left and what that estimate rests on."""
+    state = status.get("state")
+    if state == "queued":
+        waited = seconds_between(status.get("created"))
+        if waited is not None:
+            st.caption(f":material/timer: Waiting for {duration_text(waited)}.")
+        return
+    timing = run_timing(run, status)
+    if timing.elapsed is None:
+        return
+    if state == "done":
+        st.caption(f":material/timer: Took {duration_text(timing.elapsed)} to train.")
+    elif state in FINISHED:
+        st.caption(f":material/timer: Ran for {duration_text(timing.elapsed)} before it stopped.")
+    elif timing.remaining is None:
+        st.caption(f":material/timer: Elapsed {duration_text(timing.elapsed)} · {timing.basis}.")
+    else:
+        st.caption(f":material/timer: Elapsed {duration_text(timing.elapsed)} · about "
+                   f"{duration_text(timing.remaining)} left, {timing.basis}.")
+
+
 def live_panel() -> None:
     """Status, progress, curves and Cancel of the active run; re-run every second while it is active."""
     run = active_run()
@@ -145,24 +253,31 @@ def live_panel() -> None:
     st.session_state["train_panel_active"] = state not in FINISHED
     if was_active and state in FINISHED:
         st.rerun()
-    st.markdown(f"**{defense_title(config['defense'])}** against **{config['attack']}** at {config['poison_rate']:.0%} on "
+    st.markdown(f"**{defense_title(config['defense'])}** against **{config['attack']}** at {config['poison_rate'] * 100:g} % on "
                 f"{config['dataset']} (seed {config['seed']}) · run `{run.run_id}`")
     c1, c2, c3 = st.columns(3)
     c1.metric("state", state)
     c2.metric("device", status.get("device") or status.get("queue", "?"))
     progress = status.get("progress") or {}
+    phase = phase_title(config["defense"], progress.get("phase")) if progress.get("phase") else None
     if state == "queued":
         position = jobs.queue_position(run)
         c3.metric("place in queue", position if position is not None else "starting")
-        alive = [w for w in jobs.workers(runs_root_path()) if w.alive]
-        if not alive:
-            st.warning("No background worker is running yet; it is being started (this takes a few seconds).")
+        waiting_note(run, status)
+    elif state == "done":
+        c3.metric("phase", "done")
+        st.progress(1.0, text="done: every stage trained, the model saved and scored")
+    elif state in FINISHED:
+        c3.metric("phase", f"stopped in {phase}" if phase else "stopped")
     elif progress:
-        c3.metric("phase", phase_title(config["defense"], progress.get("phase")))
+        c3.metric("phase", phase)
         epoch = max(1, int(progress.get("epoch") or 0))
-        st.progress(float(progress.get("fraction", 0.0)),
-                    text=f"{phase_title(config['defense'], progress.get('phase'))}: epoch {epoch} of "
-                         f"{progress.get('epochs')}")
+        st.progress(float(progress.get("fraction", 0.0)), text=f"{phase}: epoch {epoch} of {progress.get('epochs')}")
+    else:
+        c3.metric("phase", "preparing")
+        st.caption(":material/hourglass_top: Loading the data, applying the trigger and building the models; the "
+                   "first epoch starts in a moment.")
+    timing_line(run, status)
     if state in ("queued", "running"):
         if st.button("Cancel this run", key="cancel_active"):
             found = jobs.request_cancel(run)
@@ -176,7 +291,8 @@ def live_panel() -> None:
         verdict_banner(run, status)
     metrics = run.metrics()
     if metrics:
-        plotly_chart(curves(metrics, config["defense"]), width="stretch", key="train_curves")
+        plotly_chart(curves(metrics, config["defense"]), width="stretch", key="train_curves",
+                     config=chart_config("training-curves", run.run_id))
         explain("solid lines are clean accuracy (higher is better), dashed lines the attack success rate "
                 "(lower is better for a defense). For CBD, f_B's dashed line should shoot up - it learns the "
                 "trigger on purpose - while f_C's is meant to stay near zero as its clean accuracy climbs.",
@@ -193,6 +309,28 @@ def live_panel() -> None:
         st.page_link("pages/attributions.py", label="See where each model looks →")
 
 
+START_NOTE = "train_start_note"  # what Start did ({run, lines}), shown above the live panel of that run
+
+
+def start_run(config: RunConfig, with_baseline: bool) -> str:
+    """Queue `config` (and its baseline) and return the run id to follow. The same settings pressed
+    twice (a double click, a class pressing Start together) give one run: the existing one is followed
+    and the note says so."""
+    root = runs_root_path()
+    run, reused, state = jobs.submit_once(config, root)
+    lines = []
+    if reused:
+        lines.append(f"These exact settings (seed {config.seed} included) already have a run, {state}: `{run.run_id}`. "
+                     "Following it instead of training the same numbers twice; change the seed to train another.")
+    if with_baseline:
+        baseline, baseline_reused = verdicts.ensure_baseline(run, root)
+        if baseline is not None:
+            lines.append(f"Baseline: reusing the undefended run `{baseline.run_id}`." if baseline_reused else
+                         f"Baseline: the undefended run `{baseline.run_id}` is queued after this one.")
+    st.session_state[START_NOTE] = {"run": run.run_id, "lines": lines}
+    return run.run_id
+
+
 st.title("Train a defense")
 st.write("Pick the poisoned data and a defense, press **Start**, and watch it train. Training runs in a "
          "background worker: you can change pages, reload or close the tab, and the run goes on.")
@@ -201,6 +339,10 @@ st.write("Pick the poisoned data and a defense, press **Start**, and watch it tr
 st.subheader("Live progress")
 with page_errors():
     run = active_run()
+    note = st.session_state.get(START_NOTE)
+    if note and run is not None and note["run"] == run.run_id:
+        for line in note["lines"]:
+            st.info(line, icon=":material/info:")
     active = run is not None and run.status().get("state") not in FINISHED
     st.fragment(live_panel, run_every=1.0 if active else None)()
 
@@ -208,20 +350,14 @@ st.divider()
 st.subheader("Start a new run")
 with page_errors():
     config = settings_form()
+    remembered("train_with_baseline", True)
     with_baseline = config.defense != verdicts.UNDEFENDED and st.checkbox(
-        "also train the undefended baseline (reused if it exists)", value=True, key="train_with_baseline",
+        "also train the undefended baseline (reused if it exists)", key="train_with_baseline",
         help="The same poisoned data and seed without a defense, queued after this run: the verdict compares "
              "clean accuracy against it and checks that the attack takes hold at all.")
-    if st.button("Start", type="primary"):
+    remember("train_with_baseline")
+    if st.button("Start", type="primary", key="train_start"):
         with st.spinner("Checking the settings and queueing the run…"):
-            run = jobs.submit(config, runs_root_path())
-            if with_baseline:
-                baseline, reused = verdicts.ensure_baseline(run, runs_root_path())
-                st.session_state["train_baseline_note"] = (
-                    f"Baseline: reusing the undefended run `{baseline.run_id}`." if reused else
-                    f"Baseline: the undefended run `{baseline.run_id}` is queued after this one.")
-        set_active_run(run.run_id)
-        st.rerun()  # the live panel above follows the new run
-    note = st.session_state.pop("train_baseline_note", None)
-    if note:
-        st.caption(note)
+            started = start_run(config, with_baseline)
+        set_active_run(started)
+        st.rerun()  # the live panel above follows the new run; the form keeps its values

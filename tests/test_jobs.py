@@ -3,6 +3,7 @@ worker dies, and one real worker process end to end."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -102,6 +103,46 @@ def test_cancel_a_running_run(tmp_path, patch_dataset, fake_analysis):
     assert fake_analysis == []  # a cancelled run gets no map
 
 
+def test_worker_says_booting_then_ready_and_wakes_on_submit(tmp_path, patch_dataset, fake_analysis, monkeypatch):
+    """The info file says "booting" until torch and the data are loaded, then "ready" with the boot's
+    seconds; an idle worker takes a submitted run within a fraction of a second (the wake file), long
+    before its next scan of the queue."""
+    from cbd_core.jobs import worker as worker_module
+
+    patch_dataset(300, 100)
+    monkeypatch.setattr(worker_module, "IDLE_POLL_S", 30.0)  # only the wake file can be quick
+    worker = jobs.Worker(tmp_path, "cpu", parent_pid=os.getpid())
+    states = []
+    real_boot = worker._boot
+
+    def boot():
+        states.append([(w.state, w.ready) for w in jobs.workers(tmp_path)])
+        real_boot()
+
+    worker._boot = boot
+    thread = threading.Thread(target=worker.serve, kwargs={"max_runs": 1}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not (jobs.workers(tmp_path) and jobs.workers(tmp_path)[0].state == "ready") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert states == [[("booting", False)]]
+    info = jobs.workers(tmp_path)[0]
+    assert info.ready and info.pid == os.getpid() and info.boot_seconds >= 0
+    time.sleep(0.3)  # idle now, waiting on the wake file
+    submitted = time.monotonic()
+    run = jobs.submit(_config(), tmp_path, start_worker=False)
+    while run.status().get("state") == "queued" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert time.monotonic() - submitted < 2.0, "the worker did not wake on submit"
+    thread.join(60)
+    status = run.status()
+    assert status["state"] == "done"
+    # What the Train page's elapsed time and estimate read: the whole run's share and seconds.
+    assert status["progress"]["run_fraction"] == 1.0 and status["progress"]["elapsed_seconds"] > 0
+    assert status["progress"]["eta_seconds"] == 0.0
+    assert all(line["epoch_seconds"] > 0 for line in run.metrics())
+
+
 def test_failed_prepare_is_recorded_and_the_worker_goes_on(tmp_path, patch_dataset, fake_analysis):
     patch_dataset(300, 100)
     broken = jobs.submit(_config(), tmp_path, start_worker=False)
@@ -182,3 +223,98 @@ def test_real_worker_process(tmp_path, monkeypatch):
     finally:
         jobs.stop_workers(tmp_path)
     assert not jobs.slot_is_alive(tmp_path, "cpu", 0)
+
+
+# -- the same config queued twice is one run ------------------------------------------------------
+def test_submit_twice_is_one_run(tmp_path, patch_dataset):
+    patch_dataset(300, 100)
+    first = jobs.submit_once(_config(), tmp_path, start_worker=False)
+    again = jobs.submit_once(_config(), tmp_path, start_worker=False)
+    assert (first.reused, again.reused) == (False, True)
+    assert again.run.run_id == first.run.run_id and again.state == "queued"
+    assert len(list_runs(tmp_path)) == 1
+    other_seed = jobs.submit_once(_config(seed=1), tmp_path, start_worker=False)
+    assert not other_seed.reused  # the seed is part of the config
+    other_epochs = jobs.submit_once(_config(defense_params={"epochs": 2, "batch_size": 64}), tmp_path,
+                                    start_worker=False)
+    assert not other_epochs.reused
+    assert len(list_runs(tmp_path)) == 3
+
+    for state, reused in (("running", True), ("done", True), ("failed", False)):
+        first.run.update_status(state=state)
+        found = jobs.submit_once(_config(), tmp_path, start_worker=False)
+        assert found.reused is reused, state
+        if reused:
+            assert (found.run.run_id, found.state) == (first.run.run_id, state)
+    # The failed one was submitted again as a fresh queued run; submitting once more finds that one.
+    fresh = jobs.submit_once(_config(), tmp_path, start_worker=False)
+    assert fresh.reused and fresh.state == "queued" and fresh.run.run_id != first.run.run_id
+
+
+def test_simultaneous_submits_of_one_config_make_one_run(tmp_path, patch_dataset, monkeypatch):
+    """Two sessions press Start on the same settings at the same moment: both get the same run. Folder
+    creation is slowed down, so without the lock both would find nothing and create a run each."""
+    patch_dataset(300, 100)
+    create = RunDir.create.__func__
+
+    def slow_create(cls, *args, **kwargs):
+        time.sleep(0.3)
+        return create(cls, *args, **kwargs)
+
+    monkeypatch.setattr(RunDir, "create", classmethod(slow_create))
+    barrier = threading.Barrier(2)
+    results = []
+
+    def press_start():
+        barrier.wait()
+        results.append(jobs.submit_once(_config(), tmp_path, start_worker=False))
+
+    threads = [threading.Thread(target=press_start) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(list_runs(tmp_path)) == 1
+    assert {r.run.run_id for r in results} == {list_runs(tmp_path)[0].run_id}
+    assert sorted(r.reused for r in results) == [False, True]
+
+
+def test_cli_submit_reuses_and_run_always_trains_fresh(tmp_path, patch_dataset, capsys):
+    from cbd_core import cli
+
+    patch_dataset(300, 100)
+    flags = ["--defense", "undefended", "--epochs", "1", "--seed", "4", "--device", "cpu", "--out", str(tmp_path)]
+    assert cli.main(["submit", *flags, "--no-worker"]) == 0
+    first = capsys.readouterr().out.strip()
+    assert cli.main(["submit", *flags, "--no-worker", "--json"]) == 0
+    out, err = capsys.readouterr()
+    answer = json.loads(out.strip().splitlines()[-1])
+    assert answer["run_id"] == first and answer["reused"] is True and answer["state"] == "queued"
+    assert "already queued" in err and first in err
+    assert cli.main(["run", *flags]) == 0  # `run` trains now, in this process, whatever is queued
+    assert len(list_runs(tmp_path)) == 2
+
+
+# -- what the worker is doing ---------------------------------------------------------------------
+def test_worker_state_follows_the_slot_lock_and_info(tmp_path):
+    from cbd_core.runs import write_json
+
+    assert jobs.worker_state(tmp_path, "cpu") == jobs.WorkerState("none")
+    fd = jobs._try_lock(jobs._lock_path(tmp_path, "cpu", 0))  # as the spawner does, before the child runs
+    try:
+        assert jobs.worker_state(tmp_path, "cpu").state == "starting"
+        info = tmp_path / ".workers" / "cpu-0.json"
+        write_json(info, {"device": "cpu", "slot": 0, "pid": 999_999_999, "current_run": None})  # a dead worker's
+        assert jobs.worker_state(tmp_path, "cpu").state == "starting"
+        write_json(info, {"device": "cpu", "slot": 0, "pid": os.getpid(), "current_run": None})
+        assert jobs.worker_state(tmp_path, "cpu") == jobs.WorkerState("idle")
+        assert jobs.worker_state(tmp_path, "cuda").state == "none"  # another device's queue
+
+        mapped = RunDir.create(tmp_path, {"dataset": "mnist5k", "attack": "badnets", "defense": "cbd"}, state="done",
+                               analysis="computing", owner={"kind": "worker", "pid": os.getpid()})
+        assert jobs.worker_state(tmp_path, "cpu") == jobs.WorkerState("busy", "mapping", mapped.run_id)
+        write_json(info, {"device": "cpu", "slot": 0, "pid": os.getpid(), "current_run": "some-run"})
+        assert jobs.worker_state(tmp_path, "cpu") == jobs.WorkerState("busy", "training", "some-run")
+    finally:
+        os.close(fd)
+    assert jobs.worker_state(tmp_path, "cpu").state == "none"

@@ -123,3 +123,39 @@ def test_empty_runs_root_shows_the_hint(monkeypatch, tmp_path):
     assert any("No finished runs to compare yet" in i.value for i in at.info)
     assert not at.get("plotly_chart")
 
+
+
+def _figures(at: AppTest) -> list[tuple[dict, dict]]:
+    """(figure spec, plotly config) of every chart on the page."""
+    return [(json.loads(chart.proto.spec), json.loads(chart.proto.config)) for chart in at.get("plotly_chart")]
+
+
+def test_runs_at_different_poison_rates_never_share_a_cell(monkeypatch, finished_runs, tmp_path):
+    root, ids = finished_runs
+    copy_root = tmp_path / "runs"
+    shutil.copytree(root / ids["cbd"], copy_root / ids["cbd"])
+    high = copy_root / (ids["cbd"][:-4] + "f00d")
+    shutil.copytree(root / ids["cbd"], high)
+    config = json.loads((high / "config.json").read_text())
+    config["poison_rate"] = 0.5
+    (high / "config.json").write_text(json.dumps(config))
+    at = page(monkeypatch, copy_root)
+    assert not at.exception and not errors(at)
+    heatmaps = [fig["data"][0] for fig, _ in _figures(at) if fig["data"][0]["type"] == "heatmap"]
+    assert len(heatmaps) == 2  # ASR and CA
+    for trace in heatmaps:
+        assert trace["x"] == ["badnets<br>10 %", "badnets<br>50 %"]
+        cells = [text for row in trace["text"] for text in row if text]
+        assert len(cells) == 2 and all(text.endswith("(1)") for text in cells)  # one run each, never averaged
+
+
+def test_charts_save_as_png_and_log_ticks_are_powers_of_ten(monkeypatch, finished_runs):
+    root, ids = finished_runs
+    at = page(monkeypatch, root, ids["cbd"])
+    figures = _figures(at)
+    names = [config["toImageButtonOptions"]["filename"] for _, config in figures]
+    assert names[:3] == ["backdoor-lab-ca-vs-asr", "backdoor-lab-mean-asr", "backdoor-lab-mean-ca"]
+    assert names[3] == f"backdoor-lab-suspicion-{ids['cbd']}"
+    assert all(config["toImageButtonOptions"]["format"] == "png" for _, config in figures)
+    histogram = figures[3][0]["layout"]["yaxis"]
+    assert (histogram["type"], histogram["dtick"]) == ("log", 1)

@@ -168,8 +168,8 @@ def test_overview_quick_demo_opens_the_train_page(runs_root, monkeypatch):
         {k: v for k, v in demo.items() if k not in ("defense", "defense_params")}
     assert baseline["defense_params"] == DEFENSES["undefended"].resolve((28, 28, 1), {})  # its defaults
     assert at.session_state["active_run"] == runs[1].run_id  # the demo itself, not its baseline
+    assert at.query_params["run"] == runs[1].run_id  # a copied link opens the demo, not the newest run
     assert at.title[0].value == "Train a defense"
-
 
 
 def test_overview_queues_a_preset_with_its_baseline(runs_root, monkeypatch):

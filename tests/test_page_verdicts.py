@@ -45,12 +45,14 @@ def test_start_queues_the_run_and_its_baseline_then_reuses_it(runs_root):
             "deterministic", "npz_path", "data_root")
     assert {k: baseline.config()[k] for k in same} == {k: defended.config()[k] for k in same}
     assert baseline.status()["state"] == "queued"
-    assert any(f"`{baseline.run_id}` is queued after this one" in c.value for c in at.caption)
+    assert any(f"`{baseline.run_id}` is queued after this one" in i.value for i in at.info)
 
-    start(at)  # the same settings again: the queued baseline is reused
+    # Another CBD setting on the same data: a new defended run, and the queued baseline is reused.
+    at.number_input(key="train_cbd_mi_weight").set_value(0.2).run()
+    start(at)
     runs = list_runs(runs_root)
     assert [run.config()["defense"] for run in runs] == ["cbd", "undefended", "cbd"]
-    assert any(f"reusing the undefended run `{baseline.run_id}`" in c.value for c in at.caption)
+    assert any(f"reusing the undefended run `{baseline.run_id}`" in i.value for i in at.info)
 
 
 def test_opting_out_queues_one_run(runs_root):

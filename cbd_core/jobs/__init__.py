@@ -11,7 +11,9 @@ it through the CLI's own code path (`pipeline.prepare` + `execute`). The queue i
 itself, so it survives an app restart, a closed tab, several browser sessions.
 
     submit(config)            validate like the CLI, create the run folder as "queued", make sure a
-                              worker serves its device; returns the RunDir at once
+                              worker serves its device; returns the RunDir at once (an identical run
+                              already queued, running or done is returned instead: `submit_once`)
+    worker_state(root, dev)   what the device's worker is doing: none, starting, idle or busy (and with what)
     request_cancel(run)       a queued run is cancelled on the spot; a running one at its next batch
     ensure_workers(root)      start the missing workers (one per slot per device); mark orphans failed
     python -m cbd_core worker --root R --device cpu [--slot 0]     one worker, in the foreground
@@ -31,14 +33,17 @@ that started it (the app) is gone, so stopping the app never leaves a worker spi
 from ..runs import status_line
 from .launcher import (ORPHAN_ERROR, ensure_workers, keep_workers_running, owner_gone, recover_orphans,
                        stop_workers)
-from .locks import WorkerInfo, _lock_path, _pid_alive, _try_lock, slot_is_alive, workers
-from .queue import (_claim, _waiting, cancel_requested, queue_position, queue_positions, queued_runs,
-                    request_cancel, submit)
+from .locks import WorkerInfo, _lock_path, _pid_alive, _try_lock, root_lock, slot_is_alive, workers
+from .queue import (REUSED_STATES, Submitted, _claim, _waiting, cancel_requested, identical_run, queue_position,
+                    queue_positions, queued_runs, request_cancel, submit, submit_once)
+from .readiness import WorkerState, worker_state
 from .settings import (CANCEL_FILE, CLAIM_FILE, IDLE_POLL_S, PROGRESS_EVERY_S, WORKERS_DIR, device_key,
                        workers_per_device)
 from .worker import Worker, worker_main
 
-__all__ = ["CANCEL_FILE", "CLAIM_FILE", "IDLE_POLL_S", "ORPHAN_ERROR", "PROGRESS_EVERY_S", "WORKERS_DIR",
-           "Worker", "WorkerInfo", "cancel_requested", "device_key", "ensure_workers", "keep_workers_running",
-           "owner_gone", "queue_position", "queue_positions", "queued_runs", "recover_orphans", "request_cancel",
-           "slot_is_alive", "status_line", "stop_workers", "submit", "worker_main", "workers", "workers_per_device"]
+__all__ = ["CANCEL_FILE", "CLAIM_FILE", "IDLE_POLL_S", "ORPHAN_ERROR", "PROGRESS_EVERY_S", "REUSED_STATES",
+           "WORKERS_DIR", "Submitted", "Worker", "WorkerInfo", "WorkerState", "cancel_requested", "device_key",
+           "ensure_workers", "identical_run", "keep_workers_running", "owner_gone", "queue_position",
+           "queue_positions", "queued_runs", "recover_orphans", "request_cancel", "root_lock", "slot_is_alive",
+           "status_line", "stop_workers", "submit", "submit_once", "worker_main", "worker_state", "workers",
+           "workers_per_device"]

@@ -2,33 +2,99 @@
 oldest first; a worker (or a cancel) takes it with an O_EXCL `claim` file, so it is taken once.
 
     submit(config)            validate like the CLI, create the run folder as "queued", make sure a
-                              worker serves its device; returns the RunDir at once
+                              worker serves its device; returns the RunDir at once. Idempotent: when a
+                              run with an identical config (seed included) is queued, running or done,
+                              that run is returned and nothing new is queued (`submit_once` says which)
     request_cancel(run)       a queued run is cancelled on the spot; a running one at its next batch
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from ..config import RunConfig
-from ..runs import FINISHED, RunDir, list_runs, now_iso, runs_root
-from .settings import CANCEL_FILE, CLAIM_FILE, device_key
+from ..runs import FINISHED, RunDir, RunUnreadable, list_runs, now_iso, runs_root, to_json
+from .locks import root_lock, workers_dir
+from .settings import CANCEL_FILE, CLAIM_FILE, device_key, wake_file_name
+
+# A run in one of these states already stands for its config: queueing the same config again would
+# train the same numbers twice (a double-clicked Start, a Quick demo pressed by a whole class). A
+# failed or cancelled run does not count: submitting its config again queues a fresh run.
+REUSED_STATES = ("queued", "running", "done")
+
+
+class Submitted(NamedTuple):
+    run: RunDir
+    reused: bool  # True: an identical run was already queued, running or done, and nothing new was queued
+    state: str  # the run's state as found (or "queued" for a new one)
+
 
 def submit(config: RunConfig, root: str | Path | None = None, start_worker: bool = True) -> RunDir:
     """Validate `config` exactly as the CLI does (UserInputError on bad input, before anything is
-    written), create its run folder as queued, and make sure a worker serves its device."""
+    written), create its run folder as queued, and make sure a worker serves its device. When an
+    identical run is already queued, running or done, that run is returned instead (see `submit_once`)."""
+    return submit_once(config, root, start_worker).run
+
+
+def submit_once(config: RunConfig, root: str | Path | None = None, start_worker: bool = True) -> Submitted:
+    """`submit`, saying whether the run is new. Two runs are identical when their validated configs
+    (what config.json holds: data, attack, defense and every parameter, seed, threads, device choice)
+    are equal. The look-up and the creation happen under one lock on the runs root, so two sessions
+    (or CLI calls) submitting the same config at the same moment get the same run."""
     from ..pipeline import prepare
 
     root = runs_root(root)
     prepared = prepare(config)  # loads and poisons the data: a bad value fails here, not in the worker
     queue = device_key(prepared.config)
-    run = RunDir.create(root, prepared.config.to_dict(), state="queued", queue=queue)
-    if start_worker:
+    wanted = prepared.config.to_dict()
+    with root_lock(root, "submit"):
+        found = identical_run(wanted, root)
+        if found is not None:
+            submitted = Submitted(found[0], reused=True, state=found[1])
+        else:
+            submitted = Submitted(RunDir.create(root, wanted, state="queued", queue=queue), reused=False,
+                                  state="queued")
+    if not submitted.reused:
+        wake(root, queue)
+    if start_worker and submitted.state != "done":
         from . import launcher
 
         launcher.ensure_workers(root, devices=[queue])
-    return run
+    return submitted
+
+
+def _canonical(config: dict[str, Any]) -> str:
+    """A config as config.json would hold it, as one comparable string (tuples become lists, keys sorted)."""
+    return json.dumps(json.loads(to_json(config)), sort_keys=True)
+
+
+def identical_run(config: dict[str, Any], root: str | Path | None = None) -> tuple[RunDir, str] | None:
+    """(run, state) of the newest run under the root whose config.json equals `config` (a validated
+    config's dict) and whose state is queued, running or done; None when there is none. Unreadable
+    folders are skipped."""
+    wanted = _canonical(config)
+    for run in list_runs(root):
+        try:
+            if _canonical(run.config()) != wanted:
+                continue
+        except (RunUnreadable, OSError, ValueError):
+            continue
+        state = run.status().get("state")
+        if state in REUSED_STATES:
+            return run, state
+    return None
+
+
+def wake(root: Path, queue: str) -> None:
+    """Tell an idle worker of `queue` that a run is waiting (it checks the wake file's time every
+    WAKE_POLL_S, and scans the queue every IDLE_POLL_S regardless). Best effort: never raises."""
+    try:
+        (workers_dir(root) / wake_file_name(queue)).touch()
+    except OSError:
+        pass
 
 
 def request_cancel(run: RunDir) -> str:

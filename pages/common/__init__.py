@@ -235,6 +235,27 @@ def pick_run(label: str = "Run", only: Callable[[dict[str, Any], dict[str, Any]]
     return candidates[ids.index(chosen)]
 
 
+def chart_config(name: str, run_id: str | None = None) -> dict[str, Any]:
+    """The `config` of st.plotly_chart: the modebar's camera button saves the chart as a PNG named
+    after it (and its run), drawn by plotly.js in the browser, so it works offline; at twice the
+    screen's resolution, sharp enough for slides."""
+    stem = "-".join(filter(None, ["backdoor-lab", name, run_id]))
+    filename = "".join(c if c.isalnum() or c in "-_." else "-" for c in stem)
+    return {"toImageButtonOptions": {"format": "png", "filename": filename, "scale": 2}, "displaylogo": False}
+
+
+def report_download(run: RunDir, key: str, container: Any = None) -> None:
+    """A button that downloads the run as one self-contained HTML report (cbd_core.report): settings,
+    verdict and baseline, CA / ASR / RA, curves and weight histogram inline. The report is drawn only
+    when the button is clicked, so the page pays nothing for it; an unfinished run's report says so."""
+    from cbd_core.report import html_report
+
+    (container or st).download_button(
+        "Download report (HTML)", data=lambda: html_report(RunDir(run.path)).encode("utf-8"),
+        file_name=f"{run.run_id}.html", mime="text/html", key=key, icon=":material/description:",
+        help="One HTML file with this run's settings, verdict, numbers and figures; opens offline in any browser.")
+
+
 def set_active_run(run_id: str) -> None:
     st.session_state[ACTIVE_RUN] = run_id
     if st.query_params.get("run") != run_id:

@@ -67,6 +67,7 @@ def test_quick_demo_and_every_page(server, browser):
     assert [r.config()["defense"] for r in runs] == ["undefended", "cbd"], \
         "Quick demo queues its run and then the undefended baseline it is measured against"
     run = runs[1]
+    assert f"run={run.run_id}" in page.url, "the Train page's address names the demo, so a copied link opens it"
 
     # The worker trains it in the background; the live panel follows (the fragment polls the folder).
     deadline = time.monotonic() + 420

@@ -1,0 +1,70 @@
+"""What a device's worker is doing right now, so a page can say why a queued run waits instead of
+showing "queued" for half a minute without a word.
+
+    worker_state(root, device)   none | starting | idle | busy (training run X, or computing run X's map)
+
+It reads only what exists: the slot locks (a held lock is a live worker, see `locks`), the info file
+each worker writes once it runs its loop, and the `analysis` field a worker sets in a finished run's
+status while it computes that run's UMAP map. A worker whose lock is held but whose info file does not
+name a live process yet, or says "booting", is "starting" (Python, torch and the data loading).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..runs import list_runs, pid_alive, runs_root
+from .locks import slot_is_alive, workers
+from .settings import workers_per_device
+
+NONE, STARTING, IDLE, BUSY = "none", "starting", "idle", "busy"
+TRAINING, MAPPING = "training", "mapping"
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    state: str  # NONE, STARTING, IDLE or BUSY (the most available of the device's slots)
+    task: str | None = None  # when busy: TRAINING or MAPPING (computing a finished run's UMAP map)
+    run_id: str | None = None  # when busy: the run it trains or maps
+
+
+def worker_state(root: str | Path | None, device: str) -> WorkerState:
+    """The state of the workers serving `device` ("cpu", "cuda", ...): "idle" when one of its slots is
+    free to take a queued run, else "starting" when one is still booting, else "busy" (with what),
+    else "none" when no worker serves it at all."""
+    root = runs_root(root)
+    info = {(w.device, w.slot): w for w in workers(root)}
+    states = []
+    for slot in range(workers_per_device()):
+        if not slot_is_alive(root, device, slot):
+            continue
+        found = info.get((device, slot))
+        if found is None or not found.alive or not pid_alive(found.pid) or found.state == "booting":
+            # The spawner holds the lock and the process has not said hello, or it is still importing
+            # torch and loading the data (its info file says "booting").
+            states.append(WorkerState(STARTING))
+        elif found.current_run:
+            states.append(WorkerState(BUSY, TRAINING, found.current_run))
+        else:
+            mapping = _run_being_mapped(root, found.pid)
+            states.append(WorkerState(BUSY, MAPPING, mapping) if mapping else WorkerState(IDLE))
+    for wanted in (IDLE, STARTING, BUSY):
+        for state in states:
+            if state.state == wanted:
+                return state
+    return WorkerState(NONE)
+
+
+def _run_being_mapped(root: Path, worker_pid: int | None) -> str | None:
+    """The run whose UMAP map this worker is computing now (its status says "computing" and names this
+    worker as its owner), or None. A map can take half a minute the first time, during which the next
+    queued run waits."""
+    for run in list_runs(root):
+        status = run.status()
+        if status.get("analysis") != "computing":
+            continue
+        owner = status.get("owner") if isinstance(status.get("owner"), dict) else {}
+        if owner.get("kind") == "worker" and owner.get("pid") == worker_pid:
+            return run.run_id
+    return None

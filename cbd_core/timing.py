@@ -1,0 +1,147 @@
+"""How long a run has taken and about how long it still needs, with what the estimate rests on.
+
+    run_timing(run)        RunTiming(elapsed, remaining, basis) from the run's own files and the
+                           finished runs beside it; what the Train page shows under the progress bar
+    estimate(...)          the same from plain values (status, metrics, stages, earlier durations)
+
+Elapsed time counts from `started` in status.json (training began; the worker's data loading is
+before it) to now, or to `finished`. The remaining time comes, in this order, from
+  1. finished runs with the same timing settings (dataset, model, defense and its parameters, threads,
+     device): the median of their durations minus the time already spent, while the run is within it;
+  2. this run's own pace: the mean seconds per finished stage (an epoch, or one of CBD's f_B stages;
+     `elapsed_seconds` of metrics.jsonl) times the stages still to go (the defense's `total_epochs`);
+  3. nothing yet: before the first stage ends there is no honest number.
+Both are estimates: a shared CPU slows every run, and the last stage is followed by a few seconds of
+saving and the map.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .runs import RunDir, list_runs, now_iso
+
+# The config fields that decide how long a run trains (not which images are poisoned, nor the seed).
+TIMING_KEYS = ("dataset", "npz_path", "model", "defense", "defense_params", "threads", "embedding_samples",
+               "deterministic")
+MAX_SIMILAR = 5  # the newest few are enough, and reading more costs page time
+
+
+@dataclass(frozen=True)
+class RunTiming:
+    elapsed: float | None  # seconds training so far (or in all, once finished); None before it starts
+    remaining: float | None  # seconds still to go, estimated; 0 when finished; None when unknown
+    basis: str  # what `remaining` rests on, in words ("" when there is nothing to say)
+
+
+def seconds_between(start: Any, end: Any = None) -> float | None:
+    """Seconds from one ISO time to another (default: now); None when either cannot be read."""
+    end = end or now_iso()
+    try:
+        a, b = datetime.fromisoformat(str(start)), datetime.fromisoformat(str(end))
+    except ValueError:
+        return None
+    return max(0.0, (b - a).total_seconds())
+
+
+def estimate(status: dict[str, Any], metrics: list[dict[str, Any]], total_stages: int | None,
+             similar_seconds: list[float], now: str | None = None) -> RunTiming:
+    """RunTiming of a run whose status.json is `status` and metrics.jsonl `metrics`, which trains
+    `total_stages` stages in all, given the durations of finished runs with the same timing settings
+    (`similar_seconds`). `now` is an ISO time (default: now)."""
+    state = status.get("state")
+    now = now or now_iso()
+    if state == "done":
+        seconds = status.get("seconds")
+        elapsed = float(seconds) if isinstance(seconds, (int, float)) else \
+            seconds_between(status.get("started"), status.get("finished"))
+        return RunTiming(elapsed, 0.0, "")
+    if state != "running" or not status.get("started"):
+        end = status.get("finished") if state in ("failed", "cancelled") else None
+        elapsed = seconds_between(status["started"], end) if status.get("started") and end else None
+        return RunTiming(elapsed, None, "")
+    elapsed = seconds_between(status["started"], now) or 0.0
+
+    if similar_seconds:
+        typical = statistics.median(similar_seconds)
+        if elapsed < typical:
+            runs = f"{len(similar_seconds)} finished run{'s' if len(similar_seconds) != 1 else ''}"
+            return RunTiming(elapsed, typical - elapsed,
+                             f"judged from {runs} with the same settings, typically {typical:.0f} s in all")
+    stages = [m for m in metrics if isinstance(m.get("elapsed_seconds"), (int, float))]
+    if stages and total_stages:
+        per_stage = float(stages[-1]["elapsed_seconds"]) / len(stages)
+        left = max(0, total_stages - len(stages))
+        progress = status.get("progress") if isinstance(status.get("progress"), dict) else {}
+        step, steps = progress.get("step"), progress.get("steps")
+        within = step / steps if isinstance(step, int) and isinstance(steps, int) and steps > 0 and left else 0.0
+        return RunTiming(elapsed, max(0.0, per_stage * (left - within)),
+                         f"judged from this run's pace: {per_stage:.1f} s per stage over {len(stages)} finished, "
+                         f"{left} of {total_stages} to go")
+    return RunTiming(elapsed, None, "an estimate follows when the first stage ends")
+
+
+def timing_family(config: dict[str, Any], device: Any) -> str:
+    """A key equal for runs that should take about as long (same timing settings on the same device)."""
+    import json
+
+    return json.dumps([config.get(key) for key in TIMING_KEYS] + [str(device)], sort_keys=True, default=str)
+
+
+def similar_durations(config: dict[str, Any], device: Any, root: str | Path | None) -> list[float]:
+    """Durations (summary seconds, from status.json) of the newest finished runs under the root with
+    the same timing settings on the same device, at most MAX_SIMILAR of them."""
+    family = timing_family(config, device)
+    found: list[float] = []
+    for run in list_runs(root):
+        status = run.status()
+        seconds = status.get("seconds")
+        if status.get("state") != "done" or not isinstance(seconds, (int, float)):
+            continue
+        try:
+            other = run.config()
+        except Exception:  # an unreadable folder is the Runs page's to show, not a reason to fail here
+            continue
+        if timing_family(other, status.get("device")) == family:
+            found.append(float(seconds))
+            if len(found) >= MAX_SIMILAR:
+                break
+    return found
+
+
+def total_stages(config: dict[str, Any]) -> int | None:
+    """Stages (metric lines) a run with this config writes in all: the defense's `total_epochs`."""
+    from .defenses import DEFENSES
+
+    defense = DEFENSES.get(config.get("defense"))
+    try:
+        return int(defense.total_epochs(config.get("defense_params") or {})) if defense else None
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def run_timing(run: RunDir, status: dict[str, Any] | None = None, now: str | None = None) -> RunTiming:
+    """`estimate` for a run folder, from its own files and the finished runs beside it."""
+    status = status if status is not None else run.status()
+    if status.get("state") != "running":
+        return estimate(status, [], None, [], now)
+    config = run.config()
+    device = status.get("device") or status.get("queue")
+    return estimate(status, run.metrics(), total_stages(config), similar_durations(config, device, run.path.parent),
+                    now)
+
+
+def duration_text(seconds: float | None) -> str:
+    """"42 s", "3 min 05 s", "1 h 02 min"; "?" for None."""
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"

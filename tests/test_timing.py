@@ -1,0 +1,80 @@
+"""Elapsed time and the estimate of what is left (cbd_core.timing): from earlier runs with the same
+settings, else from this run's own pace, else none; and the finished runs it learns from."""
+
+from __future__ import annotations
+
+import pytest
+
+from cbd_core.runs import RunDir
+from cbd_core.timing import duration_text, estimate, run_timing, similar_durations, timing_family, total_stages
+
+STARTED = "2026-01-01T10:00:00+00:00"
+
+
+def running(**progress):
+    return {"state": "running", "started": STARTED, "progress": progress or None}
+
+
+def test_no_estimate_before_the_first_stage_ends():
+    timing = estimate(running(), [], 10, [], now="2026-01-01T10:00:07+00:00")
+    assert timing.elapsed == 7 and timing.remaining is None
+    assert "first stage" in timing.basis
+
+
+def test_estimate_from_the_runs_own_pace():
+    metrics = [{"phase": "train", "epoch": i, "elapsed_seconds": 4.0 * i} for i in (1, 2, 3)]
+    # 3 of 10 stages done at 4 s each, half-way through the fourth: 6.5 stages * 4 s to go.
+    timing = estimate(running(epoch=4, step=5, steps=10), metrics, 10, [], now="2026-01-01T10:00:15+00:00")
+    assert timing.elapsed == 15 and timing.remaining == pytest.approx(26.0)
+    assert "4.0 s per stage" in timing.basis and "7 of 10 to go" in timing.basis
+
+
+def test_estimate_from_finished_runs_with_the_same_settings():
+    metrics = [{"phase": "train", "epoch": 1, "elapsed_seconds": 1.0}]
+    timing = estimate(running(), metrics, 10, [50.0, 60.0, 70.0], now="2026-01-01T10:00:20+00:00")
+    assert timing.remaining == 40.0  # median 60 s minus 20 s spent
+    assert "3 finished runs" in timing.basis and "60 s" in timing.basis
+    # Slower than every earlier run: their median says nothing any more; the run's own pace takes over.
+    late = estimate(running(), metrics, 10, [50.0], now="2026-01-01T10:01:30+00:00")
+    assert late.remaining == pytest.approx(9.0) and "this run's pace" in late.basis
+
+
+def test_finished_and_waiting_runs():
+    done = estimate({"state": "done", "started": STARTED, "seconds": 42.5}, [], None, [])
+    assert (done.elapsed, done.remaining) == (42.5, 0.0)
+    queued = estimate({"state": "queued", "created": STARTED}, [], 10, [60.0])
+    assert (queued.elapsed, queued.remaining) == (None, None)
+    failed = estimate({"state": "failed", "started": STARTED, "finished": "2026-01-01T10:00:09+00:00"}, [], 10, [])
+    assert (failed.elapsed, failed.remaining) == (9.0, None)
+
+
+def test_similar_durations_match_timing_settings_and_device(tmp_path):
+    config = {"dataset": "mnist5k", "attack": "badnets", "defense": "cbd", "seed": 0, "threads": 2,
+              "defense_params": {"epochs": 3}, "poison_rate": 0.1}
+
+    def finished(seconds, device="cpu", **changes):
+        run = RunDir.create(tmp_path, {**config, **changes}, state="done", seconds=seconds, device=device)
+        return run
+
+    finished(30.0, seed=1, attack="blend", poison_rate=0.2)  # other data, same work: counts
+    finished(99.0, defense_params={"epochs": 9})  # other schedule
+    finished(98.0, threads=1)  # other arithmetic
+    finished(5.0, device="cuda")  # other device
+    RunDir.create(tmp_path, config, state="failed", seconds=1.0, device="cpu")  # not finished well
+    assert similar_durations(config, "cpu", tmp_path) == [30.0]
+    assert timing_family(config, "cpu") != timing_family(config, "cuda")
+
+
+def test_run_timing_of_a_running_run(tmp_path):
+    config = {"dataset": "mnist5k", "attack": "badnets", "defense": "undefended", "seed": 0, "threads": 2,
+              "defense_params": {"epochs": 4}}
+    run = RunDir.create(tmp_path, config, state="running", started=STARTED, device="cpu")
+    for epoch in (1, 2):
+        run.append_metrics({"phase": "train", "epoch": epoch, "epochs": 4, "elapsed_seconds": 3.0 * epoch})
+    timing = run_timing(run, now="2026-01-01T10:00:08+00:00")
+    assert timing.elapsed == 8 and timing.remaining == pytest.approx(6.0)  # 2 epochs of 3 s to go
+    assert total_stages({"defense": "cbd", "defense_params": {"epochs": 5}}) == 4 + 5  # f_B's stages, f_C's epochs
+
+
+def test_duration_text():
+    assert [duration_text(s) for s in (None, 4.4, 65, 3720)] == ["?", "4 s", "1 min 05 s", "1 h 02 min"]
