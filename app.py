@@ -15,6 +15,7 @@ import streamlit as st
 from cbd_core import jobs
 from cbd_core.runs import runs_root
 from pages.common.navigation import mark_app_ran, page_list
+from pages.common.presentation import presentation_toggle
 
 st.set_page_config(page_title="Backdoor Lab", page_icon=":material/science:", layout="wide")
 
@@ -36,4 +37,5 @@ def one_torch_thread() -> None:
 one_torch_thread()
 
 mark_app_ran()
+presentation_toggle()  # in the sidebar of every page; the URL's ?present=1 keeps it
 st.navigation(page_list()).run()

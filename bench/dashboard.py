@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-PAGES = ["overview", "attack_lab", "train", "runs", "sample_weights", "embeddings", "attributions", "compare"]
+PAGES = ["lesson", "overview", "attack_lab", "train", "runs", "sample_weights", "embeddings", "attributions", "compare"]
 
 
 def make_run(root: Path) -> Path:

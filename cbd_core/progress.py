@@ -21,6 +21,18 @@ class ProgressEvent:
     metrics: dict[str, Any] | None = None  # set when an epoch ends
     message: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # The whole run (every phase), for an elapsed time and an estimate of the time left: the share of
+    # the defense's epochs done (each epoch of each phase counts as one; None when unknown) and the
+    # seconds since training started.
+    run_fraction: float | None = None
+    elapsed_seconds: float | None = None
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Seconds left if the rest goes at the pace so far (None before 5% of the run is done)."""
+        if self.run_fraction is None or self.elapsed_seconds is None or self.run_fraction < 0.05:
+            return None
+        return self.elapsed_seconds * (1.0 - self.run_fraction) / self.run_fraction
 
     @property
     def fraction(self) -> float:

@@ -26,6 +26,7 @@ from cbd_core.data import DATASETS, ImageSet, load_dataset, load_npz
 from cbd_core.uploads import MAX_BYTES, save_upload
 from pages.common import enlarge, explain, page_errors, runs_root_path
 from pages.common.navigation import follow_app_navigation
+from pages.common.presentation import plotly_chart  # sized for presentation mode
 from pages.common.settings import AttackSettings
 from pages.common.widgets import changed_values, param_widget
 
@@ -178,7 +179,7 @@ def show_preview(preview: dict[str, Any], attack: Attack, params: dict[str, Any]
     explain(what)
 
     st.markdown("**Which classes lose samples to the target**")
-    st.plotly_chart(class_chart(preview, target_label))
+    plotly_chart(class_chart(preview, target_label))
     gained = int(preview["size_after"][target_label] - preview["size_before"][target_label])
     explain(f"Target class {names[target_label]} gains {gained:,} samples "
             f"({int(preview['size_before'][target_label]):,} → {int(preview['size_after'][target_label]):,}). "

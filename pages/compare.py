@@ -27,6 +27,7 @@ from cbd_core.runs import RunDir, list_runs
 from pages.common import (chart_config, defense_title, enlarge, explain, judging_defenses, load_arrays, load_config,
                           load_summary, page_errors, pick_run, report_download, runs_root_path, verdict_banner)
 from pages.common.navigation import follow_app_navigation
+from pages.common.presentation import plotly_chart  # sized for presentation mode
 
 follow_app_navigation()
 
@@ -248,8 +249,8 @@ def suspected_poison_view(run: RunDir) -> None:
     middle.metric(f"Precision of the top {k:,}", f"{precision:.1%}")
     right.metric(f"Recall of the top {k:,}", f"{recall:.1%}",
                  help=f"Share of the {n_poisoned:,} poisoned samples found.")
-    st.plotly_chart(suspicion_histogram(suspicion, is_poisoned, threshold),
-                    config=chart_config("suspicion", run.run_id))
+    plotly_chart(suspicion_histogram(suspicion, is_poisoned, threshold),
+                 config=chart_config("suspicion", run.run_id))
     explain("Red is the truly poisoned samples, blue the clean ones (log scale): a good detector pushes red to the "
             "right of the dashed line and keeps blue to its left; the AUROC is how well they separate.")
 
@@ -324,16 +325,16 @@ with page_errors():
                 "which did not (weakened, persists).")
 
         st.subheader("Clean accuracy against attack success")
-        st.plotly_chart(scatter(shown), config=chart_config("ca-vs-asr"))
+        plotly_chart(scatter(shown), config=chart_config("ca-vs-asr"))
         explain("Each point is a run (hover for its id): the shaded bottom-right corner is where a defense wants to "
                 "be, keeping accuracy and leaving the trigger powerless; undefended runs sit at the top.")
 
         st.subheader("Mean attack success rate")
-        st.plotly_chart(heatmap(shown, "ASR", good_high=False), config=chart_config("mean-asr"))
+        plotly_chart(heatmap(shown, "ASR", good_high=False), config=chart_config("mean-asr"))
         explain("Green is a defense that held against that attack; each column is one attack at one poison rate "
                 "(runs at different rates are never averaged together), each cell mean ± std over its runs (n).")
         st.subheader("Mean clean accuracy")
-        st.plotly_chart(heatmap(shown, "CA", good_high=True), config=chart_config("mean-ca"))
+        plotly_chart(heatmap(shown, "CA", good_high=True), config=chart_config("mean-ca"))
         explain("What each defense costs on clean images; compare a row with the Undefended row.")
 
     st.divider()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import plotly.graph_objects as go
 import streamlit as st
 
 from cbd_core.analysis.embeddings import EPOCH_UMAP_FILE, UMAP_FILE, has_epoch_umap, has_umap, model_names_in
@@ -32,6 +33,7 @@ from pages.common.maps import (POISONED_VIEWS, SUSPICION, TRAINING_LABEL,
                                TRUE_CLASS, WEIGHT, animated_figure, class_name, colour_groups, epoch_timeline,
                                hover_texts, map_figure, plot_order)
 from pages.common.navigation import follow_app_navigation
+from pages.common.presentation import plotly_chart  # sized for presentation mode
 
 follow_app_navigation()
 
@@ -157,8 +159,7 @@ def selected_from(event: Any) -> list[int]:
 
 def chart(figure: Any, key: str) -> None:
     """Draw a map that can be clicked, boxed or lassoed; a new selection on it becomes the page's."""
-    event = st.plotly_chart(figure, width="stretch", on_select="rerun", selection_mode=("points", "box", "lasso"),
-                            key=key)
+    event = plotly_chart(go.Figure(figure), on_select="rerun", selection_mode=("points", "box", "lasso"), key=key)
     chosen = selected_from(event)
     # Only a chart whose selection changed moves the choice, so another chart's old selection does not
     # win it back on every rerun.

@@ -38,6 +38,22 @@ st.write("A hands-on look at **backdoor attacks** on image classifiers and at **
          "trains a model to ignore them.")
 
 with page_errors():
+    # First on the page, so the button is on screen at 1440x900 without scrolling.
+    with st.container(border=True):
+        words, button = st.columns([4, 1], vertical_alignment="center")
+        words.markdown("**Try it:** the **Quick demo** poisons 10% of the embedded MNIST digits with the BadNets "
+                       "trigger (target 0) and trains CBD on them in the background (about half a minute on a laptop "
+                       "CPU), then the same data without a defense (about 15 seconds), so the verdict can say what "
+                       "CBD cost. The **Train** page shows it live; the **Lesson** then walks through it step by step.")
+        if button.button("▶ Quick demo", type="primary", width="stretch"):
+            with st.spinner("Queueing the demo run…"):
+                run = jobs.submit(quick_demo_config(), runs_root_path())
+                verdicts.ensure_baseline(run, runs_root_path())  # the undefended run it is measured against
+            set_active_run(run.run_id)
+            # A page switch starts the next page with the URL it is given: ?run= must be passed on, or the
+            # Train page's address (copied to another screen) would not name the demo.
+            st.switch_page("pages/train.py", query_params={"run": run.run_id})
+
     st.subheader("What is a backdoor?")
     left, right = st.columns([1, 2])
     with left:
@@ -77,20 +93,10 @@ with page_errors():
             "f_B's features pushes f_C away from what f_B relies on."
         )
 
-    st.subheader("Try it")
-    st.markdown("The **Quick demo** poisons 10% of the embedded MNIST digits with the BadNets trigger (target 0) "
-                "and trains CBD on them, in the background. It takes about half a minute on a laptop CPU; on the "
-                "**Train** page you watch f_B learn the trigger and see whether f_C keeps it out. The same data "
-                "without a defense trains next (about 15 seconds), so the verdict can say what CBD cost.")
-    if st.button("▶ Quick demo", type="primary"):
-        with st.spinner("Queueing the demo run…"):
-            run = jobs.submit(quick_demo_config(), runs_root_path())
-            verdicts.ensure_baseline(run, runs_root_path())  # the undefended run it is measured against
-        set_active_run(run.run_id)
-        # A page switch starts the next page with the URL it is given: ?run= must be passed on, or the
-        # Train page's address (copied to another screen) would not name the demo.
-        st.switch_page("pages/train.py", query_params={"run": run.run_id})
-    st.markdown("**One run per attack**, each with what it teaches, including the one where CBD fails:")
+    st.subheader("One run per attack")
+    st.markdown("Each preset teaches one thing, including the one where CBD fails; the **Lesson** walks a class "
+                "through a finished one step by step.")
+    st.page_link("pages/lesson.py", label="Open the Lesson →", icon=":material/school:")
     preset = st.selectbox("Preset", list(PRESETS.values()), format_func=lambda p: p.title, key="overview_preset")
     st.info(preset.lesson)
     if st.button("Queue this preset", key="queue_preset"):

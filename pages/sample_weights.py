@@ -27,6 +27,7 @@ from cbd_core.runs import RunDir, epoch_number
 from pages.common import (defense_title, enlarge, explain, judging_defenses, load_arrays, load_config, load_summary,
                           page_errors, pick_run)
 from pages.common.navigation import follow_app_navigation
+from pages.common.presentation import plotly_chart  # sized for presentation mode
 
 follow_app_navigation()
 
@@ -134,7 +135,7 @@ def cbd_view(run: RunDir, record: dict[str, np.ndarray], class_names: list[str],
 
     left, right = st.columns(2)
     with left:
-        st.plotly_chart(split_histogram(current, is_poisoned, f"weight at {label(epoch)}"), width="stretch",
+        plotly_chart(split_histogram(current, is_poisoned, f"weight at {label(epoch)}"), width="stretch",
                         key="weights_histogram")
         explain("For CBD to work, the red bars (poisoned samples) must pile up near 0, far left of the blue ones: "
                 "the samples CBD stops trusting, so f_C hardly learns from them.", summary)
@@ -149,7 +150,7 @@ def cbd_view(run: RunDir, record: dict[str, np.ndarray], class_names: list[str],
         fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 30, "b": 10},
                           xaxis_title="epoch (as on the Train page)", yaxis_title="poison-detection AUROC",
                           yaxis_range=[0, 1.02], xaxis_dtick=1)
-        st.plotly_chart(fig, width="stretch", key="weights_auroc")
+        plotly_chart(fig, width="stretch", key="weights_auroc")
         explain("How well a low weight picks out the poisoned samples, epoch by epoch: 1.0 means every poisoned "
                 "sample weighs less than every clean one, 0.5 is a coin toss.")
         if not is_poisoned.any():
@@ -187,7 +188,7 @@ def abl_view(record: dict[str, np.ndarray], summary: dict[str, Any]) -> None:
     isolated = record["isolated"].astype(bool)
     left, right = st.columns([2, 1])
     with left:
-        st.plotly_chart(split_histogram(np.log10(np.maximum(losses, 1e-12)), is_poisoned,
+        plotly_chart(split_histogram(np.log10(np.maximum(losses, 1e-12)), is_poisoned,
                                         "loss after the isolation phase, log10 (−4 means 0.0001)"),
                         width="stretch", key="abl_histogram")
         explain("ABL trains briefly and sets apart the samples it learned fastest, the lowest losses: for it to "
@@ -210,7 +211,7 @@ def none_view(record: dict[str, np.ndarray], summary: dict[str, Any]) -> None:
         rows.append({"round": i, "filtered": count, "precision": _percent(precision), "recall": _percent(recall)})
     left, right = st.columns([2, 1])
     with left:
-        st.plotly_chart(split_histogram(activation[-1], is_poisoned, "activation of the suspected neurons"),
+        plotly_chart(split_histogram(activation[-1], is_poisoned, "activation of the suspected neurons"),
                         width="stretch", key="none_histogram")
         explain("NONE looks for neurons that fire far above normal on a few samples; for it to work, the red bars "
                 "(poisoned) must stand apart to the right, where it filters samples out.", summary)

@@ -23,6 +23,7 @@ from cbd_core.timing import duration_text, run_timing, seconds_between
 from pages.common import (active_run_id, chart_config, defense_title, explain, load_config, load_summary,
                           page_errors, phase_title, runs_root_path, set_active_run, verdict_banner)
 from pages.common.navigation import follow_app_navigation
+from pages.common.presentation import plotly_chart  # sized for presentation mode
 from pages.common.settings import AttackSettings
 from pages.common.widgets import changed_values, param_widget
 
@@ -290,8 +291,8 @@ def live_panel() -> None:
         verdict_banner(run, status)
     metrics = run.metrics()
     if metrics:
-        st.plotly_chart(curves(metrics, config["defense"]), width="stretch", key="train_curves",
-                        config=chart_config("training-curves", run.run_id))
+        plotly_chart(curves(metrics, config["defense"]), width="stretch", key="train_curves",
+                     config=chart_config("training-curves", run.run_id))
         explain("solid lines are clean accuracy (higher is better), dashed lines the attack success rate "
                 "(lower is better for a defense). For CBD, f_B's dashed line should shoot up - it learns the "
                 "trigger on purpose - while f_C's is meant to stay near zero as its clean accuracy climbs.",

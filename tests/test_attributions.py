@@ -323,3 +323,64 @@ def test_trigger_shares_are_computed_once_and_stored(finished_runs, tmp_path):
     triggered, _ = triggered_test_images(images["test_x"], images["test_y"], run.config(), 100)
     expected = mean_trigger_share(load_models(run)["f_B"], triggered, images["trigger_region"], "saliency")
     assert shares["saliency"]["f_B"] == pytest.approx(expected)
+
+
+# -- the example a page opens on ----------------------------------------------------------------------
+
+def test_choose_example_wants_right_when_clean_and_fooled_when_triggered():
+    from cbd_core.analysis.attributions import choose_example
+
+    y = np.array([0, 1, 2, 3, 4, 5])  # target 0: image 0 never qualifies (triggering it shows nothing)
+    clean = {"f_C": np.array([0, 7, 2, 3, 4, 5]),   # image 1 is a digit f_C gets wrong even clean
+             "f_B": np.array([0, 1, 2, 9, 4, 5])}   # image 3 one that f_B gets wrong clean
+    triggered = {"f_C": np.array([0, 1, 2, 3, 4, 5]),
+                 "f_B": np.array([0, 0, 2, 0, 0, 0])}  # f_B sends 1, 3, 4 and 5 to the target; not 2
+    assert choose_example(y, 0, clean, triggered) == 4
+    # Another target class: image 0 is now outside it, but f_B does not send it there.
+    assert choose_example(y, 2, clean, {"f_B": np.array([1, 0, 2, 2, 2, 2])}) == 4
+    assert choose_example(y, 2, clean, {"f_B": np.array([2, 0, 2, 2, 2, 2])}) == 0  # and now it does
+
+
+def test_choose_example_falls_back_one_condition_at_a_time():
+    from cbd_core.analysis.attributions import choose_example
+
+    y = np.array([0, 1, 2, 3])
+    clean = {"f_C": np.array([0, 1, 9, 9]), "f_B": np.array([0, 1, 2, 3])}
+    never_fooled = {"f_B": np.array([1, 1, 2, 3])}
+    assert choose_example(y, 0, clean, never_fooled) == 1  # right when clean is kept, "fooled" dropped
+    wrong = {"f_C": np.array([5, 5, 5, 5])}
+    assert choose_example(y, 0, wrong, never_fooled) == 1  # only "outside the target class" is left
+    assert choose_example(np.zeros(3, int), 0, {"model": np.zeros(3, int)}, {"model": np.zeros(3, int)}) == 0
+    # A run with one model: that model plays the backdoored one.
+    assert choose_example(y, 0, {"model": y}, {"model": np.array([0, 1, 0, 3])}) == 2
+
+
+def test_example_test_image_of_a_real_run_is_right_when_clean_and_fooled_when_triggered(finished_runs):
+    from cbd_core.analysis import load_models
+    from cbd_core.analysis.attributions import example_test_image
+    from cbd_core.runs import RunDir
+
+    root, ids = finished_runs
+    run = RunDir(root / ids["cbd"])
+    images, config = run.arrays("images"), run.config()
+    models = load_models(run)
+    index = example_test_image(models, images["test_x"], images["test_y"], config)
+    image, label = images["test_x"][index], int(images["test_y"][index])
+    assert label != config["target_label"]
+    for model in models.values():
+        assert int(np.argmax(predict_proba(model, image))) == label
+    fooled = apply_run_trigger(image, config)
+    assert int(np.argmax(predict_proba(models["f_B"], fooled))) == config["target_label"]
+
+
+@pytest.mark.parametrize("attack,patch", [("badnets", True), ("trojan", True), ("blend", False), ("sig", False),
+                                          ("wanet", False)])
+def test_the_registry_says_which_triggers_are_patches(attack, patch):
+    from cbd_core.analysis.attributions import trigger_is_patch
+
+    assert get_attack(attack).patch is patch
+    assert trigger_is_patch({"attack": attack}, np.zeros((28, 28), bool)) is patch
+    # An attack the registry does not know is judged by its region's shape.
+    corner = np.zeros((28, 28), bool)
+    corner[-3:, -3:] = True
+    assert trigger_is_patch({"attack": "someone-elses"}, corner) is True

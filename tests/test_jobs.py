@@ -118,6 +118,46 @@ def test_cancel_a_running_run(tmp_path, patch_dataset, fake_analysis):
     assert fake_analysis == []  # a cancelled run gets no map
 
 
+def test_worker_says_booting_then_ready_and_wakes_on_submit(tmp_path, patch_dataset, fake_analysis, monkeypatch):
+    """The info file says "booting" until torch and the data are loaded, then "ready" with the boot's
+    seconds; an idle worker takes a submitted run within a fraction of a second (the wake file), long
+    before its next scan of the queue."""
+    from cbd_core.jobs import worker as worker_module
+
+    patch_dataset(300, 100)
+    monkeypatch.setattr(worker_module, "IDLE_POLL_S", 30.0)  # only the wake file can be quick
+    worker = jobs.Worker(tmp_path, "cpu", parent_pid=os.getpid())
+    states = []
+    real_boot = worker._boot
+
+    def boot():
+        states.append([(w.state, w.ready) for w in jobs.workers(tmp_path)])
+        real_boot()
+
+    worker._boot = boot
+    thread = threading.Thread(target=worker.serve, kwargs={"max_runs": 1}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not (jobs.workers(tmp_path) and jobs.workers(tmp_path)[0].state == "ready") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert states == [[("booting", False)]]
+    info = jobs.workers(tmp_path)[0]
+    assert info.ready and info.pid == os.getpid() and info.boot_seconds >= 0
+    time.sleep(0.3)  # idle now, waiting on the wake file
+    submitted = time.monotonic()
+    run = jobs.submit(_config(), tmp_path, start_worker=False)
+    while run.status().get("state") == "queued" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert time.monotonic() - submitted < 2.0, "the worker did not wake on submit"
+    thread.join(60)
+    status = run.status()
+    assert status["state"] == "done"
+    # What the Train page's elapsed time and estimate read: the whole run's share and seconds.
+    assert status["progress"]["run_fraction"] == 1.0 and status["progress"]["elapsed_seconds"] > 0
+    assert status["progress"]["eta_seconds"] == 0.0
+    assert all(line["epoch_seconds"] > 0 for line in run.metrics())
+
+
 def test_failed_prepare_is_recorded_and_the_worker_goes_on(tmp_path, patch_dataset, fake_analysis):
     patch_dataset(300, 100)
     broken = jobs.submit(_config(), tmp_path, start_worker=False)

@@ -137,3 +137,76 @@ def test_page_uses_the_shares_the_worker_stored(finished_runs, tmp_path, monkeyp
     assert not at.exception and not at.error
     specs = [chart.proto.spec for chart in at.get("plotly_chart")]
     assert any("0.4567" in spec or "45.67" in spec or "46%" in spec for spec in specs)
+
+
+def chart_specs(at: AppTest) -> list[dict]:
+    import json
+
+    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+def colour_tops(at: AppTest) -> list[float]:
+    """The top of each overlay's colour scale (the heatmap's zmax), f_B's first."""
+    return [trace["zmax"] for spec in chart_specs(at) for trace in spec["data"] if trace.get("type") == "heatmap"]
+
+
+def test_opens_on_an_image_both_models_get_right_and_f_b_sends_to_the_target(monkeypatch, finished_runs):
+    from cbd_core.analysis import load_models
+    from cbd_core.analysis.attributions import example_test_image
+    from cbd_core.runs import RunDir
+
+    root, ids = finished_runs
+    run = RunDir(root / ids["cbd"])
+    images = run.arrays("images")
+    expected = example_test_image(load_models(run), images["test_x"], images["test_y"], run.config())
+    at = open_page(monkeypatch, root, ids["cbd"])
+    assert at.slider(key="attr_image").value == expected
+    assert "the attack's target" in texts(at)  # f_B, on the triggered example, predicts the target
+
+
+def test_each_model_has_its_own_colour_scale_unless_asked_for_one(monkeypatch, finished_runs):
+    root, ids = finished_runs
+    at = open_page(monkeypatch, root, ids["cbd"])
+    assert at.toggle(key="attr_shared_scale").value is False
+    own = colour_tops(at)
+    assert len(own) == 2 and own[0] != own[1]
+    assert "Each map has its own colour scale" in texts(at)
+    at.toggle(key="attr_shared_scale").set_value(True).run()
+    shared = colour_tops(at)
+    assert shared[0] == shared[1] == max(own)
+    assert "One colour scale for all maps" in texts(at)
+
+
+def test_a_patch_trigger_is_outlined_and_captioned(monkeypatch, finished_runs):
+    root, ids = finished_runs
+    at = open_page(monkeypatch, root, ids["cbd"])
+    assert "The dotted box marks the trigger." in texts(at)
+    assert all(len(spec["layout"].get("shapes", [])) == 1 for spec in chart_specs(at)[:2])
+
+
+@pytest.mark.parametrize("attack", ["blend", "sig", "wanet"])
+def test_a_whole_image_trigger_has_no_box_and_no_caption_about_one(monkeypatch, finished_runs, tmp_path, attack):
+    """The BadNets run relabelled as another attack: only the page's words and drawings matter here."""
+    import json
+
+    from cbd_core.attacks import get_attack
+    from cbd_core.runs import read_npz, write_npz
+
+    root, ids = finished_runs
+    run_dir = tmp_path / "runs" / ids["cbd"]
+    shutil.copytree(root / ids["cbd"], run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    chosen = get_attack(attack)
+    config["attack"], config["attack_params"] = attack, chosen.resolve((28, 28, 1), None)
+    (run_dir / "config.json").write_text(json.dumps(config))
+    arrays = read_npz(run_dir / "images.npz")
+    arrays["trigger_region"] = chosen.trigger_region((28, 28, 1), config["attack_params"])
+    write_npz(run_dir / "images.npz", **arrays)
+    (run_dir / "attribution_shares.json").unlink(missing_ok=True)
+
+    at = open_page(monkeypatch, tmp_path / "runs", ids["cbd"])
+    assert not at.exception and not at.error
+    words = texts(at) + "\n".join(c.value for c in at.caption)
+    assert "box" not in words.lower()
+    assert f"{chosen.title}'s trigger changes almost every pixel" in words
+    assert all(not spec["layout"].get("shapes") for spec in chart_specs(at)[:2])

@@ -153,8 +153,7 @@ def test_zip_holds_the_run(finished_runs):
 
 
 def test_overview_quick_demo_opens_the_train_page(runs_root, monkeypatch):
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
-    at.run()
+    at = open_page("overview")
     assert not at.exception
     demo = [b for b in at.button if "Quick demo" in b.label]
     assert demo
@@ -176,8 +175,7 @@ def test_overview_quick_demo_opens_the_train_page(runs_root, monkeypatch):
 def test_overview_queues_a_preset_with_its_baseline(runs_root, monkeypatch):
     from cbd_core.presets import PRESETS
 
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
-    at.run()
+    at = open_page("overview")
     box = at.selectbox(key="overview_preset")
     box.select(PRESETS["wanet"]).run()
     assert not at.exception

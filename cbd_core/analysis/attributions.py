@@ -30,6 +30,9 @@ __all__ = [
     "apply_run_trigger",
     "attribution_map",
     "attribution_maps",
+    "choose_example",
+    "example_test_image",
+    "trigger_is_patch",
     "edit_trigger",
     "last_conv_layer",
     "mean_trigger_share",
@@ -249,6 +252,57 @@ def mean_trigger_share(model: nn.Module, triggered_images: np.ndarray, region: n
     inside = maps[:, region].sum(1)
     shares = np.where(totals > 0, inside / np.where(totals > 0, totals, 1.0), np.nan)
     return float(np.nanmean(shares)) if np.isfinite(shares).any() else float("nan")
+
+
+# -- the example image a page opens on ------------------------------------------------------------
+
+
+def choose_example(test_y: np.ndarray, target_label: int, clean_predictions: dict[str, np.ndarray],
+                   triggered_predictions: dict[str, np.ndarray], backdoored: str = "f_B") -> int:
+    """The index of the test image that shows the backdoor at work, from each model's predictions
+    ({model name: (N,) classes}) on the clean and the triggered test images.
+
+    Wanted: an image outside the target class that every model classifies right when clean (so a
+    wrong answer with the trigger is the trigger's doing, not a hard digit) and that the backdoored
+    model (`backdoored`, else the only model) sends to the target when triggered. When no image
+    meets all of it, the conditions are dropped from the last: every model right when clean, then
+    any image outside the target class, then image 0. Within a tier the first index wins, so the
+    choice is stable for a run."""
+    test_y = np.asarray(test_y)
+    n = len(test_y)
+    if n == 0:
+        return 0
+    outside = test_y != int(target_label)
+    right = np.ones(n, bool)
+    for predictions in clean_predictions.values():
+        right &= np.asarray(predictions) == test_y
+    name = backdoored if backdoored in triggered_predictions else next(iter(triggered_predictions), None)
+    fooled = (np.asarray(triggered_predictions[name]) == int(target_label)) if name is not None else np.ones(n, bool)
+    for tier in (outside & right & fooled, outside & right, outside):
+        if tier.any():
+            return int(np.argmax(tier))
+    return 0
+
+
+def example_test_image(models: dict[str, nn.Module], test_x: np.ndarray, test_y: np.ndarray, config: dict) -> int:
+    """`choose_example` over a run's kept test images (uint8 (N, H, W, C)) with its models and
+    trigger (config: the run's config.json)."""
+    test_x = _as_batch(test_x)
+    if len(test_x) == 0:
+        return 0
+    triggered = apply_run_trigger(test_x, config)
+    clean = {name: predict_proba(model, test_x).argmax(1) for name, model in models.items()}
+    fooled = {name: predict_proba(model, triggered).argmax(1) for name, model in models.items()}
+    return choose_example(test_y, int(config.get("target_label", 0)), clean, fooled)
+
+
+def trigger_is_patch(config: dict, region: np.ndarray) -> bool:
+    """Whether the run's trigger is a patch (drawn as a box, movable): the attack registry says so;
+    an attack it does not know is judged by the region's shape (`trigger_is_local`)."""
+    from ..attacks import ATTACKS
+
+    attack = ATTACKS.get(str(config.get("attack")))
+    return attack.patch if attack is not None else trigger_is_local(region)
 
 
 # -- stored per run: computed once by the background worker ---------------------------------------

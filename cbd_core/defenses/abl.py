@@ -128,7 +128,7 @@ import torch
 import torch.nn as nn
 
 from ..params import Param
-from ..training import Tensors, augment, batches, cosine_lr, per_sample_loss, set_lr, sgd
+from ..training import LossTally, Tensors, augment, batches, cosine_lr, set_lr, sgd, to_device
 from .base import Defense, DefenseContext, DefenseResult, train_epoch
 
 
@@ -210,7 +210,7 @@ class ABL(Defense):
             ce = train_epoch(ctx, model, optimizer, generator, lambda s: p["lr"], (epoch - 1) * steps,
                              "isolate", epoch, p["isolation_epochs"],
                              objective=lambda loss: lga_loss(loss, p["gamma"]), augmented=False)
-            losses = per_sample_loss(model, ctx.train).cpu().numpy().astype(np.float32)
+            losses = ctx.per_sample_loss(model).cpu().numpy().astype(np.float32)
             ctx.end_epoch("isolate", epoch, p["isolation_epochs"], model, train_loss=round(ce, 5),
                           poison_detection_auroc=ctx.detection_auroc(-losses))
         isolated = isolate_lowest(losses, p["isolation_ratio"])
@@ -238,7 +238,7 @@ class ABL(Defense):
         summary_extra: dict = {}
         record_extra: dict = {}
         if p["reisolation_ratio"] > 0:
-            late_losses = per_sample_loss(model, ctx.train).cpu().numpy().astype(np.float32)
+            late_losses = ctx.per_sample_loss(model).cpu().numpy().astype(np.float32)
             unlearned = isolated | isolate_lowest(late_losses, p["reisolation_ratio"])
             late = ctx.flagged_report(unlearned)
             summary_extra = {"unlearned_count": late["flagged"], "unlearned_precision": late["precision"],
@@ -284,15 +284,15 @@ def unlearn_epoch(ctx: DefenseContext, model: nn.Module, optimizer: torch.optim.
     model.train()
     set_lr(optimizer, p["unlearn_lr"])
     steps = -(-len(suspects) // p["batch_size"])
-    totals = {"suspects": 0.0, "clean": 0.0}
-    counts = {"suspects": 0, "clean": 0}
+    suspects_ce, clean_tally = LossTally(), LossTally()
     for i, idx in enumerate(batches(len(suspects), p["batch_size"], generator)):
         if len(idx) < 2 and not joint:
             continue  # a batch of one cannot be batch-normalised in train mode
-        idx = idx.to(ctx.device)
+        idx = to_device(idx, ctx.device)
         x, y = suspects.x[idx], suspects.y[idx]
         if joint:
-            clean_idx = torch.randint(0, len(rest), (p["batch_size"],), generator=generator).to(ctx.device)
+            clean_idx = torch.randint(0, len(rest), (p["batch_size"],), generator=generator)
+            clean_idx = to_device(clean_idx, ctx.device)
             x = torch.cat([augment(rest.x[clean_idx], generator, **ctx.augmentation), x])
         logits = model(x)
         suspect_logits = logits[len(logits) - len(idx):]
@@ -301,13 +301,10 @@ def unlearn_epoch(ctx: DefenseContext, model: nn.Module, optimizer: torch.optim.
         if joint:
             clean_ce = nn.functional.cross_entropy(logits[:len(clean_idx)], rest.y[clean_idx])
             objective = objective + clean_ce
-            totals["clean"] += clean_ce.item() * len(clean_idx)
-            counts["clean"] += len(clean_idx)
+            clean_tally.add(clean_ce, len(clean_idx))
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
         optimizer.step()
-        totals["suspects"] += suspect_ce.item() * len(idx)
-        counts["suspects"] += len(idx)
+        suspects_ce.add(suspect_ce, len(idx))
         ctx.step("unlearn", epoch, p["unlearn_epochs"], i + 1, steps)
-    return (totals["suspects"] / max(1, counts["suspects"]),
-            totals["clean"] / counts["clean"] if counts["clean"] else float("nan"))
+    return suspects_ce.mean(), clean_tally.mean() if clean_tally.count else float("nan")

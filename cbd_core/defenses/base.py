@@ -15,10 +15,11 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..params import Param, resolve_params
 from ..progress import Cancelled, ProgressCallback, ProgressEvent
-from ..training import EvalSets, Tensors
+from ..training import EvalSets, PassMemo, Tensors, features_and_logits
 
 
 CAPTURE_AUROC = 0.9  # f_B "has the trigger" when its loss ranks poisoned below clean this well
@@ -42,7 +43,34 @@ class DefenseContext:
     # position in metrics.jsonl), the line and the model; the pipeline records features through it.
     _on_epoch: Callable[[int, dict[str, Any], nn.Module], None] = lambda number, line, model: None
     _started: float = field(default_factory=time.perf_counter)
-    _epochs_logged: int = 0
+    # Progress of the whole run: every phase's epochs (Defense.total_epochs), how many have ended.
+    _total_epochs: int = 0
+    _epochs_done: int = 0
+    _epoch_started: float = field(default_factory=time.perf_counter)
+    # Training samples whose features the run keeps for its embeddings (None: none kept here).
+    _embedding_index: torch.Tensor | None = None
+    _full_pass: PassMemo = field(default_factory=PassMemo)
+
+    def per_sample_loss(self, model: nn.Module) -> torch.Tensor:
+        """Cross-entropy of every training sample under `model` (eval mode, no augmentation).
+
+        The pass is remembered with the model's exact state (`PassMemo`): asked again for an unchanged
+        model it is not made twice, and the run's embeddings take their features from it."""
+        remembered = self._full_pass.get(model)
+        if remembered is None:
+            z, logits = features_and_logits(model, self.train.x)
+            kept = z[self._embedding_index] if self._embedding_index is not None else None
+            remembered = (logits, kept)
+            self._full_pass.put(model, remembered)
+        return F.cross_entropy(remembered[0], self.train.y, reduction="none")
+
+    def remembered_embedding(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(features, logits) of the embedding samples from the last full pass over `model`, if the
+        model has not changed since; None otherwise."""
+        remembered = self._full_pass.get(model)
+        if remembered is None or remembered[1] is None:
+            return None
+        return remembered[1], remembered[0][self._embedding_index]
 
     def generator(self, offset: int = 0) -> torch.Generator:
         """A CPU generator for shuffling and augmentation, derived from the run's seed."""
@@ -52,7 +80,12 @@ class DefenseContext:
         """Report a finished batch; raises `Cancelled` when the user cancelled the run."""
         if self._is_cancelled():
             raise Cancelled()
-        self.progress(ProgressEvent(phase, epoch, epochs, step, steps))
+        self.progress(ProgressEvent(phase, epoch, epochs, step, steps, **self._run_progress(step / max(1, steps))))
+
+    def _run_progress(self, within_epoch: float) -> dict[str, float | None]:
+        fraction = min(1.0, (self._epochs_done + within_epoch) / self._total_epochs) if self._total_epochs > 0 \
+            else None
+        return {"run_fraction": fraction, "elapsed_seconds": round(time.perf_counter() - self._started, 3)}
 
     def detection_auroc(self, suspicion: np.ndarray) -> float:
         """AUROC of a per-sample suspicion score against the true poison mask (shown, never used)."""
@@ -86,12 +119,15 @@ class DefenseContext:
 
     def end_epoch(self, phase: str, epoch: int, epochs: int, model: nn.Module, **extra: Any) -> dict[str, Any]:
         """Score `model` on the test sets, log the epoch's line, report it; returns the line."""
-        line = {"phase": phase, "epoch": epoch, "epochs": epochs, **self._eval_sets.evaluate(model), **extra,
-                "elapsed_seconds": round(time.perf_counter() - self._started, 3)}
+        line = {"phase": phase, "epoch": epoch, "epochs": epochs, **self._eval_sets.evaluate(model), **extra}
+        now = time.perf_counter()
+        # elapsed: since training started; epoch_seconds: this epoch alone, its scoring included.
+        line.update(elapsed_seconds=round(now - self._started, 3), epoch_seconds=round(now - self._epoch_started, 3))
+        self._epoch_started = now
+        self._epochs_done += 1
         self._log(line)
-        self._epochs_logged += 1
-        self._on_epoch(self._epochs_logged, line, model)
-        self.progress(ProgressEvent(phase, epoch, epochs, metrics=line))
+        self._on_epoch(self._epochs_done, line, model)
+        self.progress(ProgressEvent(phase, epoch, epochs, metrics=line, **self._run_progress(0.0)))
         if self._is_cancelled():
             raise Cancelled()
         return line
@@ -171,7 +207,7 @@ def train_epoch(ctx: DefenseContext, model: nn.Module, optimizer: torch.optim.Op
     """One pass over `data` (default: the whole training set) minimising `objective(mean batch
     cross-entropy)` (ABL: its local gradient ascent, or -loss to unlearn); returns the mean
     cross-entropy seen. With `frozen_norms` the batch norms stay in eval mode (statistics fixed)."""
-    from ..training import augment, batches, set_lr
+    from ..training import LossTally, augment, batches, set_lr, to_device
 
     data = ctx.train if data is None else data
     model.train()
@@ -181,31 +217,31 @@ def train_epoch(ctx: DefenseContext, model: nn.Module, optimizer: torch.optim.Op
                 m.eval()
     batch_size = ctx.params["batch_size"]
     n_steps = -(-len(data) // batch_size)
-    total, count = 0.0, 0
+    tally = LossTally()
     for i, idx in enumerate(batches(len(data), batch_size, generator)):
         if len(idx) < 2 and model.training and not frozen_norms:
             continue  # a batch of one cannot be batch-normalised in train mode
         set_lr(optimizer, lr_at(first_step + i))
-        idx = idx.to(ctx.device)
+        idx = to_device(idx, ctx.device)
         x = augment(data.x[idx], generator, **ctx.augmentation) if augmented else data.x[idx]
         loss = nn.functional.cross_entropy(model(x), data.y[idx])
         optimizer.zero_grad(set_to_none=True)
         objective(loss).backward()
         optimizer.step()
-        total += loss.item() * len(idx)
-        count += len(idx)
+        tally.add(loss, len(idx))
         ctx.step(phase, epoch, epochs, i + 1, n_steps)
-    return total / max(1, count)
+    return tally.mean()
 
 
 def train_steps(ctx: DefenseContext, model: nn.Module, optimizer: torch.optim.Optimizer,
                 generator: torch.Generator, total_steps: int, lr_at: Callable[[int], float], phase: str,
-                stages: int, after_step: Callable[[int, float], None] = lambda step, loss: None) -> None:
+                stages: int, after_step: Callable[[int, Callable[[], float]], None] = lambda step, loss: None
+                ) -> None:
     """`total_steps` optimiser steps of plain cross-entropy on augmented batches of the training set,
     reshuffled every pass, whatever the data's size. `after_step(step, loss)` runs after each step
-    (1-based; loss = the mean cross-entropy so far in the current stage); progress is reported as
-    `stages` equal parts."""
-    from ..training import augment, batches, set_lr
+    (1-based; `loss()` = the mean cross-entropy so far in the current stage, read only when called:
+    reading it waits for the device); progress is reported as `stages` equal parts."""
+    from ..training import LossTally, augment, batches, set_lr, to_device
 
     data = ctx.train
     if len(data) < 2:  # every batch would be skipped, and the loop would never end
@@ -213,28 +249,27 @@ def train_steps(ctx: DefenseContext, model: nn.Module, optimizer: torch.optim.Op
 
         raise UserInputError(f"{phase} needs at least two training images, got {len(data)}", "dataset")
     stage_len = -(-total_steps // stages)
-    step, total, count = 0, 0.0, 0
+    step, tally = 0, LossTally()
     model.train()
     while step < total_steps:
         for idx in batches(len(data), ctx.params["batch_size"], generator):
             if len(idx) < 2:
                 continue  # a batch of one cannot be batch-normalised in train mode
             set_lr(optimizer, lr_at(step))
-            idx = idx.to(ctx.device)
+            idx = to_device(idx, ctx.device)
             loss = nn.functional.cross_entropy(model(augment(data.x[idx], generator, **ctx.augmentation)),
                                                data.y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
-            total += loss.item() * len(idx)
-            count += len(idx)
+            tally.add(loss, len(idx))
             stage = min(stages, (step - 1) // stage_len + 1)
             first = (stage - 1) * stage_len
             ctx.step(phase, stage, stages, step - first, min(stage_len, total_steps - first))
-            after_step(step, total / max(1, count))
+            after_step(step, tally.mean)
             model.train()  # after_step may have evaluated the model
             if step % stage_len == 0:
-                total, count = 0.0, 0
+                tally = LossTally()
             if step >= total_steps:
                 return

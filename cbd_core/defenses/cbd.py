@@ -60,6 +60,7 @@ restores the paper's behaviour, and bench/defense_quality.py --cbd-variants meas
 
 from __future__ import annotations
 
+from typing import Callable
 
 import numpy as np
 import torch
@@ -68,7 +69,7 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
 from ..params import Param
-from ..training import augment, batches, cosine_lr, per_sample_loss, set_lr, sgd
+from ..training import Adam, LossTally, augment, batches, cosine_lr, set_lr, sgd, to_device
 from .base import Defense, DefenseContext, DefenseResult, ModelView, train_steps
 
 
@@ -188,14 +189,14 @@ class CBD(Defense):
         stage_ends = checkpoint_steps(p["backdoor_steps"], F_B_STAGES)
         log_losses = []
 
-        def at_step(step: int, loss: float) -> None:
+        def at_step(step: int, loss: Callable[[], float]) -> None:
             if step not in checkpoints and step not in stage_ends:
                 return
-            log_loss = per_sample_loss(f_b, ctx.train).clamp_min(LOSS_FLOOR).log()
+            log_loss = ctx.per_sample_loss(f_b).clamp_min(LOSS_FLOOR).log()
             if step in checkpoints:
                 log_losses.append(log_loss)
             if step in stage_ends:
-                ctx.end_epoch("f_B", stage_ends.index(step) + 1, F_B_STAGES, f_b, train_loss=round(loss, 5),
+                ctx.end_epoch("f_B", stage_ends.index(step) + 1, F_B_STAGES, f_b, train_loss=round(loss(), 5),
                               step=step, poison_detection_auroc=ctx.detection_auroc(-log_loss.cpu().numpy()))
 
         train_steps(ctx, f_b, opt_b, generator, p["backdoor_steps"], lambda s: p["backdoor_lr"], "f_B",
@@ -206,7 +207,7 @@ class CBD(Defense):
         if p["backdoor_loss"] == "trajectory":
             ce_b_full = torch.stack(log_losses).mean(0).exp()  # geometric mean over the checkpoints
         else:
-            ce_b_full = per_sample_loss(f_b, ctx.train)
+            ce_b_full = ctx.per_sample_loss(f_b)
         capture = ctx.capture_report(ce_b_full.cpu().numpy(), f_b)
         capture["steps"] = p["backdoor_steps"]
 
@@ -214,10 +215,10 @@ class CBD(Defense):
         f_c = ctx.build_model()
         opt_c = sgd(f_c, p["lr"], p["weight_decay"])
         disc = MIDiscriminator(f_b.feature_dim, f_c.feature_dim).to(ctx.device)
-        opt_d = torch.optim.Adam(disc.parameters(), lr=p["disc_lr"], betas=(0.5, 0.999))
+        opt_d = Adam(disc.parameters(), lr=p["disc_lr"], betas=(0.5, 0.999))
         total_steps = p["epochs"] * steps_per_epoch
 
-        weights_now = cbd_weights(ce_b_full, per_sample_loss(f_c, ctx.train))  # before f_C trains
+        weights_now = cbd_weights(ce_b_full, ctx.per_sample_loss(f_c))  # before f_C trains
         history = [weights_now.cpu().numpy()]
         stable = p["weighting"] == "stable"
         memory_from = None  # "stable": the epoch from which each sample's lowest weight is kept
@@ -227,10 +228,10 @@ class CBD(Defense):
             disc.train()
             # "stable" trains the epoch on the weights just recorded, balanced per class.
             epoch_weights = class_balanced(weights_now, ctx.train.y) if stable else None
-            sums = {"loss": 0.0, "mi": 0.0, "n": 0}
+            tally_loss, tally_mi = LossTally(), LossTally()
             for i, idx in enumerate(batches(len(ctx.train), p["batch_size"], generator)):
                 set_lr(opt_c, cosine_lr(step, total_steps, p["lr"], warmup_steps=steps_per_epoch // 2))
-                idx_d = idx.to(ctx.device)
+                idx_d = to_device(idx, ctx.device)
                 x = augment(ctx.train.x[idx_d], generator, **ctx.augmentation)
                 y = ctx.train.y[idx_d]
                 z_c = f_c.features(x)
@@ -255,17 +256,16 @@ class CBD(Defense):
                     opt_d.step()
                     mi = disc.mi_estimate(z_b, z_c)
                     loss = loss + p["mi_weight"] * mi
-                    sums["mi"] += mi.item() * len(idx)
+                    tally_mi.add(mi, len(idx))
 
                 opt_c.zero_grad(set_to_none=True)
                 loss.backward()
                 opt_c.step()
-                sums["loss"] += loss.item() * len(idx)
-                sums["n"] += len(idx)
+                tally_loss.add(loss, len(idx))
                 step += 1
                 ctx.step("f_C", epoch, p["epochs"], i + 1, steps_per_epoch)
 
-            ce_c_full = per_sample_loss(f_c, ctx.train)
+            ce_c_full = ctx.per_sample_loss(f_c)
             fresh = cbd_weights(ce_b_full, ce_c_full)
             if stable:
                 # Evidence counts once f_C has caught up with f_B on the data as a whole (median
@@ -280,8 +280,8 @@ class CBD(Defense):
                 weights_now = fresh
             w = weights_now.cpu().numpy()
             history.append(w)
-            ctx.end_epoch("f_C", epoch, p["epochs"], f_c, train_loss=round(sums["loss"] / sums["n"], 5),
-                          mi_estimate=round(sums["mi"] / sums["n"], 6) if p["mi_weight"] > 0 else None,
+            ctx.end_epoch("f_C", epoch, p["epochs"], f_c, train_loss=round(tally_loss.mean(), 5),
+                          mi_estimate=round(tally_mi.mean(), 6) if p["mi_weight"] > 0 else None,
                           poison_detection_auroc=ctx.detection_auroc(1.0 - w),
                           mean_weight=float(w.mean()), memory_from=memory_from)
 

@@ -34,12 +34,12 @@ The defense never sees the poison mask or the test sets: the filtered set's prec
 the detection AUROC in the log lines are computed outside it, for reporting only.
 
 Monitored layers, for any model (not only the paper's architectures): the model is traced with
-torch.fx and every Conv2d / Linear / BatchNorm2d whose output feeds a ReLU is a layer of "neurons"
-(its channels). For conv-BN-ReLU (SmallCNN) and the BN-ReLU-conv of pre-activation ResNets that is
-the batch norm; for Linear-ReLU (SmallCNN's hidden layer) the linear layer. The "next layer" of a
-channel is found by following the graph through element-wise and pooling operations (and a flatten,
-where a channel then owns a block of a linear layer's inputs) to the Conv2d / Linear layers that read
-it. A batch norm's "own filter" is the conv right before it, if the batch norm is that conv's only
+torch.fx and every Conv2d / Linear / BatchNorm2d whose output feeds a ReLU (directly or through
+pooling) is a layer of "neurons" (its channels). For conv-BN-(pool-)ReLU (SmallCNN) and the
+BN-ReLU-conv of pre-activation ResNets that is the batch norm; for Linear-ReLU (SmallCNN's hidden
+layer) the linear layer. The "next layer" of a channel is found by following the graph through
+element-wise and pooling operations (and a flatten, where a channel then owns a block of a linear
+layer's inputs) to the Conv2d / Linear layers that read it. A batch norm's "own filter" is the conv right before it, if the batch norm is that conv's only
 reader (in a pre-activation block the first batch norm reads the residual stream, which also flows on
 through the shortcut: there only the batch-norm channel is reset). If tracing fails, every BatchNorm2d
 is monitored and only its own scale and shift are reset (enough to silence a channel).
@@ -170,6 +170,28 @@ def _is_activation(node: Any, modules: dict[str, nn.Module]) -> bool:
     return node.op == "call_method" and node.target in ("relu", "relu_")
 
 
+def _downstream(start: Any, modules: dict[str, nn.Module], through: tuple[str, ...]) -> Iterator[tuple[Any, str]]:
+    """(node, kind) for every node that reads `start`'s output, directly or through nodes whose kind
+    (see `_kind`) is in `through`."""
+    stack, seen = list(start.users), set()
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        kind = _kind(node, modules)
+        yield node, kind
+        if kind in through:
+            stack.extend(node.users)
+
+
+def _feeds_activation(node: Any, modules: dict[str, nn.Module]) -> bool:
+    """Whether `node`'s output reaches an activation directly or through channel-wise operations
+    (SmallCNN pools before its ReLU: ReLU(max) = max(ReLU), so its batch norms' channels are neurons
+    as much as with the ReLU first)."""
+    return any(_is_activation(user, modules) for user, _ in _downstream(node, modules, ("pass",)))
+
+
 def _kind(node: Any, modules: dict[str, nn.Module]) -> str:
     """How a graph node treats a channel of its (first) input: 'weights' (a Conv2d / Linear reads
     it), 'pass' (channel-wise: the channel stays itself), 'flatten', or 'opaque' (mixed or unknown)."""
@@ -194,16 +216,8 @@ def _consumers(start: Any, channels: int, modules: dict[str, nn.Module]) -> list
     """The Conv2d / Linear layers that read the channels of `start`'s output, through channel-wise
     operations (and at most a flatten), each with the number of input features a channel owns."""
     found: list[tuple[nn.Module, int]] = []
-    stack, seen = list(start.users), set()
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        kind = _kind(node, modules)
-        if kind in ("pass", "flatten"):
-            stack.extend(node.users)
-        elif kind == "weights":
+    for node, kind in _downstream(start, modules, ("pass", "flatten")):
+        if kind == "weights":
             m = modules[node.target]
             if isinstance(m, nn.Conv2d) and m.groups == 1 and m.in_channels == channels:
                 found.append((m, 1))
@@ -229,7 +243,7 @@ def neuron_layers(model: nn.Module) -> list[NeuronLayer]:
         m = modules[node.target]
         if not isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
             continue
-        if not any(_is_activation(user, modules) for user in node.users):
+        if not _feeds_activation(node, modules):
             continue
         channels = m.num_features if isinstance(m, nn.BatchNorm2d) else \
             m.out_channels if isinstance(m, nn.Conv2d) else m.out_features

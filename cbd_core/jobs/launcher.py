@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..runs import RunDir, RunGone, list_runs, now_iso, runs_root
-from .locks import _lock_path, _pid_alive, _try_lock, slot_is_alive, workers, workers_dir
+from .locks import _lock_path, _pid_alive, _try_lock, slot_is_alive, workers, workers_dir, write_info
 from .queue import _waiting
 from .settings import CLAIM_FILE, workers_per_device
 
@@ -87,6 +87,10 @@ def _spawn_worker(root: Path, device: str, slot: int) -> int | None:
     if lock_fd is None:
         return None
     log_path = workers_dir(root) / f"{device.replace(':', '_')}-{slot}.log"
+    # "booting" from this instant (the child rewrites it with its pid, then "ready"): the pages never
+    # show an earlier worker's "ready" for a slot whose new worker is still importing torch.
+    write_info(root, device, slot, pid=None, started=now_iso(), state="booting", boot_seconds=None,
+               current_run=None)
     project = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(project), os.environ.get("PYTHONPATH")])),
            # Idle OpenMP threads sleep instead of spinning, so the worker and the app's pages share the

@@ -9,7 +9,7 @@ import fcntl
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from ..runs import pid_alive, runs_root
 from .settings import WORKERS_DIR
@@ -75,6 +75,16 @@ class WorkerInfo:
     pid: int | None
     current_run: str | None
     log: Path
+    # What it is doing: "booting" (starting: importing torch, loading data; a run queued now waits
+    # for it), "ready" (idle), "training", "analysing", or "stopped" when it is not alive.
+    state: str = "stopped"
+    boot_seconds: float | None = None  # how long its boot took, once it is ready
+    started: str | None = None  # when its process started (ISO time)
+
+    @property
+    def ready(self) -> bool:
+        """Alive and past booting: a queued run starts within a fraction of a second."""
+        return self.alive and self.state not in ("booting", "stopped")
 
 
 def workers(root: str | Path | None = None) -> list[WorkerInfo]:
@@ -92,6 +102,21 @@ def workers(root: str | Path | None = None) -> list[WorkerInfo]:
         if not (isinstance(info, dict) and isinstance(info.get("device"), str) and isinstance(info.get("slot"), int)):
             continue  # a damaged info file: the lock files still tell who is alive
         alive = slot_is_alive(runs_root(root), info["device"], info["slot"])
+        state = info.get("state") if isinstance(info.get("state"), str) else "ready"  # files older than states
+        boot = info.get("boot_seconds")
         found.append(WorkerInfo(info["device"], info["slot"], alive, info.get("pid") if alive else None,
-                                info.get("current_run") if alive else None, info_path.with_suffix(".log")))
+                                info.get("current_run") if alive else None, info_path.with_suffix(".log"),
+                                state=state if alive else "stopped",
+                                boot_seconds=boot if isinstance(boot, (int, float)) and alive else None,
+                                started=info.get("started") if isinstance(info.get("started"), str) else None))
     return found
+
+
+def write_info(root: Path, device: str, slot: int, **fields: Any) -> None:
+    """The slot's info file (`<root>/.workers/<device>-<slot>.json`): device, slot and `fields`
+    (pid, started, state, boot_seconds, current_run), stamped `updated`."""
+    from ..runs import now_iso, write_json
+
+    write_json(workers_dir(root) / f"{device.replace(':', '_')}-{slot}.json",
+               {"device": device, "slot": slot, **fields, "updated": now_iso()})
+

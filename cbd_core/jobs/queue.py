@@ -17,8 +17,8 @@ from typing import Any, NamedTuple
 
 from ..config import RunConfig
 from ..runs import FINISHED, RunDir, RunUnreadable, list_runs, now_iso, runs_root, to_json
-from .locks import root_lock
-from .settings import CANCEL_FILE, CLAIM_FILE, device_key
+from .locks import root_lock, workers_dir
+from .settings import CANCEL_FILE, CLAIM_FILE, device_key, wake_file_name
 
 # A run in one of these states already stands for its config: queueing the same config again would
 # train the same numbers twice (a double-clicked Start, a Quick demo pressed by a whole class). A
@@ -57,6 +57,8 @@ def submit_once(config: RunConfig, root: str | Path | None = None, start_worker:
         else:
             submitted = Submitted(RunDir.create(root, wanted, state="queued", queue=queue), reused=False,
                                   state="queued")
+    if not submitted.reused:
+        wake(root, queue)
     if start_worker and submitted.state != "done":
         from . import launcher
 
@@ -84,6 +86,15 @@ def identical_run(config: dict[str, Any], root: str | Path | None = None) -> tup
         if state in REUSED_STATES:
             return run, state
     return None
+
+
+def wake(root: Path, queue: str) -> None:
+    """Tell an idle worker of `queue` that a run is waiting (it checks the wake file's time every
+    WAKE_POLL_S, and scans the queue every IDLE_POLL_S regardless). Best effort: never raises."""
+    try:
+        (workers_dir(root) / wake_file_name(queue)).touch()
+    except OSError:
+        pass
 
 
 def request_cancel(run: RunDir) -> str:

@@ -6,7 +6,7 @@ showing "queued" for half a minute without a word.
 It reads only what exists: the slot locks (a held lock is a live worker, see `locks`), the info file
 each worker writes once it runs its loop, and the `analysis` field a worker sets in a finished run's
 status while it computes that run's UMAP map. A worker whose lock is held but whose info file does not
-name a live process yet is "starting" (Python and its imports loading).
+name a live process yet, or says "booting", is "starting" (Python, torch and the data loading).
 """
 
 from __future__ import annotations
@@ -40,8 +40,10 @@ def worker_state(root: str | Path | None, device: str) -> WorkerState:
         if not slot_is_alive(root, device, slot):
             continue
         found = info.get((device, slot))
-        if found is None or not found.alive or not pid_alive(found.pid):
-            states.append(WorkerState(STARTING))  # the spawner holds the lock; the process has not said hello
+        if found is None or not found.alive or not pid_alive(found.pid) or found.state == "booting":
+            # The spawner holds the lock and the process has not said hello, or it is still importing
+            # torch and loading the data (its info file says "booting").
+            states.append(WorkerState(STARTING))
         elif found.current_run:
             states.append(WorkerState(BUSY, TRAINING, found.current_run))
         else:

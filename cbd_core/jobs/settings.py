@@ -12,7 +12,13 @@ WORKERS_DIR = ".workers"
 CLAIM_FILE = "claim"
 CANCEL_FILE = "cancel"
 PROGRESS_EVERY_S = 0.5  # status.json rewrites while training: often enough for a live page, cheap
-IDLE_POLL_S = 1.0
+IDLE_POLL_S = 1.0  # an idle worker scans its queue this often anyway
+WAKE_POLL_S = 0.05  # and checks its wake file (one stat) this often: `submit` touches it, so a run starts at once
+
+
+def wake_file_name(device: str) -> str:
+    """`<root>/.workers/wake-<device>`: touched by `submit` after it queues a run for that device."""
+    return f"wake-{device.replace(':', '_')}"
 
 
 def workers_per_device() -> int:

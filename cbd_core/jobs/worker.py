@@ -4,6 +4,13 @@ stays warm between runs (torch imported once, umap-learn's kernels compiled once
 finished run's UMAP map and attribution shares before taking the next, and fills in maps missing
 from older runs when idle.
 
+Its info file, `<root>/.workers/<device>-<slot>.json`, says what it is doing (`state`): "booting"
+(written by the launcher before the process starts, then by the worker while it imports torch and
+the training code and loads the embedded dataset), "ready" (idle, or compiling umap's kernels in the
+background, which never delays a run), "training" or "analysing"; `boot_seconds` is how long booting
+took. `jobs.workers(root)` reads it (WorkerInfo.state). An idle worker notices a submitted run within
+WAKE_POLL_S: `submit` touches its wake file.
+
     python -m cbd_core worker --root R --device cpu [--slot 0]     one worker, in the foreground
 """
 
@@ -21,9 +28,9 @@ from ..errors import UserInputError
 from ..progress import Cancelled, ProgressEvent
 from ..runs import RunDir, RunGone, describe_error, list_runs, now_iso, owner_record, runs_root
 from .launcher import recover_orphans
-from .locks import _lock_path, _pid_alive, _try_lock
+from .locks import _lock_path, _pid_alive, _try_lock, write_info
 from .queue import _claim, cancel_requested, queued_runs
-from .settings import IDLE_POLL_S, PROGRESS_EVERY_S
+from .settings import IDLE_POLL_S, PROGRESS_EVERY_S, WAKE_POLL_S, WORKERS_DIR, wake_file_name
 
 class Worker:
     """One worker slot: trains the runs of one device's queue one after another."""
@@ -37,15 +44,20 @@ class Worker:
         # never stays "running" under a live worker that has moved on.
         self._unrecorded: dict[str, tuple[RunDir, str, dict[str, Any]]] = {}
         self._lock_fd = lock_fd  # given when the spawner took the slot's lock for us
+        self.state = "booting"  # then ready / training / analysing (see the module docstring)
+        self.started = now_iso()
+        self.boot_seconds: float | None = None
+        self._wake_seen: int | None = None
+        self._warming: threading.Thread | None = None
 
-    # The info file is for people and the Runs page; the lock is the truth about liveness.
+    # The info file is for people and the pages; the lock is the truth about liveness.
     def _write_info(self) -> None:
-        from ..runs import write_json
-        from .locks import workers_dir
+        write_info(self.root, self.device, self.slot, pid=os.getpid(), started=self.started, state=self.state,
+                   boot_seconds=self.boot_seconds, current_run=self.current.run_id if self.current else None)
 
-        write_json(workers_dir(self.root) / f"{self.device.replace(':', '_')}-{self.slot}.json",
-                   {"device": self.device, "slot": self.slot, "pid": os.getpid(), "started": now_iso(),
-                    "current_run": self.current.run_id if self.current else None})
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        self._write_info()
 
     def serve(self, max_runs: int | None = None, exit_when_idle: bool = False) -> int:
         """Take queued runs until stopped. Returns the number of runs trained. With `exit_when_idle`
@@ -58,12 +70,16 @@ class Worker:
             return 0
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_sigterm)
-        self._write_info()
+        self._write_info()  # "booting"
         from ..analysis.embeddings import configure_numba_cache
 
         configure_numba_cache()  # before anything imports umap
         recover_orphans(self.root)
-        self.log(f"worker {os.getpid()} serves {self.device} slot {self.slot} under {self.root}")
+        self._woken()  # the wake file's time now: only a later touch counts
+        self._boot()
+        self._set_state("ready")
+        self.log(f"worker {os.getpid()} serves {self.device} slot {self.slot} under {self.root} "
+                 f"(ready after {self.boot_seconds} s of booting)")
         trained = 0
         warmed = False
         try:
@@ -82,15 +98,52 @@ class Worker:
                     self.log(f"worker: {describe_error(err)}")
                     time.sleep(IDLE_POLL_S)
                     continue
-                if not warmed:  # compile umap's kernels while nobody waits, so a finished run's map is quick
-                    warmed = self._warm_up()
+                if not warmed:
+                    # Compile umap's kernels while nobody waits, so a finished run's map is quick; in a
+                    # thread, so a run queued meanwhile starts at once instead of waiting for the compiler.
+                    warmed = True
+                    self._warming = threading.Thread(target=self._warm_up, name="umap-warm-up", daemon=True)
+                    self._warming.start()
                     continue
                 if exit_when_idle or (self.parent_pid and not _pid_alive(self.parent_pid)):
+                    if self._warming is not None:
+                        self._warming.join()  # leave numba's disk cache whole
                     break
-                time.sleep(IDLE_POLL_S)
+                self._idle_wait(IDLE_POLL_S)
         finally:
             os.close(self._lock_fd)
         return trained
+
+    def _boot(self) -> None:
+        """Import what a run needs (torch, the models, attacks and defenses) and load the embedded
+        dataset once, so the first run starts at once; `boot_seconds` records how long it took."""
+        started = time.perf_counter()
+        try:
+            from .. import pipeline  # noqa: F401
+            from ..data import load_dataset
+
+            load_dataset("mnist5k")  # the Quick demo's and the presets' data: parsed once, then cached
+        except Exception as err:  # a run still loads what it needs itself; this is only a head start
+            self.log(f"worker: preloading failed: {type(err).__name__}: {err}")
+        self.boot_seconds = round(time.perf_counter() - started, 2)
+
+    def _woken(self) -> bool:
+        """Whether the wake file was touched since the last look (one stat)."""
+        try:
+            stamp: int | None = (self.root / WORKERS_DIR / wake_file_name(self.device)).stat().st_mtime_ns
+        except OSError:
+            stamp = None
+        changed = stamp != self._wake_seen
+        self._wake_seen = stamp
+        return changed
+
+    def _idle_wait(self, seconds: float) -> None:
+        """Sleep up to `seconds`, returning early when `submit` touches the wake file."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < deadline:
+            if self._woken():
+                return
+            time.sleep(WAKE_POLL_S)
 
     def _on_sigterm(self, signum, frame) -> None:
         self.stopping = True  # a running run sees it at its next batch and is cancelled
@@ -107,7 +160,7 @@ class Worker:
         from ..pipeline import execute, prepare
 
         self.current = run
-        self._write_info()
+        self._set_state("training")
         worker = {"device": self.device, "slot": self.slot, "pid": os.getpid()}
         owner = owner_record("worker", device=self.device, slot=self.slot)
         try:
@@ -116,7 +169,7 @@ class Worker:
         except RunGone:
             self.log(f"run {run.run_id}: its folder is gone; taking the next run")
             self.current = None
-            self._write_info()
+            self._set_state("ready")
             return
         self.log(f"run {run.run_id}: started")
         last_write = [0.0]
@@ -126,9 +179,15 @@ class Worker:
             if event.metrics is None and now - last_write[0] < PROGRESS_EVERY_S:
                 return
             last_write[0] = now
+            # fraction: of the current phase; run_fraction, elapsed_seconds, eta_seconds: of the whole run
+            # (an estimate at the pace so far; see ProgressEvent).
+            eta, whole = event.eta_seconds, event.run_fraction
             run.update_status(progress={"phase": event.phase, "epoch": event.epoch, "epochs": event.epochs,
                                         "step": event.step, "steps": event.steps,
-                                        "fraction": round(event.fraction, 4), "updated": now_iso()})
+                                        "fraction": round(event.fraction, 4),
+                                        "run_fraction": None if whole is None else round(whole, 4),
+                                        "elapsed_seconds": event.elapsed_seconds,
+                                        "eta_seconds": None if eta is None else round(eta, 1), "updated": now_iso()})
 
         def is_cancelled() -> bool:
             if not run.exists():  # deleted under us: stop now, write nothing, re-create nothing
@@ -152,7 +211,7 @@ class Worker:
             self.log(f"run {run.run_id}: failed: {describe_error(err)}")
         finally:
             self.current = None
-            self._write_info()
+            self._set_state("ready")
 
     def _record(self, run: RunDir, state: str, **fields: Any) -> None:
         """Set a finished state unless the run already says so; a folder that is gone or a disk that
@@ -178,6 +237,7 @@ class Worker:
         from ..analysis.attributions import compute_trigger_shares
         from ..analysis.embeddings import compute_umap
 
+        self._set_state("analysing")
         # the run stays done either way; the page says the map failed and why
         self._step(run, "analysis", "UMAP", compute_umap)
         self._analyse_epochs(run)
@@ -187,6 +247,8 @@ class Worker:
             run.update_status(attribution_shares_seconds=round(time.perf_counter() - started, 2))
         except Exception as err:
             self.log(f"run {run.run_id}: attribution shares failed: {type(err).__name__}: {err}")
+        finally:
+            self._set_state("ready")
 
     def _analyse_epochs(self, run: RunDir) -> None:
         """The epoch-by-epoch maps (umap_epochs.npz) of a run that recorded its models while training."""
@@ -222,11 +284,15 @@ class Worker:
                 return True
             if status.get("state") == "done" and status.get("epoch_analysis") not in ("done", "failed", "computing") \
                     and run.has_arrays("epoch_features") and not has_epoch_umap(run):
-                self._analyse_epochs(run)
+                self._set_state("analysing")
+                try:
+                    self._analyse_epochs(run)
+                finally:
+                    self._set_state("ready")
                 return True
         return False
 
-    def _warm_up(self) -> bool:
+    def _warm_up(self) -> None:
         from ..analysis.embeddings import warm_up
 
         started = time.perf_counter()
@@ -235,7 +301,6 @@ class Worker:
         except Exception as err:
             self.log(f"UMAP warm-up failed: {type(err).__name__}: {err}")
         self.log(f"UMAP warm-up took {time.perf_counter() - started:.1f} s")
-        return True
 
 
 def worker_main(root: str | Path | None, device: str, slot: int = 0, parent_pid: int | None = None,

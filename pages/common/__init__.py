@@ -263,10 +263,13 @@ def set_active_run(run_id: str) -> None:
 
 
 def enlarge(image: np.ndarray, size: int = 112) -> np.ndarray:
-    """A uint8 (H, W, C) image scaled up with nearest neighbours to about `size` pixels, so the few
-    pixels of a trigger stay sharp; single-channel images come back as (H', W')."""
+    """A uint8 (H, W, C) image scaled up with nearest neighbours to about `size` pixels (more in
+    presentation mode), so the few pixels of a trigger stay sharp; single-channel images come back as
+    (H', W')."""
+    from .presentation import scaled
+
     image = np.asarray(image)
-    factor = max(1, size // max(image.shape[0], image.shape[1]))
+    factor = max(1, scaled(size) // max(image.shape[0], image.shape[1]))
     big = np.kron(image, np.ones((factor, factor, 1), dtype=image.dtype)) if image.ndim == 3 else \
         np.kron(image, np.ones((factor, factor), dtype=image.dtype))
     return big[..., 0] if big.ndim == 3 and big.shape[-1] == 1 else big

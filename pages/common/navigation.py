@@ -22,7 +22,8 @@ def page_list() -> dict[str, list[st.Page]]:
     Paths are relative to app.py's folder."""
     return {
         "Learn": [
-            st.Page("pages/overview.py", title="Overview", icon=":material/home:", default=True),
+            st.Page("pages/lesson.py", title="Lesson", icon=":material/school:", default=True),
+            st.Page("pages/overview.py", title="Overview", icon=":material/home:"),
         ],
         "Set up and train": [
             st.Page("pages/attack_lab.py", title="Attack lab", icon=":material/bug_report:"),

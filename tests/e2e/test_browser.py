@@ -55,7 +55,7 @@ def test_quick_demo_and_every_page(server, browser):
     url, root = server
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page = browser.new_page(viewport={"width": 1400, "height": 2400})
-    page.goto(url)
+    page.goto(url + "/overview")  # the Lesson is the default page; the demo starts from the Overview
     settle(page)
     assert_no_exception(page, "overview")
     page.screenshot(path=str(ARTIFACTS / "01_overview.png"), full_page=True)
@@ -93,6 +93,15 @@ def test_quick_demo_and_every_page(server, browser):
         page.wait_for_timeout(500)  # let charts draw before the screenshot
         assert_no_exception(page, path)
         page.screenshot(path=str(ARTIFACTS / f"{number:02d}_{path}.png"), full_page=True)
+
+    # The Lesson (the app's default page, at "/") over the demo run, every step by its link.
+    for step in range(1, 7):
+        page.goto(f"{url}/?run={run.run_id}&step={step}")
+        settle(page)
+        page.wait_for_selector(f"h3:has-text('Step {step} of 6')", timeout=60_000)
+        settle(page)
+        assert_no_exception(page, f"lesson step {step}")
+        page.screenshot(path=str(ARTIFACTS / f"12_lesson_step{step}.png"), full_page=True)
     page.close()
 
     # A link opened as the very first request of a fresh server (a teacher's link, the app just

@@ -1,0 +1,118 @@
+"""What the Attributions page and the Lesson's "where each model looks" step share: a run's kept test
+images, the image to open on, the overlay figure, and the cached 100-image shares. The maths lives in
+`cbd_core.analysis.attributions`; this module only caches and draws.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from cbd_core.analysis.attributions import (
+    example_test_image,
+    mean_trigger_share,
+    region_bbox,
+    stored_trigger_shares,
+    triggered_test_images,
+)
+from cbd_core.errors import UserInputError
+from cbd_core.runs import RunDir
+from pages.common import load_arrays, load_config, load_models
+
+MEAN_IMAGES = 100
+# Transparent where the model pays no attention, so the image shows through; hot where it does.
+OVERLAY_SCALE = [
+    [0.0, "rgba(255, 0, 0, 0)"],
+    [0.15, "rgba(255, 40, 0, 0.25)"],
+    [0.5, "rgba(255, 120, 0, 0.7)"],
+    [1.0, "rgba(255, 255, 0, 0.95)"],
+]
+
+
+def run_images(run: RunDir) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The run's kept clean test images, their labels and the trigger region, checked."""
+    arrays = load_arrays(run, "images")
+    if arrays is None:
+        raise UserInputError(f"run {run.run_id} has no images.npz, so there are no test images to explain", "run")
+    missing = [k for k in ("test_x", "test_y", "trigger_region") if k not in arrays]
+    if missing:
+        raise UserInputError(f"run {run.run_id}: images.npz lacks {', '.join(missing)}", "run")
+    test_x, test_y, region = arrays["test_x"], arrays["test_y"], arrays["trigger_region"].astype(bool)
+    if test_x.dtype != np.uint8 or test_x.ndim != 4 or len(test_x) == 0 or len(test_y) != len(test_x) \
+            or region.shape != test_x.shape[1:3]:
+        raise UserInputError(f"run {run.run_id}: images.npz holds no usable test images "
+                             f"(test_x {test_x.dtype} {test_x.shape}, region {region.shape})", "run")
+    return test_x, test_y, region
+
+
+def display_order(names) -> list[str]:
+    """The backdoored f_B on the left of the deconfounded f_C; a single model alone."""
+    return sorted(names, key=lambda name: (name != "f_B", name))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _example_cached(path: str, mtime: int) -> int:
+    run = RunDir(Path(path))
+    test_x, test_y, _ = run_images(run)
+    return example_test_image(load_models(run), test_x, test_y, load_config(run))
+
+
+def example_index(run: RunDir) -> int:
+    """The test image a page opens on (`example_test_image`: right when clean, sent to the target by
+    f_B when triggered), cached per run."""
+    return _example_cached(str(run.path), run.summary_mtime())
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def mean_shares(root: str, run_id: str, method: str) -> dict[str, float]:
+    """Each model's share of attribution inside the trigger region, averaged over up to 100 triggered
+    test images (each image's predicted class explained). Cached per run and method."""
+    run = RunDir.open(Path(root), run_id)
+    stored = stored_trigger_shares(run)  # the worker computes them once when the run finishes
+    if stored and method in stored and all(v is not None for v in stored[method].values()):
+        return {name: float(value) for name, value in stored[method].items()}
+    config = load_config(run)
+    test_x, test_y, region = run_images(run)
+    triggered, _ = triggered_test_images(test_x, test_y, config, MEAN_IMAGES)
+    return {name: mean_trigger_share(model, triggered, region, method)
+            for name, model in load_models(run).items()}
+
+
+def overlay_figure(image: np.ndarray, attr: np.ndarray, region: np.ndarray | None, vmax: float,
+                   height: int = 340, colour_bar: bool = True) -> go.Figure:
+    """The image (dimmed a little) under its attribution map, coloured from 0 to `vmax`; the trigger
+    region's box outlined when `region` is given (patch triggers only). Without the colour bar the
+    image gets the whole width (the Lesson, where the caption says how maps are scaled)."""
+    rgb = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[..., :3]
+    dimmed = (rgb.astype(np.float32) * 0.7).astype(np.uint8)  # so the hot colours stand out on white strokes
+    fig = go.Figure(go.Image(z=dimmed, hoverinfo="skip"))
+    fig.add_trace(go.Heatmap(z=attr, zmin=0.0, zmax=vmax or 1.0, colorscale=OVERLAY_SCALE, showscale=colour_bar,
+                             colorbar=dict(title="attribution", thickness=12),
+                             hovertemplate="column %{x}, row %{y}<br>attribution %{z:.3g}<extra></extra>"))
+    box = region_bbox(region) if region is not None else None
+    if box is not None:
+        top, left, bottom, right = box
+        fig.add_shape(type="rect", x0=left - 0.5, x1=right - 0.5, y0=top - 0.5, y1=bottom - 0.5,
+                      line=dict(color="deepskyblue", width=3, dash="dot"))
+    h, w = attr.shape
+    fig.update_xaxes(visible=False, range=[-0.5, w - 0.5])
+    fig.update_yaxes(visible=False, range=[h - 0.5, -0.5], scaleanchor="x")
+    fig.update_layout(height=height, margin=dict(l=0, r=0, t=10, b=0))
+    return fig
+
+
+def colour_limits(maps: dict[str, np.ndarray], per_model: bool) -> dict[str, float]:
+    """Each map's top colour: its own maximum (per-model scales: every map uses its full range, so a
+    model with weak attributions still shows where it looks), or the largest of all (one shared scale:
+    brightness compares across models)."""
+    peaks = {name: float(m.max()) if m.size else 0.0 for name, m in maps.items()}
+    shared = max(peaks.values(), default=0.0)
+    return {name: ((peak if per_model else shared) or 1.0) for name, peak in peaks.items()}
+
+
+def percent(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.0%}"

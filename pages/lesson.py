@@ -1,0 +1,556 @@
+"""Lesson: one real CBD run and its undefended baseline, told step by step for a class.
+
+The teacher picks an attack's preset; the page works from a finished run pair (queued before class,
+or queued here in one click and followed live). Six steps, each a picture from the run's own files
+and a few plain sentences about THIS run's numbers (`cbd_core.lesson`), failures included: the
+attack, training (f_B catches the trigger, f_C does not), the weights, the maps, where each model
+looks, and the verdict against the undefended baseline. The run and the step live in the URL
+(?run=...&step=3), so every student's screen can open the teacher's link on the same step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
+
+from cbd_core import jobs, lesson, verdicts
+from cbd_core.analysis.attributions import apply_run_trigger, attribution_map, predict_proba, trigger_is_patch
+from cbd_core.analysis.embeddings import UMAP_FILE
+from cbd_core.attacks import ATTACKS
+from cbd_core.attacks.base import amplified_difference
+from cbd_core.presets import PRESETS, Preset
+from cbd_core.runs import FINISHED, RunDir
+from pages.common import (ACTIVE_RUN, active_run_id, enlarge, load_arrays, load_baseline, load_config,
+                          load_models, load_summary, model_view, page_errors, run_label, runs_root_path, set_active_run,
+                          verdict_banner, _runs_stamp)
+from pages.common.attribution_views import (colour_limits, example_index, mean_shares,
+                                            overlay_figure, run_images)
+from pages.common.navigation import follow_app_navigation
+from pages.common.presentation import plotly_chart, presenting, scaled
+
+follow_app_navigation()
+
+STEP_PARAM = "step"
+PRESET_KEY, RUN_KEY, STEP_PICKER = "lesson_preset", "lesson_run", "lesson_step_picker"
+STEP_TITLES = [title for _, title in lesson.STEPS]
+POISONED_COLOUR, CLEAN_COLOUR, BASELINE_COLOUR = "#d62728", "#1f77b4", "#7f7f7f"
+LESSON_METHOD = "integrated_gradients"  # the Attributions page's default: fine maps, a few ms per image
+
+
+# -- state: the step in the URL ----------------------------------------------------------------------------
+def current_step() -> int:
+    """The step the URL names (1..6), else 1."""
+    try:
+        step = int(st.query_params.get(STEP_PARAM, 1))
+    except (TypeError, ValueError):
+        step = 1
+    return min(max(step, 1), len(lesson.STEPS))
+
+
+def go_to(step: int) -> None:
+    st.query_params[STEP_PARAM] = str(min(max(step, 1), len(lesson.STEPS)))
+
+
+def _picked_step() -> None:
+    go_to(st.session_state.get(STEP_PICKER) or 1)
+
+
+def _picked_preset() -> None:
+    """A new preset starts its lesson from the top, on its own run."""
+    st.session_state.pop(ACTIVE_RUN, None)
+    st.query_params.pop("run", None)
+    go_to(1)
+
+
+def _picked_run() -> None:
+    set_active_run(st.session_state[RUN_KEY])
+
+
+# -- which run pair ------------------------------------------------------------------------------------------
+@st.cache_data(show_spinner=False, max_entries=32)
+def _pairs_cached(root: str, stamp: tuple[tuple[str, int], ...]) -> list[dict[str, Any]]:
+    return [{"run_id": p.run.run_id, "attack": p.config.get("attack"), "state": p.state,
+             "baseline": p.baseline.state, "baseline_id": p.baseline.run_id}
+            for p in lesson.find_run_pairs(root)]
+
+
+def run_pairs() -> list[dict[str, Any]]:
+    """Every CBD run under the runs root with its state and its baseline's (cached until a run changes)."""
+    root = runs_root_path()
+    return _pairs_cached(str(root), _runs_stamp(root))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _preset_run_ids(root: str, stamp: tuple[tuple[str, int], ...], name: str) -> list[str]:
+    matches = PRESETS[name].config().validated().to_dict()
+    return [p.run.run_id for p in lesson.find_run_pairs(root, PRESETS[name].attack, matches)]
+
+
+def preset_run_ids(preset: Preset) -> list[str]:
+    """The CBD runs trained with exactly this preset's settings (any state), newest first."""
+    root = runs_root_path()
+    return _preset_run_ids(str(root), _runs_stamp(root), preset.name)
+
+
+def choose_preset(pairs: list[dict[str, Any]]) -> Preset:
+    """The preset select box; it follows the run the URL names (a shared link opens on its attack)."""
+    names = list(PRESETS)
+    wanted = next((p for p in pairs if p["run_id"] == active_run_id()), None)
+    if wanted is not None:
+        by_attack = next((n for n in names if PRESETS[n].attack == wanted["attack"]), None)
+        if by_attack:
+            st.session_state[PRESET_KEY] = by_attack
+    st.session_state.setdefault(PRESET_KEY, names[0])
+    name = st.selectbox("Attack to teach", names, format_func=lambda n: PRESETS[n].title, key=PRESET_KEY,
+                        on_change=_picked_preset,
+                        help="One preset per attack, each with its lesson; the Lesson shows a finished run of it.")
+    return PRESETS[name]
+
+
+def preset_status(preset: Preset, pairs: list[dict[str, Any]]) -> None:
+    """Whether the preset's own run pair is ready; progress while it trains; a button when it is not queued."""
+    ids = preset_run_ids(preset)
+    mine = [p for p in pairs if p["run_id"] in ids]
+    ready = [p for p in mine if p["state"] == "done" and p["baseline"] == "done"]
+    active = [p for p in mine if p["state"] in ("queued", "running")
+              or (p["state"] == "done" and p["baseline"] == "training")]
+    if ready:
+        return
+    if active:
+        st.fragment(pair_progress, run_every=2.0)(active[0]["run_id"])
+        return
+    done = [p for p in mine if p["state"] == "done"]
+    if done:  # the CBD run finished, its baseline failed or was deleted
+        st.info(f"The preset's run `{done[0]['run_id']}` is done, but its undefended baseline is not: the verdict "
+                "step needs it.", icon=":material/info:")
+        if st.button("Queue its baseline", key="lesson_queue_baseline"):
+            verdicts.ensure_baseline(RunDir(runs_root_path() / done[0]["run_id"]), runs_root_path())
+            st.rerun()
+        return
+    others = any(p["attack"] == preset.attack and p["state"] == "done" for p in pairs)
+    st.info(f"**{preset.title}** has not been trained here yet. Queue it before class (a minute or two on a "
+            "laptop CPU, with its undefended baseline)"
+            + ("; meanwhile the lesson below uses another finished run of this attack." if others else "."),
+            icon=":material/schedule:")
+    if st.button("Queue this preset and its baseline", type="primary", key="lesson_queue_preset"):
+        with st.spinner("Queueing the preset and its undefended baseline…"):
+            run = jobs.submit(preset.config(), runs_root_path())
+            verdicts.ensure_baseline(run, runs_root_path())
+        set_active_run(run.run_id)
+        go_to(1)
+        st.rerun()
+
+
+def pair_progress(run_id: str) -> None:
+    """The preset run's and its baseline's state and progress; reruns the page once both are done."""
+    root = runs_root_path()
+    run = RunDir(root / run_id)
+    if not run.exists():
+        st.rerun()
+    baseline = verdicts.lookup_baseline(load_config(run), root)
+    rows = [("CBD run", run)] + ([("undefended baseline", RunDir(root / baseline.run_id))] if baseline.run_id else [])
+    finished = True
+    for what, item in rows:
+        status = item.status()
+        state = status.get("state", "?")
+        finished &= state in FINISHED
+        progress = status.get("progress") or {}
+        if state == "running" and progress:
+            st.progress(float(progress.get("fraction", 0.0)),
+                        text=f"{what} `{item.run_id}`: training {progress.get('phase')}, epoch "
+                             f"{max(1, int(progress.get('epoch') or 0))} of {progress.get('epochs')}")
+        else:
+            position = jobs.queue_position(item) if state == "queued" else None
+            st.markdown(f"{what} `{item.run_id}`: **{state}**"
+                        + (f" (place {position} in the queue)" if position is not None else ""))
+    st.caption("The lesson opens on this run as soon as both have finished; you can stay on this page.")
+    if finished:
+        st.rerun()
+
+
+def choose_run(preset: Preset, pairs: list[dict[str, Any]]) -> RunDir | None:
+    """The finished CBD run of the preset's attack the lesson shows: the URL's, else the preset's own,
+    else the newest. Says why when the URL names a run the lesson cannot show."""
+    done = [p for p in pairs if p["attack"] == preset.attack and p["state"] == "done"]
+    wanted = active_run_id()
+    ids = [p["run_id"] for p in done]
+    if not ids:
+        if not [p for p in pairs if p["attack"] == preset.attack]:
+            st.caption(f"No CBD run of {preset.attack} has finished yet, so there is nothing to walk through.")
+        return None
+    if wanted in ids:
+        chosen = wanted
+    else:
+        if wanted and wanted not in [p["run_id"] for p in pairs]:
+            st.caption(f"Run `{wanted}` is not a CBD run (or no longer exists); the lesson needs one, so it shows "
+                       "the run below.")
+        own = [i for i in preset_run_ids(preset) if i in ids]
+        chosen = own[0] if own else ids[0]
+    if chosen != wanted:
+        set_active_run(chosen)
+    st.session_state[RUN_KEY] = chosen
+    root = runs_root_path()
+    own = set(preset_run_ids(preset))
+    st.selectbox("Run", ids, key=RUN_KEY, on_change=_picked_run,
+                 format_func=lambda i: ("preset · " if i in own else "") + run_label(RunDir(root / i)),
+                 help="Finished CBD runs of this attack: the preset's own first, then any other.")
+    return RunDir(root / chosen)
+
+
+# -- the run as the steps read it ----------------------------------------------------------------------------
+@dataclass
+class Lesson:
+    run: RunDir
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    baseline: verdicts.Baseline
+    class_names: list[str]
+    target: int
+    preset: Preset | None  # when the run is the preset's own
+
+    def name(self, c: int) -> str:
+        return self.class_names[c] if 0 <= c < len(self.class_names) else str(c)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _metrics_cached(path: str, mtime: int) -> list[dict[str, Any]]:
+    return RunDir(Path(path)).metrics()
+
+
+def metrics_of(run: RunDir) -> list[dict[str, Any]]:
+    return _metrics_cached(str(run.path), run.file_mtime("metrics.jsonl"))
+
+
+def say(sentences: list[str]) -> None:
+    """The step's sentences about this run, as one block a class can read."""
+    st.markdown("#### What this run shows\n" + "\n".join(f"- {s}" for s in sentences if s))
+
+
+def image_row(images: list[np.ndarray], captions: list[str], size: int = 112) -> None:
+    for column, image, caption in zip(st.columns(len(images)), images, captions):
+        column.image(enlarge(image, size), caption=caption)
+
+
+def shown_test_images(ctx: Lesson, count: int = 4) -> np.ndarray:
+    """The example image first, then the first image of other classes outside the target."""
+    test_x, test_y, _ = run_images(ctx.run)
+    chosen = [example_index(ctx.run)]
+    for c in np.unique(test_y):
+        if len(chosen) >= count:
+            break
+        if c != ctx.target and c not in test_y[chosen]:
+            chosen.append(int(np.flatnonzero(test_y == c)[0]))
+    return np.asarray(chosen)
+
+
+# -- the six steps -------------------------------------------------------------------------------------------
+def step_attack(ctx: Lesson) -> None:
+    attack = ATTACKS.get(str(ctx.config.get("attack")))
+    test_x, test_y, _ = run_images(ctx.run)
+    chosen = shown_test_images(ctx)
+    clean = test_x[chosen]
+    triggered = apply_run_trigger(clean, ctx.config)
+    left, right = st.columns([3, 2])
+    with left:
+        st.markdown("**Test digits, clean** and **with the trigger** (this run's attack)")
+        image_row(list(clean), [f"a clean {ctx.name(int(c))}" for c in test_y[chosen]])
+        image_row(list(triggered), ["with the trigger"] * len(chosen))
+        poisoned = poisoned_training_images(ctx)
+        if poisoned:
+            st.markdown(f"**Poisoned training images**, as the model saw them (labelled {ctx.name(ctx.target)})")
+            image_row([p[0] for p in poisoned], [p[1] for p in poisoned])
+    with right:
+        if attack is not None:  # the attack's own honest view of its trigger (a warp has no pattern)
+            preview = attack.trigger_preview(attack.resolve(test_x.shape[1:], ctx.config.get("attack_params") or {}),
+                                             test_x.shape[1:])
+            for column, image, caption in zip(st.columns(3), preview.images, preview.captions):
+                column.image(enlarge(image, 112), width=scaled(112), caption=caption)
+            st.caption(preview.sentence)
+        else:
+            difference, gain = amplified_difference(clean[:1], triggered[:1])
+            st.image(enlarge(difference[0], 112), width=scaled(112),
+                     caption=f"what the trigger changed in the first digit (×{gain:.0f})")
+        clean_label = bool(attack and attack.clean_label)
+        say([f"**{attack.title if attack else ctx.config.get('attack')}**: "
+             f"{attack.description if attack else ''}."] + lesson.attack_story(ctx.summary, clean_label))
+
+
+def poisoned_training_images(ctx: Lesson, count: int = 4) -> list[tuple[np.ndarray, str]]:
+    """Up to `count` poisoned training images the run kept, with their training and true labels."""
+    images = load_arrays(ctx.run, "images") or {}
+    weights = load_arrays(ctx.run, "sample_weights") or {}
+    if "train_index" not in images or "is_poisoned" not in weights:
+        return []
+    index = np.asarray(images["train_index"])
+    poisoned = np.asarray(weights["is_poisoned"], bool)
+    if len(index) and index.max() >= len(poisoned):
+        return []
+    labels, truth = weights.get("label"), weights.get("original_label")
+    kept = np.flatnonzero(poisoned[index])
+    if truth is not None and len(kept):  # one per true digit, so the row shows different digits
+        _, first = np.unique(np.asarray(truth)[index[kept]], return_index=True)
+        kept = kept[np.sort(first)]
+    kept = kept[:count]
+    out = []
+    for k in kept.tolist():
+        sample = int(index[k])
+        caption = f"labelled {ctx.name(int(labels[sample]))}" if labels is not None else "poisoned"
+        if truth is not None and labels is not None and truth[sample] != labels[sample]:
+            caption += f", really a {ctx.name(int(truth[sample]))}"
+        out.append((images["train_x"][k], caption))
+    return out
+
+
+def training_figure(metrics: list[dict[str, Any]], baseline_metrics: list[dict[str, Any]]) -> go.Figure:
+    """f_B's clean accuracy and attack success rate over its steps, f_C's over its epochs, and the
+    undefended model's attack success rate beside f_C's."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("f_B: trained briefly, on purpose",
+                                                        "f_C: trained with CBD's weights"), horizontal_spacing=0.08)
+    f_b, f_c = lesson.phase_lines(metrics, "f_B"), lesson.phase_lines(metrics, "f_C")
+    b_x = [line.get("step", line.get("epoch")) for line in f_b]
+    c_x = [line.get("epoch") for line in f_c]
+    for col, x, lines in ((1, b_x, f_b), (2, c_x, f_c)):
+        fig.add_trace(go.Scatter(x=x, y=[m.get("attack_success_rate") for m in lines], mode="lines+markers",
+                                 name="attack success rate", line={"color": POISONED_COLOUR, "width": 3},
+                                 showlegend=col == 1, legendgroup="asr"), row=1, col=col)
+        fig.add_trace(go.Scatter(x=x, y=[m.get("clean_accuracy") for m in lines], mode="lines+markers",
+                                 name="clean accuracy", line={"color": CLEAN_COLOUR, "width": 3},
+                                 showlegend=col == 1, legendgroup="ca"), row=1, col=col)
+    base = [m for m in baseline_metrics if m.get("attack_success_rate") is not None]
+    if base:
+        fig.add_trace(go.Scatter(x=[m.get("epoch") for m in base], y=[m["attack_success_rate"] for m in base],
+                                 mode="lines", name="attack success rate without a defense",
+                                 line={"color": BASELINE_COLOUR, "dash": "dot", "width": 2}), row=1, col=2)
+    fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
+    fig.update_xaxes(title_text="training step", row=1, col=1)
+    fig.update_xaxes(title_text="epoch", row=1, col=2)
+    fig.update_layout(height=380, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      legend={"orientation": "h", "y": -0.22})
+    return fig
+
+
+def step_training(ctx: Lesson) -> None:
+    metrics = metrics_of(ctx.run)
+    baseline_metrics = metrics_of(RunDir(ctx.run.path.parent / ctx.baseline.run_id)) \
+        if ctx.baseline.state == "done" else []
+    left, right = st.columns([3, 2])
+    with left:
+        if metrics:
+            plotly_chart(training_figure(metrics, baseline_metrics), key="lesson_training_chart")
+        else:
+            st.info("This run recorded no per-epoch metrics.")
+    with right:
+        say(lesson.training_story(metrics, ctx.summary) or ["This run recorded no per-epoch metrics."])
+        st.caption("Attack success rate: the share of triggered test digits sent to the target. Clean accuracy: "
+                   "the share of clean test digits classified right.")
+
+
+def weights_figure(weights: np.ndarray, is_poisoned: np.ndarray) -> go.Figure:
+    """Median weight of poisoned and clean samples per f_C epoch, with their 10-90% band."""
+    fig = go.Figure()
+    epochs = list(range(weights.shape[0]))
+    for name, mask, colour in (("clean", ~is_poisoned, CLEAN_COLOUR), ("poisoned", is_poisoned, POISONED_COLOUR)):
+        rows = weights[:, mask]
+        low, mid, high = (np.percentile(rows, q, axis=1) for q in (10, 50, 90))
+        fig.add_trace(go.Scatter(x=epochs + epochs[::-1], y=list(high) + list(low[::-1]), fill="toself",
+                                 fillcolor=colour, opacity=0.18, line={"width": 0}, hoverinfo="skip",
+                                 showlegend=False))
+        fig.add_trace(go.Scatter(x=epochs, y=mid, mode="lines+markers", name=f"{name} images (median, 10–90%)",
+                                 line={"color": colour, "width": 3}))
+    fig.update_layout(height=380, margin={"l": 10, "r": 10, "t": 20, "b": 10}, yaxis_title="weight in f_C's loss",
+                      xaxis_title="f_C's epoch (0: before it trains)", xaxis={"dtick": 1},
+                      legend={"orientation": "h", "y": -0.25})
+    return fig
+
+
+def step_weights(ctx: Lesson) -> None:
+    arrays = load_arrays(ctx.run, "sample_weights") or {}
+    weights, poisoned = arrays.get("weights"), arrays.get("is_poisoned")
+    left, right = st.columns([3, 2])
+    if weights is None or poisoned is None or weights.ndim != 2:
+        st.info("This run kept no per-epoch weights.")
+        return
+    poisoned = poisoned.astype(bool)
+    with left:
+        plotly_chart(weights_figure(weights, poisoned), key="lesson_weights_chart")
+    with right:
+        st.markdown("CBD weighs every training image by **w = CE_B / (CE_B + CE_C)**: an image f_B fits far more "
+                    "easily than f_C (a small loss CE_B) counts for little in f_C's training.")
+        say(lesson.weights_story(weights, poisoned, ctx.summary))
+        st.page_link("pages/sample_weights.py", label="Every weight, epoch by epoch: the Sample weights page →")
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def map_points(path: str, stamp: tuple[int, int]) -> dict[str, Any] | None:
+    """Each model's 2-D map, the poisoned flags aligned to it and its neighbour share (cached)."""
+    run = RunDir(Path(path))
+    maps = load_arrays(run, UMAP_FILE)
+    weights = load_arrays(run, "sample_weights") or {}
+    if maps is None or "is_poisoned" not in weights:
+        return None
+    index = np.asarray(maps["index"], dtype=np.int64)
+    poisoned = np.asarray(weights["is_poisoned"], bool)
+    if len(index) and index.max() >= len(poisoned):
+        return None
+    flags = poisoned[index]
+    xy = {key[len("umap_"):]: maps[key] for key in maps if key.startswith("umap_")}
+    return {"flags": flags, "xy": xy, "shares": {n: lesson.neighbour_share(v, flags) for n, v in xy.items()}}
+
+
+def map_figure(xy: np.ndarray, flags: np.ndarray, title: str) -> go.Figure:
+    fig = go.Figure()
+    for name, mask, colour, symbol, size in (("clean", ~flags, "#9aa5b1", "circle", 4),
+                                             ("poisoned", flags, POISONED_COLOUR, "x", 6)):
+        fig.add_trace(go.Scattergl(x=xy[mask, 0], y=xy[mask, 1], mode="markers", name=f"{name} ({int(mask.sum()):,})",
+                                   marker={"color": colour, "symbol": symbol, "size": scaled(size),
+                                           "opacity": 0.5 if name == "clean" else 0.85}, hoverinfo="skip"))
+    fig.update_layout(title=title, height=400, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      legend={"orientation": "h", "y": -0.05}, xaxis={"visible": False}, yaxis={"visible": False})
+    return fig
+
+
+def step_maps(ctx: Lesson) -> None:
+    points = map_points(str(ctx.run.path), (ctx.run.arrays_mtime(UMAP_FILE), ctx.run.arrays_mtime("sample_weights")))
+    if points is None or not points["xy"]:
+        st.info("This run's maps are not ready: the background worker computes them after the run (up to half a "
+                "minute). The **Embeddings** page waits for them; come back to this step in a moment.")
+        st.page_link("pages/embeddings.py", label="The Embeddings page →")
+        return
+    names = sorted(points["xy"], key=lambda n: (n != "f_B", n))
+    columns = st.columns(len(names) + 1, gap="medium") if len(names) < 3 else st.columns(len(names))
+    titles = {"f_B": "f_B, the backdoored model", "f_C": "f_C, the deconfounded model"}
+    for column, name in zip(columns, names):
+        with column:
+            plotly_chart(map_figure(points["xy"][name], points["flags"], titles.get(name, name)),
+                         key=f"lesson_map_{name}")
+    with columns[-1]:
+        st.markdown("Each dot is a training image, placed by what the model \"sees\" (its last hidden layer, "
+                    "mapped to 2-D with UMAP): images the model finds alike sit together. Crosses are poisoned.")
+        say(lesson.maps_story(points["shares"], float(ctx.config.get("poison_rate", 0.0)), ctx.summary))
+        st.page_link("pages/embeddings.py", label="Watch the maps form epoch by epoch: the Embeddings page →")
+
+
+def step_attributions(ctx: Lesson) -> None:
+    test_x, test_y, region = run_images(ctx.run)
+    models = load_models(ctx.run)
+    index = example_index(ctx.run)
+    image = apply_run_trigger(test_x[index], ctx.config)
+    patch = trigger_is_patch(ctx.config, region)
+    names = sorted(models, key=lambda n: (n != "f_B", n))
+    maps = {name: attribution_map(models[name], image, None, LESSON_METHOD) for name in names}
+    tops = colour_limits(maps, per_model=True)
+    columns = st.columns([1] + [2] * len(names) + [2])
+    with columns[0]:
+        st.image(enlarge(image, 112), caption=f"a {ctx.name(int(test_y[index]))} with the trigger")
+    for column, name in zip(columns[1:], names):
+        with column:
+            st.markdown(f"**{model_view(ctx.config.get('defense'), name).title}**")
+            plotly_chart(overlay_figure(image, maps[name], region if patch else None, tops[name], height=280,
+                                        colour_bar=False),
+                         key=f"lesson_attr_{name}")
+            predicted = int(np.argmax(predict_proba(models[name], image)))
+            st.markdown(f"predicts **{ctx.name(predicted)}**"
+                        + (" — the attack's target" if predicted == ctx.target else ""))
+    with columns[-1]:
+        st.caption("Bright = the pixels that drove the model's decision (integrated gradients; each map is coloured "
+                   "from zero to its own largest value)." + (" The dotted box is the trigger." if patch else
+                                       " This trigger changes the whole image, so it is not outlined."))
+        shares = mean_shares(str(runs_root_path()), ctx.run.run_id, LESSON_METHOD)
+        say(lesson.attributions_story(shares, float(region.mean()), patch, ctx.summary))
+        st.page_link("pages/attributions.py", label="Try other images and methods →")
+
+
+def step_verdict(ctx: Lesson) -> None:
+    verdict_banner(ctx.run)  # the verdict, the cost and what happened, in sentences
+    left, right = st.columns([3, 2])
+    with left:
+        base = ctx.baseline.summary if ctx.baseline.state == "done" else None
+        c1, c2 = st.columns(2)
+        asr, ca = ctx.summary.get("attack_success_rate"), ctx.summary.get("clean_accuracy")
+        if base:
+            base_asr, base_ca = base["attack_success_rate"], base["clean_accuracy"]
+            # Green only for a removed backdoor: a small drop of a persisting one is no success.
+            removed = verdicts.verdict(ctx.summary) == verdicts.REMOVED
+            c1.metric("attack success rate with CBD", f"{asr:.1%}",
+                      f"{(asr - base_asr) * 100:+.1f} points against {base_asr:.1%} undefended",
+                      delta_color="inverse" if removed else "off")
+            c2.metric("clean accuracy with CBD", f"{ca:.1%}",
+                      f"{(ca - base_ca) * 100:+.1f} points against {base_ca:.1%} undefended")
+        else:
+            c1.metric("attack success rate with CBD", f"{asr:.1%}")
+            c2.metric("clean accuracy with CBD", f"{ca:.1%}")
+        if ctx.baseline.state == "training":
+            st.info(f"The undefended baseline `{ctx.baseline.run_id}` is still training; the comparison appears "
+                    "when it is done.")
+        elif ctx.baseline.state == "none":
+            st.warning("No undefended run on the same data and seed has finished, so there is nothing to measure "
+                       "this run against.")
+            if st.button("Queue the undefended baseline", key="lesson_verdict_baseline"):
+                verdicts.ensure_baseline(ctx.run, runs_root_path())
+                st.rerun()
+    with right:
+        if ctx.preset is not None:
+            st.markdown(f"#### What this preset teaches\n{ctx.preset.lesson}")
+        st.markdown("#### Next\nPick another attack above and walk through it the same way: WaNet is the one where "
+                    "CBD fails, and its steps show where the story breaks.")
+
+
+STEP_VIEWS = {"attack": step_attack, "training": step_training, "weights": step_weights, "maps": step_maps,
+              "attributions": step_attributions, "verdict": step_verdict}
+
+
+def step_navigation(step: int, where: str) -> None:
+    """Back and Next (and, at the top, the list of steps to jump to)."""
+    if where == "top":
+        st.session_state[STEP_PICKER] = step
+        st.segmented_control("Step", list(range(1, len(lesson.STEPS) + 1)), key=STEP_PICKER, required=True,
+                             format_func=lambda i: f"{i} · {STEP_TITLES[i - 1]}", on_change=_picked_step,
+                             label_visibility="collapsed")
+        return
+    back, _, forward = st.columns([1, 4, 1])
+    back.button("← Back", key="lesson_back", disabled=step == 1, on_click=go_to, args=(step - 1,),
+                width="stretch")
+    forward.button("Next →", key="lesson_next", disabled=step == len(lesson.STEPS), on_click=go_to,
+                   args=(step + 1,), type="primary", width="stretch")
+
+
+def main() -> None:
+    pairs = run_pairs()
+    top = st.columns([2, 3])
+    with top[0]:
+        preset = choose_preset(pairs)
+    with top[1]:
+        run = choose_run(preset, pairs)
+    preset_status(preset, pairs)
+    if run is None:
+        return
+    config = load_config(run)
+    summary = load_summary(run) or {}
+    own = run.run_id in preset_run_ids(preset)
+    ctx = Lesson(run, config, summary, load_baseline(run), [str(c) for c in summary.get("class_names") or
+                                                                 range(int(summary.get("num_classes", 10)))],
+                 int(config.get("target_label", 0)), preset if own else None)
+    step = current_step()
+    if st.query_params.get(STEP_PARAM) != str(step):
+        st.query_params[STEP_PARAM] = str(step)
+    step_navigation(step, "top")
+    key, title = lesson.STEPS[step - 1]
+    st.subheader(f"Step {step} of {len(lesson.STEPS)}: {title}")
+    with page_errors():
+        STEP_VIEWS[key](ctx)
+    step_navigation(step, "bottom")
+
+
+st.title("CBD, step by step")
+if not presenting():  # on a projector the step itself gets the room
+    st.caption("One real run, step by step: the attack, how the two models train, whether CBD's weights find the "
+               "poison, what each model sees and where it looks, and the verdict. Share the page's link: it opens on "
+               "the same run and step.")
+with page_errors():
+    main()

@@ -1,0 +1,169 @@
+"""The Lesson page over a real (tiny) run pair: every step, Back / Next, the step and run in the URL,
+a deep link to a step, the empty state with its queue button, and a failed defense told as a failure."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from cbd_core import lesson
+from cbd_core.analysis.embeddings import compute_umap, configure_numba_cache
+from cbd_core.runs import RunDir, list_runs, write_json
+from conftest import ROOT, app_at_page
+
+configure_numba_cache()  # before umap is first imported in this process
+
+pytestmark = pytest.mark.usefixtures("no_worker")  # the app would start a real worker process
+
+STEPS = len(lesson.STEPS)
+
+
+@pytest.fixture(scope="module")
+def lesson_root(finished_runs, tmp_path_factory):
+    """Copies of the shared CBD run and its undefended baseline (same data and seed), the CBD run's map
+    computed as the worker would."""
+    root, ids = finished_runs
+    copy = tmp_path_factory.mktemp("lesson_runs")
+    for defense in ("cbd", "undefended"):
+        shutil.copytree(root / ids[defense], copy / ids[defense])
+    compute_umap(RunDir(copy / ids["cbd"]))
+    return copy, ids
+
+
+@pytest.fixture
+def lesson_pair(lesson_root, monkeypatch):
+    root, ids = lesson_root
+    monkeypatch.setenv("BACKDOOR_LAB_RUNS", str(root))
+    return root, ids
+
+
+def open_lesson(run: str | None = None, step: int | None = None, **params) -> AppTest:
+    at = app_at_page("lesson", run)
+    if step is not None:
+        at.query_params["step"] = str(step)
+    for key, value in params.items():
+        at.query_params[key] = value
+    return at.run()
+
+
+def page_text(at: AppTest) -> str:
+    return "\n".join([m.value for m in at.markdown] + [c.value for c in at.caption] + [i.value for i in at.info]
+                     + [s.value for s in at.subheader] + [e.value for e in at.error] + [w.value for w in at.warning]
+                     + [s.value for s in at.success])
+
+
+def test_lesson_is_the_default_page(lesson_pair):
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    assert not at.exception
+    assert at.title[0].value == "CBD, step by step"
+
+
+def test_every_step_renders_for_a_finished_run_pair(lesson_pair):
+    root, ids = lesson_pair
+    expected = {
+        1: ("Step 1 of 6: The attack", "put the trigger on", "labelled 0"),
+        2: ("Step 2 of 6: Training", "f_B", "f_C"),
+        3: ("Step 3 of 6: The weights", "median poisoned image has weight", "detection AUROC"),
+        4: ("Step 4 of 6: What each model sees", "nearest neighbours are poisoned", "Crosses are poisoned"),
+        5: ("Step 5 of 6: Where each model looks", "of f_B's attribution falls on it", "f_C puts"),
+        6: ("Step 6 of 6: The verdict", "against the undefended baseline", "without a defense"),
+    }
+    for step, words in expected.items():
+        at = open_lesson(ids["cbd"], step)
+        assert not at.exception, (step, at.exception)
+        # The tiny shared run's backdoor persists (a red verdict banner); nothing else may be an error.
+        assert not [e for e in at.error if "Backdoor persists" not in e.value], (step, [e.value for e in at.error])
+        text = page_text(at)
+        for word in words:
+            assert word in text, (step, word)
+        assert at.query_params["run"] == ids["cbd"] and at.query_params["step"] == str(step)
+    # The pictures: images on the attack step, a chart on each of the others.
+    # Four clean test digits, the same with the trigger, the trigger alone, poisoned training images.
+    assert len(open_lesson(ids["cbd"], 1).get("image")) >= 9
+    for step in (2, 3):
+        assert len(open_lesson(ids["cbd"], step).get("plotly_chart")) == 1
+    maps = open_lesson(ids["cbd"], 4)
+    assert len(maps.get("plotly_chart")) == 2  # f_B's and f_C's maps
+    assert any("Embeddings page" in link.proto.label for link in maps.get("page_link"))  # for the animation
+    assert len(open_lesson(ids["cbd"], 5).get("plotly_chart")) == 2  # f_B's and f_C's attributions
+
+
+def test_next_and_back_move_the_step_in_the_url(lesson_pair):
+    root, ids = lesson_pair
+    at = open_lesson(ids["cbd"])
+    assert at.query_params["step"] == "1" and at.subheader[0].value.startswith("Step 1 of 6")
+    assert at.button(key="lesson_back").disabled
+    at.button(key="lesson_next").click().run()
+    assert not at.exception
+    assert at.query_params["step"] == "2" and at.subheader[0].value.startswith("Step 2 of 6")
+    at.button(key="lesson_next").click().run()
+    assert at.query_params["step"] == "3"
+    at.button(key="lesson_back").click().run()
+    assert at.query_params["step"] == "2" and at.subheader[0].value.startswith("Step 2 of 6")
+    at.segmented_control(key="lesson_step_picker").set_value(6).run()
+    assert at.query_params["step"] == "6" and at.button(key="lesson_next").disabled
+    assert at.query_params["run"] == ids["cbd"]
+
+
+def test_a_deep_link_opens_on_its_step_and_run(lesson_pair):
+    root, ids = lesson_pair
+    at = open_lesson(ids["cbd"], 4)
+    assert not at.exception
+    assert at.subheader[0].value == "Step 4 of 6: What each model sees"
+    assert at.segmented_control(key="lesson_step_picker").value == 4
+    assert at.selectbox(key="lesson_run").value == ids["cbd"]
+    # A step out of range lands on the nearest one.
+    assert open_lesson(ids["cbd"], 99).subheader[0].value.startswith("Step 6 of 6")
+
+
+def test_no_runs_offers_to_queue_the_preset_and_then_shows_its_progress(tmp_path, monkeypatch):
+    from cbd_core.presets import PRESETS
+
+    monkeypatch.setenv("BACKDOOR_LAB_RUNS", str(tmp_path))
+    at = open_lesson()
+    assert not at.exception
+    assert "has not been trained here yet" in page_text(at)
+    assert not at.subheader  # no step without a run
+    at.selectbox(key="lesson_preset").set_value("blend").run()
+    at.button(key="lesson_queue_preset").click().run()
+    assert not at.exception
+    runs = list_runs(tmp_path)  # newest first
+    assert [(r.config()["defense"], r.config()["attack"]) for r in runs] == [("undefended", "blend"), ("cbd", "blend")]
+    preset = PRESETS["blend"].config().validated().to_dict()
+    assert runs[1].config()["defense_params"] == preset["defense_params"]
+    at.run()
+    text = page_text(at)
+    assert f"CBD run `{runs[1].run_id}`: **queued**" in text and f"`{runs[0].run_id}`: **queued**" in text
+    assert not [b for b in at.button if b.key == "lesson_queue_preset"]  # queued once, not offered again
+
+
+def copy_pair(source_root, ids, root, **summary_changes) -> None:
+    for defense in ("cbd", "undefended"):
+        shutil.copytree(source_root / ids[defense], root / ids[defense])
+    path = root / ids["cbd"] / "summary.json"
+    summary = json.loads(path.read_text())
+    summary.update(summary_changes)
+    write_json(path, summary)
+
+
+def test_a_failed_defense_is_told_as_a_failure(lesson_root, tmp_path, monkeypatch):
+    source, ids = lesson_root
+    # f_B never had the trigger; f_C ended with the backdoor in it.
+    copy_pair(source, ids, tmp_path, attack_success_rate=0.86, poison_detection_auroc=0.41,
+              f_b_capture={"captured": False, "detection_auroc": 0.3, "loss_poisoned_median": 2.0,
+                           "loss_clean_median": 0.5})
+    monkeypatch.setenv("BACKDOOR_LAB_RUNS", str(tmp_path))
+    said = {}
+    for step in range(1, STEPS + 1):
+        at = open_lesson(ids["cbd"], step)
+        assert not at.exception and not at.success, step  # no green banner anywhere
+        said[step] = page_text(at)
+    assert "f_C learned the trigger too" in said[2] and "The defense failed in this run" in said[2]
+    assert "does not pick out the poison" in said[3] and "The defense failed in this run" in said[3]
+    assert "The defense failed in this run" in said[4]
+    assert "Backdoor persists: the defense failed" in said[6] and "f_B never caught the trigger" in said[6]
+    for step, text in said.items():
+        assert "removed the backdoor" not in text, step
