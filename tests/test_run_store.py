@@ -125,13 +125,18 @@ def test_new_runs_carry_a_schema_version(tmp_path):
     assert json.loads((run.path / "status.json").read_text())["schema_version"] == runs.SCHEMA_VERSION
 
 
-def test_submit_and_the_worker_go_on_beside_damaged_folders(healthy_and_damaged, patch_dataset, monkeypatch):
-    """Fault 1: jobs.submit raised after writing a queued folder, and the worker exited."""
+
+@pytest.fixture
+def mapless_worker(monkeypatch):
+    """A worker that skips the UMAP step (warm-up, numba cache, maps): these tests are about run folders."""
     import cbd_core.analysis.embeddings as embeddings
 
     monkeypatch.setattr(embeddings, "warm_up", lambda: None)
     monkeypatch.setattr(embeddings, "configure_numba_cache", lambda folder=None: None)
     monkeypatch.setattr(embeddings, "compute_umap", lambda run: {})
+
+def test_submit_and_the_worker_go_on_beside_damaged_folders(healthy_and_damaged, patch_dataset, mapless_worker, monkeypatch):
+    """Fault 1: jobs.submit raised after writing a queued folder, and the worker exited."""
     root, healthy, damaged = healthy_and_damaged
     patch_dataset(300, 100)
     queued = jobs.submit(_config(), root, start_worker=False)
@@ -284,13 +289,8 @@ def _enospc_for(monkeypatch, marker: str) -> None:
 
 
 def test_disk_full_mid_run_fails_that_run_with_the_reason_and_the_worker_goes_on(tmp_path, patch_dataset,
-                                                                                  monkeypatch):
+                                                                                  mapless_worker, monkeypatch):
     """Fault 6: the run stayed "running", the worker died, and a 0-byte error.txt was left."""
-    import cbd_core.analysis.embeddings as embeddings
-
-    monkeypatch.setattr(embeddings, "warm_up", lambda: None)
-    monkeypatch.setattr(embeddings, "configure_numba_cache", lambda folder=None: None)
-    monkeypatch.setattr(embeddings, "compute_umap", lambda run: {})
     patch_dataset(300, 100)
     first = jobs.submit(_config(), tmp_path, start_worker=False)
     second = jobs.submit(_config(seed=1), tmp_path, start_worker=False)
@@ -432,12 +432,7 @@ def test_a_real_cli_run_in_the_apps_root_survives_recovery_and_ends_clean(tmp_pa
     assert status["state"] == "done" and status.get("error") is None, status
 
 
-def test_a_failure_the_full_disk_refused_to_record_is_recorded_once_it_can(tmp_path, patch_dataset, monkeypatch):
-    import cbd_core.analysis.embeddings as embeddings
-
-    monkeypatch.setattr(embeddings, "warm_up", lambda: None)
-    monkeypatch.setattr(embeddings, "configure_numba_cache", lambda folder=None: None)
-    monkeypatch.setattr(embeddings, "compute_umap", lambda run: {})
+def test_a_failure_the_full_disk_refused_to_record_is_recorded_once_it_can(tmp_path, patch_dataset, mapless_worker, monkeypatch):
     patch_dataset(300, 100)
     first = jobs.submit(_config(), tmp_path, start_worker=False)
     second = jobs.submit(_config(seed=1), tmp_path, start_worker=False)
