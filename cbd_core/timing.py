@@ -124,15 +124,17 @@ def total_stages(config: dict[str, Any]) -> int | None:
         return None
 
 
-def run_timing(run: RunDir, status: dict[str, Any] | None = None, now: str | None = None) -> RunTiming:
-    """`estimate` for a run folder, from its own files and the finished runs beside it."""
+def run_timing(run: RunDir, status: dict[str, Any] | None = None, now: str | None = None,
+               durations: list[float] | None = None) -> RunTiming:
+    """`estimate` for a run folder, from its own files and the finished runs beside it (`durations`:
+    `similar_durations` already looked up by the caller, who may cache it; else looked up here)."""
     status = status if status is not None else run.status()
     if status.get("state") != "running":
         return estimate(status, [], None, [], now)
     config = run.config()
-    device = status.get("device") or status.get("queue")
-    return estimate(status, run.metrics(), total_stages(config), similar_durations(config, device, run.path.parent),
-                    now)
+    if durations is None:
+        durations = similar_durations(config, status.get("device") or status.get("queue"), run.path.parent)
+    return estimate(status, run.metrics(), total_stages(config), durations, now)
 
 
 def duration_text(seconds: float | None) -> str:

@@ -7,6 +7,7 @@ the CLI and queues a run folder; the live panel is a fragment that re-reads that
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import plotly.graph_objects as go
@@ -19,7 +20,7 @@ from cbd_core.data import DATASETS
 from cbd_core.defenses import DEFENSES
 from cbd_core.errors import UserInputError
 from cbd_core.runs import FINISHED, RunDir, list_runs
-from cbd_core.timing import duration_text, run_timing, seconds_between
+from cbd_core.timing import duration_text, run_timing, seconds_between, similar_durations
 from pages.common import (active_run_id, chart_config, defense_title, explain, load_config, load_summary,
                           page_errors, phase_title, runs_root_path, set_active_run, verdict_banner)
 from pages.common.navigation import follow_app_navigation
@@ -208,6 +209,13 @@ def waiting_note(run: RunDir, status: dict[str, Any]) -> None:
         st.info("The worker is ready and takes this run in a moment.", icon=":material/schedule:")
 
 
+@st.cache_data(show_spinner=False, ttl=30, max_entries=64)
+def similar_run_durations(root: str, config_json: str, device: str) -> list[float]:
+    """How long finished runs like this one took: they do not change while it trains, so the live panel
+    (redrawn every second) reads the runs root for them at most every 30 s, not on every redraw."""
+    return similar_durations(json.loads(config_json), device, root)
+
+
 def timing_line(run: RunDir, status: dict[str, Any]) -> None:
     """Elapsed time and, while it trains, about how long is left and what that estimate rests on."""
     state = status.get("state")
@@ -216,7 +224,11 @@ def timing_line(run: RunDir, status: dict[str, Any]) -> None:
         if waited is not None:
             st.caption(f":material/timer: Waiting for {duration_text(waited)}.")
         return
-    timing = run_timing(run, status)
+    durations = None
+    if state == "running":
+        durations = similar_run_durations(str(run.path.parent), json.dumps(load_config(run), sort_keys=True),
+                                          str(status.get("device") or status.get("queue")))
+    timing = run_timing(run, status, durations=durations)
     if timing.elapsed is None:
         return
     if state == "done":
