@@ -20,7 +20,7 @@ longer runs keep every k-th epoch and the last epoch of each phase.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -73,6 +73,23 @@ class EpochRecorder:
         self.model_names = model_names
         self.stride = recorded_stride(total_epochs)
         self.frames: list[dict[str, Any]] = []
+        self._remembered: Callable[[nn.Module], tuple[torch.Tensor, torch.Tensor] | None] = lambda model: None
+        self._positions: torch.Tensor | None = None
+
+    def reuse(self, remembered: Callable[[nn.Module], tuple[torch.Tensor, torch.Tensor] | None],
+              embedding_index: np.ndarray) -> None:
+        """Take a frame from `remembered(model)` (features and logits of the `embedding_index` images from
+        the model's last full pass, or None once the model has changed: `DefenseContext.
+        remembered_embedding`) instead of a pass of its own. CBD scores every training sample at the end
+        of each epoch, so its frames cost nothing; the numbers are the same to the bit (each image's
+        output does not depend on its batch). The recorded images must be among `embedding_index`."""
+        embedding_index = np.asarray(embedding_index, dtype=np.int64)
+        positions = np.searchsorted(embedding_index, self.index)
+        if len(self.index) and not np.array_equal(embedding_index[np.minimum(positions, len(embedding_index) - 1)],
+                                                  self.index):
+            raise ValueError("the recorded images must be among the embedding subset")
+        self._remembered = remembered
+        self._positions = torch.from_numpy(positions).to(self.x.device)
 
     def record(self, number: int, line: dict[str, Any], model: nn.Module) -> None:
         """Called by `DefenseContext.end_epoch` with the run's epoch number (1-based, the line's position
@@ -80,7 +97,11 @@ class EpochRecorder:
         phase, epoch, epochs = str(line.get("phase")), int(line.get("epoch", 0)), int(line.get("epochs", 0))
         if not len(self.index) or (number % self.stride and epoch != epochs):
             return
-        z, logits = features_and_logits(model, self.x)
+        remembered = self._remembered(model)
+        if remembered is not None:
+            z, logits = remembered[0][self._positions], remembered[1][self._positions]
+        else:
+            z, logits = features_and_logits(model, self.x)
         features = np.clip(z.float().cpu().numpy(), -FLOAT16_MAX, FLOAT16_MAX).astype(np.float16)
         self.frames.append({"epoch": number, "phase": phase, "phase_epoch": epoch,
                             "model": phase if phase in self.model_names else self.model_names[0],

@@ -172,6 +172,8 @@ def _train_and_record(config: RunConfig, data: PoisonedData, run: RunDir, device
                          _log=run.append_metrics, _is_cancelled=is_cancelled, _on_epoch=recorder.record,
                          _total_epochs=defense.total_epochs(config.defense_params),
                          _embedding_index=torch.from_numpy(subset).to(device) if len(subset) else None)
+    if len(subset):
+        recorder.reuse(ctx.remembered_embedding, subset)
     result = defense.train(ctx)
 
     final = eval_sets.evaluate(result.model)  # the last epoch's scores when the model has not changed since

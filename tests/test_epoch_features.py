@@ -119,6 +119,41 @@ def test_long_runs_keep_every_kth_epoch_and_each_phases_last():
     assert recorder.arrays()["features"].shape == (len(numbers), 2, 2)
 
 
+def test_frames_taken_from_the_last_full_pass_equal_a_pass_of_their_own():
+    """CBD's frames come from the pass it already made over the training set (`reuse`); they must be the
+    frames a pass over the recorded images alone gives, and a changed model must get a pass of its own."""
+    from cbd_core.models import build_model
+    from cbd_core.training import features_and_logits
+
+    torch.manual_seed(0)
+    x = torch.rand(40, 1, 28, 28)
+    embedding_index = np.arange(0, 40, 2)  # sorted, like the run's embedding subset
+    recorded = np.array([2, 10, 30])
+    model = build_model("cnn", 1, 10).eval()
+    z, logits = features_and_logits(model, x[torch.from_numpy(embedding_index)])
+    asked = []
+
+    def remembered(m):
+        asked.append(m)
+        return (z, logits) if m is model else None
+
+    line = {"phase": "train", "epoch": 1, "epochs": 2}
+    reusing = EpochRecorder(x, recorded, ("model",), total_epochs=2)
+    reusing.reuse(remembered, embedding_index)
+    own = EpochRecorder(x, recorded, ("model",), total_epochs=2)
+    reusing.record(1, line, model)
+    own.record(1, line, model)
+    assert asked == [model]
+    for key in ("features", "prediction"):
+        assert np.array_equal(reusing.arrays()[key], own.arrays()[key])
+    other = build_model("cnn", 1, 10).eval()  # not remembered: the recorder makes its own pass
+    reusing.record(2, {**line, "epoch": 2}, other)
+    own.record(2, {**line, "epoch": 2}, other)
+    assert np.array_equal(reusing.arrays()["features"], own.arrays()["features"])
+    with pytest.raises(ValueError):
+        EpochRecorder(x, np.array([3]), ("model",), total_epochs=2).reuse(remembered, embedding_index)
+
+
 def test_sequence_moves_points_only_where_features_change():
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((4, 16)) * 4

@@ -250,10 +250,14 @@ class CBD(Defense):
 
                 if p["mi_weight"] > 0:
                     # The critic climbs the MI estimate on detached features, then f_C descends it.
+                    disc.requires_grad_(True)
                     critic_loss = -disc.mi_estimate(z_b, z_c.detach())
                     opt_d.zero_grad(set_to_none=True)
                     critic_loss.backward()
                     opt_d.step()
+                    # f_C's step needs the gradient through T, not T's own (the critic has stepped):
+                    # the same numbers, a smaller backward pass.
+                    disc.requires_grad_(False)
                     mi = disc.mi_estimate(z_b, z_c)
                     loss = loss + p["mi_weight"] * mi
                     tally_mi.add(mi, len(idx))
