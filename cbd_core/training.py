@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from .data import ImageSet, to_tensor
 from .errors import UserInputError
 from .metrics import accuracy, attack_success_rate
+from .models import for_inference
 
 
 def choose_device(requested: str | None = None) -> torch.device:
@@ -173,26 +174,23 @@ EVAL_BATCH = 256
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.Tensor:
-    """Logits for every row of x, in eval mode (the model's mode is restored afterwards)."""
-    was_training = model.training
-    model.eval()
-    out = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]) if len(x) else \
-        torch.empty(0)
-    model.train(was_training)
-    return out
+    """Logits for every row of x, in eval mode (the model itself is not changed)."""
+    if not len(x):
+        return torch.empty(0)
+    inference = for_inference(model)
+    return torch.cat([inference(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 @torch.no_grad()
-def features_and_logits(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
-    """Penultimate features z and logits for every row of x, in eval mode."""
-    was_training = model.training
-    model.eval()
+def features_and_logits(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Penultimate features z and logits for every row of x, in eval mode (the model is not changed)."""
+    inference = for_inference(model)
     zs, logits = [], []
     for i in range(0, len(x), batch_size):
-        z = model.features(x[i:i + batch_size])
+        z = inference.features(x[i:i + batch_size])
         zs.append(z)
-        logits.append(model.classify(z))
-    model.train(was_training)
+        logits.append(inference.classify(z))
     return torch.cat(zs), torch.cat(logits)
 
 

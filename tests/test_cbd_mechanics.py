@@ -230,3 +230,28 @@ def test_f_b_with_fewer_checkpoints_than_stages(tmp_path, patch_dataset):
     run = RunDir.create(tmp_path, prepared.config.to_dict())
     execute(prepared, run)
     assert [m["step"] for m in run.metrics() if m["phase"] == "f_B"] == [2, 4, 6, 8]
+
+
+def test_cached_f_b_features_change_only_f_cs_phase(tmp_path, patch_dataset):
+    """`backdoor_features`: f_B trains the same either way (same CE_B, same capture); only f_C's MI term
+    reads f_B's features differently (cached from the image, or f_B run on the augmented batch)."""
+    import numpy as np
+
+    from cbd_core.config import RunConfig
+    from cbd_core.pipeline import execute, prepare
+    from cbd_core.runs import RunDir
+
+    patch_dataset(300, 100)
+    records = {}
+    for mode in ("cached", "per_batch"):
+        prepared = prepare(RunConfig(defense="cbd", device="cpu", embedding_samples=0, threads=1,
+                                     defense_params={"backdoor_steps": 8, "backdoor_checkpoints": 2, "epochs": 2,
+                                                     "batch_size": 64, "backdoor_features": mode}))
+        run = RunDir.create(tmp_path / mode, prepared.config.to_dict())
+        execute(prepared, run)
+        records[mode] = (run.arrays("sample_weights"), [m for m in run.metrics() if m["phase"] == "f_C"])
+    (cached, cached_f_c), (per_batch, per_batch_f_c) = records["cached"], records["per_batch"]
+    assert np.array_equal(cached["loss_backdoor"], per_batch["loss_backdoor"])
+    assert np.array_equal(cached["weights"][0], per_batch["weights"][0])  # before f_C trains
+    assert [m["mi_estimate"] for m in cached_f_c] != [m["mi_estimate"] for m in per_batch_f_c]
+    assert all(np.isfinite(m["mi_estimate"]) for m in cached_f_c + per_batch_f_c)

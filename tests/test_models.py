@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch import nn
 
 from cbd_core.errors import UserInputError
 from cbd_core.models import (
@@ -11,6 +12,7 @@ from cbd_core.models import (
     WideResNet,
     build_model,
     default_model_for,
+    for_inference,
 )
 
 # (name, input shape (C, H, W), expected feature_dim)
@@ -111,3 +113,34 @@ def test_build_model_unknown_name():
 )
 def test_default_model_for(shape, expected):
     assert default_model_for(shape) == expected
+
+
+def test_for_inference_folds_each_conv_bn_pair_and_computes_the_same_function():
+    model = build_model("cnn", 1, 10)
+    with torch.no_grad():  # batch norms with real statistics and non-trivial scales and shifts
+        for _ in range(3):
+            model(torch.rand(32, 1, 28, 28) * 2)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(-2, 2)
+                m.bias.uniform_(-1, 1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.rand(16, 1, 28, 28)
+    folded = for_inference(model)
+    assert model.training  # the model itself is left as it was, mode included
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert not folded.training and not any(p.requires_grad for p in folded.parameters())
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(folded.features(x), model.features(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["preact-resnet18", "wrn-16-1"])
+def test_for_inference_leaves_pre_activation_networks_as_they_are(name):
+    """Their batch norms come before the convolutions: nothing to fold, the outputs are the model's own."""
+    model = build_model(name, 3, 10).eval()
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(for_inference(model)(x), model(x))

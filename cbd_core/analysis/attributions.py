@@ -23,6 +23,7 @@ from torch import nn
 
 from ..data import to_tensor
 from ..errors import UserInputError
+from ..training import predict
 
 __all__ = [
     "METHODS",
@@ -112,9 +113,9 @@ def _model_device(model: nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
-@torch.no_grad()
 def _predict_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return torch.cat([model(x[i:i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
+    # The run's own inference path (batch norms folded), so a page's predictions are the run's.
+    return predict(model, x)
 
 
 def predict_proba(model: nn.Module, image: np.ndarray) -> np.ndarray:

@@ -56,21 +56,27 @@ class DefenseContext:
 
         The pass is remembered with the model's exact state (`PassMemo`): asked again for an unchanged
         model it is not made twice, and the run's embeddings take their features from it."""
+        return F.cross_entropy(self._full_pass_of(model)[1], self.train.y, reduction="none")
+
+    def training_pass(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """Penultimate features (N, feature_dim) and logits (N, classes) of every training sample under
+        `model` (eval mode, no augmentation): the same remembered pass as `per_sample_loss`."""
+        return self._full_pass_of(model)
+
+    def _full_pass_of(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         remembered = self._full_pass.get(model)
         if remembered is None:
-            z, logits = features_and_logits(model, self.train.x)
-            kept = z[self._embedding_index] if self._embedding_index is not None else None
-            remembered = (logits, kept)
+            remembered = features_and_logits(model, self.train.x)
             self._full_pass.put(model, remembered)
-        return F.cross_entropy(remembered[0], self.train.y, reduction="none")
+        return remembered
 
     def remembered_embedding(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(features, logits) of the embedding samples from the last full pass over `model`, if the
         model has not changed since; None otherwise."""
         remembered = self._full_pass.get(model)
-        if remembered is None or remembered[1] is None:
+        if remembered is None or self._embedding_index is None:
             return None
-        return remembered[1], remembered[0][self._embedding_index]
+        return remembered[0][self._embedding_index], remembered[1][self._embedding_index]
 
     def generator(self, offset: int = 0) -> torch.Generator:
         """A CPU generator for shuffling and augmentation, derived from the run's seed."""
