@@ -607,8 +607,16 @@ class RunDir:
         self._write(f"models/{name}.pt", buffer.getvalue())
 
     def save_arrays(self, name: str, **arrays: np.ndarray) -> None:
+        """`<name>.npz`, as np.savez_compressed writes it but at zlib's fastest level: a finished CBD run's
+        four files took 0.35 s at the default level 6 and 0.10 s at level 1, 12% larger (the
+        features' zeros compress either way). np.load reads both alike."""
+        import zipfile
+
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, **arrays)
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+            for key, value in arrays.items():
+                with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
         self._write(f"{name}.npz", buffer.getvalue())
 
     def delete(self) -> None:
