@@ -39,13 +39,13 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("badnets", "BadNets 10%: a corner patch, removed", "badnets", 0.10,
            "A 3x3 checkerboard in the corner is the easiest thing in the data to learn: f_B fits the 400 "
            "poisoned digits within its first steps, their weights fall to about zero, and f_C never learns "
-           "the patch. Measured over seeds 0-4: ASR 0.2-0.7% (undefended 100%), clean accuracy within a "
+           "the patch. Measured over seeds 0-4: ASR 0.2-0.4% (undefended 100%), clean accuracy within a "
            "point of the undefended model."),
     Preset("blend", "Blend 10%: a faint noise overlay, removed", "blend", 0.10,
            "The whole image is blended with a fixed noise pattern at 20%. f_B still picks it up faster than "
            "the digits, but less cleanly than a patch: how early and how steadily it fits each image (its "
            "loss averaged over its training) is what separates the poison. Measured over seeds 0-4: ASR "
-           "0.3-1.0% (undefended 100%)."),
+           "0.3-0.9% (undefended 100%)."),
     Preset("trojan", "Trojan 10%: a watermark, removed", "trojan", 0.10,
            "A 7x7 ring watermark: a large, high-contrast trigger that f_B learns almost at once. Measured "
            "over seeds 0-4: ASR at most 0.2% (undefended 100%)."),
@@ -54,14 +54,14 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            "mark all 400 zeros and no reweighting inside the class could find a clean one; at 5% half the "
            "zeros stay clean, so f_B can learn 'stripes mean 0' faster than 'a round shape means 0' and the "
            "striped zeros get small weights. It goes only part of the way: over seeds 0-2 the attack "
-           "alone reaches 43-67% of triggered digits, CBD brings that to 3-12% (weakened on two seeds, "
-           "removed on one). At 10% it fails (ASR 48-97%); at 2.5% the attack barely takes hold by itself."),
+           "alone reaches 43-67% of triggered digits, CBD brings that to 5-9% (weakened on all three). "
+           "At 10% it fails (ASR 51-96%); at 2.5% the attack barely takes hold by itself."),
     Preset("wanet", "WaNet 10%: a warp CBD cannot see (CBD fails)", "wanet", 0.10,
            "WaNet bends the image by a small fixed warp. On digits the warp is learned *later* than the "
            "digits themselves, so f_B, trained briefly, has not caught it: its loss on the warped images is "
            "higher than on clean ones (capture AUROC well below 0.5), the weights point the wrong way and "
            "f_C learns the backdoor. CBD rests on the shortcut being learned first; here it is not. "
-           "Measured over seeds 0-2: ASR 96-99% with CBD against 97-98% without; f_B caught the warp on "
+           "Measured over seeds 0-2: ASR 98-99% with CBD against 97-98% without; f_B caught the warp on "
            "none. Stronger warps (s = 1, 2) and f_B without augmentation were tried and change nothing."),
 )}
 

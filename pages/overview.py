@@ -42,8 +42,8 @@ with page_errors():
     with st.container(border=True):
         words, button = st.columns([4, 1], vertical_alignment="center")
         words.markdown("**Try it:** the **Quick demo** poisons 10% of the embedded MNIST digits with the BadNets "
-                       "trigger (target 0) and trains CBD on them in the background (about half a minute on a laptop "
-                       "CPU), then the same data without a defense (about 15 seconds), so the verdict can say what "
+                       "trigger (target 0) and trains CBD on them in the background (about 20 seconds on a laptop "
+                       "CPU), then the same data without a defense (about 10 seconds), so the verdict can say what "
                        "CBD cost. The **Train** page shows it live; the **Lesson** then walks through it step by step.")
         if button.button("▶ Quick demo", type="primary", width="stretch"):
             with st.spinner("Queueing the demo run…"):
