@@ -253,6 +253,7 @@ def find_run_pairs(root: str | Path | None, attack: str | None = None, matches: 
     right now; with `matches` (a validated config dict, e.g. a preset's) only those on the same data
     and seed (verdicts.same_data) with the same CBD settings. Unreadable runs are skipped."""
     pairs = []
+    baselines = verdicts.undefended_runs(root)  # read once for every CBD run below
     for run in list_runs(root):
         if run.problem():
             continue
@@ -266,5 +267,5 @@ def find_run_pairs(root: str | Path | None, attack: str | None = None, matches: 
                                     or config.get("defense_params") != matches.get("defense_params")):
             continue
         pairs.append(RunPair(run, config, run.status().get("state", "?"),
-                             verdicts.lookup_baseline(config, root)))
+                             verdicts.lookup_baseline(config, root, baselines)))
     return pairs

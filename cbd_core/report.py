@@ -81,8 +81,11 @@ def _svg(fig: Any) -> str:
 def curves_svg(metrics: list[dict[str, Any]], defense: str | None = None) -> str | None:
     """Clean accuracy (solid) and attack success rate (dashed) per stage, one colour per phase (named by
     the defense's registry entry, e.g. CBD's "f_C" as "deconfounded f_C")."""
-    from .defenses import DEFENSES
     from matplotlib.figure import Figure
+
+    from .defenses import defense_or_none
+
+    registered = defense_or_none(defense)
 
     points = [m for m in metrics if isinstance(m.get("clean_accuracy"), (int, float))]
     if not points:
@@ -93,7 +96,7 @@ def curves_svg(metrics: list[dict[str, Any]], defense: str | None = None) -> str
     for colour, phase in zip(PALETTE * 4, phases):
         x = [i + 1 for i, m in enumerate(points) if str(m.get("phase")) == phase]
         lines = [m for m in points if str(m.get("phase")) == phase]
-        name = DEFENSES[defense].phase_title(phase) if defense in DEFENSES else phase
+        name = registered.phase_title(phase) if registered else phase
         ax.plot(x, [_number(m.get("clean_accuracy")) for m in lines], marker="o", color=colour, ms=4,
                 label=f"{name}: clean accuracy")
         ax.plot(x, [_number(m.get("attack_success_rate")) for m in lines], marker="x", ls=ASR_STYLE, color=colour,

@@ -115,9 +115,9 @@ def similar_durations(config: dict[str, Any], device: Any, root: str | Path | No
 
 def total_stages(config: dict[str, Any]) -> int | None:
     """Stages (metric lines) a run with this config writes in all: the defense's `total_epochs`."""
-    from .defenses import DEFENSES
+    from .defenses import defense_or_none
 
-    defense = DEFENSES.get(config.get("defense"))
+    defense = defense_or_none(config.get("defense"))
     try:
         return int(defense.total_epochs(config.get("defense_params") or {})) if defense else None
     except (KeyError, TypeError, ValueError):
@@ -125,16 +125,19 @@ def total_stages(config: dict[str, Any]) -> int | None:
 
 
 def run_timing(run: RunDir, status: dict[str, Any] | None = None, now: str | None = None,
-               durations: list[float] | None = None) -> RunTiming:
-    """`estimate` for a run folder, from its own files and the finished runs beside it (`durations`:
-    `similar_durations` already looked up by the caller, who may cache it; else looked up here)."""
+               durations: list[float] | None = None, config: dict[str, Any] | None = None,
+               metrics: list[dict[str, Any]] | None = None) -> RunTiming:
+    """`estimate` for a run folder, from its own files and the finished runs beside it. A caller that
+    has already read them passes `status`, `config`, `metrics` and `durations` (`similar_durations`,
+    which it may cache); the rest are read here."""
     status = status if status is not None else run.status()
     if status.get("state") != "running":
         return estimate(status, [], None, [], now)
-    config = run.config()
+    config = config if config is not None else run.config()
     if durations is None:
         durations = similar_durations(config, status.get("device") or status.get("queue"), run.path.parent)
-    return estimate(status, run.metrics(), total_stages(config), durations, now)
+    metrics = metrics if metrics is not None else run.metrics()
+    return estimate(status, metrics, total_stages(config), durations, now)
 
 
 def duration_text(seconds: float | None) -> str:

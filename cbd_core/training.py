@@ -175,9 +175,15 @@ EVAL_BATCH = 256
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.Tensor:
     """Logits for every row of x, in eval mode (the model itself is not changed)."""
+    return batched_logits(for_inference(model), x, batch_size)
+
+
+@torch.no_grad()
+def batched_logits(inference: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.Tensor:
+    """Logits of an inference copy (`models.for_inference`) for every row of x, in batches: for callers
+    that fold a model once and ask it more than once."""
     if not len(x):
         return torch.empty(0)
-    inference = for_inference(model)
     return torch.cat([inference(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
@@ -242,8 +248,9 @@ class EvalSets:
         remembered = self._memo.get(model)
         if remembered is not None:
             return dict(remembered)
-        clean_pred = predict(model, self.clean.x).argmax(1).cpu().numpy()
-        trig_pred = predict(model, self.triggered.x).argmax(1).cpu().numpy()
+        inference = for_inference(model)  # folded once for both sets
+        clean_pred = batched_logits(inference, self.clean.x).argmax(1).cpu().numpy()
+        trig_pred = batched_logits(inference, self.triggered.x).argmax(1).cpu().numpy()
         scores = {
             "clean_accuracy": accuracy(clean_pred, self.clean.y.cpu().numpy()),
             "attack_success_rate": attack_success_rate(trig_pred, self.target_label),

@@ -131,21 +131,30 @@ def same_data(config: dict[str, Any], other: dict[str, Any]) -> bool:
     return all(_same(config.get(key), other.get(key)) for key in BASELINE_KEYS)
 
 
-def _candidates(config: dict[str, Any], root: str | Path | None) -> list[tuple[RunDir, str]]:
-    """(run, state) of every undefended run on the same data in a reusable state (done, running,
-    queued), newest first, from one pass over the runs root; unreadable folders are skipped."""
+def undefended_runs(root: str | Path | None) -> list[tuple[RunDir, dict[str, Any], str]]:
+    """(run, config, state) of every undefended run in a reusable state (done, running, queued), newest
+    first, from one pass over the runs root; unreadable folders are skipped. Callers that look up many
+    baselines at once read this once and pass it to `lookup_baseline`."""
     found = []
     for run in list_runs(root):
         try:
-            other = run.config()
+            config = run.config()
         except (OSError, ValueError, UserInputError):
             continue
-        if other.get("defense") != UNDEFENDED or not same_data(config, other):
+        if config.get("defense") != UNDEFENDED:
             continue
         state = run.status().get("state")
         if state in REUSABLE_STATES:
-            found.append((run, state))
+            found.append((run, config, state))
     return found
+
+
+def _candidates(config: dict[str, Any], root: str | Path | None,
+                pool: list[tuple[RunDir, dict[str, Any], str]] | None = None) -> list[tuple[RunDir, str]]:
+    """(run, state) of every undefended run on the same data in a reusable state, newest first, out of
+    `pool` (default: `undefended_runs(root)`)."""
+    pool = undefended_runs(root) if pool is None else pool
+    return [(run, state) for run, other, state in pool if same_data(config, other)]
 
 
 def _figures(run: RunDir) -> dict[str, Any] | None:
@@ -167,15 +176,17 @@ class Baseline:
     summary: dict[str, Any] | None = None
 
 
-def lookup_baseline(config: dict[str, Any], root: str | Path | None = None) -> Baseline:
+def lookup_baseline(config: dict[str, Any], root: str | Path | None = None,
+                    pool: list[tuple[RunDir, dict[str, Any], str]] | None = None) -> Baseline:
     """The baseline of a run with this config (a config.json dict): the newest finished undefended
     run on the same poisoned data and seed ("done", with its summary), else one still queued or
-    running ("training"), else "none"."""
-    return Baseline("none") if config.get("defense") == UNDEFENDED else _lookup(config, root)
+    running ("training"), else "none". `pool`: `undefended_runs(root)`, when the caller has it."""
+    return Baseline("none") if config.get("defense") == UNDEFENDED else _lookup(config, root, pool)
 
 
-def _lookup(config: dict[str, Any], root: str | Path | None) -> Baseline:
-    candidates = _candidates(config, root)
+def _lookup(config: dict[str, Any], root: str | Path | None,
+            pool: list[tuple[RunDir, dict[str, Any], str]] | None = None) -> Baseline:
+    candidates = _candidates(config, root, pool)
     for run, state in candidates:
         if state == "done" and (summary := _figures(run)) is not None:
             return Baseline("done", run.run_id, summary)

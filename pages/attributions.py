@@ -32,12 +32,12 @@ from pages.common import (
     model_view,
     page_errors,
     pick_run,
+    plot_order,
     runs_root_path,
 )
 from pages.common.attribution_views import (
     MEAN_IMAGES,
     colour_limits,
-    display_order,
     example_index,
     mean_shares,
     overlay_figure,
@@ -118,7 +118,7 @@ def main() -> None:
     else:
         image, shown_region = clean, region  # outlined where the trigger would go
 
-    names = display_order(models)
+    names = plot_order(models)
     shared_scale = len(names) > 1 and st.toggle(
         "One colour scale for all models", value=False, key="attr_shared_scale",
         help="Off: each map is coloured from zero to its own largest value, so a model whose attributions are "

@@ -27,11 +27,11 @@ import streamlit as st
 from cbd_core.analysis.embeddings import EPOCH_UMAP_FILE, UMAP_FILE, has_epoch_umap, has_umap, model_names_in
 from cbd_core.epoch_features import EPOCH_FEATURES_FILE
 from cbd_core.runs import RunDir
-from pages.common import (defense_title, enlarge, explain, load_arrays, load_config, load_summary, model_view,
-                          page_errors, phase_title, pick_run)
+from pages.common import (class_name, defense_title, enlarge, explain, load_arrays, load_config, load_metrics,
+                          load_summary, model_view, page_errors, phase_title, pick_run, plot_order)
 from pages.common.maps import (POISONED_VIEWS, SUSPICION, TRAINING_LABEL,
-                               TRUE_CLASS, WEIGHT, animated_figure, class_name, colour_groups, epoch_timeline,
-                               hover_texts, map_figure, plot_order)
+                               TRUE_CLASS, WEIGHT, animated_figure, colour_groups, epoch_timeline,
+                               hover_texts, map_figure)
 from pages.common.navigation import follow_app_navigation
 from pages.common.presentation import plotly_chart  # sized for presentation mode
 
@@ -46,8 +46,7 @@ FINAL, EPOCHS = "final models", "epoch by epoch"
 GRID_MAX, GRID_COLUMNS = 40, 10  # thumbnails shown for a selection of many images
 
 
-def _table(run: RunDir, index: np.ndarray, embeddings: dict[str, np.ndarray], predictions: dict[str, np.ndarray]
-           ) -> dict[str, Any]:
+def _table(run: RunDir, index: np.ndarray, predictions: dict[str, np.ndarray]) -> dict[str, Any]:
     """Per-sample arrays for the points `index` (training indices), as plain arrays; missing ones are None."""
     weights = load_arrays(run, "sample_weights") or {}
 
@@ -76,8 +75,7 @@ def point_table(run_path: str, stamp: tuple[int, ...]) -> dict[str, Any]:
     embeddings = load_arrays(run, "embeddings") or {}
     index = np.asarray(umap_maps.get("index", embeddings.get("index", np.zeros(0, np.int64))), dtype=np.int64)
     names = model_names_in(embeddings)
-    table = _table(run, index, embeddings, {n: embeddings[f"prediction_{n}"] for n in names
-                                            if f"prediction_{n}" in embeddings})
+    table = _table(run, index, {n: embeddings[f"prediction_{n}"] for n in names if f"prediction_{n}" in embeddings})
     table["maps"] = {n: umap_maps[f"umap_{n}"] for n in names if f"umap_{n}" in umap_maps}
     return table
 
@@ -94,7 +92,7 @@ def epoch_table(run_path: str, stamp: tuple[int, ...]) -> dict[str, Any]:
     rows = np.array([where.get(int(s), -1) for s in index.tolist()], dtype=np.int64)
     predictions = {n: embeddings[f"prediction_{n}"][rows] for n in model_names_in(embeddings)
                    if f"prediction_{n}" in embeddings and (rows >= 0).all()}
-    table = _table(run, index, embeddings, predictions)
+    table = _table(run, index, predictions)
     table.update(coords=maps["coords"], epoch=maps["epoch"], model=maps["model"].astype(str),
                  phase=maps["phase"].astype(str), phase_epoch=maps["phase_epoch"])
     return table
@@ -126,7 +124,9 @@ def epoch_figure(run_path: str, stamp: tuple[int, ...], defense: str, colour_by:
     phases = {p: phase_title(defense, p) for p in set(table["phase"].tolist())}
     steps = epoch_timeline(table["epoch"], table["model"], table["phase"], table["phase_epoch"], models, phases)
     groups = colour_groups(table, colour_by, list(class_names), poisoned_view, list(selected))
-    hover = {m: hover_texts(table, list(class_names), None) for m in models}
+    # Without a model, hover_texts leaves out predictions, so every model shares the one list.
+    shared_hover = hover_texts(table, list(class_names), None)
+    hover = {m: shared_hover for m in models}
     titles = {m: model_view(defense, m).title for m in models}
     return animated_figure(table, table["coords"], steps, models, titles, groups, hover, total_epochs).to_dict()
 
@@ -178,9 +178,6 @@ def sample_details(run: RunDir, points: dict[str, Any], sample: int, class_names
         return
     i = int(position[0])
 
-    def name_of(c: Any) -> str:
-        return class_name(class_names, c)
-
     st.subheader(f"Sample {sample}")
     picture, facts = st.columns([1, 3])
     images = load_arrays(run, "images") or {}
@@ -194,9 +191,9 @@ def sample_details(run: RunDir, points: dict[str, Any], sample: int, class_names
         poisoned = bool(points["is_poisoned"][i]) if points["is_poisoned"] is not None else None
         rows = []
         if points["label"] is not None:
-            rows.append(f"- **Training label:** {name_of(points['label'][i])}")
+            rows.append(f"- **Training label:** {class_name(class_names, points['label'][i])}")
         if points["original_label"] is not None:
-            rows.append(f"- **Original label:** {name_of(points['original_label'][i])}")
+            rows.append(f"- **Original label:** {class_name(class_names, points['original_label'][i])}")
         if poisoned is not None:
             rows.append(f"- **Poisoned:** {'yes: it carries the trigger' if poisoned else 'no'}")
         if points["weight"] is not None:
@@ -205,7 +202,7 @@ def sample_details(run: RunDir, points: dict[str, Any], sample: int, class_names
             rows.append(f"- **{defense_title(defense)} suspicion:** {points['suspicion'][i]:.4g}")
         for name in plot_order(list(points["predictions"])):
             rows.append(f"- **{model_view(defense, name).title} predicts:** "
-                        f"{name_of(points['predictions'][name][i])}")
+                        f"{class_name(class_names, points['predictions'][name][i])}")
         st.markdown("\n".join(rows))
 
 
@@ -339,7 +336,7 @@ def render() -> None:
                    "lasso several (toolbar, top right of a map) to count them and see their images.")
     elif epoch_notes(run):
         table = epoch_table(str(run.path), stamp)
-        total = len(run.metrics()) or int(table["epoch"].max())
+        total = len(load_metrics(run)) or int(table["epoch"].max())
         chart(epoch_figure(str(run.path), stamp, defense, colour_by, poisoned_view, class_names, tuple(selected), total),
               "umap_epochs_chart")
         poisoned_count = int(table["is_poisoned"].sum()) if table["is_poisoned"] is not None else 0

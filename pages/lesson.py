@@ -26,9 +26,9 @@ from cbd_core.attacks import ATTACKS
 from cbd_core.attacks.base import amplified_difference
 from cbd_core.presets import PRESETS, Preset
 from cbd_core.runs import FINISHED, RunDir
-from pages.common import (ACTIVE_RUN, active_run_id, enlarge, load_arrays, load_baseline, load_config,
-                          load_models, load_summary, model_view, page_errors, run_label, runs_root_path, set_active_run,
-                          verdict_banner, _runs_stamp)
+from pages.common import (ACTIVE_RUN, active_run_id, class_name, enlarge, load_arrays, load_baseline, load_config,
+                          load_metrics, load_models, load_summary, model_view, page_errors, plot_order, run_label,
+                          runs_root_path, set_active_run, verdict_banner, _runs_stamp)
 from pages.common.attribution_views import (colour_limits, example_index, mean_shares,
                                             overlay_figure, run_images)
 from pages.common.navigation import follow_app_navigation
@@ -76,7 +76,7 @@ def _picked_run() -> None:
 @st.cache_data(show_spinner=False, max_entries=32)
 def _pairs_cached(root: str, stamp: tuple[tuple[str, int], ...]) -> list[dict[str, Any]]:
     return [{"run_id": p.run.run_id, "attack": p.config.get("attack"), "state": p.state,
-             "baseline": p.baseline.state, "baseline_id": p.baseline.run_id}
+             "baseline": p.baseline.state}
             for p in lesson.find_run_pairs(root)]
 
 
@@ -93,7 +93,8 @@ def _preset_run_ids(root: str, stamp: tuple[tuple[str, int], ...], name: str) ->
 
 
 def preset_run_ids(preset: Preset) -> list[str]:
-    """The CBD runs trained with exactly this preset's settings (any state), newest first."""
+    """The CBD runs trained with exactly this preset's settings (any state), newest first. Each call scans
+    the runs root (for the cache key), so `main` calls it once per rerun and hands the list down."""
     root = runs_root_path()
     return _preset_run_ids(str(root), _runs_stamp(root), preset.name)
 
@@ -113,9 +114,9 @@ def choose_preset(pairs: list[dict[str, Any]]) -> Preset:
     return PRESETS[name]
 
 
-def preset_status(preset: Preset, pairs: list[dict[str, Any]]) -> None:
-    """Whether the preset's own run pair is ready; progress while it trains; a button when it is not queued."""
-    ids = preset_run_ids(preset)
+def preset_status(preset: Preset, pairs: list[dict[str, Any]], ids: list[str]) -> None:
+    """Whether the preset's own run pair is ready (`ids`: its runs, `preset_run_ids`); progress while it
+    trains; a button when it is not queued."""
     mine = [p for p in pairs if p["run_id"] in ids]
     ready = [p for p in mine if p["state"] == "done" and p["baseline"] == "done"]
     active = [p for p in mine if p["state"] in ("queued", "running")
@@ -174,9 +175,10 @@ def pair_progress(run_id: str) -> None:
         st.rerun()
 
 
-def choose_run(preset: Preset, pairs: list[dict[str, Any]]) -> RunDir | None:
-    """The finished CBD run of the preset's attack the lesson shows: the URL's, else the preset's own,
-    else the newest. Says why when the URL names a run the lesson cannot show."""
+def choose_run(preset: Preset, pairs: list[dict[str, Any]], preset_ids: list[str]) -> RunDir | None:
+    """The finished CBD run of the preset's attack the lesson shows: the URL's, else the preset's own
+    (`preset_ids`, from `preset_run_ids`), else the newest. Says why when the URL names a run the lesson
+    cannot show."""
     done = [p for p in pairs if p["attack"] == preset.attack and p["state"] == "done"]
     wanted = active_run_id()
     ids = [p["run_id"] for p in done]
@@ -190,13 +192,13 @@ def choose_run(preset: Preset, pairs: list[dict[str, Any]]) -> RunDir | None:
         if wanted and wanted not in [p["run_id"] for p in pairs]:
             st.caption(f"Run `{wanted}` is not a CBD run (or no longer exists); the lesson needs one, so it shows "
                        "the run below.")
-        own = [i for i in preset_run_ids(preset) if i in ids]
+        own = [i for i in preset_ids if i in ids]
         chosen = own[0] if own else ids[0]
     if chosen != wanted:
         set_active_run(chosen)
     st.session_state[RUN_KEY] = chosen
     root = runs_root_path()
-    own = set(preset_run_ids(preset))
+    own = set(preset_ids)
     st.selectbox("Run", ids, key=RUN_KEY, on_change=_picked_run,
                  format_func=lambda i: ("preset · " if i in own else "") + run_label(RunDir(root / i)),
                  help="Finished CBD runs of this attack: the preset's own first, then any other.")
@@ -215,16 +217,7 @@ class Lesson:
     preset: Preset | None  # when the run is the preset's own
 
     def name(self, c: int) -> str:
-        return self.class_names[c] if 0 <= c < len(self.class_names) else str(c)
-
-
-@st.cache_data(show_spinner=False, max_entries=32)
-def _metrics_cached(path: str, mtime: int) -> list[dict[str, Any]]:
-    return RunDir(Path(path)).metrics()
-
-
-def metrics_of(run: RunDir) -> list[dict[str, Any]]:
-    return _metrics_cached(str(run.path), run.file_mtime("metrics.jsonl"))
+        return class_name(self.class_names, c)
 
 
 def say(sentences: list[str]) -> None:
@@ -336,8 +329,8 @@ def training_figure(metrics: list[dict[str, Any]], baseline_metrics: list[dict[s
 
 
 def step_training(ctx: Lesson) -> None:
-    metrics = metrics_of(ctx.run)
-    baseline_metrics = metrics_of(RunDir(ctx.run.path.parent / ctx.baseline.run_id)) \
+    metrics = load_metrics(ctx.run)
+    baseline_metrics = load_metrics(RunDir(ctx.run.path.parent / ctx.baseline.run_id)) \
         if ctx.baseline.state == "done" else []
     left, right = st.columns([3, 2])
     with left:
@@ -422,7 +415,7 @@ def step_maps(ctx: Lesson) -> None:
                 "minute). The **Embeddings** page waits for them; come back to this step in a moment.")
         st.page_link("pages/embeddings.py", label="The Embeddings page →")
         return
-    names = sorted(points["xy"], key=lambda n: (n != "f_B", n))
+    names = plot_order(points["xy"])
     columns = st.columns(len(names) + 1, gap="medium") if len(names) < 3 else st.columns(len(names))
     titles = {"f_B": "f_B, the backdoored model", "f_C": "f_C, the deconfounded model"}
     for column, name in zip(columns, names):
@@ -442,7 +435,7 @@ def step_attributions(ctx: Lesson) -> None:
     index = example_index(ctx.run)
     image = apply_run_trigger(test_x[index], ctx.config)
     patch = trigger_is_patch(ctx.config, region)
-    names = sorted(models, key=lambda n: (n != "f_B", n))
+    names = plot_order(models)
     maps = {name: attribution_map(models[name], image, None, LESSON_METHOD) for name in names}
     tops = colour_limits(maps, per_model=True)
     columns = st.columns([1] + [2] * len(names) + [2])
@@ -525,14 +518,15 @@ def main() -> None:
     top = st.columns([2, 3])
     with top[0]:
         preset = choose_preset(pairs)
+    preset_ids = preset_run_ids(preset)  # once per rerun: each call scans the runs root
     with top[1]:
-        run = choose_run(preset, pairs)
-    preset_status(preset, pairs)
+        run = choose_run(preset, pairs, preset_ids)
+    preset_status(preset, pairs, preset_ids)
     if run is None:
         return
     config = load_config(run)
     summary = load_summary(run) or {}
-    own = run.run_id in preset_run_ids(preset)
+    own = run.run_id in preset_ids
     ctx = Lesson(run, config, summary, load_baseline(run), [str(c) for c in summary.get("class_names") or
                                                                  range(int(summary.get("num_classes", 10)))],
                  int(config.get("target_label", 0)), preset if own else None)

@@ -24,8 +24,8 @@ import streamlit as st
 from cbd_core.defenses import defense_or_none
 from cbd_core.metrics import auroc
 from cbd_core.runs import RunDir, epoch_number
-from pages.common import (defense_title, enlarge, explain, judging_defenses, load_arrays, load_config, load_summary,
-                          page_errors, pick_run)
+from pages.common import (class_name, defense_title, enlarge, explain, judging_defenses, load_arrays, load_config,
+                          load_metrics, load_summary, page_errors, pick_run)
 from pages.common.navigation import follow_app_navigation
 from pages.common.presentation import plotly_chart  # sized for presentation mode
 
@@ -73,11 +73,6 @@ def auroc_per_epoch(weights: np.ndarray, is_poisoned: np.ndarray) -> list[float]
     return [auroc(-row, is_poisoned) for row in weights]
 
 
-def class_name(names: list[str], c: Any) -> str:
-    c = int(c)
-    return names[c] if 0 <= c < len(names) else str(c)
-
-
 def gallery(title: str, order: np.ndarray, images: dict[str, np.ndarray], caption_of: Any) -> None:
     """A row of enlarged thumbnails for the training samples `order` (already chosen and sorted)."""
     st.markdown(f"**{title}**")
@@ -88,12 +83,9 @@ def gallery(title: str, order: np.ndarray, images: dict[str, np.ndarray], captio
             st.image(enlarge(images["train_x"][position[int(sample)]], THUMBNAIL), caption=caption_of(int(sample)))
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def first_f_c_epoch(run_path: str, mtime: int) -> int | None:
+def first_f_c_epoch(run: RunDir) -> int | None:
     """The run's number of f_C's first epoch (the Train page's numbering), None without metrics."""
-    from pathlib import Path
-
-    return epoch_number(RunDir(Path(run_path)).metrics(), "f_C", 1)
+    return epoch_number(load_metrics(run), "f_C", 1)
 
 
 def kept_note(summary: dict[str, Any], weighting: str | None, offset: int) -> str:
@@ -113,7 +105,7 @@ def kept_note(summary: dict[str, Any], weighting: str | None, offset: int) -> st
 def cbd_view(run: RunDir, record: dict[str, np.ndarray], class_names: list[str], summary: dict[str, Any]) -> None:
     weights, is_poisoned = record["weights"], record["is_poisoned"].astype(bool)
     epochs = weights.shape[0] - 1
-    first = first_f_c_epoch(str(run.path), run.file_mtime("metrics.jsonl"))
+    first = first_f_c_epoch(run)
     offset = first - 1 if first else 0  # row 0 (before f_C trains) sits at f_B's last epoch
     if not offset <= st.session_state.get("weights_epoch", offset) <= offset + epochs:
         st.session_state.pop("weights_epoch", None)  # kept from a run numbered differently

@@ -21,8 +21,8 @@ from cbd_core.defenses import DEFENSES
 from cbd_core.errors import UserInputError
 from cbd_core.runs import FINISHED, RunDir, list_runs
 from cbd_core.timing import duration_text, run_timing, seconds_between, similar_durations
-from pages.common import (active_run_id, chart_config, defense_title, explain, load_config, load_summary,
-                          page_errors, phase_title, runs_root_path, set_active_run, verdict_banner)
+from pages.common import (active_run_id, chart_config, defense_title, explain, load_config, load_metrics,
+                          load_summary, page_errors, phase_title, runs_root_path, set_active_run, verdict_banner)
 from pages.common.navigation import follow_app_navigation
 from pages.common.presentation import plotly_chart  # sized for presentation mode
 from pages.common.settings import AttackSettings
@@ -66,9 +66,9 @@ def take_attack_lab_settings(carried: AttackSettings) -> None:
         st.session_state[key] = memory[key] = value
 
 
-def poison_rate_input(column: Any, dataset: str) -> float:
-    """The poison rate in percent, echoed as a share and a count under the form, so 0.5 cannot be taken
-    for 50 %; returns it as the fraction RunConfig (and the CLI's --poison-rate) uses."""
+def poison_rate_input(column: Any) -> float:
+    """The poison rate field, in percent (`rate_guardrails` echoes it in words under the form, so 0.5
+    cannot be taken for 50 %); returns it as the fraction RunConfig (and the CLI's --poison-rate) uses."""
     remembered("train_rate_percent", 10.0)
     percent = column.number_input("poison rate (%)", 0.0, 50.0, step=0.5, format="%.1f", key="train_rate_percent",
                                   help="percent of the training set that carries the trigger: 10 means one image "
@@ -102,7 +102,7 @@ def settings_form() -> RunConfig | None:
     attacks = list(ATTACKS)
     remembered("train_attack", "badnets", attacks)
     attack = c2.selectbox("attack", attacks, key="train_attack", format_func=lambda n: ATTACKS[n].title)
-    rate = poison_rate_input(c3, dataset)
+    rate = poison_rate_input(c3)
     remembered("train_target", 0)
     target = c4.number_input("target label", 0, 999, step=1, key="train_target",
                              help="the class the trigger sends images to")
@@ -216,8 +216,9 @@ def similar_run_durations(root: str, config_json: str, device: str) -> list[floa
     return similar_durations(json.loads(config_json), device, root)
 
 
-def timing_line(run: RunDir, status: dict[str, Any]) -> None:
-    """Elapsed time and, while it trains, about how long is left and what that estimate rests on."""
+def timing_line(run: RunDir, status: dict[str, Any], config: dict[str, Any], metrics: list[dict[str, Any]]) -> None:
+    """Elapsed time and, while it trains, about how long is left and what that estimate rests on (from the
+    config and metrics the live panel has already read)."""
     state = status.get("state")
     if state == "queued":
         waited = seconds_between(status.get("created"))
@@ -226,9 +227,9 @@ def timing_line(run: RunDir, status: dict[str, Any]) -> None:
         return
     durations = None
     if state == "running":
-        durations = similar_run_durations(str(run.path.parent), json.dumps(load_config(run), sort_keys=True),
+        durations = similar_run_durations(str(run.path.parent), json.dumps(config, sort_keys=True),
                                           str(status.get("device") or status.get("queue")))
-    timing = run_timing(run, status, durations=durations)
+    timing = run_timing(run, status, durations=durations, config=config, metrics=metrics)
     if timing.elapsed is None:
         return
     if state == "done":
@@ -289,7 +290,8 @@ def live_panel() -> None:
         c3.metric("phase", "preparing")
         st.caption(":material/hourglass_top: Loading the data, applying the trigger and building the models; the "
                    "first epoch starts in a moment.")
-    timing_line(run, status)
+    metrics = load_metrics(run)  # read again only when the file changes: the estimate and the curves
+    timing_line(run, status, config, metrics)
     if state in ("queued", "running"):
         if st.button("Cancel this run", key="cancel_active"):
             found = jobs.request_cancel(run)
@@ -301,7 +303,6 @@ def live_panel() -> None:
     summary = load_summary(run) if state == "done" else None
     if state == "done":
         verdict_banner(run, status)
-    metrics = run.metrics()
     if metrics:
         plotly_chart(curves(metrics, config["defense"]), width="stretch", key="train_curves",
                      config=chart_config("training-curves", run.run_id))

@@ -384,3 +384,16 @@ def test_the_registry_says_which_triggers_are_patches(attack, patch):
     corner = np.zeros((28, 28), bool)
     corner[-3:, -3:] = True
     assert trigger_is_patch({"attack": "someone-elses"}, corner) is True
+
+
+def test_predictions_follow_a_model_whose_weights_change():
+    """The folded copy a page predicts with is kept per model, and remade when the model changes."""
+    torch.manual_seed(0)
+    model = build_model("cnn", 1, 10).eval()
+    image = (np.random.default_rng(0).random((28, 28, 1)) * 255).astype(np.uint8)
+    before = predict_proba(model, image)
+    assert np.array_equal(predict_proba(model, image), before)
+    with torch.no_grad():
+        model.fc.bias.copy_(torch.arange(10.0) * 5)
+    after = predict_proba(model, image)
+    assert not np.allclose(after, before) and after.argmax() == 9

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserInputError
-from .base import Attack, Param, TriggerPreview, grey_image
+from .base import Attack, Param
 
 
 def checkerboard(size: int) -> np.ndarray:
@@ -31,10 +31,6 @@ class BadNets(Attack):
         Param("col", int, "left column of the patch (default: touching the right edge)", 0, 1024),
         Param("pattern", str, "checkerboard, or white for a solid square", choices=("checkerboard", "white")),
     )
-
-    def trigger_preview(self, params: dict[str, Any], image_shape: tuple[int, int, int]) -> TriggerPreview:
-        return TriggerPreview([self.apply(grey_image(image_shape), params)[0]], ["the patch on a grey image"],
-                              "The trigger is a patch stamped over the same pixels of every poisoned image.")
 
     def defaults(self, image_shape):
         h, w, _ = image_shape

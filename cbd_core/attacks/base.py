@@ -102,8 +102,11 @@ class Attack:
     def trigger_preview(self, params: dict[str, Any], image_shape: tuple[int, int, int]) -> TriggerPreview:
         """The trigger shown on its own, in the view that is honest for this attack (overridden by
         attacks whose trigger a grey image would hide)."""
-        return TriggerPreview([self.apply(grey_image(image_shape), params)[0]], ["the trigger on a grey image"],
-                              "The trigger applied to a plain grey image.")
+        stamped = self.apply(grey_image(image_shape), params)[0]
+        if self.patch:
+            return TriggerPreview([stamped], ["the patch on a grey image"],
+                                  "The trigger is a patch stamped over the same pixels of every poisoned image.")
+        return TriggerPreview([stamped], ["the trigger on a grey image"], "The trigger applied to a plain grey image.")
 
     # -- poisoning -----------------------------------------------------------------------------
     def candidates(self, train: ImageSet, target_label: int) -> np.ndarray:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserInputError
-from .base import Attack, Param, TriggerPreview, grey_image
+from .base import Attack, Param
 
 
 def watermark(size: int) -> np.ndarray:
@@ -31,10 +31,6 @@ class Trojan(Attack):
         Param("size", int, "side of the watermark in pixels (default: a quarter of the image)", 2, 64),
         Param("margin", int, "gap between the watermark and the bottom-right corner", 0, 32),
     )
-
-    def trigger_preview(self, params: dict[str, Any], image_shape: tuple[int, int, int]) -> TriggerPreview:
-        return TriggerPreview([self.apply(grey_image(image_shape), params)[0]], ["the patch on a grey image"],
-                              "The trigger is a patch stamped over the same pixels of every poisoned image.")
 
     def defaults(self, image_shape):
         h, w, _ = image_shape

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from ..params import Param, resolve_params
 from ..progress import Cancelled, ProgressCallback, ProgressEvent
-from ..training import EvalSets, PassMemo, Tensors, features_and_logits
+from ..training import (EvalSets, LossTally, PassMemo, Tensors, augment, batches, features_and_logits, set_lr,
+                        to_device)
 
 
 CAPTURE_AUROC = 0.9  # f_B "has the trigger" when its loss ranks poisoned below clean this well
@@ -56,14 +57,11 @@ class DefenseContext:
 
         The pass is remembered with the model's exact state (`PassMemo`): asked again for an unchanged
         model it is not made twice, and the run's embeddings take their features from it."""
-        return F.cross_entropy(self._full_pass_of(model)[1], self.train.y, reduction="none")
+        return F.cross_entropy(self.training_pass(model)[1], self.train.y, reduction="none")
 
     def training_pass(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """Penultimate features (N, feature_dim) and logits (N, classes) of every training sample under
         `model` (eval mode, no augmentation): the same remembered pass as `per_sample_loss`."""
-        return self._full_pass_of(model)
-
-    def _full_pass_of(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         remembered = self._full_pass.get(model)
         if remembered is None:
             remembered = features_and_logits(model, self.train.x)
@@ -213,8 +211,6 @@ def train_epoch(ctx: DefenseContext, model: nn.Module, optimizer: torch.optim.Op
     """One pass over `data` (default: the whole training set) minimising `objective(mean batch
     cross-entropy)` (ABL: its local gradient ascent, or -loss to unlearn); returns the mean
     cross-entropy seen. With `frozen_norms` the batch norms stay in eval mode (statistics fixed)."""
-    from ..training import LossTally, augment, batches, set_lr, to_device
-
     data = ctx.train if data is None else data
     model.train()
     if frozen_norms:
@@ -247,8 +243,6 @@ def train_steps(ctx: DefenseContext, model: nn.Module, optimizer: torch.optim.Op
     reshuffled every pass, whatever the data's size. `after_step(step, loss)` runs after each step
     (1-based; `loss()` = the mean cross-entropy so far in the current stage, read only when called:
     reading it waits for the device); progress is reported as `stages` equal parts."""
-    from ..training import LossTally, augment, batches, set_lr, to_device
-
     data = ctx.train
     if len(data) < 2:  # every batch would be skipped, and the loop would never end
         from ..errors import UserInputError

@@ -221,7 +221,8 @@ class CBD(Defense):
             param.requires_grad_(False)
         # f_B is frozen from here. "cached": its features (and logits) of every training image, from the
         # pass just made for its loss; "per_batch": it runs on each augmented batch, batch norms folded.
-        if p["backdoor_features"] == "cached":
+        cached = p["backdoor_features"] == "cached"
+        if cached:
             f_b_features, f_b_logits = ctx.training_pass(f_b)
         else:
             f_b_inference = for_inference(f_b)
@@ -242,6 +243,7 @@ class CBD(Defense):
         weights_now = cbd_weights(ce_b_full, ctx.per_sample_loss(f_c))  # before f_C trains
         history = [weights_now.cpu().numpy()]
         stable = p["weighting"] == "stable"
+        need_b = not stable or p["mi_weight"] > 0  # f_B's view of each batch: for the MI term or live weights
         memory_from = None  # "stable": the epoch from which each sample's lowest weight is kept
         step = 0
         for epoch in range(1, p["epochs"] + 1):
@@ -257,16 +259,15 @@ class CBD(Defense):
                 y = ctx.train.y[idx_d]
                 z_c = f_c.features(x)
                 ce_c = F.cross_entropy(f_c.classify(z_c), y, reduction="none")
-                need_b = not stable or p["mi_weight"] > 0
-                if need_b and p["backdoor_features"] == "cached":
-                    z_b, logits_b = f_b_features[idx_d], f_b_logits[idx_d]
+                if need_b and cached:
+                    z_b = f_b_features[idx_d]
                 elif need_b:
                     with torch.no_grad():
                         z_b = f_b_inference.features(x)
-                        logits_b = f_b_inference.classify(z_b)
                 if stable:
                     weights = epoch_weights[idx_d]
                 else:  # the paper and official code: live weights, normalised per batch
+                    logits_b = f_b_logits[idx_d] if cached else f_b_inference.classify(z_b)
                     ce_b = F.cross_entropy(logits_b, y, reduction="none")
                     weights = normalise_batch(cbd_weights(ce_b, ce_c.detach()))
                 loss = (weights * ce_c).mean()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import streamlit as st
@@ -77,6 +77,17 @@ def _summary_cached(path: str, mtime: int) -> dict[str, Any] | None:
 def load_summary(run: RunDir) -> dict[str, Any] | None:
     """The run's summary (cached), or None before it finishes (or when it is unreadable)."""
     return _summary_cached(str(run.path), run.summary_mtime())
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _metrics_cached(path: str, mtime: int) -> list[dict[str, Any]]:
+    return RunDir(Path(path)).metrics()
+
+
+def load_metrics(run: RunDir) -> list[dict[str, Any]]:
+    """The run's metrics.jsonl lines (cached; read again when the file changes, so a run that is still
+    training shows its new epochs); [] when there are none yet."""
+    return _metrics_cached(str(run.path), run.file_mtime("metrics.jsonl"))
 
 
 def _runs_stamp(root: Path) -> tuple[tuple[str, int], ...]:
@@ -285,6 +296,19 @@ def model_view(defense_name: str | None, model: str) -> ModelView:
     """Title and what-to-look-for texts of one of a defense's models (a plain model's for unknown ones)."""
     defense = defense_or_none(defense_name)
     return defense.model_view(model) if defense else PLAIN_MODEL
+
+
+def plot_order(names: Iterable[str]) -> list[str]:
+    """Models in the order every page shows them: the backdoored f_B first (on the left), then the rest
+    (f_C, the deconfounded one) by name; a single model alone. One place, so maps, attributions and the
+    Lesson never disagree on which side a model sits."""
+    return sorted(names, key=lambda n: (n != "f_B", n))
+
+
+def class_name(class_names: list[str], c: Any) -> str:
+    """Class `c`'s name; its number as text when the run names fewer classes (or none)."""
+    c = int(c)
+    return class_names[c] if 0 <= c < len(class_names) else str(c)
 
 
 def phase_title(defense_name: str | None, phase: str | None) -> str:

@@ -49,11 +49,6 @@ def run_images(run: RunDir) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return test_x, test_y, region
 
 
-def display_order(names) -> list[str]:
-    """The backdoored f_B on the left of the deconfounded f_C; a single model alone."""
-    return sorted(names, key=lambda name: (name != "f_B", name))
-
-
 @st.cache_data(show_spinner=False, max_entries=64)
 def _example_cached(path: str, mtime: int) -> int:
     run = RunDir(Path(path))

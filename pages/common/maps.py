@@ -16,6 +16,8 @@ import numpy as np
 import plotly.colors
 import plotly.graph_objects as go
 
+from pages.common import class_name  # shared with the other pages; pages.common does not import this module
+
 TRUE_CLASS, TRAINING_LABEL, WEIGHT, SUSPICION = "true class", "training label", "CBD's final weight", "suspicion"
 MARKED, LIKE_OTHERS, HIDDEN = "✕ on top", "as dots", "hidden"
 POISONED_VIEWS = (MARKED, LIKE_OTHERS, HIDDEN)
@@ -25,19 +27,9 @@ WEIGHT_FLOOR = 1e-4  # weights below count as this on the log scale
 MAP_HEIGHT, ANIMATION_HEIGHT = 620, 720
 
 
-def plot_order(names: list[str]) -> list[str]:
-    """f_B on the left, f_C on the right; any other model alone."""
-    return sorted(names, key=lambda n: (n != "f_B", n))
-
-
 def class_colours(count: int) -> list[str]:
     palette = plotly.colors.qualitative.Plotly if count <= 10 else plotly.colors.qualitative.Alphabet
     return [palette[i % len(palette)] for i in range(count)]
-
-
-def class_name(class_names: list[str], c: Any) -> str:
-    c = int(c)
-    return class_names[c] if 0 <= c < len(class_names) else str(c)
 
 
 def numeric_colours(table: dict[str, Any], colour_by: str) -> tuple[np.ndarray, dict[str, Any]]:
