@@ -2,7 +2,8 @@
 
     python -m cbd_core run --dataset mnist5k --attack badnets --poison-rate 0.1 --target-label 0 \\
         --defense cbd --seed 0 [--epochs N] [--device cpu|cuda|mps] [--out DIR] [--json]
-    python -m cbd_core matrix --datasets mnist5k --attacks all --defenses all --seeds 0 1 2 [--jobs 2]
+    python -m cbd_core matrix --datasets mnist5k --attacks all --defenses all --seeds 0 1 2 \\
+        [--poison-rates 0.01 0.05 0.1] [--jobs 2]
     python -m cbd_core submit <the same flags as run> [--out ROOT] [--json] [--no-worker]
     python -m cbd_core list [--json]
     python -m cbd_core report RUN_ID --out run.html [--root ROOT]     one run as a self-contained HTML page
@@ -55,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--defenses", nargs="+", default=["all"],
                       help="names, or all; a defense may carry parameters: cbd:mi_weight=0,weighting=paper")
     grid.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    grid.add_argument("--poison-rate", type=float, default=0.1)
+    grid.add_argument("--poison-rates", "--poison-rate", nargs="+", type=float, default=[0.1], dest="poison_rates",
+                      help="one or more fractions of the training set, e.g. 0.005 0.01 0.02 0.05 0.1 0.2 0.5")
     grid.add_argument("--epochs", type=int, help="epochs of every defense's main model (default: their own)")
     grid.add_argument("--device", default="auto")
     grid.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes")
@@ -295,6 +297,7 @@ def command_matrix(args: argparse.Namespace) -> int:
     from .defenses import DEFENSES
     from .matrix import Cell, DefenseSpec, run_matrix, write_tables
     from .runs import check_writable_root, runs_root
+    from .verdicts import UNDEFENDED
 
     check_writable_root(args.out)
     attacks = list(ATTACKS) if args.attacks == ["all"] else args.attacks
@@ -302,8 +305,12 @@ def command_matrix(args: argparse.Namespace) -> int:
         [DefenseSpec.parse(d) for d in args.defenses]
     if args.jobs < 1:
         raise UserInputError(f"jobs: {args.jobs} must be at least 1", "jobs")
-    cells = [Cell(dataset, attack, spec, seed, args.poison_rate)
-             for dataset in args.datasets for attack in attacks for spec in specs for seed in args.seeds]
+    # The undefended cell of each (data, rate, seed) runs before the defenses on it, so their summaries
+    # record it as their baseline when they finish.
+    specs.sort(key=lambda spec: spec.name != UNDEFENDED)
+    cells = [Cell(dataset, attack, spec, seed, rate)
+             for dataset in args.datasets for attack in attacks for rate in args.poison_rates
+             for seed in args.seeds for spec in specs]
     results = run_matrix(cells, args.out, jobs=args.jobs, epochs=args.epochs, device=args.device, threads=args.threads,
                          report=lambda line: print(line, file=sys.stderr, flush=True))
     csv_path, md_path, markdown = write_tables(results, runs_root(args.out) / "matrix")

@@ -52,10 +52,14 @@ def _number(value: Any) -> float | None:
 
 
 def _failed_note(summary: dict[str, Any] | None) -> str:
-    """What the defense's failure means at this step's end, or "" when it did not fail."""
-    if not verdicts.failed(summary):
+    """What the defense's failure means at this step's end, or "" when it did not fail (judged against
+    the baseline ASR the run recorded, as `verdicts.verdict` does without a baseline summary)."""
+    result = verdicts.verdict(summary)
+    if result not in verdicts.FAILED:
         return ""
-    what = "was only weakened" if verdicts.verdict(summary) == verdicts.WEAKENED else "persists"
+    if result == verdicts.MADE_WORSE:
+        return "The defense failed in this run: it made the attack stronger than it is without a defense."
+    what = "was only weakened" if result == verdicts.WEAKENED else "persists"
     return f"The defense failed in this run: the backdoor {what}."
 
 

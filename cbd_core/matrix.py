@@ -23,6 +23,7 @@ from typing import Any, Callable
 from .config import RunConfig
 from .errors import UserInputError
 from .runs import RunDir, RunUnreadable, list_runs, owner_record, runs_root, to_json
+from .verdicts import UNDEFENDED, verdict
 
 
 @dataclass(frozen=True)
@@ -185,23 +186,43 @@ def median_range(values: list[float | None]) -> str:
     return f"{statistics.median(values):.3f} [{min(values):.3f}–{max(values):.3f}]"
 
 
+def _baseline_of(cell: Cell, results: list[tuple[Cell, dict[str, Any]]]) -> dict[str, Any] | None:
+    """The summary of the grid's undefended cell on the same data (dataset, attack, rate, seed), if the
+    grid has one: what the cell's verdict is judged against (else the baseline its run recorded)."""
+    for other, summary in results:
+        if (other.defense.name == UNDEFENDED and not other.defense.params and other.dataset == cell.dataset
+                and other.attack == cell.attack and other.seed == cell.seed
+                and abs(other.poison_rate - cell.poison_rate) < 1e-12):
+            return summary
+    return None
+
+
 def tables(results: list[tuple[Cell, dict[str, Any]]]) -> tuple[list[dict[str, Any]], str]:
     """Per-run rows (for CSV) and a Markdown table with the median [min–max] over seeds per
-    (dataset, attack, defense)."""
+    (dataset, attack, poison rate, defense)."""
     rows = [{"dataset": c.dataset, "attack": c.attack, "poison_rate": c.poison_rate, "defense": c.defense.label,
-             "seed": c.seed, **{m: s.get(m) for m in METRICS}, "verdict": s.get("verdict"),
+             "seed": c.seed, **{m: s.get(m) for m in METRICS}, "verdict": verdict(s, _baseline_of(c, results)),
              "run_dir": s.get("run_dir")} for c, s in results]
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, float, str], list[dict[str, Any]]] = {}
     for row in rows:
-        groups.setdefault((row["dataset"], row["attack"], row["defense"]), []).append(row)
-    lines = ["| dataset | attack | defense | seeds | CA | ASR | RA | poison AUROC | seconds |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for (dataset, attack, defense), members in groups.items():
+        groups.setdefault((row["dataset"], row["attack"], row["poison_rate"], row["defense"]), []).append(row)
+    lines = ["| dataset | attack | rate | defense | seeds | CA | ASR | RA | poison AUROC | seconds | verdicts |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (dataset, attack, rate, defense), members in groups.items():
         cells = [median_range([m[k] for m in members]) for k in METRICS[:4]]
         seconds = statistics.median(m["seconds"] for m in members)
-        lines.append(f"| {Path(dataset).stem} | {attack} | {defense} | {len(members)} | " + " | ".join(cells)
-                     + f" | {seconds:.0f} |")
+        counts = verdict_counts(m["verdict"] for m in members)
+        lines.append(f"| {Path(dataset).stem} | {attack} | {rate:g} | {defense} | {len(members)} | "
+                     + " | ".join(cells) + f" | {seconds:.0f} | {counts} |")
     return rows, "\n".join(lines)
+
+
+def verdict_counts(values) -> str:
+    """"3 removed, 2 made worse": how many seeds got each verdict (n/a, an undefended row's, left out)."""
+    from collections import Counter
+
+    counts = Counter(v for v in values if v and v != "n/a")
+    return ", ".join(f"{n} {name}" for name, n in counts.most_common()) or "–"
 
 
 def write_tables(results: list[tuple[Cell, dict[str, Any]]], folder: Path) -> tuple[Path, Path, str]:

@@ -191,7 +191,8 @@ def html_report(run: RunDir) -> str:
         note = STATE_NOTES.get(state, f"This run is {state}; it has no final figures.")
         parts.append(f"<div class='note unfinished'><strong>Not a finished run.</strong> {html.escape(note)}"
                      + (f"<br>Error: <code>{html.escape(str(error))}</code>" if error else "") + "</div>")
-    css = {verdicts.REMOVED: "removed", verdicts.WEAKENED: "weakened", verdicts.PERSISTS: "persists"}.get(result, "na")
+    css = {verdicts.REMOVED: "removed", verdicts.WEAKENED: "weakened", verdicts.PERSISTS: "persists",
+           verdicts.MADE_WORSE: "persists"}.get(result, "na")
     parts.append(f"<h2>Verdict</h2><div class='note {css}'>{_markdown(banner)}</div>")
 
     parts.append("<h2>Results</h2>")

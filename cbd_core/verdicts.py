@@ -1,20 +1,29 @@
 """Verdicts: did the defense remove the backdoor, and what did it cost? Read from a run's summary.
 
-A defended run gets one of three verdicts from its attack success rate (ASR, the share of triggered
-non-target test images sent to the target label, a fraction):
+A defended run gets one of four verdicts from its attack success rate (ASR, the share of triggered
+non-target test images sent to the target label, a fraction) and its baseline's:
 
+    made worse ASR > baseline ASR + MADE_WORSE_MIN_RISE (0.05)   the defense made the attack stronger
+                                                          than it is without a defense (checked first;
+                                                          needs the baseline's ASR)
     removed    ASR <= REMOVED_MAX_ASR (0.05)              the trigger no longer works
     weakened   REMOVED_MAX_ASR < ASR < PERSISTS_MIN_ASR   it works on fewer images, but still works
     persists   ASR >= PERSISTS_MIN_ASR (0.50)             the defense failed: most triggered images go
                                                           to the target
     n/a        an undefended run (it is what a defense is measured against), or no ASR recorded
 
+The baseline's ASR is read from the baseline summary the caller passes (looked up when the page, the
+report or the table is drawn, so it is the baseline that exists *now*); without one, from the
+`baseline_attack_success_rate` the run recorded when it finished, if a baseline existed then.
+
 The **baseline** of a defended run is a finished undefended run on the *same poisoned data and seed*:
 every field in BASELINE_KEYS of config.json equal (dataset, npz_path, data_root, attack, attack_params,
 poison_rate, target_label, seed, model, threads, deterministic). Against it a run gets its
 **clean-accuracy cost** (baseline CA - defended CA; positive = the defense cost accuracy) and the
 baseline's own ASR. An undefended ASR below ATTACK_TOOK_HOLD_MIN_ASR (0.50) means the attack did not
-take hold even without a defense, so a low ASR is then not the defense's merit.
+take hold even without a defense, so a low ASR is then not the defense's merit; that is said only
+where the defended run's ASR is below it too (otherwise the defense planted what the attack alone
+could not: "made worse").
 
 `explain` turns a summary into plain sentences saying what happened, as far as the run can tell:
 for a failed CBD run whether f_B caught the trigger (summary["f_b_capture"]["captured"]) and whether
@@ -24,7 +33,7 @@ runs): a missing one is never an error, the sentence that needs it is left out.
 
 Nothing here imports Streamlit or torch: the CLI, the worker and the pages share it.
 
-    verdict(summary)                       "removed" / "weakened" / "persists" / "n/a"
+    verdict(summary, base)                 "made worse" / "removed" / "weakened" / "persists" / "n/a"
     find_baseline(config, root)            a done undefended run on the same data, or None
     find_reusable_baseline(config, root)   the same in any non-failed state (queued, running, done)
     lookup_baseline(config, root)          Baseline(state "done" / "training" / "none", run, summary)
@@ -48,12 +57,14 @@ from .runs import RunDir, list_runs, runs_root
 REMOVED_MAX_ASR = 0.05  # at most 5% of triggered images still reach the target: the backdoor is removed
 PERSISTS_MIN_ASR = 0.50  # half or more still do: the backdoor persists (in between: weakened)
 ATTACK_TOOK_HOLD_MIN_ASR = 0.50  # an undefended ASR below this: the attack itself did not take hold
+MADE_WORSE_MIN_RISE = 0.05  # a defended ASR more than this above its baseline's: the defense made it worse
 GOOD_DETECTION_AUROC = 0.9  # CBD's weights "found the poison" when (1 - weight) ranks it this well
 LOW_SHARE = 0.5  # ABL's / NONE's flagged set: precision or recall below this is "most missed"
 
 REMOVED, WEAKENED, PERSISTS, NOT_APPLICABLE = "removed", "weakened", "persists", "n/a"
-VERDICTS = (REMOVED, WEAKENED, PERSISTS, NOT_APPLICABLE)
-FAILED = (WEAKENED, PERSISTS)
+MADE_WORSE = "made worse"
+VERDICTS = (MADE_WORSE, REMOVED, WEAKENED, PERSISTS, NOT_APPLICABLE)
+FAILED = (WEAKENED, PERSISTS, MADE_WORSE)
 UNDEFENDED = "undefended"
 
 # The config.json fields that make two runs train on the same poisoned data with the same arithmetic.
@@ -66,8 +77,16 @@ HEADLINES = {
     REMOVED: "Backdoor removed",
     WEAKENED: "Backdoor weakened, not removed",
     PERSISTS: "Backdoor persists: the defense failed",
+    MADE_WORSE: "Attack made stronger: the defense planted more backdoor than the attack alone",
     NOT_APPLICABLE: "No verdict",
 }
+
+
+def legend() -> str:
+    """The verdicts in one line, for a table's column help and a page's caption: one definition."""
+    return (f"made worse: ASR more than {MADE_WORSE_MIN_RISE * 100:.0f} points above the undefended run's; "
+            f"removed: ASR ≤ {REMOVED_MAX_ASR:.0%}; weakened: below {PERSISTS_MIN_ASR:.0%}; persists: the defense "
+            "failed; n/a: an undefended run")
 
 
 # -- small readers that never raise ----------------------------------------------------------------
@@ -98,14 +117,26 @@ def defense_name(summary: dict[str, Any]) -> str:
 
 
 # -- the verdict -----------------------------------------------------------------------------------
-def verdict(summary: dict[str, Any] | None) -> str:
-    """"n/a" for an undefended run (or no ASR); else removed (ASR <= 0.05), weakened (< 0.50) or
-    persists, from summary["attack_success_rate"] (a fraction)."""
+def baseline_asr(summary: dict[str, Any] | None, baseline_summary: dict[str, Any] | None = None) -> float | None:
+    """The undefended ASR a defended run is judged against: `baseline_summary`'s when given, else the
+    one the run recorded when it finished (`baseline_attack_success_rate`), else None."""
+    if isinstance(baseline_summary, dict):
+        return _number(baseline_summary.get("attack_success_rate"))
+    return _number(summary.get("baseline_attack_success_rate")) if isinstance(summary, dict) else None
+
+
+def verdict(summary: dict[str, Any] | None, baseline_summary: dict[str, Any] | None = None) -> str:
+    """"n/a" for an undefended run (or no ASR); "made worse" when the ASR is more than 5 points above
+    the baseline's (`baseline_asr`); else removed (ASR <= 0.05), weakened (< 0.50) or persists, from
+    summary["attack_success_rate"] (a fraction)."""
     if not isinstance(summary, dict) or _defense(summary) == UNDEFENDED:
         return NOT_APPLICABLE
     asr = _number(summary.get("attack_success_rate"))
     if asr is None:
         return NOT_APPLICABLE
+    base = baseline_asr(summary, baseline_summary)
+    if base is not None and asr > base + MADE_WORSE_MIN_RISE:
+        return MADE_WORSE
     if asr <= REMOVED_MAX_ASR:
         return REMOVED
     if asr < PERSISTS_MIN_ASR:
@@ -113,9 +144,9 @@ def verdict(summary: dict[str, Any] | None) -> str:
     return PERSISTS
 
 
-def failed(summary: dict[str, Any] | None) -> bool:
-    """Whether the defense failed: its verdict is weakened or persists."""
-    return verdict(summary) in FAILED
+def failed(summary: dict[str, Any] | None, baseline_summary: dict[str, Any] | None = None) -> bool:
+    """Whether the defense failed: its verdict is weakened, persists or made worse."""
+    return verdict(summary, baseline_summary) in FAILED
 
 
 # -- the baseline ----------------------------------------------------------------------------------
@@ -232,12 +263,13 @@ def summary_fields(summary: dict[str, Any], config: dict[str, Any], root: str | 
     """What summary.json carries besides the figures: `verdict`, and when a finished baseline exists
     under `root` at this moment, `baseline_run_id`, `baseline_attack_success_rate` and
     `clean_accuracy_cost`."""
-    fields: dict[str, Any] = {"verdict": verdict(summary)}
     if config.get("defense") == UNDEFENDED:
-        return fields
+        return {"verdict": verdict(summary)}
     baseline = lookup_baseline(config, root)
-    if baseline.state == "done":
-        cost = clean_accuracy_cost(summary, baseline.summary)
+    base_summary = baseline.summary if baseline.state == "done" else None
+    fields: dict[str, Any] = {"verdict": verdict(summary, base_summary)}
+    if base_summary is not None:
+        cost = clean_accuracy_cost(summary, base_summary)
         fields.update(baseline_run_id=baseline.run_id, baseline_attack_success_rate=cost.baseline_attack_success_rate,
                       clean_accuracy_cost=cost.clean_accuracy_cost)
     return fields
@@ -270,9 +302,14 @@ def ensure_baseline(run: RunDir, root: str | Path | None = None, start_worker: b
 
 
 # -- sentences -------------------------------------------------------------------------------------
-def _cbd_reason(summary: dict[str, Any]) -> str:
+def _cbd_reason(summary: dict[str, Any], worse: bool = False) -> str:
     capture = summary.get("f_b_capture")
     auroc = _number(summary.get("poison_detection_auroc"))
+    if worse and auroc is not None and auroc < 0.5:
+        # The weights ranked the poison as the *least* suspicious: it got more weight than clean images.
+        return (f"CBD's weights favoured the poisoned samples (detection AUROC {auroc:.3f}, below the 0.5 of "
+                "chance: the poison got more weight than clean images), because f_B fitted them worse than "
+                "clean ones, so f_C learned the trigger that the attack alone did not plant.")
     if isinstance(capture, dict) and capture.get("captured") is False:
         poisoned, clean = _number(capture.get("loss_poisoned_median")), _number(capture.get("loss_clean_median"))
         losses = (f" (median loss {poisoned:.3g} on poisoned samples, {clean:.3g} on clean ones)"
@@ -311,14 +348,16 @@ def _flagged_reason(summary: dict[str, Any], prefix: str, did: str, then: str) -
     return found + f": it found the poison, but {then} did not undo the backdoor."
 
 
-def diagnosis(summary: dict[str, Any] | None) -> str | None:
-    """For a failed run (weakened / persists): why, as far as its summary can tell; else None."""
-    if not failed(summary):
+def diagnosis(summary: dict[str, Any] | None, baseline_summary: dict[str, Any] | None = None) -> str | None:
+    """For a failed run (weakened / persists / made worse): why, as far as its summary can tell; else
+    None."""
+    result = verdict(summary, baseline_summary)
+    if result not in FAILED:
         return None
     assert summary is not None
     defense = _defense(summary)
     if defense == "cbd" or "f_b_capture" in summary:
-        return _cbd_reason(summary)
+        return _cbd_reason(summary, worse=result == MADE_WORSE)
     if defense == "abl" or "isolated_precision" in summary:
         late = _flagged_reason(summary, "unlearned", "unlearned", "unlearning it") \
             if _number(summary.get("unlearned_recall")) is not None else None
@@ -343,11 +382,11 @@ def explain(summary: dict[str, Any] | None, baseline_summary: dict[str, Any] | N
     if not isinstance(summary, dict):
         return ["The run has not finished, so there is nothing to judge yet."]
     sentences: list[str] = []
-    result = verdict(summary)
+    base = baseline_summary if isinstance(baseline_summary, dict) else None
+    result = verdict(summary, base)
     asr = _number(summary.get("attack_success_rate"))
     name = defense_name(summary)
-    base = baseline_summary if isinstance(baseline_summary, dict) else None
-    base_asr = _number(base.get("attack_success_rate")) if base else None
+    base_asr = baseline_asr(summary, base)
     cost = clean_accuracy_cost(summary, base).clean_accuracy_cost if base else None
 
     if _defense(summary) == UNDEFENDED:
@@ -361,10 +400,22 @@ def explain(summary: dict[str, Any] | None, baseline_summary: dict[str, Any] | N
     if result == NOT_APPLICABLE:
         return ["The run records no attack success rate, so there is no verdict."]
 
-    if base_asr is not None and base_asr < ATTACK_TOOK_HOLD_MIN_ASR:
+    took_hold_alone = base_asr is None or base_asr >= ATTACK_TOOK_HOLD_MIN_ASR
+    if not took_hold_alone and asr is not None and asr < ATTACK_TOOK_HOLD_MIN_ASR:
         sentences.append(f"The attack did not take hold even without a defense (undefended ASR {_pct(base_asr)}), "
                          "so a low attack success rate here is not the defense's merit.")
-    if result == REMOVED:
+    if result == MADE_WORSE:
+        assert base_asr is not None  # made worse is judged against the baseline's ASR
+        sentences.append(
+            f"{name} made the attack stronger: {_pct(asr)} of triggered test images reach the target label, against "
+            f"{_pct(base_asr)} without a defense (made worse means more than {MADE_WORSE_MIN_RISE * 100:.0f} points "
+            "above the undefended run)."
+            + (" Without a defense the attack did not take hold; with it, it did." if not took_hold_alone
+               and asr >= ATTACK_TOOK_HOLD_MIN_ASR else ""))
+        reason = diagnosis(summary, base)
+        if reason:
+            sentences.append(reason)
+    elif result == REMOVED:
         sentences.append(f"{name} removed the backdoor: only {_pct(asr)} of triggered test images reach the target "
                          f"label (removed means at most {REMOVED_MAX_ASR:.0%})"
                          + (f", against {_pct(base_asr)} without a defense." if base_asr is not None else "."))
@@ -380,7 +431,7 @@ def explain(summary: dict[str, Any] | None, baseline_summary: dict[str, Any] | N
             sentences.append(f"The backdoor persists despite {name}: {_pct(asr)} of triggered test images still "
                              "reach the target label"
                              + (f", against {_pct(base_asr)} without a defense." if base_asr is not None else "."))
-        reason = diagnosis(summary)
+        reason = diagnosis(summary, base)
         if reason:
             sentences.append(reason)
     if cost is not None and with_cost:
@@ -395,17 +446,21 @@ def explain(summary: dict[str, Any] | None, baseline_summary: dict[str, Any] | N
     return sentences
 
 
-def outcome_note(summary: dict[str, Any] | None, with_reason: bool = True) -> str:
+def outcome_note(summary: dict[str, Any] | None, with_reason: bool = True,
+                 baseline_summary: dict[str, Any] | None = None) -> str:
     """A sentence or two for a page's "What to look for" text: this run's outcome ("" when there is no
     verdict) and, when the defense failed and `with_reason`, why as far as the run can tell."""
-    result = verdict(summary)
+    result = verdict(summary, baseline_summary)
     if result == NOT_APPLICABLE or summary is None:
         return ""
     asr = _pct(_number(summary.get("attack_success_rate")))
     if result == REMOVED:
         return f"In this run the backdoor was removed (attack success rate {asr})."
+    reason = (diagnosis(summary, baseline_summary) or "") if with_reason else ""
+    if result == MADE_WORSE:
+        return (f"In this run the defense made the attack stronger (attack success rate {asr}, against "
+                f"{_pct(baseline_asr(summary, baseline_summary))} without a defense). {reason}").strip()
     what = "was only weakened" if result == WEAKENED else "persists"
-    reason = (diagnosis(summary) or "") if with_reason else ""
     return f"In this run the defense failed: the backdoor {what} (attack success rate {asr}). {reason}".strip()
 
 
@@ -418,10 +473,10 @@ def banner_text(summary: dict[str, Any] | None, baseline: Baseline | None, state
             return NOT_APPLICABLE, (f"**No verdict**: the run was {state} before it finished, so it has none; "
                                     "train it again to get one.")
         return NOT_APPLICABLE, f"**No verdict yet**: the run is {state}; it gets one when it is done."
-    result = verdict(summary)
-    asr = _number(summary.get("attack_success_rate"))
     baseline = baseline or Baseline("none")
     base_summary = baseline.summary if baseline.state == "done" else None
+    result = verdict(summary, base_summary)
+    asr = _number(summary.get("attack_success_rate"))
     if _defense(summary) == UNDEFENDED:
         head = ("**No verdict: this run is undefended.** It is the baseline that defenses on the same data are "
                 f"measured against (clean accuracy {_pct(_number(summary.get('clean_accuracy')))}).")

@@ -28,7 +28,7 @@ from pages.common import (
     explain,
     load_config,
     load_models,
-    load_summary,
+    judged_summary,
     model_view,
     page_errors,
     pick_run,
@@ -92,7 +92,7 @@ def main() -> None:
     if run is None:
         return
     config = load_config(run)
-    summary = load_summary(run) or {}
+    summary = judged_summary(run) or {}
     test_x, test_y, region = run_images(run)
     models = load_models(run)
     class_names = summary.get("class_names") or [str(c) for c in range(int(summary.get("num_classes", 10)))]

@@ -61,7 +61,9 @@ def finished_runs_table() -> pd.DataFrame:
     page shows them)."""
 
     rows = []
-    for run in list_runs(runs_root_path()):
+    root = runs_root_path()
+    undefended = verdicts.undefended_runs(root)  # every row's baseline from one pass over the runs root
+    for run in list_runs(root):
         if run.status().get("state") != "done":
             continue
         try:
@@ -85,7 +87,7 @@ def finished_runs_table() -> pd.DataFrame:
             "Attack": attack, "Dataset": config.get("dataset"), "Rate": 100 * float(config.get("poison_rate", 0)),
             "Seed": config.get("seed"), "Model": summary.get("model"),
             "CA": _percent(summary.get("clean_accuracy")), "ASR": _percent(summary.get("attack_success_rate")),
-            "RA": _percent(summary.get("robust_accuracy")), "Verdict": verdicts.verdict(summary),
+            "RA": _percent(summary.get("robust_accuracy")), "Verdict": verdicts.verdict(summary, verdicts.lookup_baseline(config, root, undefended).summary),
             "AUROC": summary.get("poison_detection_auroc"),
             "Seconds": summary.get("seconds"),
         })
@@ -310,8 +312,7 @@ with page_errors():
             "ASR": st.column_config.NumberColumn("ASR", format="%.1f%%",
                                                  help="Attack success rate: triggered test images sent to the target"),
             "Verdict": st.column_config.TextColumn(
-                "Verdict", help=f"removed: ASR ≤ {verdicts.REMOVED_MAX_ASR:.0%}; weakened: below "
-                                f"{verdicts.PERSISTS_MIN_ASR:.0%}; persists: the defense failed; n/a: undefended"),
+                "Verdict", help=verdicts.legend()),
             "RA": st.column_config.NumberColumn(
                 "RA", format="%.1f%%", help="Robust accuracy: triggered test images still given their true label"),
             "AUROC": st.column_config.NumberColumn(

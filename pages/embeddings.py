@@ -28,7 +28,7 @@ from cbd_core.analysis.embeddings import EPOCH_UMAP_FILE, UMAP_FILE, has_epoch_u
 from cbd_core.epoch_features import EPOCH_FEATURES_FILE
 from cbd_core.runs import RunDir
 from pages.common import (class_name, defense_title, enlarge, explain, load_arrays, load_config, load_metrics,
-                          load_summary, model_view, page_errors, phase_title, pick_run, plot_order)
+                          judged_summary, model_view, page_errors, phase_title, pick_run, plot_order)
 from pages.common.maps import (POISONED_VIEWS, SUSPICION, TRAINING_LABEL,
                                TRUE_CLASS, WEIGHT, animated_figure, colour_groups, epoch_timeline,
                                hover_texts, map_figure)
@@ -296,7 +296,7 @@ def render() -> None:
     if not points["maps"]:
         st.info("This run kept no features to map (it was trained with embedding_samples = 0).")
         return
-    summary = load_summary(run) or {}
+    summary = judged_summary(run) or {}
     num_classes = int(summary.get("num_classes") or (int(points["label"].max()) + 1 if points["label"] is not None
                                                       and len(points["label"]) else 10))
     class_names = tuple(str(c) for c in (summary.get("class_names") or range(num_classes)))

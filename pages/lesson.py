@@ -27,7 +27,7 @@ from cbd_core.attacks.base import amplified_difference
 from cbd_core.presets import PRESETS, Preset
 from cbd_core.runs import FINISHED, RunDir
 from pages.common import (ACTIVE_RUN, active_run_id, class_name, enlarge, load_arrays, load_baseline, load_config,
-                          load_metrics, load_models, load_summary, model_view, page_errors, plot_order, run_label,
+                          load_metrics, load_models, judged_summary, model_view, page_errors, plot_order, run_label,
                           runs_root_path, set_active_run, verdict_banner, _runs_stamp)
 from pages.common.attribution_views import (colour_limits, example_index, mean_shares,
                                             overlay_figure, run_images)
@@ -469,7 +469,7 @@ def step_verdict(ctx: Lesson) -> None:
         if base:
             base_asr, base_ca = base["attack_success_rate"], base["clean_accuracy"]
             # Green only for a removed backdoor: a small drop of a persisting one is no success.
-            removed = verdicts.verdict(ctx.summary) == verdicts.REMOVED
+            removed = verdicts.verdict(ctx.summary, base) == verdicts.REMOVED
             c1.metric("attack success rate with CBD", f"{asr:.1%}",
                       f"{(asr - base_asr) * 100:+.1f} points against {base_asr:.1%} undefended",
                       delta_color="inverse" if removed else "off")
@@ -525,7 +525,7 @@ def main() -> None:
     if run is None:
         return
     config = load_config(run)
-    summary = load_summary(run) or {}
+    summary = judged_summary(run) or {}
     own = run.run_id in preset_ids
     ctx = Lesson(run, config, summary, load_baseline(run), [str(c) for c in summary.get("class_names") or
                                                                  range(int(summary.get("num_classes", 10)))],

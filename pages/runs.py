@@ -13,7 +13,7 @@ import streamlit as st
 
 from cbd_core import jobs, verdicts
 from cbd_core.runs import FINISHED, RunDir, list_runs
-from pages.common import (ACTIVE_RUN, active_run_id, defense_title, load_config, load_summary, missing_run_note,
+from pages.common import (ACTIVE_RUN, active_run_id, defense_title, load_baseline, load_config, load_summary, missing_run_note,
                           page_errors, report_download, run_label, runs_root_path, set_active_run, verdict_banner)
 from pages.common.navigation import follow_app_navigation
 
@@ -37,7 +37,7 @@ def row(run: RunDir, positions: dict[str, int]) -> dict[str, Any]:
         position = positions.get(run.run_id)
         state = f"queued (#{position})" if position else "queued"
     return {
-        "state": state, "verdict": verdicts.verdict(summary) if status.get("state") == "done" else "",
+        "state": state, "verdict": verdicts.verdict(summary, load_baseline(run).summary) if status.get("state") == "done" else "",
         "defense": defense_title(config.get("defense")),
         "attack": config.get("attack"), "poison rate": _percent(config.get("poison_rate")),
         "dataset": config.get("dataset"),
@@ -161,8 +161,7 @@ with page_errors():
         st.fragment(table, run_every=2.0 if busy else None)()
         st.caption("Clean accuracy: share of untouched test images classified right. Attack success rate: share of "
                    "triggered test images sent to the attacker's label (lower is better for a defense). Verdict: "
-                   f"removed (ASR ≤ {verdicts.REMOVED_MAX_ASR:.0%}), weakened (below "
-                   f"{verdicts.PERSISTS_MIN_ASR:.0%}) or persists; n/a for an undefended run.")
+                   + verdicts.legend() + ".")
         by_id = {run.run_id: run for run in runs}
         labels = {run.run_id: run_label(run) for run in runs}
         ids, wanted = list(by_id), active_run_id()

@@ -25,7 +25,7 @@ from cbd_core.defenses import defense_or_none
 from cbd_core.metrics import auroc
 from cbd_core.runs import RunDir, epoch_number
 from pages.common import (class_name, defense_title, enlarge, explain, judging_defenses, load_arrays, load_config,
-                          load_metrics, load_summary, page_errors, pick_run)
+                          load_metrics, judged_summary, page_errors, pick_run)
 from pages.common.navigation import follow_app_navigation
 from pages.common.presentation import plotly_chart  # sized for presentation mode
 
@@ -218,7 +218,7 @@ def render() -> None:
     if run is None:
         return
     defense = load_config(run).get("defense", "")
-    summary = load_summary(run) or {}
+    summary = judged_summary(run) or {}
     class_names = [str(c) for c in (summary.get("class_names") or range(int(summary.get("num_classes") or 10)))]
     if defense_or_none(defense) is not None and defense_or_none(defense).suspicion_meaning is None:
         st.info(f"This run is **{defense_title(defense)}**: it trained on every sample equally, so there are no "

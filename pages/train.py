@@ -22,7 +22,7 @@ from cbd_core.errors import UserInputError
 from cbd_core.runs import FINISHED, RunDir, list_runs
 from cbd_core.timing import duration_text, run_timing, seconds_between, similar_durations
 from pages.common import (active_run_id, chart_config, defense_title, explain, load_config, load_metrics,
-                          load_summary, page_errors, phase_title, runs_root_path, set_active_run, verdict_banner)
+                          judged_summary, page_errors, phase_title, runs_root_path, set_active_run, verdict_banner)
 from pages.common.navigation import follow_app_navigation
 from pages.common.presentation import plotly_chart  # sized for presentation mode
 from pages.common.settings import AttackSettings
@@ -300,7 +300,7 @@ def live_panel() -> None:
         st.error(f"This run failed: {status.get('error') or 'no reason recorded'}")
     if state == "cancelled":
         st.warning("This run was cancelled; what it had written is kept.")
-    summary = load_summary(run) if state == "done" else None
+    summary = judged_summary(run) if state == "done" else None
     if state == "done":
         verdict_banner(run, status)
     if metrics:

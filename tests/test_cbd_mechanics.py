@@ -1,15 +1,14 @@
-"""CBD's building blocks on hand-made tensors: the sample weights, their normalisations, and the MI critic.
-
-cbd.py is being tuned: the helpers that may come and go (`class_balanced`) are skipped when absent.
-"""
+"""CBD's building blocks on hand-made tensors: the sample weights, their normalisations, the guard for
+samples f_B never fitted, and the MI critic."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
-import cbd_core.defenses.cbd as cbd
-from cbd_core.defenses.cbd import MIDiscriminator, cbd_weights, normalise_batch
+from cbd_core.defenses.cbd import MIDiscriminator, cbd_weights, class_balanced, guard_unfitted, normalise_batch
 
 
 def test_cbd_weights_formula():
@@ -51,14 +50,11 @@ def test_normalise_batch_mean_one():
 
 
 def test_class_balanced_mean_one_per_class():
-    class_balanced = getattr(cbd, "class_balanced", None)
-    if class_balanced is None:
-        pytest.skip("cbd.class_balanced is not present")
     gen = torch.Generator().manual_seed(1)
     labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 4])  # class 3 empty
     scale = torch.tensor([0.01, 0.01, 0.01, 0.5, 0.5, 0.9, 0.9, 0.9, 0.9, 0.2])
     weights = scale * (0.8 + 0.4 * torch.rand(10, generator=gen))  # within a class: within 1.5x of each other
-    out = class_balanced(weights, labels)
+    out = class_balanced(weights, labels, max_weight=3.0)
     assert out.shape == weights.shape
     for c in (0, 1, 2, 4):
         members = labels == c
@@ -68,17 +64,29 @@ def test_class_balanced_mean_one_per_class():
 
 
 def test_class_balanced_caps_outliers():
-    class_balanced = getattr(cbd, "class_balanced", None)
-    if class_balanced is None:
-        pytest.skip("cbd.class_balanced is not present")
-    cap = getattr(cbd, "MAX_SAMPLE_WEIGHT", None)
     labels = torch.zeros(10, dtype=torch.long)
     weights = torch.tensor([1.0] + [1e-3] * 9)  # one sample ~10x the class mean
-    out = class_balanced(weights, labels)
+    out = class_balanced(weights, labels, max_weight=3.0)
     assert torch.all(torch.isfinite(out))
-    if cap is not None:
-        assert out.max().item() <= cap + 1e-6
-        assert out[0].item() == pytest.approx(cap)
+    assert out.max().item() <= 3.0 + 1e-6 and out[0].item() == pytest.approx(3.0)
+
+
+def test_unfitted_samples_get_at_most_their_class_median():
+    # Class 0: eight clean samples f_B fits (small CE_B, small weights) and two it never fitted
+    # (CE_B above log 10), whose formula weight is far above the rest: they are held at the median.
+    labels = torch.tensor([0] * 10 + [1] * 4)
+    ce_b = torch.tensor([0.02] * 8 + [4.0, 5.0] + [0.1, 0.2, 3.0, 0.3])
+    weights = torch.tensor([0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.9, 0.95] + [0.2, 0.3, 0.1, 0.4])
+    guarded, unfitted = guard_unfitted(weights, ce_b, labels, math.log(10))
+    assert unfitted.tolist() == [False] * 8 + [True, True] + [False, False, True, False]
+    median0 = weights[:10].median()
+    assert torch.all(guarded[8:10] == median0)
+    assert torch.equal(guarded[:8], weights[:8])  # fitted samples keep the formula's weight
+    assert guarded[12] == weights[12]  # an unfitted sample below its class median keeps its weight
+    # The guard never raises a weight, so it can only take weight away from the set f_B did not fit.
+    assert torch.all(guarded <= weights)
+    same, none = guard_unfitted(weights, torch.zeros(14), labels, math.log(10))
+    assert torch.equal(same, weights) and not none.any()
 
 
 def _critic_estimate(dependent: bool, seed: int, steps: int = 200, dim: int = 8):

@@ -26,7 +26,7 @@ def test_matrix_runs_each_cell_once_and_resumes(tmp_path, patch_dataset, capsys)
     assert main(argv) == 0
     out, err = capsys.readouterr()
     assert "2 to run" in err
-    assert "| mnist5k | badnets | undefended |" in out and "| mnist5k | badnets | cbd:mi_weight=0 |" in out
+    assert "| mnist5k | badnets | 0.1 | undefended |" in out and "| mnist5k | badnets | 0.1 | cbd:mi_weight=0 |" in out
     with open(tmp_path / "matrix" / "matrix.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["defense"] for r in rows] == ["undefended", "cbd:mi_weight=0"]
@@ -50,8 +50,8 @@ def test_tables_report_median_and_range():
                for seed, ca in enumerate([0.9, 1.0, 0.92])]
     rows, markdown = tables(results)
     assert len(rows) == 3
-    assert "| mnist5k | badnets | cbd | 3 | 0.920 [0.900–1.000] | 0.000 [0.000–0.000] | 0.900 [0.900–0.900] | n/a | 10 |" \
-        in markdown
+    assert ("| mnist5k | badnets | 0.1 | cbd | 3 | 0.920 [0.900–1.000] | 0.000 [0.000–0.000] "
+            "| 0.900 [0.900–0.900] | n/a | 10 | 3 removed |") in markdown
 
 
 def test_matrix_rejects_bad_grid(capsys):
@@ -74,6 +74,6 @@ def test_matrix_resumes_a_grid_on_an_npz_dataset(tmp_path, tiny_sets, capsys):
             "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "runs")]
     assert main(argv) == 0
     out, err = capsys.readouterr()
-    assert "1 to run" in err and "| mine | badnets | undefended | 1 |" in out
+    assert "1 to run" in err and "| mine | badnets | 0.1 | undefended | 1 |" in out
     assert main(argv) == 0
     assert "1 already done, 0 to run" in capsys.readouterr().err

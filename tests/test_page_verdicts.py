@@ -182,3 +182,29 @@ def test_look_for_texts_follow_the_outcome(judged_runs, page):
     removed = captions(open_page(page, run=REMOVED_ID))
     assert "In this run the backdoor was removed (attack success rate 0.4%)" in removed
     assert "defense failed" not in removed
+
+
+MADE_WORSE_ID = "20990101-000000-003-made-worse"
+
+
+def test_a_run_above_its_baseline_is_made_worse_on_every_page(runs_root, finished_runs):
+    """The issue's case: the attack alone does not take hold (ASR 1 %), the defended run's ASR is 100 %:
+    "made worse" in the banner, the tables and the captions, never "did not take hold"."""
+    root, ids = finished_runs
+    copy_run(root / ids["undefended"], runs_root, BASELINE_ID, clean_accuracy=0.975, attack_success_rate=0.01)
+    copy_run(root / ids["cbd"], runs_root, MADE_WORSE_ID, clean_accuracy=0.961, attack_success_rate=1.0,
+             poison_detection_auroc=0.002, baseline_attack_success_rate=None,
+             f_b_capture={"captured": False, "loss_poisoned_median": 4.13, "loss_clean_median": 0.023})
+    for page in ("train", "runs", "compare"):
+        at = open_page(page, run=MADE_WORSE_ID)
+        assert not at.exception
+        assert len(at.error) == 1 and not at.success, page
+        said = at.error[0].value
+        assert "Attack made stronger" in said and "100.0%" in said and "against 1.0% without a defense" in said
+        assert "not the defense's merit" not in said and "did not take hold even without" not in said
+    table = open_page("runs", run=MADE_WORSE_ID).dataframe[0].value
+    assert dict(zip(table["run"], table["verdict"]))[MADE_WORSE_ID] == "made worse"
+    table = open_page("compare", run=MADE_WORSE_ID).dataframe[0].value
+    assert dict(zip(table["run_id"], table["Verdict"]))[MADE_WORSE_ID] == "made worse"
+    caption = captions(open_page("sample_weights", run=MADE_WORSE_ID))
+    assert "made the attack stronger" in caption and "was removed" not in caption

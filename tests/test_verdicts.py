@@ -240,3 +240,40 @@ def test_baseline_trains_as_long_as_the_defended_model():
     config = {"dataset": "mnist5k", "defense": "cbd", "defense_params": {"backdoor_steps": 64, "epochs": 2}}
     assert baseline_config(config)["defense_params"] == {"epochs": 2}
     assert baseline_config({"defense": "cbd", "defense_params": {}})["defense_params"] == {}
+
+
+# -- made worse ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("asr, base_asr, expected", [
+    (1.0, 0.01, "made worse"), (0.0600001, 0.01, "made worse"), (0.06, 0.01, "weakened"),
+    (0.30, 0.20, "made worse"), (0.99, 0.97, "persists"), (0.004, 0.99, "removed"),
+])
+def test_made_worse_is_judged_against_the_baseline(asr, base_asr, expected):
+    base = summary(base_asr, "undefended")
+    assert verdict(summary(asr), base) == expected
+    # without a baseline summary, the baseline ASR the run recorded when it finished
+    assert verdict(summary(asr, baseline_attack_success_rate=base_asr)) == expected
+    assert verdict(summary(asr)) != "made worse"  # no baseline at all: nothing to be worse than
+
+
+def test_made_worse_sentences_never_say_the_attack_did_not_take_hold():
+    # The case: BadNets 1 %, undefended ASR 1 %, CBD ASR 100 %, the poison favoured by the weights.
+    cbd_run = summary(1.0, poison_detection_auroc=0.002,
+                      f_b_capture={"captured": False, "loss_poisoned_median": 4.13, "loss_clean_median": 0.023})
+    base = summary(0.01, "undefended", clean_accuracy=0.975)
+    said = text(cbd_run, base)
+    assert "CBD made the attack stronger: 100.0% of triggered test images reach the target label, against 1.0%" in said
+    assert "Without a defense the attack did not take hold; with it, it did." in said
+    assert "favoured the poisoned samples" in said
+    assert "did not take hold even without a defense" not in said and "not the defense's merit" not in said
+    kind, banner = verdicts.banner_text(cbd_run, Baseline("done", "base-1", base))
+    assert kind == "made worse" and "Attack made stronger" in banner and "not the defense's merit" not in banner
+    note = verdicts.outcome_note(cbd_run, baseline_summary=base)
+    assert "made the attack stronger" in note and "removed" not in note
+    assert verdicts.failed(cbd_run, base)
+
+
+def test_the_attack_did_not_take_hold_only_where_the_defended_run_agrees():
+    base = summary(0.30, "undefended")
+    assert "did not take hold even without a defense" in text(summary(0.02), base)
+    assert "did not take hold even without a defense" not in text(summary(0.60), base)  # made worse

@@ -86,7 +86,6 @@ def cbd_weights(ce_backdoor: torch.Tensor, ce_clean: torch.Tensor) -> torch.Tens
     return ce_backdoor / (ce_backdoor + ce_clean + 1e-8)
 
 
-MAX_SAMPLE_WEIGHT = 3.0  # in units of the class's mean weight
 F_B_STAGES = 4  # f_B's training is reported (test CA / ASR, progress) in this many equal parts
 LOSS_FLOOR = 1e-6  # losses below this count as this in the geometric mean (log 0 is -inf)
 
@@ -97,16 +96,35 @@ def checkpoint_steps(total_steps: int, count: int) -> list[int]:
     return sorted({round(total_steps * (i + 1) / count) for i in range(count)})
 
 
-def class_balanced(weights: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def class_balanced(weights: torch.Tensor, labels: torch.Tensor, max_weight: float) -> torch.Tensor:
     """Weights divided by their class's mean, so every class keeps its total weight (its count):
-    re-weighting then moves weight between samples of a label, never between labels."""
+    re-weighting then moves weight between samples of a label, never between labels. No sample gets
+    more than `max_weight` (in units of its class's mean; a class with capped samples then keeps a
+    little less than its count)."""
     num_classes = int(labels.max()) + 1
     sums = torch.zeros(num_classes, device=weights.device).index_add_(0, labels, weights)
     counts = torch.bincount(labels, minlength=num_classes).clamp_min(1)
     balanced = weights / (sums / counts).clamp_min(1e-12)[labels]
-    # A class that f_C has not learned yet has a tiny mean weight, and dividing by it can give a few
-    # samples hundreds of times the average weight, which throws SGD off: cap, like gradient clipping.
-    return balanced.clamp_max(MAX_SAMPLE_WEIGHT)
+    return balanced.clamp_max(max_weight)
+
+
+def guard_unfitted(weights: torch.Tensor, ce_backdoor: torch.Tensor, labels: torch.Tensor,
+                   chance_loss: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(guarded weights, which samples were guarded). A sample f_B never fitted, whose CE_B is above
+    the loss of a uniform guess (`chance_loss`, log of the number of classes), gets at most its class's
+    median weight. CBD's premise is that f_B fits the confounded samples *faster* than the rest; a
+    sample it did not fit at all is no evidence of anything, yet w = CE_B / (CE_B + CE_C) gives it the
+    largest weight there is. When f_B misses the trigger (low poisoning rates), those are exactly the
+    poisoned samples: f_B learned their digits, so their target label looks wrong to it, and without
+    this guard f_C trained on them with up to 3x a clean sample's weight and learned a trigger that
+    plain training does not (README, "CBD never amplifies"). Reads only training data."""
+    unfitted = ce_backdoor > chance_loss
+    if not bool(unfitted.any()):
+        return weights, unfitted
+    medians = torch.zeros(int(labels.max()) + 1, device=weights.device)
+    for c in torch.unique(labels[unfitted]).tolist():
+        medians[c] = weights[labels == c].median()
+    return torch.where(unfitted, torch.minimum(weights, medians[labels]), weights), unfitted
 
 
 def normalise_batch(weights: torch.Tensor) -> torch.Tensor:
@@ -176,6 +194,11 @@ class CBD(Defense):
               "official code", choices=("cached", "per_batch")),
         Param("weighting", str, "stable: per-epoch, class-balanced, lowest weight kept; paper: live per batch",
               choices=("stable", "paper")),
+        Param("max_weight", float, "stable: the most weight a sample may get, in units of its class's mean "
+              "weight", 1.0, 100.0),
+        Param("unfitted", str, "stable: a sample f_B never fitted (CE_B above a uniform guess's loss) gets at "
+              "most its class's median weight (guard), or the weight the formula gives it (off)",
+              choices=("guard", "off")),
         Param("keep_lowest_from", str, "stable: each sample keeps its lowest weight once f_C has caught up "
               "with f_B (caught_up: median CE_C <= median CE_B) or from f_C's first epoch (start)",
               choices=("caught_up", "start")),
@@ -186,7 +209,7 @@ class CBD(Defense):
         return {"backdoor_steps": 256, "backdoor_checkpoints": 16, "backdoor_loss": "trajectory",
                 "backdoor_lr": 0.05, "epochs": 10 if small else 40, "lr": 0.05, "batch_size": 128,
                 "weight_decay": 5e-4, "mi_weight": 0.1, "disc_lr": 1e-3, "backdoor_features": "cached",
-                "weighting": "stable", "keep_lowest_from": "caught_up"}
+                "weighting": "stable", "max_weight": 3.0, "unfitted": "guard", "keep_lowest_from": "caught_up"}
 
     def total_epochs(self, params):
         return F_B_STAGES + params["epochs"]
@@ -240,17 +263,27 @@ class CBD(Defense):
         opt_d = Adam(disc.parameters(), lr=p["disc_lr"], betas=(0.5, 0.999))
         total_steps = p["epochs"] * steps_per_epoch
 
-        weights_now = cbd_weights(ce_b_full, ctx.per_sample_loss(f_c))  # before f_C trains
+        guard = p["weighting"] == "stable" and p["unfitted"] == "guard"
+        chance_loss = float(np.log(f_b.fc.out_features))
+
+        def weights_from(ce_c: torch.Tensor) -> torch.Tensor:
+            fresh = cbd_weights(ce_b_full, ce_c)
+            return guard_unfitted(fresh, ce_b_full, ctx.train.y, chance_loss)[0] if guard else fresh
+
+        weights_now = weights_from(ctx.per_sample_loss(f_c))  # before f_C trains
         history = [weights_now.cpu().numpy()]
         stable = p["weighting"] == "stable"
         need_b = not stable or p["mi_weight"] > 0  # f_B's view of each batch: for the MI term or live weights
         memory_from = None  # "stable": the epoch from which each sample's lowest weight is kept
+        capped_shares = []  # "stable": per epoch, the share of samples held at max_weight
         step = 0
         for epoch in range(1, p["epochs"] + 1):
             f_c.train()
             disc.train()
             # "stable" trains the epoch on the weights just recorded, balanced per class.
-            epoch_weights = class_balanced(weights_now, ctx.train.y) if stable else None
+            epoch_weights = class_balanced(weights_now, ctx.train.y, p["max_weight"]) if stable else None
+            if stable:
+                capped_shares.append(round(float((epoch_weights >= p["max_weight"] - 1e-6).float().mean()), 4))
             tally_loss, tally_mi = LossTally(), LossTally()
             for i, idx in enumerate(batches(len(ctx.train), p["batch_size"], generator)):
                 set_lr(opt_c, cosine_lr(step, total_steps, p["lr"], warmup_steps=steps_per_epoch // 2))
@@ -294,7 +327,7 @@ class CBD(Defense):
                 ctx.step("f_C", epoch, p["epochs"], i + 1, steps_per_epoch)
 
             ce_c_full = ctx.per_sample_loss(f_c)
-            fresh = cbd_weights(ce_b_full, ce_c_full)
+            fresh = weights_from(ce_c_full)
             if stable:
                 # Evidence counts once f_C has caught up with f_B on the data as a whole (median
                 # loss): before that, a low weight may only mean that f_C is still learning.
@@ -317,4 +350,9 @@ class CBD(Defense):
         return DefenseResult(
             model=f_c, other_models={"f_B": f_b}, suspicion=1.0 - weights[-1],
             sample_record={"weights": weights, "loss_backdoor": ce_b_full.cpu().numpy().astype(np.float32)},
-            summary={"weights_kept_from_epoch": memory_from, "f_b_capture": capture})
+            summary={"weights_kept_from_epoch": memory_from, "f_b_capture": capture,
+                     "weight_guard": {
+                         "max_weight": p["max_weight"], "capped_share_per_epoch": capped_shares,
+                         "unfitted": p["unfitted"], "chance_loss": round(chance_loss, 4),
+                         "unfitted_samples": int((ce_b_full > chance_loss).sum()),
+                     } if stable else None})

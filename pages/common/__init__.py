@@ -115,9 +115,23 @@ def load_baseline(run: RunDir) -> verdicts.Baseline:
     return _baseline_cached(str(root), json.dumps(config, sort_keys=True), _runs_stamp(root))
 
 
+def judged_summary(run: RunDir) -> dict[str, Any] | None:
+    """The run's summary with `baseline_attack_success_rate` read from its baseline as it is now (when
+    a finished one exists), so every sentence that judges the run from its summary alone
+    (`verdicts.outcome_note`, the Lesson's notes) uses the same baseline as its banner."""
+    summary = load_summary(run)
+    if not summary or summary.get("defense") == verdicts.UNDEFENDED:
+        return summary
+    baseline = load_baseline(run)
+    if baseline.state != "done":
+        return summary
+    return {**summary, "baseline_attack_success_rate": verdicts.baseline_asr(summary, baseline.summary)}
+
+
 BANNERS = {verdicts.REMOVED: (st.success, ":material/check_circle:"),
            verdicts.WEAKENED: (st.warning, ":material/warning:"),
            verdicts.PERSISTS: (st.error, ":material/dangerous:"),
+           verdicts.MADE_WORSE: (st.error, ":material/trending_up:"),
            verdicts.NOT_APPLICABLE: (st.info, ":material/info:")}
 
 

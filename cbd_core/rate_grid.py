@@ -1,0 +1,137 @@
+"""Where each defense holds: finished runs across poisoning rates, the picture the Compare page's
+"Across poison rates" view draws and bench/rate_grid.py tabulates (one module, so both say the same).
+
+    points = grid_points(root)        one GridPoint per finished run with its figures and its verdict
+    lines = summarise(points)         per (dataset, attack, defense, rate): median and min-max over seeds
+
+A run's defense is labelled by its title plus any parameter set away from its defaults
+("CBD (unfitted=off)"), so an ablation is a line of its own. Runs that differ only in what does not
+change the data or the defense (threads, device) count as the same seed: the newest is kept.
+Verdicts are judged against the undefended run on the same data that exists now (`verdicts`).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from . import verdicts
+from .errors import UserInputError
+from .runs import list_runs
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    dataset: str
+    attack: str
+    defense: str  # the line's label: "Undefended", "CBD", "CBD (unfitted=off)"
+    poison_rate: float
+    seed: int
+    clean_accuracy: float
+    attack_success_rate: float
+    verdict: str
+    run_id: str
+
+
+@dataclass(frozen=True)
+class GridLine:
+    """One (dataset, attack, defense, rate) over its seeds."""
+
+    dataset: str
+    attack: str
+    defense: str
+    poison_rate: float
+    seeds: int
+    asr_median: float
+    asr_min: float
+    asr_max: float
+    ca_median: float
+    ca_min: float
+    ca_max: float
+    verdicts: dict[str, int]
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def defense_label(config: dict[str, Any], image_shape: tuple[int, ...] | None) -> str:
+    """The defense's title, plus the parameters the run set away from the defense's defaults."""
+    from .defenses import DEFENSES
+
+    name = str(config.get("defense") or "?")
+    defense = DEFENSES.get(name)
+    if defense is None:
+        return name
+    title = "Undefended" if name == verdicts.UNDEFENDED else defense.title
+    params = config.get("defense_params") or {}
+    if not params or not image_shape or len(image_shape) != 3:
+        return title
+    try:
+        defaults = defense.defaults(tuple(image_shape))
+    except Exception:  # a hand-edited shape: the title alone
+        return title
+    # epochs follow the defense's main model in every grid line, so they do not make a variant
+    changed = [f"{k}={v}" for k, v in sorted(params.items()) if k in defaults and defaults[k] != v and k != "epochs"]
+    return f"{title} ({', '.join(changed)})" if changed else title
+
+
+def grid_points(root: str | Path | None) -> list[GridPoint]:
+    """Every finished run under `root` whose summary holds finite CA and ASR, newest per (dataset,
+    attack, defense, rate, target, seed); unreadable folders are skipped (the Runs page lists them)."""
+    undefended = verdicts.undefended_runs(root)
+    seen: dict[tuple, GridPoint] = {}
+    for run in list_runs(root):  # newest first
+        try:
+            if run.status().get("state") != "done":
+                continue
+            config, summary = run.config(), run.summary()
+        except (OSError, ValueError, UserInputError):
+            continue
+        if not isinstance(summary, dict):
+            continue
+        ca, asr = _finite(summary.get("clean_accuracy")), _finite(summary.get("attack_success_rate"))
+        rate, seed = _finite(config.get("poison_rate")), config.get("seed")
+        if ca is None or asr is None or rate is None or not isinstance(seed, int):
+            continue
+        dataset = str(config.get("npz_path") or config.get("dataset") or "?")
+        dataset = Path(dataset).stem if dataset.endswith(".npz") else dataset
+        label = defense_label(config, tuple(summary.get("image_shape") or ()))
+        baseline = verdicts.lookup_baseline(config, root, undefended)
+        point = GridPoint(dataset, str(config.get("attack")), label, rate, seed, ca, asr,
+                          verdicts.verdict(summary, baseline.summary), run.run_id)
+        key = (point.dataset, point.attack, point.defense, rate, config.get("target_label"), seed)
+        seen.setdefault(key, point)
+    return list(seen.values())
+
+
+def summarise(points: Iterable[GridPoint]) -> list[GridLine]:
+    """Median and min-max of ASR and CA over seeds per (dataset, attack, defense, rate), sorted by
+    dataset, attack, defense (Undefended first) and rate."""
+    groups: dict[tuple[str, str, str, float], list[GridPoint]] = {}
+    for p in points:
+        groups.setdefault((p.dataset, p.attack, p.defense, p.poison_rate), []).append(p)
+    lines = []
+    for (dataset, attack, defense, rate), members in groups.items():
+        asr = [m.attack_success_rate for m in members]
+        ca = [m.clean_accuracy for m in members]
+        lines.append(GridLine(dataset, attack, defense, rate, len(members), statistics.median(asr), min(asr), max(asr),
+                              statistics.median(ca), min(ca), max(ca),
+                              dict(Counter(m.verdict for m in members if m.verdict != verdicts.NOT_APPLICABLE))))
+    return sorted(lines, key=lambda l: (l.dataset, l.attack, l.defense != "Undefended", l.defense, l.poison_rate))
+
+
+def missing_cells(lines: list[GridLine], dataset: str, attack: str) -> list[tuple[str, float]]:
+    """(defense, rate) pairs that some defense of this dataset and attack has and another lacks: the
+    holes in the picture, which `matrix` fills."""
+    here = [l for l in lines if l.dataset == dataset and l.attack == attack]
+    rates = sorted({l.poison_rate for l in here})
+    defenses = sorted({l.defense for l in here})
+    have = {(l.defense, l.poison_rate) for l in here}
+    return [(d, r) for d in defenses for r in rates if (d, r) not in have]
