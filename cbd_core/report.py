@@ -112,19 +112,35 @@ def curves_svg(metrics: list[dict[str, Any]], defense: str | None = None) -> str
     return _svg(fig)
 
 
-def weights_svg(record: dict[str, np.ndarray] | None) -> tuple[str | None, str]:
-    """Histogram of the final per-sample weight (CBD) or suspicion (ABL, NONE), poisoned vs clean, and
-    its caption; (None, why) when the run has no per-sample scores."""
+def curves_hint(defense: str | None) -> str:
+    """What the run's defense says to look for in its curves ("" for none or an unknown defense)."""
+    from .defenses import defense_or_none
+
+    registered = defense_or_none(defense)
+    return registered.curves_hint if registered else ""
+
+
+def weights_svg(record: dict[str, np.ndarray] | None, defense: str | None = None) -> tuple[str | None, str]:
+    """Histogram of the final per-sample score the run's defense declares (`Defense.sample_view`, e.g.
+    CBD's weight), else of its suspicion, poisoned vs clean, and its caption; (None, why) when the run
+    has no per-sample scores."""
     from matplotlib.figure import Figure
+
+    from .defenses import defense_or_none
 
     if not record or "is_poisoned" not in record:
         return None, "The run kept no per-sample record (sample_weights.npz)."
     poisoned = np.asarray(record["is_poisoned"], dtype=bool)
-    if "weights" in record and np.asarray(record["weights"]).ndim == 2:
-        values = np.asarray(record["weights"], dtype=np.float64)[-1]
-        axis, caption = "weight in f_C's loss (last epoch)", (
-            "CBD's per-sample weight w = CE_B / (CE_B + CE_C) at the end of training: poisoned samples (red) "
-            "should sit near 0, clean ones (blue) higher.")
+    registered = defense_or_none(defense)
+    view = registered.sample_view if registered else None
+    if view is not None and view.score in record:
+        values = np.atleast_2d(np.asarray(record[view.score], dtype=np.float64))[-1]
+        if view.log_scale:
+            values = np.log10(np.maximum(values, 1e-12))
+        axis = f"{view.score_title}{' (log10)' if view.log_scale else ''}, at the end"
+        side = "left of" if view.suspicious == "low" else "right of"
+        caption = (f"{registered.title}: {view.heading}. The samples it suspects sit at the "
+                   f"{view.suspicious} end: poisoned samples (red) should sit {side} clean ones (blue).")
     elif "suspicion" in record and np.isfinite(np.asarray(record["suspicion"], dtype=np.float64)).any():
         values = np.asarray(record["suspicion"], dtype=np.float64)
         axis, caption = "suspicion (higher = more suspected)", (
@@ -220,7 +236,7 @@ def html_report(run: RunDir) -> str:
     curves = curves_svg(metrics, config.get("defense"))
     if curves:
         parts.append(f"<figure>{curves}<figcaption>Solid: clean accuracy; dashed: attack success rate, after each "
-                     "stage. For CBD, f_B's ASR climbs on purpose while f_C's should stay near 0.</figcaption></figure>")
+                     f"stage. {html.escape(curves_hint(config.get('defense')))}</figcaption></figure>")
         rows = [(str(m.get("phase")), str(m.get("epoch")), _pct(m.get("clean_accuracy")),
                  _pct(m.get("attack_success_rate")), _pct(m.get("robust_accuracy")),
                  f"{m['elapsed_seconds']:.1f}" if isinstance(m.get("elapsed_seconds"), (int, float)) else "")
@@ -230,7 +246,7 @@ def html_report(run: RunDir) -> str:
         parts.append("<p>No epoch finished, so there are no curves.</p>")
 
     parts.append("<h2>Per-sample weights</h2>")
-    histogram, caption = weights_svg(record)
+    histogram, caption = weights_svg(record, config.get("defense"))
     parts.append(f"<figure>{histogram}<figcaption>{html.escape(caption)}</figcaption></figure>" if histogram
                  else f"<p>{html.escape(caption)}</p>")
 

@@ -270,10 +270,12 @@ def has_umap(run: RunDir) -> bool:
     return run.has_arrays(UMAP_FILE)
 
 
-def model_names_in(embeddings: dict[str, np.ndarray]) -> list[str]:
-    """The models an embeddings.npz holds features of (delivered model first, f_B last)."""
-    names = [key[len("features_"):] for key in embeddings if key.startswith("features_")]
-    return sorted(names, key=lambda n: (n == "f_B", n))
+def model_names_in(embeddings: dict[str, np.ndarray], defense: str | None = None) -> list[str]:
+    """The models an embeddings.npz holds features of, in the order of the run's `defense`
+    (`defenses.model_order`)."""
+    from ..defenses import model_order
+
+    return model_order(defense, [key[len("features_"):] for key in embeddings if key.startswith("features_")])
 
 
 def compute_umap(run: RunDir, random_state: int | None = None) -> dict[str, Any]:
@@ -294,7 +296,7 @@ def compute_umap(run: RunDir, random_state: int | None = None) -> dict[str, Any]
     maps: dict[str, np.ndarray] = {}
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    for name in model_names_in(embeddings):
+    for name in model_names_in(embeddings, (run.summary() or {}).get("defense")):
         features = embeddings[f"features_{name}"]
         if len(features) != len(index):
             raise UserInputError(f"run {run.run_id}: features_{name} has {len(features)} rows, index {len(index)}",
