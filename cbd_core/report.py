@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 
 from . import verdicts
+from .palette import CLEAN_COLOUR, PHASE_COLOURS, POISONED_COLOUR
+from .text import number, pct
 from .runs import RunDir, now_iso
 
-CLEAN, POISONED, ASR_STYLE = "#4c78a8", "#e45756", (0, (5, 3))
-PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+ASR_STYLE = (0, (5, 3))
 
 STYLE = """
 body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222; max-width: 980px;
@@ -56,12 +57,13 @@ def _number(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
 
 
+def _pct(value: Any) -> str:
+    """Any summary value as a percentage ("n/a" unless it is a finite number)."""
+    return pct(number(value))
+
+
 def _count(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else "n/a"
-
-
-def _pct(value: Any) -> str:
-    return f"{100 * value:.1f} %" if isinstance(value, (int, float)) and np.isfinite(value) else "n/a"
 
 
 def _svg(fig: Any) -> str:
@@ -93,7 +95,7 @@ def curves_svg(metrics: list[dict[str, Any]], defense: str | None = None) -> str
     fig = Figure(figsize=(8.5, 3.6))
     ax = fig.add_subplot()
     phases = list(dict.fromkeys(str(m.get("phase")) for m in points))
-    for colour, phase in zip(PALETTE * 4, phases):
+    for colour, phase in zip(PHASE_COLOURS * 4, phases):
         x = [i + 1 for i, m in enumerate(points) if str(m.get("phase")) == phase]
         lines = [m for m in points if str(m.get("phase")) == phase]
         name = registered.phase_title(phase) if registered else phase
@@ -151,7 +153,7 @@ def weights_svg(record: dict[str, np.ndarray] | None, defense: str | None = None
     edges = np.histogram_bin_edges(values[finite], bins=40)
     fig = Figure(figsize=(8.5, 3.0))
     ax = fig.add_subplot()
-    for name, mask, colour in (("clean", ~poisoned, CLEAN), ("poisoned", poisoned, POISONED)):
+    for name, mask, colour in (("clean", ~poisoned, CLEAN_COLOUR), ("poisoned", poisoned, POISONED_COLOUR)):
         ax.hist(values[mask & finite], bins=edges, color=colour, alpha=0.65, label=f"{name} ({int(mask.sum()):,})")
     from matplotlib.ticker import FuncFormatter
 

@@ -23,6 +23,7 @@ import streamlit as st
 
 from cbd_core.defenses import Defense, SampleView, defense_or_none
 from cbd_core.metrics import auroc
+from cbd_core.palette import CLEAN_COLOUR, POISONED_COLOUR
 from cbd_core.runs import RunDir, epoch_number
 from pages.common import (class_name, defense_title, enlarge, explain, judging_defenses, load_arrays, load_config,
                           load_metrics, load_summary, page_errors, pick_run)
@@ -33,7 +34,6 @@ follow_app_navigation()
 
 GALLERY_SIZE = 8
 THUMBNAIL = 84
-POISONED_COLOUR, CLEAN_COLOUR = "#d62728", "#1f77b4"
 
 
 def split_histogram(values: np.ndarray, is_poisoned: np.ndarray, x_title: str, bins: int = 40) -> go.Figure:

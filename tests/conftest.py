@@ -154,3 +154,19 @@ def no_worker(monkeypatch):
     # The launcher is the one place that starts workers (submit and keep_workers_running call it).
     monkeypatch.setattr(cbd_core.jobs.launcher, "ensure_workers", lambda *a, **k: [])
     monkeypatch.setattr(cbd_core.jobs, "ensure_workers", lambda *a, **k: [])
+
+
+# -- the fast tier ---------------------------------------------------------------------------------
+
+# Tests that train runs or render pages take seconds each; `pytest -m "not slow"` leaves them out (under
+# a minute), `make test` runs everything. A test is slow when it asks for a fixture that trains or
+# starts the app, or lives in a module that drives the app or a browser; others mark themselves.
+SLOW_FIXTURES = {"finished_runs", "patch_dataset", "no_worker"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = Path(str(item.fspath))
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or path.name.startswith("test_page_") \
+                or "e2e" in path.parts:
+            item.add_marker(pytest.mark.slow)

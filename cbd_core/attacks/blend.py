@@ -16,12 +16,8 @@ import numpy as np
 from ..errors import UserInputError
 from .base import Attack, AttackPreset, Param, TriggerPreview, blend_images, grey_image, resize_pattern
 
+# 32x32 RGB uniform noise, drawn once with numpy's default_rng(20170515).integers(0, 256).
 DEFAULT_PATTERN = Path(__file__).resolve().parents[2] / "assets" / "blend_pattern.png"
-
-
-def make_default_pattern() -> np.ndarray:
-    """The shipped pattern: 32x32 RGB uniform noise from a fixed seed (how assets/ was made)."""
-    return np.random.default_rng(20170515).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
 
 
 @lru_cache(maxsize=8)

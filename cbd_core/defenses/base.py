@@ -1,9 +1,11 @@
 """What a defense gets and what it gives back.
 
-A defense sees the poisoned training set as tensors, a builder for fresh models, and its own
-parameters. It never sees which samples are poisoned, nor the test sets: it may *report* how good
-its per-sample suspicion is (`ctx.detection_auroc`) and how the model scores on the test sets
-(`ctx.end_epoch`), both computed outside it, but nothing it decides can depend on them.
+A defense gets the poisoned training set as tensors, a builder for fresh models, and its own
+parameters. The context also holds the poison mask and the test sets, in private fields that only its
+reporting methods read: a defense may *report* how good its per-sample suspicion is
+(`ctx.detection_auroc`, `ctx.flagged_report`) and how the model scores on the test sets
+(`ctx.end_epoch`), but those methods return numbers to log, and nothing a defense decides may depend on
+them (its code never reads the private fields).
 """
 
 from __future__ import annotations
