@@ -65,12 +65,14 @@ class EpochRecorder:
     """Collects (epoch number, phase, model name, features, predictions) for the images `index`.
 
     `model_names`: the defense's (`Defense.model_names`); a phase named after one of them (CBD's
-    "f_B" and "f_C") records that model, any other phase (train, isolate, unlearn, ...) the first."""
+    "f_B" and "f_C") records that model, any other phase (train, isolate, unlearn, ...) the
+    `delivered` one (`Defense.delivered`; default the first)."""
 
-    def __init__(self, x: torch.Tensor, index: np.ndarray, model_names: tuple[str, ...], total_epochs: int):
+    def __init__(self, x: torch.Tensor, index: np.ndarray, model_names: tuple[str, ...], total_epochs: int,
+                 delivered: str | None = None):
         self.index = np.asarray(index, dtype=np.int64)
         self.x = x[torch.from_numpy(self.index).to(x.device)] if len(self.index) else x[:0]
-        self.model_names = model_names
+        self.model_names, self.delivered = model_names, delivered or model_names[0]
         self.stride = recorded_stride(total_epochs)
         self.frames: list[dict[str, Any]] = []
         self._remembered: Callable[[nn.Module], tuple[torch.Tensor, torch.Tensor] | None] = lambda model: None
@@ -104,7 +106,7 @@ class EpochRecorder:
             z, logits = features_and_logits(model, self.x)
         features = np.clip(z.float().cpu().numpy(), -FLOAT16_MAX, FLOAT16_MAX).astype(np.float16)
         self.frames.append({"epoch": number, "phase": phase, "phase_epoch": epoch,
-                            "model": phase if phase in self.model_names else self.model_names[0],
+                            "model": phase if phase in self.model_names else self.delivered,
                             "features": features, "prediction": logits.argmax(1).cpu().numpy().astype(np.int16)})
 
     def arrays(self) -> dict[str, np.ndarray] | None:

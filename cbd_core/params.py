@@ -17,7 +17,8 @@ from .errors import UserInputError
 
 @dataclass(frozen=True)
 class Param:
-    """One attack parameter: its default for an image shape, its type and its allowed range."""
+    """One parameter of an attack or a defense: its name, type and allowed range (its default comes from
+    the owner's `defaults(image_shape)`, which may depend on the image's size)."""
 
     name: str
     kind: type  # int, float or str

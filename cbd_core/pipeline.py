@@ -165,7 +165,8 @@ def _train_and_record(config: RunConfig, data: PoisonedData, run: RunDir, device
     # images followed epoch by epoch are drawn from it (images.npz keeps their thumbnails).
     subset = stratified_subset(train.y, config.embedding_samples, config.seed)
     recorder = EpochRecorder(train_tensors.x, epoch_subset(subset, data.is_poisoned, train.y, config.seed),
-                             defense.model_names, defense.total_epochs(config.defense_params))
+                             defense.model_names, defense.total_epochs(config.defense_params),
+                             delivered=defense.delivered)
     ctx = DefenseContext(train=train_tensors, build_model=new_model, params=config.defense_params,
                          augmentation=default_augmentation(train.image_shape), seed=config.seed, device=device,
                          progress=progress, _eval_sets=eval_sets, _poison_mask=data.is_poisoned,
@@ -177,7 +178,7 @@ def _train_and_record(config: RunConfig, data: PoisonedData, run: RunDir, device
     result = defense.train(ctx)
 
     final = eval_sets.evaluate(result.model)  # the last epoch's scores when the model has not changed since
-    models = {defense.model_names[0]: result.model, **result.other_models}
+    models = {defense.delivered: result.model, **result.other_models}
     for name, model in models.items():
         run.save_model(name, model.state_dict())
 

@@ -7,20 +7,18 @@ while the run goes on.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 
 @dataclass
 class ProgressEvent:
-    phase: str  # e.g. "backdoored model f_B", "deconfounded model f_C", "evaluate"
+    phase: str  # the defense's phase as its metrics name it, e.g. CBD's "f_B", ABL's "isolate"
     epoch: int  # 1-based epoch within the phase (0 before the first one ends)
     epochs: int  # epochs in the phase
     step: int = 0  # batches done in this epoch
     steps: int = 0  # batches in this epoch
     metrics: dict[str, Any] | None = None  # set when an epoch ends
-    message: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
     # The whole run (every phase), for an elapsed time and an estimate of the time left: the share of
     # the defense's epochs done (each epoch of each phase counts as one; None when unknown) and the
     # seconds since training started.
@@ -42,9 +40,6 @@ class ProgressEvent:
         within = self.step / self.steps if self.steps else 0.0
         done = self.epoch if self.metrics is not None or not self.steps else self.epoch - 1 + within
         return max(0.0, min(1.0, done / self.epochs))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 ProgressCallback = Callable[[ProgressEvent], None]

@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 
 from . import verdicts
+from .palette import CLEAN_COLOUR, PHASE_COLOURS, POISONED_COLOUR
+from .text import number, pct
 from .runs import RunDir, now_iso
 
-CLEAN, POISONED, ASR_STYLE = "#4c78a8", "#e45756", (0, (5, 3))
-PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+ASR_STYLE = (0, (5, 3))
 
 STYLE = """
 body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222; max-width: 980px;
@@ -56,12 +57,13 @@ def _number(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
 
 
+def _pct(value: Any) -> str:
+    """Any summary value as a percentage ("n/a" unless it is a finite number)."""
+    return pct(number(value))
+
+
 def _count(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else "n/a"
-
-
-def _pct(value: Any) -> str:
-    return f"{100 * value:.1f} %" if isinstance(value, (int, float)) and np.isfinite(value) else "n/a"
 
 
 def _svg(fig: Any) -> str:
@@ -93,7 +95,7 @@ def curves_svg(metrics: list[dict[str, Any]], defense: str | None = None) -> str
     fig = Figure(figsize=(8.5, 3.6))
     ax = fig.add_subplot()
     phases = list(dict.fromkeys(str(m.get("phase")) for m in points))
-    for colour, phase in zip(PALETTE * 4, phases):
+    for colour, phase in zip(PHASE_COLOURS * 4, phases):
         x = [i + 1 for i, m in enumerate(points) if str(m.get("phase")) == phase]
         lines = [m for m in points if str(m.get("phase")) == phase]
         name = registered.phase_title(phase) if registered else phase
@@ -112,19 +114,35 @@ def curves_svg(metrics: list[dict[str, Any]], defense: str | None = None) -> str
     return _svg(fig)
 
 
-def weights_svg(record: dict[str, np.ndarray] | None) -> tuple[str | None, str]:
-    """Histogram of the final per-sample weight (CBD) or suspicion (ABL, NONE), poisoned vs clean, and
-    its caption; (None, why) when the run has no per-sample scores."""
+def curves_hint(defense: str | None) -> str:
+    """What the run's defense says to look for in its curves ("" for none or an unknown defense)."""
+    from .defenses import defense_or_none
+
+    registered = defense_or_none(defense)
+    return registered.curves_hint if registered else ""
+
+
+def weights_svg(record: dict[str, np.ndarray] | None, defense: str | None = None) -> tuple[str | None, str]:
+    """Histogram of the final per-sample score the run's defense declares (`Defense.sample_view`, e.g.
+    CBD's weight), else of its suspicion, poisoned vs clean, and its caption; (None, why) when the run
+    has no per-sample scores."""
     from matplotlib.figure import Figure
+
+    from .defenses import defense_or_none
 
     if not record or "is_poisoned" not in record:
         return None, "The run kept no per-sample record (sample_weights.npz)."
     poisoned = np.asarray(record["is_poisoned"], dtype=bool)
-    if "weights" in record and np.asarray(record["weights"]).ndim == 2:
-        values = np.asarray(record["weights"], dtype=np.float64)[-1]
-        axis, caption = "weight in f_C's loss (last epoch)", (
-            "CBD's per-sample weight w = CE_B / (CE_B + CE_C) at the end of training: poisoned samples (red) "
-            "should sit near 0, clean ones (blue) higher.")
+    registered = defense_or_none(defense)
+    view = registered.sample_view if registered else None
+    if view is not None and view.score in record:
+        values = np.atleast_2d(np.asarray(record[view.score], dtype=np.float64))[-1]
+        if view.log_scale:
+            values = np.log10(np.maximum(values, 1e-12))
+        axis = f"{view.score_title}{' (log10)' if view.log_scale else ''}, at the end"
+        side = "left of" if view.suspicious == "low" else "right of"
+        caption = (f"{registered.title}: {view.heading}. The samples it suspects sit at the "
+                   f"{view.suspicious} end: poisoned samples (red) should sit {side} clean ones (blue).")
     elif "suspicion" in record and np.isfinite(np.asarray(record["suspicion"], dtype=np.float64)).any():
         values = np.asarray(record["suspicion"], dtype=np.float64)
         axis, caption = "suspicion (higher = more suspected)", (
@@ -135,7 +153,7 @@ def weights_svg(record: dict[str, np.ndarray] | None) -> tuple[str | None, str]:
     edges = np.histogram_bin_edges(values[finite], bins=40)
     fig = Figure(figsize=(8.5, 3.0))
     ax = fig.add_subplot()
-    for name, mask, colour in (("clean", ~poisoned, CLEAN), ("poisoned", poisoned, POISONED)):
+    for name, mask, colour in (("clean", ~poisoned, CLEAN_COLOUR), ("poisoned", poisoned, POISONED_COLOUR)):
         ax.hist(values[mask & finite], bins=edges, color=colour, alpha=0.65, label=f"{name} ({int(mask.sum()):,})")
     from matplotlib.ticker import FuncFormatter
 
@@ -221,7 +239,7 @@ def html_report(run: RunDir) -> str:
     curves = curves_svg(metrics, config.get("defense"))
     if curves:
         parts.append(f"<figure>{curves}<figcaption>Solid: clean accuracy; dashed: attack success rate, after each "
-                     "stage. For CBD, f_B's ASR climbs on purpose while f_C's should stay near 0.</figcaption></figure>")
+                     f"stage. {html.escape(curves_hint(config.get('defense')))}</figcaption></figure>")
         rows = [(str(m.get("phase")), str(m.get("epoch")), _pct(m.get("clean_accuracy")),
                  _pct(m.get("attack_success_rate")), _pct(m.get("robust_accuracy")),
                  f"{m['elapsed_seconds']:.1f}" if isinstance(m.get("elapsed_seconds"), (int, float)) else "")
@@ -231,7 +249,7 @@ def html_report(run: RunDir) -> str:
         parts.append("<p>No epoch finished, so there are no curves.</p>")
 
     parts.append("<h2>Per-sample weights</h2>")
-    histogram, caption = weights_svg(record)
+    histogram, caption = weights_svg(record, config.get("defense"))
     parts.append(f"<figure>{histogram}<figcaption>{html.escape(caption)}</figcaption></figure>" if histogram
                  else f"<p>{html.escape(caption)}</p>")
 

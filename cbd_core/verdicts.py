@@ -25,13 +25,15 @@ take hold even without a defense, so a low ASR is then not the defense's merit; 
 where the defended run's ASR is below it too (otherwise the defense planted what the attack alone
 could not: "made worse").
 
-`explain` turns a summary into plain sentences saying what happened, as far as the run can tell:
-for a failed CBD run whether f_B caught the trigger (summary["f_b_capture"]["captured"]) and whether
-the weights singled out the poison (poison-detection AUROC >= GOOD_DETECTION_AUROC, 0.9); for ABL its
-isolated set's precision and recall; for NONE its filtered set's. Every field may be missing (older
-runs): a missing one is never an error, the sentence that needs it is left out.
+`explain` turns a summary into plain sentences saying what happened, as far as the run can tell; why a
+failed run failed is the defense's own sentence (`Defense.diagnosis` in its module: CBD says whether
+f_B caught the trigger and whether its weights found the poison, i.e. ranked it with an AUROC of at
+least GOOD_DETECTION_AUROC (0.9, in `text`); ABL and NONE how much of the poison they set apart), so
+nothing here knows a defense by name. Every field may be missing (older runs): a missing one is never an error, the
+sentence that needs it is left out.
 
-Nothing here imports Streamlit or torch: the CLI, the worker and the pages share it.
+Nothing here imports Streamlit, nor torch at import time (the defense registry is read when a
+sentence needs it): the CLI, the worker and the pages share it.
 
     verdict(summary, base)                 "made worse" / "removed" / "weakened" / "persists" / "n/a"
     find_baseline(config, root)            a done undefended run on the same data, or None
@@ -45,21 +47,19 @@ Nothing here imports Streamlit or torch: the CLI, the worker and the pages share
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from .errors import UserInputError
 from .runs import RunDir, list_runs, runs_root
+from .text import GOOD_DETECTION_AUROC, number as _number, pct as _pct, points as _points  # noqa: F401
 
 # -- thresholds ------------------------------------------------------------------------------------
 REMOVED_MAX_ASR = 0.05  # at most 5% of triggered images still reach the target: the backdoor is removed
 PERSISTS_MIN_ASR = 0.50  # half or more still do: the backdoor persists (in between: weakened)
 ATTACK_TOOK_HOLD_MIN_ASR = 0.50  # an undefended ASR below this: the attack itself did not take hold
 MADE_WORSE_MIN_RISE = 0.05  # a defended ASR more than this above its baseline's: the defense made it worse
-GOOD_DETECTION_AUROC = 0.9  # CBD's weights "found the poison" when (1 - weight) ranks it this well
-LOW_SHARE = 0.5  # ABL's / NONE's flagged set: precision or recall below this is "most missed"
 
 REMOVED, WEAKENED, PERSISTS, NOT_APPLICABLE = "removed", "weakened", "persists", "n/a"
 MADE_WORSE = "made worse"
@@ -72,7 +72,6 @@ BASELINE_KEYS = ("dataset", "npz_path", "data_root", "attack", "attack_params", 
                  "seed", "model", "threads", "deterministic")
 REUSABLE_STATES = ("done", "running", "queued")  # a failed or cancelled baseline is queued again
 
-DEFENSE_NAMES = {"cbd": "CBD", "abl": "ABL", "nonlinearity": "NONE", UNDEFENDED: "the undefended model"}
 HEADLINES = {
     REMOVED: "Backdoor removed",
     WEAKENED: "Backdoor weakened, not removed",
@@ -90,30 +89,22 @@ def legend() -> str:
 
 
 # -- small readers that never raise ----------------------------------------------------------------
-def _number(value: Any) -> float | None:
-    """`value` as a finite float, or None (missing, NaN, text, a bool)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1%}"
-
-
-def _points(value: float) -> str:
-    """A difference of two fractions in percentage points, e.g. "1.2 points"."""
-    return f"{abs(value) * 100:.1f} points"
-
-
 def _defense(summary: dict[str, Any]) -> str:
     return str(summary.get("defense") or "")
 
 
+def _registered(summary: dict[str, Any]):
+    """The run's defense from the registry (imported here, so that importing verdicts stays free of
+    torch), or None for a name this version does not know."""
+    from .defenses import defense_or_none
+
+    return defense_or_none(_defense(summary))
+
+
 def defense_name(summary: dict[str, Any]) -> str:
-    name = _defense(summary)
-    return DEFENSE_NAMES.get(name, name or "the defense")
+    """How sentences name the run's defense: its registry entry's `sentence_name`."""
+    registered = _registered(summary)
+    return registered.sentence_name if registered else (_defense(summary) or "the defense")
 
 
 # -- the verdict -----------------------------------------------------------------------------------
@@ -302,76 +293,20 @@ def ensure_baseline(run: RunDir, root: str | Path | None = None, start_worker: b
 
 
 # -- sentences -------------------------------------------------------------------------------------
-def _cbd_reason(summary: dict[str, Any], worse: bool = False) -> str:
-    capture = summary.get("f_b_capture")
-    auroc = _number(summary.get("poison_detection_auroc"))
-    if worse and auroc is not None and auroc < 0.5:
-        # The weights ranked the poison as the *least* suspicious: it got more weight than clean images.
-        return (f"CBD's weights favoured the poisoned samples (detection AUROC {auroc:.3f}, below the 0.5 of "
-                "chance: the poison got more weight than clean images), because f_B fitted them worse than "
-                "clean ones, so f_C learned the trigger that the attack alone did not plant.")
-    if isinstance(capture, dict) and capture.get("captured") is False:
-        poisoned, clean = _number(capture.get("loss_poisoned_median")), _number(capture.get("loss_clean_median"))
-        losses = (f" (median loss {poisoned:.3g} on poisoned samples, {clean:.3g} on clean ones)"
-                  if poisoned is not None and clean is not None else "")
-        return ("f_B never caught the trigger" + losses + ", so the weights could not single out the poison "
-                "and f_C learned from the poisoned samples as from any others.")
-    if auroc is not None and auroc >= GOOD_DETECTION_AUROC:
-        return (f"The weights did find the poison (detection AUROC {auroc:.3f}), but f_C learned the trigger "
-                "anyway.")
-    if auroc is not None:
-        return (f"The weights did not separate poisoned from clean samples (detection AUROC {auroc:.3f}; 0.5 is "
-                "chance), so f_C trained on the poison with nearly full weight.")
-    return "The run does not record how well CBD's weights picked out the poison, so it cannot tell why."
-
-
-def _flagged_reason(summary: dict[str, Any], prefix: str, did: str, then: str) -> str | None:
-    """ABL (isolated_* / unlearned_*) and NONE (filtered_*): how many samples it set aside, the share of
-    them poisoned (precision) and of the poison caught (recall), and what that means."""
-    precision, recall = _number(summary.get(f"{prefix}_precision")), _number(summary.get(f"{prefix}_recall"))
-    count = _number(summary.get(f"{prefix}_count"))
-    name = defense_name(summary)
-    if count == 0:
-        return f"{name} {did} no training samples, so all the poison stayed in the training set."
-    if precision is None and recall is None:
-        return None
-    facts = []
-    if precision is not None:
-        facts.append(f"{_pct(precision)} of them poisoned")
-    if recall is not None:
-        facts.append(f"catching {_pct(recall)} of the poison")
-    found = f"{name} {did} {f'{int(count):,} samples' if count is not None else 'samples'} ({', '.join(facts)})"
-    if recall is not None and recall < LOW_SHARE:
-        return found + ": most poisoned samples stayed in the training set and planted the trigger."
-    if precision is not None and precision < LOW_SHARE:
-        return found + f": most of what it {did} were clean images, and the poison kept its hold."
-    return found + f": it found the poison, but {then} did not undo the backdoor."
-
-
 def diagnosis(summary: dict[str, Any] | None, baseline_summary: dict[str, Any] | None = None) -> str | None:
-    """For a failed run (weakened / persists / made worse): why, as far as its summary can tell; else
-    None."""
+    """For a failed run (weakened / persists / made worse): why, as far as its summary can tell (the
+    defense's own `Defense.diagnosis`, or `Defense.made_worse_reason` when it made the attack stronger);
+    else None."""
     result = verdict(summary, baseline_summary)
     if result not in FAILED:
         return None
     assert summary is not None
-    defense = _defense(summary)
-    if defense == "cbd" or "f_b_capture" in summary:
-        return _cbd_reason(summary, worse=result == MADE_WORSE)
-    if defense == "abl" or "isolated_precision" in summary:
-        late = _flagged_reason(summary, "unlearned", "unlearned", "unlearning it") \
-            if _number(summary.get("unlearned_recall")) is not None else None
-        return late or _flagged_reason(summary, "isolated", "isolated", "unlearning it") or \
-            "The run does not record what ABL isolated, so it cannot tell why."
-    if defense == "nonlinearity" or "filtered_precision" in summary:
-        resets = summary.get("reset_channels")
-        if isinstance(resets, list) and resets and not any(resets):
-            return ("NONE found no hyperplane neurons to reset (none fired far above normal), so it filtered "
-                    "nothing that mattered and the trigger stayed learned.")
-        return _flagged_reason(summary, "filtered", "filtered out",
-                                                           "resetting neurons and fine-tuning without it") or \
-            "The run does not record what NONE filtered out, so it cannot tell why."
-    return "The run records nothing more about why."
+    registered = _registered(summary)
+    reason = None
+    if registered is not None:
+        reason = (registered.made_worse_reason(summary) if result == MADE_WORSE else None) or \
+            registered.diagnosis(summary)
+    return reason or "The run records nothing more about why."
 
 
 def explain(summary: dict[str, Any] | None, baseline_summary: dict[str, Any] | None = None, *,
@@ -419,9 +354,10 @@ def explain(summary: dict[str, Any] | None, baseline_summary: dict[str, Any] | N
         sentences.append(f"{name} removed the backdoor: only {_pct(asr)} of triggered test images reach the target "
                          f"label (removed means at most {REMOVED_MAX_ASR:.0%})"
                          + (f", against {_pct(base_asr)} without a defense." if base_asr is not None else "."))
-        auroc = _number(summary.get("poison_detection_auroc"))
-        if _defense(summary) == "cbd" and auroc is not None:
-            sentences.append(f"Its weights picked out the poisoned samples (detection AUROC {auroc:.3f}).")
+        registered = _registered(summary)
+        found = registered.success_note(summary) if registered else None
+        if found:
+            sentences.append(found)
     else:
         if result == WEAKENED:
             sentences.append(f"{name} weakened the backdoor but did not remove it: {_pct(asr)} of triggered test "

@@ -24,6 +24,7 @@ from cbd_core.analysis.attributions import (
 )
 from cbd_core.attacks import ATTACKS
 from pages.common import (
+    delivered_model,
     enlarge,
     explain,
     load_config,
@@ -118,7 +119,7 @@ def main() -> None:
     else:
         image, shown_region = clean, region  # outlined where the trigger would go
 
-    names = plot_order(models)
+    names = plot_order(models, defense)
     shared_scale = len(names) > 1 and st.toggle(
         "One colour scale for all models", value=False, key="attr_shared_scale",
         help="Off: each map is coloured from zero to its own largest value, so a model whose attributions are "
@@ -151,8 +152,9 @@ def main() -> None:
             if local:
                 st.markdown(f"Attribution on the trigger: **{percent(trigger_mass_share(maps[name], shown_region))}**"
                             f" (the trigger covers {shown_region.mean():.1%} of the image)")
-            # The model the defense hands over (f_C, or the only one) carries the run's outcome.
-            explain(model_view(defense, name).attribution_hint, summary if name == names[-1] else None)
+            # The model the defense hands over carries the run's outcome.
+            explain(model_view(defense, name).attribution_hint,
+                    summary if name == delivered_model(defense, names) else None)
 
     st.subheader(f"Across {MEAN_IMAGES} triggered test images")
     all_methods = st.toggle("All four methods", key="attr_all_methods",

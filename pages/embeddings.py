@@ -25,10 +25,11 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from cbd_core.analysis.embeddings import EPOCH_UMAP_FILE, UMAP_FILE, has_epoch_umap, has_umap, model_names_in
+from cbd_core.defenses import defense_or_none
 from cbd_core.epoch_features import EPOCH_FEATURES_FILE
 from cbd_core.runs import RunDir
-from pages.common import (class_name, defense_title, enlarge, explain, load_arrays, load_config, load_metrics,
-                          judged_summary, model_view, page_errors, phase_title, pick_run, plot_order)
+from pages.common import (class_name, defense_title, delivered_model, enlarge, explain, load_arrays, load_config,
+                          load_metrics, judged_summary, model_view, page_errors, phase_title, pick_run, plot_order)
 from pages.common.maps import (POISONED_VIEWS, SUSPICION, TRAINING_LABEL,
                                TRUE_CLASS, WEIGHT, animated_figure, colour_groups, epoch_timeline,
                                hover_texts, map_figure)
@@ -56,7 +57,10 @@ def _table(run: RunDir, index: np.ndarray, predictions: dict[str, np.ndarray]) -
             return None
         return np.asarray(values[..., index])
 
-    final_weight = per_sample("weights")
+    defense = defense_or_none(load_config(run).get("defense"))
+    view = defense.sample_view if defense is not None else None
+    # A per-epoch training weight in [0, 1] (CBD's) colours the maps on a log scale; other scores by rank.
+    final_weight = per_sample(view.score) if view is not None and view.is_weight else None
     suspicion = per_sample("suspicion")
     return {
         "index": index, "predictions": predictions,
@@ -112,7 +116,7 @@ def final_figures(run_path: str, stamp: tuple[int, ...], defense: str, colour_by
     groups = colour_groups(table, colour_by, list(class_names), poisoned_view, list(selected))
     return {name: map_figure(table, table["maps"][name], groups, model_view(defense, name).title,
                              hover_texts(table, list(class_names), name)).to_dict()
-            for name in plot_order(list(table["maps"]))}
+            for name in plot_order(list(table["maps"]), defense)}
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -120,7 +124,7 @@ def epoch_figure(run_path: str, stamp: tuple[int, ...], defense: str, colour_by:
                  class_names: tuple[str, ...], selected: tuple[int, ...], total_epochs: int) -> dict[str, Any]:
     """The animation, as a plain dict (see final_figures)."""
     table = epoch_table(run_path, stamp)
-    models = plot_order(list(dict.fromkeys(table["model"].tolist())))
+    models = plot_order(list(dict.fromkeys(table["model"].tolist())), defense)
     phases = {p: phase_title(defense, p) for p in set(table["phase"].tolist())}
     steps = epoch_timeline(table["epoch"], table["model"], table["phase"], table["phase_epoch"], models, phases)
     groups = colour_groups(table, colour_by, list(class_names), poisoned_view, list(selected))
@@ -197,10 +201,10 @@ def sample_details(run: RunDir, points: dict[str, Any], sample: int, class_names
         if poisoned is not None:
             rows.append(f"- **Poisoned:** {'yes: it carries the trigger' if poisoned else 'no'}")
         if points["weight"] is not None:
-            rows.append(f"- **CBD weight at the end:** {points['weight'][i]:.4f}")
+            rows.append(f"- **{defense_title(defense)} weight at the end:** {points['weight'][i]:.4f}")
         elif points["suspicion"] is not None:
             rows.append(f"- **{defense_title(defense)} suspicion:** {points['suspicion'][i]:.4g}")
-        for name in plot_order(list(points["predictions"])):
+        for name in plot_order(list(points["predictions"]), defense):
             rows.append(f"- **{model_view(defense, name).title} predicts:** "
                         f"{class_name(class_names, points['predictions'][name][i])}")
         st.markdown("\n".join(rows))
@@ -328,7 +332,7 @@ def render() -> None:
         for column, name in zip(st.columns(len(names)), names):
             with column:
                 chart(figures[name], f"umap_chart_{name}")
-                delivered = name == names[-1]  # the model the defense hands over (f_C, or the only one)
+                delivered = name == delivered_model(defense, names)  # the model the defense hands over
                 explain(model_view(defense, name).map_hint,
                         summary if delivered else None)
         st.caption(f"{len(points['index']):,} training images, a stratified subset; the map is UMAP (15 neighbours) "
@@ -340,7 +344,7 @@ def render() -> None:
         chart(epoch_figure(str(run.path), stamp, defense, colour_by, poisoned_view, class_names, tuple(selected), total),
               "umap_epochs_chart")
         poisoned_count = int(table["is_poisoned"].sum()) if table["is_poisoned"] is not None else 0
-        models = plot_order(list(dict.fromkeys(table["model"].tolist())))
+        models = plot_order(list(dict.fromkeys(table["model"].tolist())), defense)
         explain("Press Play (or drag the epoch slider under the maps) and watch where the crosses go as training "
                 "goes on; epochs are numbered as on the Train page, and a model keeps its last map while another "
                 "trains. " + " ".join(f"{model_view(defense, m).title}: {model_view(defense, m).map_hint}"

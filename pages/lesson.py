@@ -415,7 +415,7 @@ def step_maps(ctx: Lesson) -> None:
                 "minute). The **Embeddings** page waits for them; come back to this step in a moment.")
         st.page_link("pages/embeddings.py", label="The Embeddings page →")
         return
-    names = plot_order(points["xy"])
+    names = plot_order(points["xy"], ctx.config.get("defense"))
     columns = st.columns(len(names) + 1, gap="medium") if len(names) < 3 else st.columns(len(names))
     titles = {"f_B": "f_B, the backdoored model", "f_C": "f_C, the deconfounded model"}
     for column, name in zip(columns, names):
@@ -435,7 +435,7 @@ def step_attributions(ctx: Lesson) -> None:
     index = example_index(ctx.run)
     image = apply_run_trigger(test_x[index], ctx.config)
     patch = trigger_is_patch(ctx.config, region)
-    names = plot_order(models)
+    names = plot_order(models, ctx.config.get("defense"))
     maps = {name: attribution_map(models[name], image, None, LESSON_METHOD) for name in names}
     tops = colour_limits(maps, per_model=True)
     columns = st.columns([1] + [2] * len(names) + [2])

@@ -1,14 +1,14 @@
 """Sample weights: what a defense made of each training sample.
 
-CBD gives every training sample a weight w = CE_B / (CE_B + CE_C) each epoch: the poisoned samples,
-which the backdoored f_B fits far better than f_C, should sink towards 0. An epoch slider moves
-through the weights as f_C trains, with epochs numbered as on the Train page (CBD: f_B's stages 1-4,
-then f_C's epochs, so the first weights, from the finished f_B and an untrained f_C, are at epoch 4):
-their distribution split into poisoned and clean, how well "low weight" singles out the poisoned
-samples (AUROC) epoch by epoch, and the lowest- and highest-weight images. A note says from which
-epoch each sample kept its lowest weight (summary's `weights_kept_from_epoch`), after which weights
-can only fall. ABL and NONE get the equivalent: which samples they set
-apart and how many of those were really poisoned. An undefended run has nothing to show here.
+Every defense that judges samples declares how to draw its record (`Defense.sample_view`): which array
+scores the samples, which end is suspicious, and what to say; this page never asks which defense it
+is. A score kept per epoch (CBD's weight w = CE_B / (CE_B + CE_C), which should sink towards 0 on the
+poison) gets an epoch slider, numbered as on the Train page (CBD: f_B's stages 1-4, then f_C's epochs,
+so the first weights, from the finished f_B and an untrained f_C, are at epoch 4): the histogram split
+into poisoned and clean, how well the score singles out the poisoned samples (AUROC) epoch by epoch,
+and the most and least suspected images. A score kept once or per round (ABL's isolation loss, NONE's
+activations) gets its histogram and how many of what the defense set apart were really poisoned.
+A defense without a view (undefended) has nothing to show here.
 Read-only: everything comes from the run's sample_weights.npz and images.npz.
 """
 
@@ -21,8 +21,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from cbd_core.defenses import defense_or_none
+from cbd_core.defenses import Defense, SampleView, defense_or_none
 from cbd_core.metrics import auroc
+from cbd_core.palette import CLEAN_COLOUR, POISONED_COLOUR
 from cbd_core.runs import RunDir, epoch_number
 from pages.common import (class_name, defense_title, enlarge, explain, judging_defenses, load_arrays, load_config,
                           load_metrics, judged_summary, page_errors, pick_run)
@@ -33,7 +34,6 @@ follow_app_navigation()
 
 GALLERY_SIZE = 8
 THUMBNAIL = 84
-POISONED_COLOUR, CLEAN_COLOUR = "#d62728", "#1f77b4"
 
 
 def split_histogram(values: np.ndarray, is_poisoned: np.ndarray, x_title: str, bins: int = 40) -> go.Figure:
@@ -67,10 +67,10 @@ def _percent(value: float) -> str:
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def auroc_per_epoch(weights: np.ndarray, is_poisoned: np.ndarray) -> list[float]:
-    """AUROC of "low weight = poisoned" for each row of weights (metrics.auroc(scores, positives):
-    higher score = more suspected, so the score is minus the weight)."""
-    return [auroc(-row, is_poisoned) for row in weights]
+def auroc_per_epoch(suspicion: np.ndarray, is_poisoned: np.ndarray) -> list[float]:
+    """AUROC of each row of a suspicion (higher = more suspected: `SampleView.suspicion`, e.g. minus
+    CBD's weight) against the poison."""
+    return [auroc(row, is_poisoned) for row in suspicion]
 
 
 def gallery(title: str, order: np.ndarray, images: dict[str, np.ndarray], caption_of: Any) -> None:
@@ -83,145 +83,147 @@ def gallery(title: str, order: np.ndarray, images: dict[str, np.ndarray], captio
             st.image(enlarge(images["train_x"][position[int(sample)]], THUMBNAIL), caption=caption_of(int(sample)))
 
 
-def first_f_c_epoch(run: RunDir) -> int | None:
-    """The run's number of f_C's first epoch (the Train page's numbering), None without metrics."""
-    return epoch_number(load_metrics(run), "f_C", 1)
+def row_offset(run: RunDir, view: SampleView) -> int:
+    """The Train page's epoch number of the record's row 0: the view's phase's epoch `first_row`
+    (CBD: f_B's last epoch, 4, for the weights before f_C's first), or the run's own epoch `first_row`."""
+    if view.epoch_phase is None:
+        return view.first_row
+    first = epoch_number(load_metrics(run), view.epoch_phase, 1)
+    return (first - 1 if first else 0) + view.first_row
 
 
-def kept_note(summary: dict[str, Any], weighting: str | None, offset: int) -> str:
-    """From which epoch the weights only fall (CBD's "stable" weighting keeps each sample's lowest), in
-    the page's numbering, or why they never did."""
-    if weighting == "paper":
-        return ("This run used the paper's live weighting: f_C trained on weights recomputed in every batch; the ones "
-                "shown were taken at each epoch's end.")
-    kept = summary.get("weights_kept_from_epoch")
-    if kept is None:
-        return ("The weights were never frozen in this run: each sample keeps its lowest weight only once f_C's median "
-                "loss falls below f_B's, which did not happen, so every epoch's weights are fresh.")
-    return (f"From epoch {offset + int(kept)} (f_C's epoch {int(kept)}) on, each sample keeps its lowest weight so "
-            "far: weights can only fall from then on, so the histogram changes little after it.")
+def shown(view: SampleView, values: np.ndarray) -> np.ndarray:
+    """The score as the histogram draws it (log10 for losses spanning many decades)."""
+    values = np.asarray(values, dtype=float)
+    return np.log10(np.maximum(values, 1e-12)) if view.log_scale else values
 
 
-def cbd_view(run: RunDir, record: dict[str, np.ndarray], class_names: list[str], summary: dict[str, Any]) -> None:
-    weights, is_poisoned = record["weights"], record["is_poisoned"].astype(bool)
-    epochs = weights.shape[0] - 1
-    first = first_f_c_epoch(run)
-    offset = first - 1 if first else 0  # row 0 (before f_C trains) sits at f_B's last epoch
-    if not offset <= st.session_state.get("weights_epoch", offset) <= offset + epochs:
+def axis_title(view: SampleView, what: str) -> str:
+    return f"{view.score_title}{', log10' if view.log_scale else ''} at {what}" if what else \
+        f"{view.score_title}{', log10 (−4 means 0.0001)' if view.log_scale else ''}"
+
+
+def epoch_view(run: RunDir, defense: Defense, view: SampleView, record: dict[str, np.ndarray],
+               class_names: list[str], summary: dict[str, Any]) -> None:
+    """A score per epoch: a slider through them, the histogram at the chosen one, how well the score
+    ranks the poison epoch by epoch, and the most and least suspected images."""
+    scores, is_poisoned = np.atleast_2d(record[view.score]), record["is_poisoned"].astype(bool)
+    rows = scores.shape[0] - 1
+    offset = row_offset(run, view)
+    if not offset <= st.session_state.get("weights_epoch", offset) <= offset + rows:
         st.session_state.pop("weights_epoch", None)  # kept from a run numbered differently
 
     def label(number: int) -> str:
-        row = number - offset
-        return (f"epoch {number} (f_B done, f_C not trained yet)" if row == 0 else
-                f"epoch {number} (f_C's epoch {row})")
+        caption = view.row_caption(number - offset)
+        return f"epoch {number}" + (f" ({caption})" if caption else "")
 
-    epoch = st.slider("Epoch", offset, offset + epochs, offset + epochs, key="weights_epoch",
-                      help=f"Numbered as on the Train page: epochs 1-{offset} are f_B's, {offset + 1}-{offset + epochs} "
-                           f"f_C's. Epoch {offset}: the weights f_C starts with (from the finished f_B and an "
-                           "untrained f_C); each later epoch: the weights f_C trained on in the next one.")
+    if rows:
+        epoch = st.slider("Epoch", offset, offset + rows, offset + rows, key="weights_epoch",
+                          help="Numbered as on the Train page; each epoch shows the scores the defense held then.")
+    else:
+        epoch = offset
     row = epoch - offset
-    current = weights[row]
-    scores = auroc_per_epoch(weights, is_poisoned)
-    kept = summary.get("weights_kept_from_epoch")
-    st.caption(f"**Weights kept:** {kept_note(summary, (load_config(run).get('defense_params') or {}).get('weighting'), offset)}")
+    current = scores[row]
+    curve = auroc_per_epoch(view.suspicion(scores), is_poisoned)
+    note = defense.sample_note(summary, load_config(run).get("defense_params") or {}, offset)
+    if note:
+        st.caption(f"**Note:** {note}")
+    kept = summary.get(view.kept_from) if view.kept_from else None
 
     left, right = st.columns(2)
     with left:
-        plotly_chart(split_histogram(current, is_poisoned, f"weight at {label(epoch)}"), width="stretch",
-                        key="weights_histogram")
-        explain("For CBD to work, the red bars (poisoned samples) must pile up near 0, far left of the blue ones: "
-                "the samples CBD stops trusting, so f_C hardly learns from them.", summary)
+        plotly_chart(split_histogram(shown(view, current), is_poisoned, axis_title(view, label(epoch))),
+                     width="stretch", key="weights_histogram")
+        explain(view.hint, summary)
+        if view.flagged is not None and view.flagged in record:
+            flagged_metrics(np.atleast_2d(record[view.flagged])[min(row, len(np.atleast_2d(record[view.flagged])) - 1)],
+                            is_poisoned, view)
     with right:
-        numbers = list(range(offset, offset + epochs + 1))
-        fig = go.Figure(go.Scatter(x=numbers, y=[None if not np.isfinite(s) else s for s in scores],
+        numbers = list(range(offset, offset + rows + 1))
+        fig = go.Figure(go.Scatter(x=numbers, y=[None if not np.isfinite(s) else s for s in curve],
                                    mode="lines+markers", name="AUROC", line={"color": POISONED_COLOUR}))
-        if kept is not None:
-            fig.add_vrect(x0=offset + int(kept), x1=offset + epochs, fillcolor="grey", opacity=0.12, line_width=0,
-                          annotation_text="lowest weight kept", annotation_position="top left")
+        if isinstance(kept, int):
+            fig.add_vrect(x0=offset + kept, x1=offset + rows, fillcolor="grey", opacity=0.12, line_width=0,
+                          annotation_text=view.kept_label, annotation_position="top left")
         fig.add_vline(x=epoch, line_dash="dot", line_color="grey")
         fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 30, "b": 10},
                           xaxis_title="epoch (as on the Train page)", yaxis_title="poison-detection AUROC",
                           yaxis_range=[0, 1.02], xaxis_dtick=1)
         plotly_chart(fig, width="stretch", key="weights_auroc")
-        explain("How well a low weight picks out the poisoned samples, epoch by epoch: 1.0 means every poisoned "
-                "sample weighs less than every clean one, 0.5 is a coin toss.")
+        explain(f"How well a {view.suspicious} {view.score_title} picks out the poisoned samples, epoch by epoch: 1.0 "
+                "means every poisoned sample is more suspected than every clean one, 0.5 is a coin toss.")
         if not is_poisoned.any():
             st.caption("This run has no poisoned samples, so there is nothing to detect (AUROC undefined).")
 
     images = load_arrays(run, "images") or {}
-    kept = np.asarray(images.get("train_index", np.zeros(0, np.int64)), dtype=np.int64)
-    kept = kept[kept < len(current)]
-    if not len(kept):
+    kept_images = np.asarray(images.get("train_index", np.zeros(0, np.int64)), dtype=np.int64)
+    kept_images = kept_images[kept_images < len(current)]
+    if not len(kept_images):
         st.info("This run kept no training images, so there is no gallery.")
         return
-    ranked = kept[np.argsort(current[kept], kind="stable")]
+    ranked = kept_images[np.argsort(view.suspicion(current[kept_images]), kind="stable")][::-1]
     labels, originals = record["label"], record.get("original_label", record["label"])
+    low_first = view.suspicious == "low"
 
     def caption(sample: int) -> str:
-        label = class_name(class_names, labels[sample])
+        label_ = class_name(class_names, labels[sample])
         if is_poisoned[sample]:
             state = f"poisoned (really {class_name(class_names, originals[sample])})" \
                 if originals[sample] != labels[sample] else "poisoned"
         else:
             state = "clean"
-        return f"label {label} · {state} · w {current[sample]:.3f}"
+        return f"label {label_} · {state} · {view.score_short or view.score_title} {current[sample]:.3f}"
 
-    gallery(f"Lowest weight at {label(epoch)}", ranked[:GALLERY_SIZE], images, caption)
-    gallery(f"Highest weight at {label(epoch)}", ranked[::-1][:GALLERY_SIZE], images, caption)
-    explain("If CBD singled out the poison, the lowest row is mostly poisoned images (look for the trigger) and the "
-            "highest row clean images f_C learns most from." + (f" Drawn from the {len(kept):,} training images this "
-                                                                 "run kept." if len(kept) < len(current) else ""),
-            summary, with_reason=False)
+    most, least = ranked[:GALLERY_SIZE], ranked[::-1][:GALLERY_SIZE]
+    lowest, highest = (most, least) if low_first else (least, most)
+    gallery(f"Lowest {view.score_title} at {label(epoch)}", lowest, images, caption)
+    gallery(f"Highest {view.score_title} at {label(epoch)}", highest, images, caption)
+    explain(view.gallery_hint + (f" Drawn from the {len(kept_images):,} training images this run kept."
+                                 if len(kept_images) < len(current) else ""), summary, with_reason=False)
 
 
-def abl_view(record: dict[str, np.ndarray], summary: dict[str, Any]) -> None:
-    losses = np.asarray(record["isolation_loss"], dtype=float)
+def flagged_metrics(flagged: np.ndarray, is_poisoned: np.ndarray, view: SampleView) -> None:
+    count, precision, recall = precision_recall(flagged, is_poisoned)
+    st.metric(f"{view.flagged_title.capitalize()} samples", f"{count:,}")
+    st.metric("Precision", _percent(precision), help=f"Share of the {view.flagged_title} samples that were poisoned.")
+    st.metric("Recall", _percent(recall), help=f"Share of the poisoned samples that were {view.flagged_title}.")
+
+
+def final_view(view: SampleView, record: dict[str, np.ndarray], summary: dict[str, Any]) -> None:
+    """One score per sample (or per round, the last drawn): its histogram and what the defense set apart."""
+    scores = np.atleast_2d(np.asarray(record[view.score], dtype=float))
     is_poisoned = record["is_poisoned"].astype(bool)
-    isolated = record["isolated"].astype(bool)
     left, right = st.columns([2, 1])
     with left:
-        plotly_chart(split_histogram(np.log10(np.maximum(losses, 1e-12)), is_poisoned,
-                                        "loss after the isolation phase, log10 (−4 means 0.0001)"),
-                        width="stretch", key="abl_histogram")
-        explain("ABL trains briefly and sets apart the samples it learned fastest, the lowest losses: for it to "
-                "work, the red bars (poisoned) must sit at the far left.", summary)
+        plotly_chart(split_histogram(shown(view, scores[-1]), is_poisoned, axis_title(view, "")),
+                     width="stretch", key="score_histogram")
+        explain(view.hint, summary)
+    if view.flagged is None or view.flagged not in record:
+        return
+    flagged = np.atleast_2d(record[view.flagged]).astype(bool)
     with right:
-        count, precision, recall = precision_recall(isolated, is_poisoned)
-        st.metric("Isolated samples", f"{count:,}")
-        st.metric("Precision", _percent(precision), help="Share of the isolated samples that were poisoned.")
-        st.metric("Recall", _percent(recall), help="Share of the poisoned samples that were isolated.")
-        explain("ABL unlearns the isolated set: high precision means it mostly unlearns poison, not real digits.")
-
-
-def none_view(record: dict[str, np.ndarray], summary: dict[str, Any]) -> None:
-    filtered = np.atleast_2d(record["filtered"]).astype(bool)
-    activation = np.atleast_2d(record["hyperplane_activation"])
-    is_poisoned = record["is_poisoned"].astype(bool)
-    rows = []
-    for i, flagged in enumerate(filtered, start=1):
-        count, precision, recall = precision_recall(flagged, is_poisoned)
-        rows.append({"round": i, "filtered": count, "precision": _percent(precision), "recall": _percent(recall)})
-    left, right = st.columns([2, 1])
-    with left:
-        plotly_chart(split_histogram(activation[-1], is_poisoned, "activation of the suspected neurons"),
-                        width="stretch", key="none_histogram")
-        explain("NONE looks for neurons that fire far above normal on a few samples; for it to work, the red bars "
-                "(poisoned) must stand apart to the right, where it filters samples out.", summary)
-    with right:
-        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
-        explain("Per round: how many training samples NONE filtered out, the share of them that were poisoned "
-                "(precision) and the share of the poisoned it caught (recall).")
+        if view.rows == "round":
+            rows = []
+            for i, row in enumerate(flagged, start=1):
+                count, precision, recall = precision_recall(row, is_poisoned)
+                rows.append({"round": i, view.flagged_title: count, "precision": _percent(precision),
+                             "recall": _percent(recall)})
+            st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+        else:
+            flagged_metrics(flagged[-1], is_poisoned, view)
+        explain(view.flagged_hint)
 
 
 def render() -> None:
     run = pick_run()
     if run is None:
         return
-    defense = load_config(run).get("defense", "")
+    name = load_config(run).get("defense", "")
+    defense = defense_or_none(name)
     summary = judged_summary(run) or {}
     class_names = [str(c) for c in (summary.get("class_names") or range(int(summary.get("num_classes") or 10)))]
-    if defense_or_none(defense) is not None and defense_or_none(defense).suspicion_meaning is None:
-        st.info(f"This run is **{defense_title(defense)}**: it trained on every sample equally, so there are no "
+    if defense is not None and defense.sample_view is None:
+        st.info(f"This run is **{defense_title(name)}**: it trained on every sample equally, so there are no "
                 f"per-sample weights or suspicions to show. Pick a {judging_defenses()} run to see what a defense "
                 "made of each sample.")
         return
@@ -229,23 +231,21 @@ def render() -> None:
     if record is None:
         st.info("This run has no sample_weights.npz (it did not finish writing its results).")
         return
-    title = defense_title(defense)
-    if "weights" in record and np.ndim(record["weights"]) == 2:
-        st.subheader(f"{title}: each sample's weight as f_C trains")
-        cbd_view(run, record, class_names, summary)
-    elif "isolation_loss" in record and "isolated" in record:
-        st.subheader(f"{title}: the samples it isolated as suspects")
-        abl_view(record, summary)
-    elif "filtered" in record and "hyperplane_activation" in record:
-        st.subheader(f"{title}: the samples it filtered out")
-        none_view(record, summary)
+    view = defense.sample_view if defense is not None else None
+    if view is None or view.score not in record:
+        st.info(f"{defense_title(name)} records no per-sample scores this version can draw, so there is nothing "
+                "to show here.")
+        return
+    st.subheader(f"{defense.title}: {view.heading}")
+    if np.ndim(record[view.score]) == 2 and view.rows == "epoch":
+        epoch_view(run, defense, view, record, class_names, summary)
     else:
-        st.info(f"{title} records no per-sample weights, so there is nothing to show here.")
+        final_view(view, record, summary)
 
 
 st.title("Sample weights")
-st.markdown("CBD trusts each training sample as much as the deliberately backdoored model f_B fails to explain "
-            "it: a sample f_B fits much better than f_C gets a small weight. Here is how those weights split the "
-            "poisoned samples from the clean ones, and what the other defenses suspected.")
+st.markdown("A defense that judges training samples gives each a score: CBD a weight (a sample its backdoored "
+            "f_B fits much better than f_C gets a small one), others a loss or an activation, or a pool it puts the "
+            "sample in. Here is how those scores split the poisoned samples from the clean ones.")
 with page_errors():
     render()

@@ -19,6 +19,7 @@ from cbd_core.config import RunConfig, poison_rate_in_words, poison_rate_warning
 from cbd_core.data import DATASETS
 from cbd_core.defenses import DEFENSES
 from cbd_core.errors import UserInputError
+from cbd_core.palette import PHASE_COLOURS
 from cbd_core.runs import FINISHED, RunDir, list_runs
 from cbd_core.timing import duration_text, run_timing, seconds_between, similar_durations
 from pages.common import (active_run_id, chart_config, defense_title, explain, load_config, load_metrics,
@@ -169,12 +170,11 @@ def active_run() -> RunDir | None:
 def curves(metrics: list[dict[str, Any]], defense: str) -> go.Figure:
     """CA (solid) and ASR (dashed) per epoch, one colour per phase, epochs numbered across phases."""
     fig = go.Figure()
-    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
     phases: list[str] = []
     for line in metrics:
         if line.get("phase") not in phases:
             phases.append(line.get("phase"))
-    for colour, phase in zip(palette * 4, phases):
+    for colour, phase in zip(PHASE_COLOURS * 4, phases):
         points = [(i + 1, m) for i, m in enumerate(metrics) if m.get("phase") == phase]
         x = [i for i, _ in points]
         name = phase_title(defense, phase)

@@ -85,23 +85,30 @@ def finished_runs(tmp_path_factory, mnist5k):
 
     Returns (root, {defense: run_id}). Session-wide and shared: tests must not modify these runs
     (copy one with `shutil.copytree` first). Pages find the root through $BACKDOOR_LAB_RUNS."""
-    import cbd_core.pipeline as pipeline
     from cbd_core.config import RunConfig
+
+    root = tmp_path_factory.mktemp("finished_runs")
+    configs = {defense: RunConfig(dataset="mnist5k", attack="badnets", poison_rate=0.1, defense=defense, seed=0,
+                                  device="cpu", embedding_samples=300, defense_params=params)
+               for defense, params in FINISHED_RUN_PARAMS.items()}
+    return root, train_runs(root, configs, small_subset(*mnist5k, 1000, 200))
+
+
+def train_runs(root: Path, configs: dict, data: tuple[ImageSet, ImageSet]) -> dict[str, str]:
+    """Train each RunConfig of `configs` ({key: config}, dataset "mnist5k") on `data` (a train / test
+    pair) into a run folder under `root`, in this process; returns {key: run id}."""
+    import cbd_core.pipeline as pipeline
     from cbd_core.runs import RunDir
 
-    train, test = small_subset(*mnist5k, 1000, 200)
-    root = tmp_path_factory.mktemp("finished_runs")
     ids = {}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pipeline, "load_dataset", lambda name, *a, **k: (train, test))
-        for defense, params in FINISHED_RUN_PARAMS.items():
-            config = RunConfig(dataset="mnist5k", attack="badnets", poison_rate=0.1, defense=defense, seed=0,
-                               device="cpu", embedding_samples=300, defense_params=params)
+        mp.setattr(pipeline, "load_dataset", lambda name, *a, **k: data)
+        for key, config in configs.items():
             prepared = pipeline.prepare(config)
             run = RunDir.create(root, prepared.config.to_dict())
             pipeline.execute(prepared, run)
-            ids[defense] = run.run_id
-    return root, ids
+            ids[key] = run.run_id
+    return ids
 
 
 def fast_config(**overrides):
@@ -147,3 +154,19 @@ def no_worker(monkeypatch):
     # The launcher is the one place that starts workers (submit and keep_workers_running call it).
     monkeypatch.setattr(cbd_core.jobs.launcher, "ensure_workers", lambda *a, **k: [])
     monkeypatch.setattr(cbd_core.jobs, "ensure_workers", lambda *a, **k: [])
+
+
+# -- the fast tier ---------------------------------------------------------------------------------
+
+# Tests that train runs or render pages take seconds each; `pytest -m "not slow"` leaves them out (under
+# a minute), `make test` runs everything. A test is slow when it asks for a fixture that trains or
+# starts the app, or lives in a module that drives the app or a browser; others mark themselves.
+SLOW_FIXTURES = {"finished_runs", "patch_dataset", "no_worker"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = Path(str(item.fspath))
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or path.name.startswith("test_page_") \
+                or "e2e" in path.parts:
+            item.add_marker(pytest.mark.slow)

@@ -335,7 +335,7 @@ def test_choose_example_wants_right_when_clean_and_fooled_when_triggered():
              "f_B": np.array([0, 1, 2, 9, 4, 5])}   # image 3 one that f_B gets wrong clean
     triggered = {"f_C": np.array([0, 1, 2, 3, 4, 5]),
                  "f_B": np.array([0, 0, 2, 0, 0, 0])}  # f_B sends 1, 3, 4 and 5 to the target; not 2
-    assert choose_example(y, 0, clean, triggered) == 4
+    assert choose_example(y, 0, clean, triggered, "f_B") == 4
     # Another target class: image 0 is now outside it, but f_B does not send it there.
     assert choose_example(y, 2, clean, {"f_B": np.array([1, 0, 2, 2, 2, 2])}) == 4
     assert choose_example(y, 2, clean, {"f_B": np.array([2, 0, 2, 2, 2, 2])}) == 0  # and now it does

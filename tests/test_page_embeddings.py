@@ -121,14 +121,14 @@ def test_undefended_run_has_one_map(mapped_runs, monkeypatch):
     at = open_page(ids["undefended"])
     assert not at.exception and not at.error
     assert len(at.get("plotly_chart")) == 1
-    assert "CBD's final weight" not in at.radio(key="embedding_colour_by").options
+    assert "final weight" not in at.radio(key="embedding_colour_by").options
 
 
 def test_colour_by_weight_on_a_log_scale(mapped_runs, monkeypatch):
     root, ids = mapped_runs
     monkeypatch.setenv("BACKDOOR_LAB_RUNS", str(root))
     at = open_page(ids["cbd"])
-    at.radio(key="embedding_colour_by").set_value("CBD's final weight").run()
+    at.radio(key="embedding_colour_by").set_value("final weight").run()
     assert not at.exception and not at.error
     final = RunDir(root / ids["cbd"]).arrays("sample_weights")["weights"][-1]
     for spec in chart_specs(at):

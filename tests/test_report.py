@@ -31,9 +31,9 @@ def test_report_of_a_finished_cbd_run(finished_runs, tmp_path):
     summary = run.summary()
     page = html_report(run)
     assert_self_contained(page)
-    assert f"{100 * summary['clean_accuracy']:.1f} %" in page
-    assert f"{100 * summary['attack_success_rate']:.1f} %" in page
-    assert f"{100 * summary['robust_accuracy']:.1f} %" in page
+    assert f"{summary['clean_accuracy']:.1%}" in page
+    assert f"{summary['attack_success_rate']:.1%}" in page
+    assert f"{summary['robust_accuracy']:.1%}" in page
     headline = verdicts.HEADLINES[verdicts.verdict(summary)]
     assert f"<strong>{headline}.</strong>" in page
     assert ids["undefended"] in page  # the baseline it is measured against

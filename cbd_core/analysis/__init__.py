@@ -9,12 +9,14 @@ from __future__ import annotations
 import torch.nn as nn
 
 from ..errors import UserInputError
+from ..defenses import model_order
 from ..models import build_model
 from ..runs import RunDir
 
 
 def load_models(run: RunDir) -> dict[str, nn.Module]:
-    """The run's trained models by name (CBD: f_C then f_B; others: model), on the CPU in eval mode.
+    """The run's trained models by name, in its defense's order (`defenses.model_order`: CBD's f_B then
+    f_C; others: model), on the CPU in eval mode.
 
     Raises UserInputError when the run has no finished summary or its model files are unreadable."""
     summary = run.summary()
@@ -25,7 +27,7 @@ def load_models(run: RunDir) -> dict[str, nn.Module]:
         raise UserInputError(f"run {run.run_id} has no saved models", "run")
     h, w, channels = summary["image_shape"]
     models: dict[str, nn.Module] = {}
-    for name in _ordered(names):
+    for name in model_order(summary.get("defense"), names):
         model = build_model(summary["model"], channels, summary["num_classes"])
         try:
             model.load_state_dict(run.model_state(name))
@@ -33,8 +35,3 @@ def load_models(run: RunDir) -> dict[str, nn.Module]:
             raise UserInputError(f"run {run.run_id}: model file {name}.pt is unreadable ({err})", "run") from None
         models[name] = model.eval()
     return models
-
-
-def _ordered(names: list[str]) -> list[str]:
-    """The delivered model first (f_C or model), the backdoored f_B after it."""
-    return sorted(names, key=lambda n: (n == "f_B", n))

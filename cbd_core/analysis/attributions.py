@@ -276,13 +276,13 @@ def mean_trigger_share(model: nn.Module, triggered_images: np.ndarray, region: n
 
 
 def choose_example(test_y: np.ndarray, target_label: int, clean_predictions: dict[str, np.ndarray],
-                   triggered_predictions: dict[str, np.ndarray], backdoored: str = "f_B") -> int:
+                   triggered_predictions: dict[str, np.ndarray], backdoored: str | None = None) -> int:
     """The index of the test image that shows the backdoor at work, from each model's predictions
     ({model name: (N,) classes}) on the clean and the triggered test images.
 
     Wanted: an image outside the target class that every model classifies right when clean (so a
     wrong answer with the trigger is the trigger's doing, not a hard digit) and that the backdoored
-    model (`backdoored`, else the only model) sends to the target when triggered. When no image
+    model (`backdoored`: the defense's `backdoored_model`, else the first model) sends to the target when triggered. When no image
     meets all of it, the conditions are dropped from the last: every model right when clean, then
     any image outside the target class, then image 0. Within a tier the first index wins, so the
     choice is stable for a run."""
@@ -311,7 +311,10 @@ def example_test_image(models: dict[str, nn.Module], test_x: np.ndarray, test_y:
     triggered = apply_run_trigger(test_x, config)
     clean = {name: predict_proba(model, test_x).argmax(1) for name, model in models.items()}
     fooled = {name: predict_proba(model, triggered).argmax(1) for name, model in models.items()}
-    return choose_example(test_y, int(config.get("target_label", 0)), clean, fooled)
+    from ..defenses import defense_or_none
+
+    backdoored = getattr(defense_or_none(config.get("defense")), "backdoored_model", None)
+    return choose_example(test_y, int(config.get("target_label", 0)), clean, fooled, backdoored)
 
 
 def trigger_is_patch(config: dict, region: np.ndarray) -> bool:

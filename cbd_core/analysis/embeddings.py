@@ -20,7 +20,7 @@ so out of the box every fresh process pays ~45-60 s before its first 5,000-point
 - `warm_up()` loads them once in a long-lived process (the worker).
 
 Measured on the 2-core CPU, 5,000 x 128 random float32 features, one process each
-(`rm -rf /tmp/nb; BACKDOOR_LAB_CACHE=/tmp/nb python -m cbd_core.analysis.embeddings [--warm-up]`):
+(`rm -rf /tmp/nb; BACKDOOR_LAB_CACHE=/tmp/nb python bench/umap_cache.py [--warm-up]`):
 
     numba cache   import umap   first map   second map
     empty         24.3 s        12.9 s      6.3 s
@@ -270,10 +270,12 @@ def has_umap(run: RunDir) -> bool:
     return run.has_arrays(UMAP_FILE)
 
 
-def model_names_in(embeddings: dict[str, np.ndarray]) -> list[str]:
-    """The models an embeddings.npz holds features of (delivered model first, f_B last)."""
-    names = [key[len("features_"):] for key in embeddings if key.startswith("features_")]
-    return sorted(names, key=lambda n: (n == "f_B", n))
+def model_names_in(embeddings: dict[str, np.ndarray], defense: str | None = None) -> list[str]:
+    """The models an embeddings.npz holds features of, in the order of the run's `defense`
+    (`defenses.model_order`)."""
+    from ..defenses import model_order
+
+    return model_order(defense, [key[len("features_"):] for key in embeddings if key.startswith("features_")])
 
 
 def compute_umap(run: RunDir, random_state: int | None = None) -> dict[str, Any]:
@@ -294,7 +296,7 @@ def compute_umap(run: RunDir, random_state: int | None = None) -> dict[str, Any]
     maps: dict[str, np.ndarray] = {}
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    for name in model_names_in(embeddings):
+    for name in model_names_in(embeddings, (run.summary() or {}).get("defense")):
         features = embeddings[f"features_{name}"]
         if len(features) != len(index):
             raise UserInputError(f"run {run.run_id}: features_{name} has {len(features)} rows, index {len(index)}",
@@ -336,41 +338,3 @@ def compute_epoch_umap(run: RunDir, random_state: int | None = None) -> dict[str
                     coords=coords)
     return {"points": int(features.shape[1]), "frames": int(features.shape[0]), "seconds": seconds,
             "total_seconds": round(time.perf_counter() - started, 3)}
-
-
-def _bench(points: int, dims: int, seeded: bool, warm: bool) -> dict[str, float]:
-    """Wall and CPU seconds of import, optional warm_up, and two maps in this process (`--bench`)."""
-    timings: dict[str, float] = {}
-
-    def timed(label: str, work: Any) -> None:
-        wall, cpu = time.perf_counter(), time.process_time()
-        work()
-        timings[f"{label}_s"] = round(time.perf_counter() - wall, 2)
-        timings[f"{label}_cpu_s"] = round(time.process_time() - cpu, 2)
-
-    timed("import", _import_umap)
-    if warm:
-        timed("warm_up", lambda: warm_up(0 if seeded else None))
-    x = np.random.default_rng(1).standard_normal((points, dims)).astype(np.float32)
-    for i in (1, 2):
-        timed(f"fit{i}", lambda: umap_2d(x, 0 if seeded else None))
-    return timings
-
-
-if __name__ == "__main__":
-    # Times a fresh process's first and second map; run it twice on one cache folder, e.g.
-    #   rm -rf /tmp/nb && BACKDOOR_LAB_CACHE=/tmp/nb python -m cbd_core.analysis.embeddings   (cold cache)
-    #   BACKDOOR_LAB_CACHE=/tmp/nb python -m cbd_core.analysis.embeddings                     (warm cache)
-    import argparse
-    import json
-
-    parser = argparse.ArgumentParser(description="time UMAP maps in a fresh process")
-    parser.add_argument("--points", type=int, default=5000)
-    parser.add_argument("--dims", type=int, default=128)
-    parser.add_argument("--unseeded", action="store_true", help="random_state=None: umap may use every core")
-    parser.add_argument("--warm-up", action="store_true", help="call warm_up() before the first map")
-    args = parser.parse_args()
-    cache = configure_numba_cache()
-    result = _bench(args.points, args.dims, not args.unseeded, args.warm_up)
-    print(json.dumps({"cache": str(cache), "points": args.points, "dims": args.dims,
-                      "seeded": not args.unseeded, **result}))

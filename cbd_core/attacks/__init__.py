@@ -1,4 +1,5 @@
-"""The attack registry: `ATTACKS[name]` is an `Attack`; `get_attack(name)` checks the name.
+"""The attack registry: `ATTACKS[name]` is an `Attack`; `get_attack(name)` checks the name. A new
+attack is a new module here (see `registry.discover`).
 
     >>> data = get_attack("badnets").poison(train, test, poison_rate=0.1, target_label=0, seed=0)
 """
@@ -6,14 +7,11 @@
 from __future__ import annotations
 
 from ..errors import UserInputError
-from .badnets import BadNets
-from .base import Attack, Param, PoisonedData, TriggerPreview
-from .blend import Blend
-from .sig import SIG
-from .trojan import Trojan
-from .wanet import WaNet
+from ..registry import discover
+from .base import Attack, AttackPreset, Param, PoisonedData, TriggerPreview
 
-ATTACKS: dict[str, Attack] = {a.name: a for a in (BadNets(), Blend(), Trojan(), SIG(), WaNet())}
+# Every Attack subclass with a name in a module of this package, in menu order (`Attack.menu_order`).
+ATTACKS: dict[str, Attack] = discover(__name__, __path__, Attack)
 
 
 def get_attack(name: str) -> Attack:
@@ -22,4 +20,4 @@ def get_attack(name: str) -> Attack:
     return ATTACKS[name]
 
 
-__all__ = ["ATTACKS", "Attack", "Param", "PoisonedData", "TriggerPreview", "get_attack"]
+__all__ = ["ATTACKS", "Attack", "AttackPreset", "Param", "PoisonedData", "TriggerPreview", "get_attack"]

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserInputError
-from .base import Attack, Param
+from .base import Attack, AttackPreset, Param
 
 
 def checkerboard(size: int) -> np.ndarray:
@@ -24,6 +24,13 @@ class BadNets(Attack):
     name = "badnets"
     description = "a small checkerboard patch in a corner; poisoned labels set to the target"
     title = "BadNets"
+    menu_order = 10
+    preset = AttackPreset(
+        "BadNets 10%: a corner patch, removed", 0.10,
+        "A 3x3 checkerboard in the corner is the easiest thing in the data to learn: f_B fits the 400 "
+        "poisoned digits within its first steps, their weights fall to about zero, and f_C never learns "
+        "the patch. Measured over seeds 0-4: ASR 0.2-0.4% (undefended 100%), clean accuracy within a "
+        "point of the undefended model.")
     patch = True
     params = (
         Param("size", int, "side of the square patch in pixels", 1, 64),

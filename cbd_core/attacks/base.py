@@ -41,6 +41,13 @@ class PoisonedData:
     target_label: int
     trigger_region: np.ndarray  # (H, W) bool: the pixels the trigger changes, for attributions
     notes: list[str] = field(default_factory=list)
+    # (N_train,) bool: samples outside the poison whose image the attack also changed, keeping their
+    # label (WaNet's noise samples, Adap-Blend's cover images); None: none.
+    also_changed: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.also_changed is None:
+            self.also_changed = np.zeros(len(self.is_poisoned), bool)
 
     @property
     def n_poisoned(self) -> int:
@@ -56,16 +63,30 @@ class TriggerPreview:
     sentence: str
 
 
-class Attack:
-    """Base class: subclasses set `name`, `title`, `description`, `params`, and implement `apply`.
+@dataclass(frozen=True)
+class AttackPreset:
+    """The attack's named run for a class (`presets.PRESETS`): CBD with its defaults on the embedded
+    mnist5k, target label 0, at this poison rate; `lesson` says what the class should see, and why."""
 
-    `title`, `description`, `patch` and `trigger_preview` are the attack's display metadata: the pages
-    read them and never branch on an attack's name, so adding an attack touches its own module and the
-    registry."""
+    title: str
+    poison_rate: float
+    lesson: str
+    attack_params: dict[str, Any] = field(default_factory=dict)
+
+
+class Attack:
+    """Base class: subclasses set `name`, `title`, `description`, `preset`, `params`, and implement
+    `apply`.
+
+    `title`, `description`, `patch`, `preset` and `trigger_preview` are the attack's display metadata:
+    the pages read them and never branch on an attack's name, so adding an attack touches its own module
+    and the registry."""
 
     name: ClassVar[str]
     title: ClassVar[str]
     description: ClassVar[str]
+    preset: ClassVar[AttackPreset]
+    menu_order: ClassVar[int] = 100  # its place in the registry and in every menu (then by name)
     clean_label: ClassVar[bool] = False
     # The trigger is a patch over fixed pixels, so pages can outline where it is; blends, signals and
     # warps touch the whole image and get no box.
@@ -145,6 +166,7 @@ class Attack:
         self.extra_poisoning(x, y, chosen, params, rng)
         is_poisoned = np.zeros(len(train), bool)
         is_poisoned[chosen] = True
+        also_changed = (x != train.x).any(axis=(1, 2, 3)) & ~is_poisoned
 
         keep = np.flatnonzero(test.y != target_label)
         triggered = ImageSet(self.apply(test.x[keep], params), np.full(len(keep), target_label),
@@ -154,7 +176,7 @@ class Attack:
             is_poisoned=is_poisoned, clean_train_labels=train.y.copy(), test=test,
             test_triggered=triggered, test_triggered_true_labels=test.y[keep].copy(),
             test_triggered_index=keep, attack=self.name, params=params, target_label=target_label,
-            trigger_region=self.trigger_region(train.image_shape, params), notes=notes)
+            trigger_region=self.trigger_region(train.image_shape, params), notes=notes, also_changed=also_changed)
 
 
 def blend_images(x: np.ndarray, pattern: np.ndarray, alpha: np.ndarray | float) -> np.ndarray:

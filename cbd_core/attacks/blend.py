@@ -14,14 +14,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserInputError
-from .base import Attack, Param, TriggerPreview, blend_images, grey_image, resize_pattern
+from .base import Attack, AttackPreset, Param, TriggerPreview, blend_images, grey_image, resize_pattern
 
+# 32x32 RGB uniform noise, drawn once with numpy's default_rng(20170515).integers(0, 256).
 DEFAULT_PATTERN = Path(__file__).resolve().parents[2] / "assets" / "blend_pattern.png"
-
-
-def make_default_pattern() -> np.ndarray:
-    """The shipped pattern: 32x32 RGB uniform noise from a fixed seed (how assets/ was made)."""
-    return np.random.default_rng(20170515).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
 
 
 @lru_cache(maxsize=8)
@@ -41,6 +37,13 @@ class Blend(Attack):
     name = "blend"
     description = "the whole image blended with a fixed noise pattern (alpha 0.2); labels set to the target"
     title = "Blend"
+    menu_order = 20
+    preset = AttackPreset(
+        "Blend 10%: a faint noise overlay, removed", 0.10,
+        "The whole image is blended with a fixed noise pattern at 20%. f_B still picks it up faster than "
+        "the digits, but less cleanly than a patch: how early and how steadily it fits each image (its "
+        "loss averaged over its training) is what separates the poison. Measured over seeds 0-4: ASR "
+        "0.3-0.9% (undefended 100%).")
     params = (
         Param("alpha", float, "opacity of the pattern", 0.01, 1.0),
         Param("pattern_path", str, "an image file to blend instead of the shipped noise",

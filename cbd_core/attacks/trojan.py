@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserInputError
-from .base import Attack, Param
+from .base import Attack, AttackPreset, Param
 
 
 def watermark(size: int) -> np.ndarray:
@@ -26,6 +26,11 @@ class Trojan(Attack):
     name = "trojan"
     description = "a fixed square watermark (concentric rings) at full opacity; labels set to the target"
     title = "Trojan"
+    menu_order = 30
+    preset = AttackPreset(
+        "Trojan 10%: a watermark, removed", 0.10,
+        "A 7x7 ring watermark: a large, high-contrast trigger that f_B learns almost at once. Measured "
+        "over seeds 0-4: ASR at most 0.2% (undefended 100%).")
     patch = True
     params = (
         Param("size", int, "side of the watermark in pixels (default: a quarter of the image)", 2, 64),

@@ -1,15 +1,14 @@
-"""The defense registry: `DEFENSES[name]` is a `Defense`; `get_defense(name)` checks the name."""
+"""The defense registry: `DEFENSES[name]` is a `Defense`; `get_defense(name)` checks the name. A new
+defense is a new module here (see `registry.discover`)."""
 
 from __future__ import annotations
 
 from ..errors import UserInputError
-from .abl import ABL
-from .base import Defense, DefenseContext, DefenseResult, ModelView
-from .cbd import CBD
-from .nonlinearity import NONE
-from .undefended import Undefended
+from ..registry import discover
+from .base import Defense, DefenseContext, DefenseResult, ModelView, SampleView
 
-DEFENSES: dict[str, Defense] = {d.name: d for d in (Undefended(), CBD(), ABL(), NONE())}
+# Every Defense subclass with a name in a module of this package, in menu order (`Defense.menu_order`).
+DEFENSES: dict[str, Defense] = discover(__name__, __path__, Defense)
 
 
 def get_defense(name: str) -> Defense:
@@ -23,4 +22,13 @@ def defense_or_none(name: str | None) -> Defense | None:
     return DEFENSES.get(name or "")
 
 
-__all__ = ["DEFENSES", "Defense", "DefenseContext", "DefenseResult", "ModelView", "get_defense", "defense_or_none"]
+def model_order(defense: str | None, names) -> list[str]:
+    """A run's model names in the order every page, map and report shows them: the order its defense
+    declares (`Defense.model_names`), by name for a defense this version does not know. The one place
+    that decides it."""
+    registered = defense_or_none(defense)
+    return registered.model_order(names) if registered else sorted(names)
+
+
+__all__ = ["DEFENSES", "Defense", "DefenseContext", "DefenseResult", "ModelView", "SampleView", "get_defense",
+           "defense_or_none", "model_order"]

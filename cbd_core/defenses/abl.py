@@ -128,8 +128,9 @@ import torch
 import torch.nn as nn
 
 from ..params import Param
+from ..text import flagged_reason, number
 from ..training import LossTally, Tensors, augment, batches, cosine_lr, set_lr, sgd, to_device
-from .base import Defense, DefenseContext, DefenseResult, train_epoch
+from .base import Defense, DefenseContext, DefenseResult, SampleView, train_epoch
 
 
 def lga_loss(batch_mean_loss: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -161,12 +162,18 @@ def isolate_lowest(losses: np.ndarray, ratio: float) -> np.ndarray:
 class ABL(Defense):
     name = "abl"
     title = "ABL"
+    menu_order = 20
     description = ("anti-backdoor learning: isolate the lowest-loss 1% under local gradient ascent, "
                    "train on the rest, then unlearn the isolated samples by gradient ascent")
     key_params = ("isolation_epochs", "epochs", "unlearn_epochs", "unlearn_lr")
     phase_titles = {"isolate": "isolation", "train": "training", "unlearn": "unlearning"}
     suspicion_meaning = ("minus the sample's loss in ABL's isolation phase (poisoned samples are learned first, so "
                          "their loss is lowest)")
+    sample_view = SampleView(
+        "the samples it isolated as suspects", "isolation_loss", "loss after the isolation phase", "low",
+        "ABL trains briefly and sets apart the samples it learned fastest, the lowest losses: for it to work, the "
+        "red bars (poisoned) must sit at the far left.", log_scale=True, flagged="isolated", flagged_title="isolated",
+        flagged_hint="ABL unlearns the isolated set: high precision means it mostly unlearns poison, not real images.")
     params = (
         Param("isolation_epochs", int, "epochs of local-gradient-ascent training before isolating", 1, 100),
         Param("gamma", float, "LGA loss threshold: the batch loss is held near it during isolation", 0.0, 5.0),
@@ -185,6 +192,12 @@ class ABL(Defense):
         Param("batch_size", int, "batch size", 8, 4096),
         Param("weight_decay", float, "weight decay", 0.0, 0.1),
     )
+
+    def diagnosis(self, summary):
+        late = flagged_reason(summary, self.title, "unlearned", "unlearned", "unlearning it") \
+            if number(summary.get("unlearned_recall")) is not None else None
+        return late or flagged_reason(summary, self.title, "isolated", "isolated", "unlearning it") or \
+            "The run does not record what ABL isolated, so it cannot tell why."
 
     def defaults(self, image_shape):
         small = image_shape[0] <= 28

@@ -1,9 +1,11 @@
 """What a defense gets and what it gives back.
 
-A defense sees the poisoned training set as tensors, a builder for fresh models, and its own
-parameters. It never sees which samples are poisoned, nor the test sets: it may *report* how good
-its per-sample suspicion is (`ctx.detection_auroc`) and how the model scores on the test sets
-(`ctx.end_epoch`), both computed outside it, but nothing it decides can depend on them.
+A defense gets the poisoned training set as tensors, a builder for fresh models, and its own
+parameters. The context also holds the poison mask and the test sets, in private fields that only its
+reporting methods read: a defense may *report* how good its per-sample suspicion is
+(`ctx.detection_auroc`, `ctx.flagged_report`) and how the model scores on the test sets
+(`ctx.end_epoch`), but those methods return numbers to log, and nothing a defense decides may depend on
+them (its code never reads the private fields).
 """
 
 from __future__ import annotations
@@ -158,6 +160,44 @@ class ModelView:
     attribution_hint: str
 
 
+@dataclass(frozen=True)
+class SampleView:
+    """How the pages and the report draw a defense's per-sample record (sample_weights.npz): which of
+    its arrays scores the samples, which end of that score is suspicious, and what to say about it.
+
+    `score` is (N,) or, one row per epoch or round, (rows, N); `flagged` (optional) the samples the
+    defense set apart, of the same shape. With rows of epochs (`rows="epoch"`) the page moves through
+    them with a slider and plots how well the score ranks the poison at each; with rounds it shows the
+    last round's histogram and a table of what each round set apart."""
+
+    heading: str  # after the defense's title: "CBD: each sample's weight as f_C trains"
+    score: str  # the array's name in the record
+    score_title: str  # the histogram's axis, e.g. "weight in f_C's loss"
+    suspicious: str  # "low" or "high": where the samples it suspects sit on that axis
+    hint: str  # what to look for on the histogram
+    log_scale: bool = False  # draw log10 of the score (losses that span many decades)
+    rows: str = "epoch"  # a 2-D score's rows: "epoch" or "round"
+    # Rows of epochs: they follow this phase's epochs (None: the run's), row 0 being the phase's
+    # epoch `first_row` (CBD: 0, the weights before f_C's first epoch).
+    epoch_phase: str | None = None
+    first_row: int = 1
+    row_caption: Callable[[int], str] = lambda row: ""  # what a row is, e.g. "f_C's epoch 2"
+    score_short: str = ""  # the score in an image's caption ("w"); default its title
+    is_weight: bool = False  # a training weight in [0, 1] (maps colour by it on a log scale), not a score
+    # A summary field holding the row from which each sample keeps its lowest score (CBD's stable
+    # weighting), shaded on the AUROC curve with this label.
+    kept_from: str | None = None
+    kept_label: str = ""
+    flagged: str | None = None
+    flagged_title: str = "flagged"  # "isolated", "filtered out", ...
+    flagged_hint: str = ""
+    gallery_hint: str = ""  # what the most and least suspected images should show
+
+    def suspicion(self, score):
+        """The score turned so that higher = more suspected (for AUROC and ranking)."""
+        return -score if self.suspicious == "low" else score
+
+
 PLAIN_MODEL = ModelView(
     "trained model",
     "Crosses (poisoned images) in an island of their own mean the model learned the trigger; crosses among "
@@ -176,12 +216,51 @@ class Defense:
     title: ClassVar[str]
     description: ClassVar[str]
     params: ClassVar[tuple[Param, ...]] = ()
-    model_names: ClassVar[tuple[str, ...]] = ("model",)  # how its models are saved; the delivered one first
+    menu_order: ClassVar[int] = 100  # its place in the registry and in every menu (then by name)
+    # How its models are saved, in the order every page and map shows them (one place decides it).
+    model_names: ClassVar[tuple[str, ...]] = ("model",)
+    delivered_model: ClassVar[str | None] = None  # the model it delivers (None: the first of model_names)
+    backdoored_model: ClassVar[str | None] = None  # a model backdoored on purpose (CBD's f_B), if any
     key_params: ClassVar[tuple[str, ...]] = ("epochs",)  # the settings the Train form shows first
     phase_titles: ClassVar[dict[str, str]] = {"train": "training"}  # metrics' phase names, as pages say them
     # What a high per-sample suspicion means, in a phrase; None: the defense has no per-sample opinion.
     suspicion_meaning: ClassVar[str | None] = None
+    sample_view: ClassVar[SampleView | None] = None  # how pages draw its per-sample record; None: nothing
+    curves_hint: ClassVar[str] = ""  # what to look for in its CA / ASR curves, beyond the obvious
     model_views: ClassVar[dict[str, ModelView]] = {"model": PLAIN_MODEL}
+
+    @property
+    def sentence_name(self) -> str:
+        """How sentences name it ("CBD removed the backdoor")."""
+        return self.title
+
+    @property
+    def delivered(self) -> str:
+        return self.delivered_model or self.model_names[0]
+
+    def model_order(self, names) -> list[str]:
+        """`names` (saved models of one of its runs) in its declared order, unknown ones after by name."""
+        rank = {n: i for i, n in enumerate(self.model_names)}
+        return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
+
+    def diagnosis(self, summary: dict[str, Any]) -> str | None:
+        """Why a run of this defense failed (weakened / persists), from its summary; None: no idea."""
+        return None
+
+    def made_worse_reason(self, summary: dict[str, Any]) -> str | None:
+        """Why a run of this defense left the attack stronger than without a defense ("made worse");
+        None: its `diagnosis` says it."""
+        return None
+
+    def success_note(self, summary: dict[str, Any]) -> str | None:
+        """A sentence for a run that removed the backdoor, beyond the ASR (e.g. how well it found the
+        poison); None: nothing more."""
+        return None
+
+    def sample_note(self, summary: dict[str, Any], params: dict[str, Any], offset: int) -> str | None:
+        """A caption beside its per-sample view (`offset`: the epoch number, as the Train page counts,
+        of the record's row 0); None: none."""
+        return None
 
     def phase_title(self, phase: str | None) -> str:
         """How the pages name one of its training phases (the phase itself when it has no title)."""

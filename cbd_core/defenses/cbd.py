@@ -77,8 +77,9 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from ..models import for_inference
 from ..params import Param
+from ..text import GOOD_DETECTION_AUROC, number
 from ..training import Adam, LossTally, augment, batches, cosine_lr, set_lr, sgd, to_device
-from .base import Defense, DefenseContext, DefenseResult, ModelView, train_steps
+from .base import Defense, DefenseContext, DefenseResult, ModelView, SampleView, train_steps
 
 
 def cbd_weights(ce_backdoor: torch.Tensor, ce_clean: torch.Tensor) -> torch.Tensor:
@@ -159,12 +160,25 @@ class MIDiscriminator(nn.Module):
 class CBD(Defense):
     name = "cbd"
     title = "CBD"
+    menu_order = 10
     description = "causality-inspired: a deliberately backdoored f_B, and f_C trained with CBD weights + MI penalty"
-    model_names = ("f_C", "f_B")
+    model_names = ("f_B", "f_C")  # shown in this order: the backdoored model on the left
+    delivered_model = "f_C"
+    backdoored_model = "f_B"
     key_params = ("backdoor_steps", "epochs", "mi_weight", "weighting")
     phase_titles = {"f_B": "backdoored f_B", "f_C": "deconfounded f_C"}
     suspicion_meaning = ("1 − the weight CBD gave the sample at the end (a sample f_B fits far better than f_C gets "
                          "a small weight)")
+    sample_view = SampleView(
+        "each sample's weight as f_C trains", "weights", "weight", "low",
+        "For CBD to work, the red bars (poisoned samples) must pile up near 0, far left of the blue ones: the "
+        "samples CBD stops trusting, so f_C hardly learns from them.",
+        epoch_phase="f_C", first_row=0, score_short="w", is_weight=True,
+        kept_from="weights_kept_from_epoch", kept_label="lowest weight kept",
+        row_caption=lambda row: "f_B done, f_C not trained yet" if row == 0 else f"f_C's epoch {row}",
+        gallery_hint="If CBD singled out the poison, the lowest row is mostly poisoned images (look for the trigger) "
+                     "and the highest row clean images f_C learns most from.")
+    curves_hint = "f_B's ASR climbs on purpose while f_C's should stay near 0."
     model_views = {
         "f_B": ModelView(
             "backdoored model f_B",
@@ -203,6 +217,48 @@ class CBD(Defense):
               "with f_B (caught_up: median CE_C <= median CE_B) or from f_C's first epoch (start)",
               choices=("caught_up", "start")),
     )
+
+    def diagnosis(self, summary):
+        capture = summary.get("f_b_capture")
+        auroc = number(summary.get("poison_detection_auroc"))
+        if isinstance(capture, dict) and capture.get("captured") is False:
+            poisoned, clean = number(capture.get("loss_poisoned_median")), number(capture.get("loss_clean_median"))
+            losses = (f" (median loss {poisoned:.3g} on poisoned samples, {clean:.3g} on clean ones)"
+                      if poisoned is not None and clean is not None else "")
+            return ("f_B never caught the trigger" + losses + ", so the weights could not single out the poison "
+                    "and f_C learned from the poisoned samples as from any others.")
+        if auroc is not None and auroc >= GOOD_DETECTION_AUROC:
+            return (f"The weights did find the poison (detection AUROC {auroc:.3f}), but f_C learned the trigger "
+                    "anyway.")
+        if auroc is not None:
+            return (f"The weights did not separate poisoned from clean samples (detection AUROC {auroc:.3f}; 0.5 "
+                    "is chance), so f_C trained on the poison with nearly full weight.")
+        return "The run does not record how well CBD's weights picked out the poison, so it cannot tell why."
+
+    def made_worse_reason(self, summary):
+        auroc = number(summary.get("poison_detection_auroc"))
+        if auroc is None or auroc >= 0.5:
+            return None
+        # The weights ranked the poison as the *least* suspicious: it got more weight than clean images.
+        return (f"CBD's weights favoured the poisoned samples (detection AUROC {auroc:.3f}, below the 0.5 of "
+                "chance: the poison got more weight than clean images), because f_B fitted them worse than "
+                "clean ones, so f_C learned the trigger that the attack alone did not plant.")
+
+    def success_note(self, summary):
+        auroc = number(summary.get("poison_detection_auroc"))
+        return None if auroc is None else f"Its weights picked out the poisoned samples (detection AUROC {auroc:.3f})."
+
+    def sample_note(self, summary, params, offset):
+        """From which epoch the weights only fall ("stable" keeps each sample's lowest), or why never."""
+        if params.get("weighting") == "paper":
+            return ("This run used the paper's live weighting: f_C trained on weights recomputed in every batch; the "
+                    "ones shown were taken at each epoch's end.")
+        kept = summary.get("weights_kept_from_epoch")
+        if kept is None:
+            return ("The weights were never frozen in this run: each sample keeps its lowest weight only once f_C's "
+                    "median loss falls below f_B's, which did not happen, so every epoch's weights are fresh.")
+        return (f"From epoch {offset + int(kept)} (f_C's epoch {int(kept)}) on, each sample keeps its lowest weight "
+                "so far: weights can only fall from then on, so the histogram changes little after it.")
 
     def defaults(self, image_shape):
         small = image_shape[0] <= 28

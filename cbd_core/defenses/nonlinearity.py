@@ -101,8 +101,9 @@ import torch.nn.functional as F
 
 from ..errors import UserInputError
 from ..params import Param
+from ..text import flagged_reason
 from ..training import Tensors, cosine_lr, sgd
-from .base import Defense, DefenseContext, DefenseResult, train_epoch
+from .base import Defense, DefenseContext, DefenseResult, SampleView, train_epoch
 
 # --------------------------------------------------------------------------------------------------
 # Natural breaks
@@ -434,11 +435,19 @@ def schedule(params: dict[str, Any]) -> tuple[int, list[int]]:
 class NONE(Defense):
     name = "nonlinearity"
     title = "NONE"
+    menu_order = 30
     description = ("train, then reset the neurons that fire far above their usual range on confident "
                    "predictions, drop the samples that excite them, and fine-tune")
     key_params = ("epochs", "rounds", "reset_fraction", "reset_mode")
     # Its fine-tuning phases are named "round 1", "round 2", ...: shown as they are.
     suspicion_meaning = "the sample's activation on NONE's hyperplane neurons (a trigger drives them far above normal)"
+    sample_view = SampleView(
+        "the samples it filtered out", "hyperplane_activation", "activation of the suspected neurons", "high",
+        "NONE looks for neurons that fire far above normal on a few samples; for it to work, the red bars "
+        "(poisoned) must stand apart to the right, where it filters samples out.", rows="round",
+        flagged="filtered", flagged_title="filtered",
+        flagged_hint="Per round: how many training samples NONE filtered out, the share of them that were poisoned "
+                     "(precision) and the share of the poisoned it caught (recall).")
     params = (
         Param("epochs", int, "total epochs: plain training, then the fine-tuning of every round", 2, 500),
         Param("train_fraction", float, "share of the epochs trained plainly before the first round", 0.05, 0.95),
@@ -467,6 +476,15 @@ class NONE(Defense):
                 "finetune_bn": "train", "batch_size": 128, "weight_decay": 5e-4, "rounds": 1,
                 "reset_fraction": 0.05, "reset_mode": "zero", "confidence_high": 0.9, "confidence_low": 0.1,
                 "filter_channels": "top1"}
+
+    def diagnosis(self, summary):
+        resets = summary.get("reset_channels")
+        if isinstance(resets, list) and resets and not any(resets):
+            return ("NONE found no hyperplane neurons to reset (none fired far above normal), so it filtered "
+                    "nothing that mattered and the trigger stayed learned.")
+        return flagged_reason(summary, self.title, "filtered", "filtered out",
+                              "resetting neurons and fine-tuning without it") or \
+            "The run does not record what NONE filtered out, so it cannot tell why."
 
     def resolve(self, image_shape, overrides):
         params = super().resolve(image_shape, overrides)

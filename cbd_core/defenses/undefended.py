@@ -10,7 +10,9 @@ from .base import Defense, DefenseContext, DefenseResult, train_epoch
 class Undefended(Defense):
     name = "undefended"
     title = "Undefended"
+    menu_order = 0
     description = "standard training on the poisoned data (the baseline)"
+    sentence_name = "the undefended model"
     key_params = ("epochs", "lr")
     params = (
         Param("epochs", int, "training epochs", 1, 500),

@@ -312,11 +312,20 @@ def model_view(defense_name: str | None, model: str) -> ModelView:
     return defense.model_view(model) if defense else PLAIN_MODEL
 
 
-def plot_order(names: Iterable[str]) -> list[str]:
-    """Models in the order every page shows them: the backdoored f_B first (on the left), then the rest
-    (f_C, the deconfounded one) by name; a single model alone. One place, so maps, attributions and the
-    Lesson never disagree on which side a model sits."""
-    return sorted(names, key=lambda n: (n != "f_B", n))
+def plot_order(names: Iterable[str], defense_name: str | None) -> list[str]:
+    """Models in the order the run's defense declares them (`defenses.model_order`, e.g. CBD's
+    backdoored f_B on the left), so maps, attributions and the Lesson never disagree on which side a
+    model sits."""
+    from cbd_core.defenses import model_order
+
+    return model_order(defense_name, list(names))
+
+
+def delivered_model(defense_name: str | None, names: list[str]) -> str | None:
+    """Which of a run's models its defense hands over (the last shown, for a defense this version does
+    not know)."""
+    defense = defense_or_none(defense_name)
+    return defense.delivered if defense else (names[-1] if names else None)
 
 
 def class_name(class_names: list[str], c: Any) -> str:

@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 
 from pages.common import class_name  # shared with the other pages; pages.common does not import this module
 
-TRUE_CLASS, TRAINING_LABEL, WEIGHT, SUSPICION = "true class", "training label", "CBD's final weight", "suspicion"
+TRUE_CLASS, TRAINING_LABEL, WEIGHT, SUSPICION = "true class", "training label", "final weight", "suspicion"
 MARKED, LIKE_OTHERS, HIDDEN = "✕ on top", "as dots", "hidden"
 POISONED_VIEWS = (MARKED, LIKE_OTHERS, HIDDEN)
 POINT_SIZE, OPACITY = 6, 0.7

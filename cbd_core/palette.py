@@ -1,0 +1,7 @@
+"""The colours every figure uses, in the dashboard and in the HTML report alike, so a poisoned sample or
+a training phase has one colour wherever it is drawn."""
+
+CLEAN_COLOUR = "#1f77b4"
+POISONED_COLOUR = "#d62728"
+# One per training phase, in the order the phases come (more phases than colours wrap around).
+PHASE_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")

@@ -1,0 +1,53 @@
+"""How sentences about a run write numbers: one reader of summary fields and one percentage format,
+shared by the verdicts and by the defenses' own diagnosis sentences. No torch, no Streamlit."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def number(value: Any) -> float | None:
+    """`value` as a finite float, or None (missing, NaN, text, a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def pct(value: float | None) -> str:
+    """A fraction as a percentage with one decimal ("12.5%"); "n/a" for None."""
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def points(value: float) -> str:
+    """A difference of two fractions in percentage points, e.g. "1.2 points"."""
+    return f"{abs(value) * 100:.1f} points"
+
+
+# -- thresholds the sentences judge by -------------------------------------------------------------
+GOOD_DETECTION_AUROC = 0.9  # a per-sample score "found the poison" when it ranks it this well
+LOW_SHARE = 0.5  # a set of flagged samples: precision or recall below this is "most missed"
+
+
+def flagged_reason(summary: dict[str, Any], name: str, prefix: str, did: str, then: str) -> str | None:
+    """Why a defense that sets samples apart (summary fields `<prefix>_count/_precision/_recall`) failed:
+    how many samples it set apart, the share of them poisoned (precision) and of the poison caught
+    (recall), and what that means; None when the summary holds neither share."""
+    precision, recall = number(summary.get(f"{prefix}_precision")), number(summary.get(f"{prefix}_recall"))
+    count = number(summary.get(f"{prefix}_count"))
+    if count == 0:
+        return f"{name} {did} no training samples, so all the poison stayed in the training set."
+    if precision is None and recall is None:
+        return None
+    facts = []
+    if precision is not None:
+        facts.append(f"{pct(precision)} of them poisoned")
+    if recall is not None:
+        facts.append(f"catching {pct(recall)} of the poison")
+    found = f"{name} {did} {f'{int(count):,} samples' if count is not None else 'samples'} ({', '.join(facts)})"
+    if recall is not None and recall < LOW_SHARE:
+        return found + ": most poisoned samples stayed in the training set and planted the trigger."
+    if precision is not None and precision < LOW_SHARE:
+        return found + f": most of what it {did} were clean images, and the poison kept its hold."
+    return found + f": it found the poison, but {then} did not undo the backdoor."
