@@ -80,6 +80,10 @@ def workers_line() -> None:
             f"{w.device} #{w.slot} ({'training ' + w.current_run if w.current_run else 'idle'})" for w in alive))
     else:
         st.caption("No background worker is running; one starts when a run is queued.")
+    for device, failure in sorted(jobs.start_failures(runs_root_path()).items()):
+        if not any(w.device == device for w in alive):
+            st.error(f"The {device} worker could not start: {failure}. Queued runs wait until it can; the next "
+                     "page view tries again.", icon=":material/error:")
 
 
 def delete_controls(run: RunDir) -> None:

@@ -191,8 +191,13 @@ def curves(metrics: list[dict[str, Any]], defense: str) -> go.Figure:
 
 def waiting_note(run: RunDir, status: dict[str, Any]) -> None:
     """Why a queued run waits, from what its device's worker is doing (none, starting, busy, idle)."""
-    worker = jobs.worker_state(runs_root_path(), status.get("queue") or "cpu")
-    if worker.state == "none":
+    device = status.get("queue") or "cpu"
+    worker = jobs.worker_state(runs_root_path(), device)
+    failure = jobs.start_failures(runs_root_path()).get(device) if worker.state == "none" else None
+    if failure:
+        st.error(f"The background worker could not start: {failure}. This run stays queued; free the problem "
+                 "(disk space, permissions) and the next page view tries again.", icon=":material/error:")
+    elif worker.state == "none":
         st.info("Starting the background worker… It loads Python and PyTorch before it takes this run; this "
                 "takes a few seconds (longer on a busy machine).", icon=":material/hourglass_top:")
     elif worker.state == "starting":

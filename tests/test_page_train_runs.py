@@ -186,3 +186,32 @@ def test_overview_queues_a_preset_with_its_baseline(runs_root, monkeypatch):
     assert [(r.config()["defense"], r.config()["attack"]) for r in runs] == [("undefended", "wanet"), ("cbd", "wanet")]
     assert at.session_state["active_run"] == runs[1].run_id
     assert at.title[0].value == "Train a defense"
+
+
+def test_train_and_runs_pages_say_why_the_worker_could_not_start(runs_root, monkeypatch):
+    """A full disk while starting the worker: the queued run's Train page and the Runs page name the
+    reason instead of "Starting the background worker…" forever."""
+    import errno
+
+    import cbd_core.jobs.launcher as launcher
+
+    at = open_page("train")
+    start(at)
+    at.run()
+    run_id = at.query_params["run"]
+
+    def full_disk(root, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(root / ".workers" / "cpu-0.json"))
+
+    with monkeypatch.context() as disk:
+        disk.setattr(launcher, "write_info", full_disk)
+        assert launcher._spawn_worker(runs_root.resolve(), "cpu", 0) is None
+    try:
+        at = open_page("train", run=run_id)
+        assert not at.exception
+        assert any("could not start" in e.value and "No space left on device" in e.value for e in at.error)
+        at = open_page("runs")
+        assert not at.exception
+        assert any("could not start" in e.value and "No space left on device" in e.value for e in at.error)
+    finally:
+        launcher._start_failures.clear()
