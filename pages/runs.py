@@ -13,8 +13,9 @@ import streamlit as st
 
 from cbd_core import jobs, verdicts
 from cbd_core.runs import FINISHED, RunDir, list_runs
-from pages.common import (ACTIVE_RUN, active_run_id, defense_title, load_config, load_summary, missing_run_note,
-                          page_errors, report_download, run_label, runs_root_path, set_active_run, verdict_banner)
+from pages.common import (ACTIVE_RUN, DOWNLOAD_ONLY, active_run_id, defense_title, load_config, load_summary,
+                          missing_run_note, page_errors, report_download, run_label, runs_root_path, set_active_run,
+                          verdict_banner)
 from pages.common.navigation import follow_app_navigation
 
 follow_app_navigation()
@@ -126,7 +127,7 @@ def details(run: RunDir) -> None:
         st.toast("Cancelled." if state == "queued" else "Cancelling at the next batch…")
     if state in FINISHED:
         c2.download_button("Download as zip", zipped(str(run.path), str(status.get("finished"))),
-                           file_name=f"{run.run_id}.zip", mime="application/zip")
+                           file_name=f"{run.run_id}.zip", mime="application/zip", on_click=DOWNLOAD_ONLY)
     report_download(run, f"report_{run.run_id}", c3)
     with c4:
         if state in FINISHED:

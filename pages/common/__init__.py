@@ -255,15 +255,24 @@ def chart_config(name: str, run_id: str | None = None) -> dict[str, Any]:
     return {"toImageButtonOptions": {"format": "png", "filename": filename, "scale": 2}, "displaylogo": False}
 
 
+DOWNLOAD_ONLY = "ignore"  # st.download_button's on_click: download without rerunning the page (see report_download)
+
+
 def report_download(run: RunDir, key: str, container: Any = None) -> None:
     """A button that downloads the run as one self-contained HTML report (cbd_core.report): settings,
     verdict and baseline, CA / ASR / RA, curves and weight histogram inline. The report is drawn only
-    when the button is clicked, so the page pays nothing for it; an unfinished run's report says so."""
+    when the button is clicked, so the page pays nothing for it; an unfinished run's report says so.
+
+    Every download button of the app passes on_click="ignore" (DOWNLOAD_ONLY): with Streamlit's default
+    ("rerun") a click reruns the page, the rerun registers the report's deferred file under a new id and
+    drops the old one, and a report clicked during that rerun (say right after "Download as zip") asks
+    for an id that is gone: `MediaFileStorageError: Deferred file … not found`."""
     from cbd_core.report import html_report
 
     (container or st).download_button(
         "Download report (HTML)", data=lambda: html_report(RunDir(run.path)).encode("utf-8"),
         file_name=f"{run.run_id}.html", mime="text/html", key=key, icon=":material/description:",
+        on_click=DOWNLOAD_ONLY,
         help="One HTML file with this run's settings, verdict, numbers and figures; opens offline in any browser.")
 
 
