@@ -25,7 +25,7 @@ from cbd_core.defenses import defense_or_none
 from cbd_core.metrics import auroc
 from cbd_core.runs import RunDir, epoch_number
 from pages.common import (class_name, defense_title, enlarge, explain, judging_defenses, load_arrays, load_config,
-                          load_metrics, load_summary, page_errors, pick_run)
+                          load_metrics, load_summary, non_finite_warning, page_errors, pick_run)
 from pages.common.navigation import follow_app_navigation
 from pages.common.presentation import plotly_chart  # sized for presentation mode
 
@@ -230,6 +230,10 @@ def render() -> None:
         st.info("This run has no sample_weights.npz (it did not finish writing its results).")
         return
     title = defense_title(defense)
+    scored = next((key for key in ("weights", "isolation_loss", "hyperplane_activation") if key in record), None)
+    if scored and non_finite_warning(record[scored], f"per-sample values of {title} "
+                                                     f"({scored.replace('_', ' ')}, sample_weights.npz)"):
+        return
     if "weights" in record and np.ndim(record["weights"]) == 2:
         st.subheader(f"{title}: each sample's weight as f_C trains")
         cbd_view(run, record, class_names, summary)

@@ -326,6 +326,21 @@ def phase_title(defense_name: str | None, phase: str | None) -> str:
     return defense.phase_title(phase) if defense else str(phase)
 
 
+def non_finite_warning(values: Any, what: str) -> bool:
+    """Warn when some of `values` (from a run file) are NaN or infinite, which the charts would silently
+    drop, e.g. after a training that diverged or a damaged file. Returns True when none is finite, so
+    the caller has nothing to draw and says no more."""
+    values = np.asarray(values, dtype=np.float64)
+    bad, total = int((~np.isfinite(values)).sum()), int(values.size)
+    if bad == 0:
+        return False
+    nothing_left = bad == total
+    st.warning(f"{bad:,} of {total:,} {what} are not numbers (NaN or infinite): the training diverged or the file is "
+               "damaged, so " + ("there is nothing to draw." if nothing_left else "those are left out of the charts."),
+               icon=":material/warning:")
+    return nothing_left
+
+
 def judging_defenses() -> str:
     """'CBD, ABL or NONE': the registered defenses that score individual samples, for hints."""
     from cbd_core.defenses import DEFENSES
