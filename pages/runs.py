@@ -13,8 +13,8 @@ import streamlit as st
 
 from cbd_core import jobs, verdicts
 from cbd_core.runs import FINISHED, RunDir, list_runs
-from pages.common import (ACTIVE_RUN, DOWNLOAD_ONLY, active_run_id, defense_title, load_config, load_summary,
-                          missing_run_note, page_errors, report_download, run_label, runs_root_path, set_active_run,
+from pages.common import (ACTIVE_RUN, DOWNLOAD_ONLY, active_run_id, defense_title, literal, load_config,
+                          load_summary, missing_run_note, page_errors, report_download, run_label, runs_root_path, set_active_run,
                           verdict_banner)
 from pages.common.navigation import follow_app_navigation
 
@@ -83,7 +83,7 @@ def workers_line() -> None:
         st.caption("No background worker is running; one starts when a run is queued.")
     for device, failure in sorted(jobs.start_failures(runs_root_path()).items()):
         if not any(w.device == device for w in alive):
-            st.error(f"The {device} worker could not start: {failure}. Queued runs wait until it can; the next "
+            st.error(f"The {device} worker could not start: {literal(failure)}. Queued runs wait until it can; the next "
                      "page view tries again.", icon=":material/error:")
 
 
@@ -100,8 +100,8 @@ def delete_controls(run: RunDir) -> None:
 
 def unreadable_details(run: RunDir, problem: str) -> None:
     """A damaged folder: what is wrong, and a way to remove it (nothing else reads it)."""
-    st.markdown(f"**{run.run_id}**")
-    st.error(f"This run folder cannot be read: {problem.removeprefix('unreadable: ')}. The other runs are not "
+    st.markdown(f"**{literal(run.run_id)}**")
+    st.error(f"This run folder cannot be read: {literal(problem.removeprefix('unreadable: '))}. The other runs are not "
              "affected. Fix the file by hand, or delete the run.", icon=":material/report:")
     if run.status().get("state") in ("queued", "running") and run.owner_alive() is not False:
         st.caption("It is still training; cancel it before deleting it.")
@@ -116,7 +116,7 @@ def details(run: RunDir) -> None:
         return
     status = run.status()
     state = status.get("state")
-    st.markdown(f"**{run_label(run)}**")
+    st.markdown(f"**{literal(run_label(run))}**")
     verdict_banner(run, status)
     c1, c2, c3, c4 = st.columns(4)
     if c1.button("Make this the active run", help="the other pages open on the active run"):
@@ -136,10 +136,10 @@ def details(run: RunDir) -> None:
             st.caption("Cancel a run before deleting it.")
     owner = status.get("owner") if isinstance(status.get("owner"), dict) else None
     if owner and state in ("queued", "running"):
-        st.caption(f"Trained by the {owner.get('kind', '?')} process {owner.get('pid')} on {owner.get('host')} since "
-                   f"{owner.get('started')}; Cancel stops it at its next batch.")
+        st.caption(f"Trained by the {literal(owner.get('kind', '?'))} process {literal(owner.get('pid'))} on "
+                   f"{literal(owner.get('host'))} since {literal(owner.get('started'))}; Cancel stops it at its next batch.")
     if status.get("error"):
-        st.error(f"Error: {status['error']}")
+        st.error(f"Error: {literal(status['error'])}")
     with st.expander("Settings (config.json)"):
         st.json(load_config(run))
     with st.expander("Status (status.json)"):

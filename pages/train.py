@@ -21,8 +21,9 @@ from cbd_core.defenses import DEFENSES
 from cbd_core.errors import UserInputError
 from cbd_core.runs import FINISHED, RunDir, list_runs
 from cbd_core.timing import duration_text, run_timing, seconds_between, similar_durations
-from pages.common import (active_run_id, chart_config, defense_title, explain, load_config, load_metrics,
-                          load_summary, page_errors, phase_title, runs_root_path, set_active_run, verdict_banner)
+from pages.common import (active_run_id, chart_config, defense_title, explain, literal, load_config,
+                          load_metrics, load_summary, page_errors, phase_title, runs_root_path, set_active_run,
+                          verdict_banner)
 from pages.common.navigation import follow_app_navigation
 from pages.common.presentation import plotly_chart  # sized for presentation mode
 from pages.common.settings import AttackSettings
@@ -195,7 +196,7 @@ def waiting_note(run: RunDir, status: dict[str, Any]) -> None:
     worker = jobs.worker_state(runs_root_path(), device)
     failure = jobs.start_failures(runs_root_path()).get(device) if worker.state == "none" else None
     if failure:
-        st.error(f"The background worker could not start: {failure}. This run stays queued; free the problem "
+        st.error(f"The background worker could not start: {literal(failure)}. This run stays queued; free the problem "
                  "(disk space, permissions) and the next page view tries again.", icon=":material/error:")
     elif worker.state == "none":
         st.info("Starting the background worker… It loads Python and PyTorch before it takes this run; this "
@@ -256,13 +257,13 @@ def live_panel() -> None:
         return
     problem = run.problem()
     if problem:
-        st.error(f"Run `{run.run_id}` cannot be read ({problem}); the **Runs** page can delete it. Other runs are "
+        st.error(f"Run `{run.run_id}` cannot be read ({literal(problem)}); the **Runs** page can delete it. Other runs are "
                  "not affected.", icon=":material/report:")
         return
     try:
         config = load_config(run)
     except UserInputError as err:
-        st.error(str(err))
+        st.error(literal(err))
         return
     status = run.status()
     state = status.get("state", "?")
@@ -271,8 +272,9 @@ def live_panel() -> None:
     st.session_state["train_panel_active"] = state not in FINISHED
     if was_active and state in FINISHED:
         st.rerun()
-    st.markdown(f"**{defense_title(config['defense'])}** against **{config['attack']}** at {config['poison_rate'] * 100:g} % on "
-                f"{config['dataset']} (seed {config['seed']}) · run `{run.run_id}`")
+    st.markdown(f"**{literal(defense_title(config['defense']))}** against **{literal(config['attack'])}** at "
+                f"{config['poison_rate'] * 100:g} % on {literal(config['dataset'])} (seed {literal(config['seed'])}) · "
+                f"run `{run.run_id}`")
     c1, c2, c3 = st.columns(3)
     c1.metric("state", state)
     c2.metric("device", status.get("device") or status.get("queue", "?"))
@@ -302,7 +304,7 @@ def live_panel() -> None:
             found = jobs.request_cancel(run)
             st.toast("Cancelled." if found == "queued" else "Cancelling at the next batch…")
     if state == "failed":
-        st.error(f"This run failed: {status.get('error') or 'no reason recorded'}")
+        st.error(f"This run failed: {literal(status.get('error') or 'no reason recorded')}")
     if state == "cancelled":
         st.warning("This run was cancelled; what it had written is kept.")
     summary = load_summary(run) if state == "done" else None

@@ -215,3 +215,24 @@ def test_train_and_runs_pages_say_why_the_worker_could_not_start(runs_root, monk
         assert any("could not start" in e.value and "No space left on device" in e.value for e in at.error)
     finally:
         launcher._start_failures.clear()
+
+
+MARKDOWN_ERROR = "**bold** [a link](http://example.com) :red[red] $x^2$ `code` _it_"
+
+
+@pytest.mark.parametrize("page", ["train", "runs"])
+def test_markdown_in_run_files_is_shown_literally(runs_root, page):
+    """An error text or a host name in a run's status.json is shown as written: its Markdown is escaped,
+    never rendered (no bold, link, colour or LaTeX from a run file)."""
+    from conftest import fast_config
+
+    run = RunDir.create(runs_root, fast_config().to_dict())
+    run.update_status(state="failed", error=MARKDOWN_ERROR,
+                      owner={"kind": "cli", "pid": 1, "host": "**host**", "started": "now"})
+    at = open_page(page, run=run.run_id)
+    assert not at.exception
+    shown = [e.value for e in at.error if "bold" in e.value]
+    assert shown, [e.value for e in at.error]
+    for text in shown:
+        assert "**bold**" not in text and "[a link](" not in text and ":red[" not in text
+        assert r"\*\*bold\*\*" in text and r"\[a link\]" in text and r"\$x^2\$" in text

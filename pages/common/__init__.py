@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -33,6 +34,18 @@ def runs_root_path() -> Path:
     return runs_root()
 
 
+# Characters Streamlit's Markdown gives a meaning (emphasis, links, code, headings, lists, tables,
+# `:colour[...]` and `:material/...:` directives, `$` for LaTeX, raw HTML's `<`).
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|~<>$:=])")
+
+
+def literal(text: Any) -> str:
+    """`text` (a string from a run's files: an error, a config value, a host name…) escaped so that
+    st.markdown, st.error, st.caption and friends show it character for character instead of rendering
+    its `**bold**`, links or colour directives; line breaks become spaces."""
+    return _MARKDOWN_SPECIALS.sub(r"\\\1", " ".join(str(text).split()))
+
+
 @contextlib.contextmanager
 def page_errors() -> Iterator[None]:
     """Show bad input as its own one-line message and a bug as a short notice, never a traceback;
@@ -40,12 +53,12 @@ def page_errors() -> Iterator[None]:
     try:
         yield
     except UserInputError as err:
-        st.error(str(err))
+        st.error(literal(err))  # its text may quote a run's files
     except Exception as err:
         if type(err).__module__.startswith("streamlit"):  # st.stop(), st.rerun(), page switches
             raise
         log.exception("page error")
-        st.error(f"Something went wrong while drawing this part of the page ({type(err).__name__}: {err}). "
+        st.error(f"Something went wrong while drawing this part of the page ({type(err).__name__}: {literal(err)}). "
                  "The run itself is untouched; other pages still work.")
 
 
@@ -188,7 +201,7 @@ def unreadable_note(runs: list[RunDir]) -> None:
     bad = [(run.run_id, problem) for run in runs if (problem := run.problem())]
     if bad:
         st.warning(f"{len(bad)} run folder(s) cannot be read and are left out here (the **Runs** page lists them): "
-                   + "; ".join(f"`{run_id}` ({problem})" for run_id, problem in bad[:5])
+                   + "; ".join(f"`{run_id}` ({literal(problem)})" for run_id, problem in bad[:5])
                    + (" …" if len(bad) > 5 else ""), icon=":material/report:")
 
 
@@ -200,7 +213,8 @@ def missing_run_note(wanted: str, known: list[RunDir]) -> None:
                    "from the list below.", icon=":material/search_off:")
     else:
         problem = found.problem()
-        why = problem or f"it is {found.status().get('state', '?')}, and this page shows other runs"
+        why = literal(problem) if problem else \
+            f"it is {literal(found.status().get('state', '?'))}, and this page shows other runs"
         st.info(f"Run `{wanted}` cannot be shown on this page ({why}). Choose a run from the list below.",
                 icon=":material/info:")
 
