@@ -12,10 +12,10 @@ from typing import Any
 import streamlit as st
 
 from cbd_core import jobs, verdicts
-from cbd_core.runs import FINISHED, RunDir, list_runs
+from cbd_core.runs import FINISHED, ODD_NAME_PROBLEM, RunDir, list_runs, odd_run_folders
 from pages.common import (ACTIVE_RUN, DOWNLOAD_ONLY, active_run_id, defense_title, literal, load_config,
                           load_summary, missing_run_note, page_errors, report_download, run_label, runs_root_path, set_active_run,
-                          verdict_banner)
+                          unreadable_note, verdict_banner)
 from pages.common.navigation import follow_app_navigation
 
 follow_app_navigation()
@@ -66,7 +66,8 @@ def table() -> None:
     fraction = st.column_config.NumberColumn(format="%.3f")
     root = runs_root_path()
     positions = jobs.queue_positions(root)
-    st.dataframe([row(run, positions) for run in list_runs(root)], hide_index=True, width="stretch",
+    odd = [{"state": ODD_NAME_PROBLEM, "run": name} for name in odd_run_folders(root)]  # escaped: every character shows
+    st.dataframe([row(run, positions) for run in list_runs(root)] + odd, hide_index=True, width="stretch",
                  column_config={"clean accuracy": fraction, "attack success rate": fraction,
                                 "robust accuracy": fraction,
                                 "poison rate": st.column_config.NumberColumn(
@@ -160,6 +161,7 @@ with page_errors():
     runs = list_runs(runs_root_path())
     if not runs:
         st.info("No runs yet. Start one on the **Train** page, or press **Quick demo** on the Overview.")
+        unreadable_note([])  # folders whose name is no run id are still named
     else:
         busy = any(run.status().get("state") in ("queued", "running") for run in runs)
         # While something trains, the table refreshes itself every 2 s (states, places in the queue).

@@ -34,9 +34,10 @@ def runs_root_path() -> Path:
     return runs_root()
 
 
-# Characters Streamlit's Markdown gives a meaning (emphasis, links, code, headings, lists, tables,
-# `:colour[...]` and `:material/...:` directives, `$` for LaTeX, raw HTML's `<`).
-_MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|~<>$:=])")
+# What gives text a meaning in Streamlit's Markdown once line breaks are gone: emphasis (* and an
+# underscore at a word's edge; "poison_rate" stays as it is), links and images ([ ]), code (`), strike (~),
+# HTML (< >), LaTeX ($), and the `:colour[...]` / `:material/...:` directives (a colon before a letter).
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*\[\]~<>$]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])|:(?=[A-Za-z\[]))")
 
 
 def literal(text: Any) -> str:
@@ -197,11 +198,15 @@ def run_label(run: RunDir, status: dict[str, Any] | None = None) -> str:
 
 def unreadable_note(runs: list[RunDir]) -> None:
     """One caption naming the runs that cannot be read (and why), so a damaged folder is flagged
-    rather than silently missing or breaking the page."""
+    rather than silently missing or breaking the page. Folders whose very name is no run id (quotes,
+    spaces, RLO…) are named too, escaped so that every character shows."""
+    from cbd_core.runs import ODD_NAME_PROBLEM, odd_run_folders
+
     bad = [(run.run_id, problem) for run in runs if (problem := run.problem())]
+    bad += [(name, ODD_NAME_PROBLEM) for name in odd_run_folders(runs_root_path())]
     if bad:
         st.warning(f"{len(bad)} run folder(s) cannot be read and are left out here (the **Runs** page lists them): "
-                   + "; ".join(f"`{run_id}` ({literal(problem)})" for run_id, problem in bad[:5])
+                   + "; ".join(f"{literal(run_id)} ({literal(problem)})" for run_id, problem in bad[:5])
                    + (" …" if len(bad) > 5 else ""), icon=":material/report:")
 
 
