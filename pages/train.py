@@ -193,6 +193,10 @@ def curves(metrics: list[dict[str, Any]], defense: str) -> go.Figure:
 def waiting_note(run: RunDir, status: dict[str, Any]) -> None:
     """Why a queued run waits, from what its device's worker is doing (none, starting, busy, idle)."""
     device = status.get("queue") or "cpu"
+    if device == jobs.RAY_QUEUE:
+        st.info("Queued on the Ray cluster: a node takes it as soon as it has the CPUs (and GPU share) this run "
+                "asks for; its progress shows here.", icon=":material/schedule:")
+        return
     worker = jobs.worker_state(runs_root_path(), device)
     failure = jobs.start_failures(runs_root_path()).get(device) if worker.state == "none" else None
     if failure:

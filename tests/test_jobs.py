@@ -361,3 +361,17 @@ def test_full_disk_while_starting_a_worker_frees_its_slot_and_says_why(tmp_path,
     monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: Started())
     assert jobs.ensure_workers(tmp_path, devices=["cpu"], per_device=1) == [4242]
     assert jobs.start_failures(tmp_path) == {}
+
+
+def test_runs_queued_for_ray_start_no_local_worker(tmp_path, monkeypatch):
+    import subprocess
+
+    RunDir.create(tmp_path, _config().to_dict(), state="queued", queue=jobs.RAY_QUEUE)
+    started = []
+
+    class Started:
+        pid = 4243
+
+    monkeypatch.setattr(subprocess, "Popen", lambda args, **k: started.append(args) or Started())
+    jobs.ensure_workers(tmp_path, devices=["cpu"], per_device=1)
+    assert [args[args.index("--device") + 1] for args in started] == ["cpu"]

@@ -236,3 +236,14 @@ def test_markdown_in_run_files_is_shown_literally(runs_root, page):
     for text in shown:
         assert "**bold**" not in text and "[a link](" not in text and ":red[" not in text
         assert r"\*\*bold\*\*" in text and r"\[a link\]" in text and r"\$x^2\$" in text
+
+
+def test_a_run_queued_for_ray_says_so(runs_root):
+    """A run waiting for the Ray cluster is not "Starting the background worker…": no local worker takes it."""
+    from conftest import fast_config
+
+    run = RunDir.create(runs_root, fast_config().to_dict(), state="queued", queue=jobs.RAY_QUEUE)
+    at = open_page("train", run=run.run_id)
+    assert not at.exception
+    assert any("Ray cluster" in i.value for i in at.info)
+    assert not any("Starting the background worker" in i.value for i in at.info)

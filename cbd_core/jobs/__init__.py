@@ -19,6 +19,9 @@ itself, so it survives an app restart, a closed tab, several browser sessions.
     start_failures(root)      {device: why this process could not start its worker (a full disk…)}
     python -m cbd_core worker --root R --device cpu [--slot 0]     one worker, in the foreground
 
+With $BACKDOOR_LAB_RAY_ADDRESS (or `ray=` on submit) a run waits in the queue "ray" and a Ray task
+trains it instead (`cluster`), through the same `worker.train_queued_run`.
+
 A worker holds an exclusive lock on `<root>/.workers/<device>-<slot>.lock` for as long as it lives:
 the lock is what says "a worker is alive", so a crashed worker (even `kill -9`) frees its slot at
 once and no pid file can lie. Runs are claimed with an O_EXCL `claim` file, so two workers never
@@ -32,6 +35,7 @@ that started it (the app) is gone, so stopping the app never leaves a worker spi
 """
 
 from ..runs import status_line
+from .cluster import RAY_ADDRESS_ENV, RAY_QUEUE, ray_address
 from .launcher import (ORPHAN_ERROR, ensure_workers, keep_workers_running, owner_gone, recover_orphans,
                        start_failures, stop_workers)
 from .locks import WorkerInfo, _lock_path, _pid_alive, _try_lock, root_lock, slot_is_alive, workers
@@ -42,7 +46,7 @@ from .settings import (CANCEL_FILE, CLAIM_FILE, IDLE_POLL_S, PROGRESS_EVERY_S, W
                        workers_per_device)
 from .worker import Worker, worker_main
 
-__all__ = ["CANCEL_FILE", "CLAIM_FILE", "IDLE_POLL_S", "ORPHAN_ERROR", "PROGRESS_EVERY_S", "REUSED_STATES",
+__all__ = ["RAY_ADDRESS_ENV", "RAY_QUEUE", "ray_address", "CANCEL_FILE", "CLAIM_FILE", "IDLE_POLL_S", "ORPHAN_ERROR", "PROGRESS_EVERY_S", "REUSED_STATES",
            "WORKERS_DIR", "Submitted", "Worker", "WorkerInfo", "WorkerState", "cancel_requested", "device_key",
            "ensure_workers", "identical_run", "keep_workers_running", "owner_gone", "queue_position",
            "queue_positions", "queued_runs", "recover_orphans", "request_cancel", "root_lock", "slot_is_alive",

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..runs import RunDir, RunGone, list_runs, now_iso, runs_root
+from .cluster import RAY_QUEUE
 from .locks import _lock_path, _pid_alive, _try_lock, slot_is_alive, workers, workers_dir, write_info
 from .queue import _waiting
 from .settings import CLAIM_FILE, workers_per_device
@@ -67,7 +68,8 @@ def ensure_workers(root: str | Path | None = None, devices: list[str] | None = N
         best = choose_device("auto")
         wanted.add(best.type)
     for _, queue in _waiting(root):  # a queue with work needs its worker even if nobody asked
-        wanted.add(queue)
+        if queue != RAY_QUEUE:  # Ray tasks train those (jobs.cluster), not a local worker
+            wanted.add(queue)
     started = []
     for device in sorted(wanted):
         for slot in range(per_device):
