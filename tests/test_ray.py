@@ -73,3 +73,34 @@ def test_a_ray_run_can_be_cancelled_and_says_so(tmp_path, npz_file, ray_head):
     request_cancel(run)
     status = wait_for(run, timeout=120, poll=0.2)
     assert status["state"] == "cancelled", status
+
+
+def test_a_running_ray_run_stops_on_cancel_and_a_failing_one_says_why(tmp_path, npz_file, ray_head):
+    """Run A takes both of the cluster's CPUs, so run B waits in Ray's queue; B's data file is then
+    damaged. Cancelling A stops it at its next batch, and B, now placed, fails with the reason."""
+    import shutil
+    import time
+
+    from cbd_core.config import RunConfig
+    from cbd_core.jobs import request_cancel, submit_once
+
+    def config(path, threads, seed):
+        return RunConfig(dataset="npz", npz_path=str(path), attack="badnets", poison_rate=0.1, defense="cbd",
+                         seed=seed, device="cpu", threads=threads,
+                         defense_params={"backdoor_steps": 400, "epochs": 30, "batch_size": 32})
+
+    first = submit_once(config(npz_file, 2, 6), tmp_path, start_worker=False, ray=ray_head).run
+    deadline = time.monotonic() + 120
+    while not (first.status().get("progress") or {}).get("phase") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert first.status()["state"] == "running", first.status()
+    own = tmp_path / "own.npz"
+    shutil.copy(npz_file, own)
+    second = submit_once(config(own, 1, 7), tmp_path / "runs", start_worker=False, ray=ray_head).run
+    assert second.status()["state"] == "queued"  # no CPU free: Ray holds it back
+    own.write_bytes(b"not an npz any more")
+    request_cancel(first)
+    assert wait_for(first, timeout=120, poll=0.2)["state"] == "cancelled"
+    failed = wait_for(second, timeout=180, poll=0.2)
+    assert failed["state"] == "failed", failed
+    assert "own.npz" in failed["error"], failed["error"]
