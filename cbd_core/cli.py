@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--out", help="runs root the worker serves (default $BACKDOOR_LAB_RUNS or ./runs)")
     submit.add_argument("--json", action="store_true",
                         help="print {run_id, run_dir, queue, reused, state} as one JSON line")
+    submit.add_argument("--ray", metavar="ADDRESS", help="train it as a task on this Ray cluster instead of the "
+                        "local worker (default $BACKDOOR_LAB_RAY_ADDRESS; the runs root must be shared by every node)")
     submit.add_argument("--no-worker", action="store_true",
                         help="only queue: do not start a worker (the dashboard's starts when the app runs)")
 
@@ -64,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--threads", type=int, help="CPU threads of every cell (part of each config; default: "
                       "the machine's cores, at most 8)")
     grid.add_argument("--out", help="runs root (default $BACKDOOR_LAB_RUNS or ./runs); tables go in its matrix/")
+    grid.add_argument("--ray", metavar="ADDRESS", help="train every cell as a task on this Ray cluster (default "
+                      "$BACKDOOR_LAB_RAY_ADDRESS; the runs root must be on a filesystem every node shares)")
 
     worker = sub.add_parser("worker", help="the dashboard's background worker: trains queued runs of one device")
     worker.add_argument("--root", help="runs root (default $BACKDOOR_LAB_RUNS or ./runs)")
@@ -235,7 +239,7 @@ def command_submit(args: argparse.Namespace) -> int:
     from .runs import check_writable_root, to_json
 
     check_writable_root(args.out)  # before any data is loaded
-    run, reused, state = submit_once(config_from_args(args), args.out, start_worker=not args.no_worker)
+    run, reused, state = submit_once(config_from_args(args), args.out, start_worker=not args.no_worker, ray=args.ray)
     if reused:
         print(f"an identical run (same settings and seed) is already {state}: {run.run_id}; nothing new was "
               "queued (change the seed, or use `run`, to train it again)", file=sys.stderr)
@@ -312,7 +316,7 @@ def command_matrix(args: argparse.Namespace) -> int:
              for dataset in args.datasets for attack in attacks for rate in args.poison_rates
              for seed in args.seeds for spec in specs]
     results = run_matrix(cells, args.out, jobs=args.jobs, epochs=args.epochs, device=args.device, threads=args.threads,
-                         report=lambda line: print(line, file=sys.stderr, flush=True))
+                         report=lambda line: print(line, file=sys.stderr, flush=True), ray=args.ray)
     csv_path, md_path, markdown = write_tables(results, runs_root(args.out) / "matrix")
     print(markdown)
     print(f"\nwritten: {csv_path} and {md_path}", file=sys.stderr)

@@ -124,8 +124,14 @@ def _npz_shape(path: str | None, cache: dict) -> tuple[tuple[int, int, int], int
 
 
 def run_matrix(cells: list[Cell], root: str | Path | None = None, jobs: int = 1, epochs: int | None = None,
-               device: str = "auto", threads: int | None = None, report: Callable[[str], None] = print) -> list[tuple[Cell, dict[str, Any]]]:
-    """Run every cell not already done under the runs root; returns (cell, summary) in cell order."""
+               device: str = "auto", threads: int | None = None, report: Callable[[str], None] = print,
+               ray: str | None = None) -> list[tuple[Cell, dict[str, Any]]]:
+    """Run every cell not already done under the runs root; returns (cell, summary) in cell order.
+    With a Ray address (`ray`, else $BACKDOOR_LAB_RAY_ADDRESS) every cell is a Ray task
+    (`jobs.cluster`), all queued at once; `jobs` is then the cluster's business."""
+    from .jobs.cluster import ray_address
+
+    address = ray_address(ray)
     folder = runs_root(root)
     done = finished_runs(folder)
     todo, results = [], {}
@@ -143,7 +149,8 @@ def run_matrix(cells: list[Cell], root: str | Path | None = None, jobs: int = 1,
             results[cell] = done[key]
         else:
             todo.append((cell, validated))
-    report(f"{len(cells)} cells: {len(results)} already done, {len(todo)} to run, {jobs} at a time")
+    report(f"{len(cells)} cells: {len(results)} already done, {len(todo)} to run, "
+           + (f"as Ray tasks on {address}" if address else f"{jobs} at a time"))
 
     def finished(cell: Cell, summary: dict[str, Any]) -> None:
         results[cell] = summary
@@ -151,7 +158,9 @@ def run_matrix(cells: list[Cell], root: str | Path | None = None, jobs: int = 1,
                f"CA {summary['clean_accuracy']:.3f} ASR {summary['attack_success_rate']:.3f} "
                f"({summary['seconds']:.0f} s)")
 
-    if jobs <= 1:  # in this process: no fork of a torch that already has threads
+    if address:
+        _run_on_ray(todo, folder, address, finished)
+    elif jobs <= 1:  # in this process: no fork of a torch that already has threads
         from .jobs import cancel_requested
         from .pipeline import execute, prepare
 
@@ -173,6 +182,27 @@ def run_matrix(cells: list[Cell], root: str | Path | None = None, jobs: int = 1,
             for future, cell in futures.items():
                 finished(cell, future.result())
     return [(cell, results[cell]) for cell in cells]
+
+
+def _run_on_ray(todo: list[tuple[Cell, RunConfig]], folder: Path, address: str,
+                finished: Callable[[Cell, dict[str, Any]], None]) -> None:
+    """Queue every cell as a Ray task (`jobs.submit_once` in the "ray" queue), then follow the run
+    folders, which the tasks write, until each has ended. A cell that failed or was cancelled stops the
+    grid with its recorded reason, as a failed cell does locally."""
+    import time
+
+    from .jobs import submit_once
+
+    runs = [(cell, submit_once(validated, folder, start_worker=False, ray=address).run) for cell, validated in todo]
+    for cell, run in runs:
+        while (status := run.status()).get("state") not in ("done", "failed", "cancelled"):
+            time.sleep(0.5)
+        summary = run.summary() if status.get("state") == "done" else None
+        if summary is None:
+            raise UserInputError(f"run {run.run_id} ({cell.attack}, {cell.defense.label}, seed {cell.seed}) ended "
+                                 f"{status.get('state')} on the Ray cluster: {status.get('error') or 'no reason recorded'}",
+                                 "ray")
+        finished(cell, summary)
 
 
 def median_range(values: list[float | None]) -> str:

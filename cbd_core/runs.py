@@ -712,6 +712,35 @@ def list_runs(root: str | Path | None = None) -> list[RunDir]:
     return sorted(runs, key=created, reverse=True)
 
 
+def visible_name(name: str) -> str:
+    """`name` with every character that is invisible or reorders the text around it (control and format
+    characters such as RLO, U+202E; line breaks; the backslash itself) written as a \\uXXXX escape, so
+    what a page shows is exactly what is on disk and no name can disguise itself."""
+    import unicodedata
+
+    return "".join(c if c.isprintable() and c != "\\" and unicodedata.category(c)[0] != "C" else f"\\u{ord(c):04x}"
+                   for c in name)
+
+
+def odd_run_folders(root: str | Path | None = None) -> list[str]:
+    """The visible names (`visible_name`) of folders under the root that look like runs (a real folder
+    holding a config.json) but whose name is no valid run id (quotes, spaces, RLO…): `list_runs` leaves
+    them out, since nothing may address them by name, and the pages list them as unreadable instead of
+    letting them vanish. Hidden folders (.workers) are not runs."""
+    folder = runs_root(root)
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(visible_name(e.name) for e in entries
+                  if not e.name.startswith(".") and not valid_run_id(e.name) and e.is_dir(follow_symlinks=False)
+                  and _is_plain_file(Path(e.path) / "config.json"))
+
+
+ODD_NAME_PROBLEM = ("unreadable: the folder name holds characters a run id may not have (only letters, digits, "
+                    "- _ and .); rename or delete it by hand")
+
+
 def wait_for(run: RunDir, timeout: float = 600.0, poll: float = 0.5) -> dict[str, Any]:
     """Block until the run has finished (for scripts and tests); returns its status."""
     deadline = time.monotonic() + timeout

@@ -25,7 +25,8 @@ from cbd_core.errors import UserInputError
 from cbd_core.metrics import auroc
 from cbd_core.runs import RunDir, list_runs
 from pages.common import (chart_config, defense_title, enlarge, explain, judging_defenses, load_arrays, load_config,
-                          load_summary, page_errors, pick_run, report_download, runs_root_path, verdict_banner)
+                          load_summary, non_finite_warning, page_errors, pick_run, report_download, runs_root_path,
+                          verdict_banner)
 from pages.common.navigation import follow_app_navigation
 from pages.common.presentation import plotly_chart  # sized for presentation mode
 
@@ -230,6 +231,9 @@ def suspected_poison_view(run: RunDir) -> None:
         return
     suspicion = np.asarray(record["suspicion"], dtype=np.float64)
     is_poisoned = np.asarray(record["is_poisoned"], dtype=bool)
+    judges = getattr(defense_or_none(defense), "suspicion_meaning", True) is not None  # unknown: assume it does
+    if judges and non_finite_warning(suspicion, f"{title}'s suspicion scores (sample_weights.npz)"):
+        return
     if np.isnan(suspicion).all():
         st.info(f"{title} has no opinion about individual samples: it trains on every sample as given and never "
                 f"scores them, so there is no suspicion to show. Pick a {judging_defenses()} run.")

@@ -29,7 +29,8 @@ from cbd_core.defenses import defense_or_none
 from cbd_core.epoch_features import EPOCH_FEATURES_FILE
 from cbd_core.runs import RunDir
 from pages.common import (class_name, defense_title, delivered_model, enlarge, explain, load_arrays, load_config,
-                          load_metrics, judged_summary, model_view, page_errors, phase_title, pick_run, plot_order)
+                          load_metrics, judged_summary, model_view, non_finite_warning, page_errors, phase_title,
+                          pick_run, plot_order)
 from pages.common.maps import (POISONED_VIEWS, SUSPICION, TRAINING_LABEL,
                                TRUE_CLASS, WEIGHT, animated_figure, colour_groups, epoch_timeline,
                                hover_texts, map_figure)
@@ -300,6 +301,10 @@ def render() -> None:
     if not points["maps"]:
         st.info("This run kept no features to map (it was trained with embedding_samples = 0).")
         return
+    unusable = [non_finite_warning(coords, f"map coordinates of {model_view(defense, name).title} ({UMAP_FILE}.npz)")
+                for name, coords in points["maps"].items()]
+    if all(unusable):
+        return
     summary = judged_summary(run) or {}
     num_classes = int(summary.get("num_classes") or (int(points["label"].max()) + 1 if points["label"] is not None
                                                       and len(points["label"]) else 10))
@@ -324,6 +329,8 @@ def render() -> None:
         "Poisoned images", POISONED_VIEWS, horizontal=True, key=POISONED_VIEW,
         help="✕ on top: crosses drawn after the clean images, same size. As dots: plain dots like the others, so every "
              "colour shows as the data has it. Hidden: only the clean images.")
+    if colour_by == WEIGHT:
+        non_finite_warning(points["weight"], "final weights of the mapped samples (sample_weights.npz)")
     selected = as_selection(st.session_state.get(SELECTED))
 
     if view == FINAL:

@@ -12,9 +12,10 @@ from typing import Any
 import streamlit as st
 
 from cbd_core import jobs, verdicts
-from cbd_core.runs import FINISHED, RunDir, list_runs
-from pages.common import (ACTIVE_RUN, active_run_id, defense_title, load_baseline, load_config, load_summary, missing_run_note,
-                          page_errors, report_download, run_label, runs_root_path, set_active_run, verdict_banner)
+from cbd_core.runs import FINISHED, ODD_NAME_PROBLEM, RunDir, list_runs, odd_run_folders
+from pages.common import (ACTIVE_RUN, DOWNLOAD_ONLY, active_run_id, defense_title, literal, load_baseline,
+                          load_config, load_summary, missing_run_note, page_errors, report_download, run_label, runs_root_path,
+                          set_active_run, unreadable_note, verdict_banner)
 from pages.common.navigation import follow_app_navigation
 
 follow_app_navigation()
@@ -65,7 +66,8 @@ def table() -> None:
     fraction = st.column_config.NumberColumn(format="%.3f")
     root = runs_root_path()
     positions = jobs.queue_positions(root)
-    st.dataframe([row(run, positions) for run in list_runs(root)], hide_index=True, width="stretch",
+    odd = [{"state": ODD_NAME_PROBLEM, "run": name} for name in odd_run_folders(root)]  # escaped: every character shows
+    st.dataframe([row(run, positions) for run in list_runs(root)] + odd, hide_index=True, width="stretch",
                  column_config={"clean accuracy": fraction, "attack success rate": fraction,
                                 "robust accuracy": fraction,
                                 "poison rate": st.column_config.NumberColumn(
@@ -80,6 +82,10 @@ def workers_line() -> None:
             f"{w.device} #{w.slot} ({'training ' + w.current_run if w.current_run else 'idle'})" for w in alive))
     else:
         st.caption("No background worker is running; one starts when a run is queued.")
+    for device, failure in sorted(jobs.start_failures(runs_root_path()).items()):
+        if not any(w.device == device for w in alive):
+            st.error(f"The {device} worker could not start: {literal(failure)}. Queued runs wait until it can; the next "
+                     "page view tries again.", icon=":material/error:")
 
 
 def delete_controls(run: RunDir) -> None:
@@ -95,8 +101,8 @@ def delete_controls(run: RunDir) -> None:
 
 def unreadable_details(run: RunDir, problem: str) -> None:
     """A damaged folder: what is wrong, and a way to remove it (nothing else reads it)."""
-    st.markdown(f"**{run.run_id}**")
-    st.error(f"This run folder cannot be read: {problem.removeprefix('unreadable: ')}. The other runs are not "
+    st.markdown(f"**{literal(run.run_id)}**")
+    st.error(f"This run folder cannot be read: {literal(problem.removeprefix('unreadable: '))}. The other runs are not "
              "affected. Fix the file by hand, or delete the run.", icon=":material/report:")
     if run.status().get("state") in ("queued", "running") and run.owner_alive() is not False:
         st.caption("It is still training; cancel it before deleting it.")
@@ -111,7 +117,7 @@ def details(run: RunDir) -> None:
         return
     status = run.status()
     state = status.get("state")
-    st.markdown(f"**{run_label(run)}**")
+    st.markdown(f"**{literal(run_label(run))}**")
     verdict_banner(run, status)
     c1, c2, c3, c4 = st.columns(4)
     if c1.button("Make this the active run", help="the other pages open on the active run"):
@@ -122,7 +128,7 @@ def details(run: RunDir) -> None:
         st.toast("Cancelled." if state == "queued" else "Cancelling at the next batch…")
     if state in FINISHED:
         c2.download_button("Download as zip", zipped(str(run.path), str(status.get("finished"))),
-                           file_name=f"{run.run_id}.zip", mime="application/zip")
+                           file_name=f"{run.run_id}.zip", mime="application/zip", on_click=DOWNLOAD_ONLY)
     report_download(run, f"report_{run.run_id}", c3)
     with c4:
         if state in FINISHED:
@@ -131,10 +137,10 @@ def details(run: RunDir) -> None:
             st.caption("Cancel a run before deleting it.")
     owner = status.get("owner") if isinstance(status.get("owner"), dict) else None
     if owner and state in ("queued", "running"):
-        st.caption(f"Trained by the {owner.get('kind', '?')} process {owner.get('pid')} on {owner.get('host')} since "
-                   f"{owner.get('started')}; Cancel stops it at its next batch.")
+        st.caption(f"Trained by the {literal(owner.get('kind', '?'))} process {literal(owner.get('pid'))} on "
+                   f"{literal(owner.get('host'))} since {literal(owner.get('started'))}; Cancel stops it at its next batch.")
     if status.get("error"):
-        st.error(f"Error: {status['error']}")
+        st.error(f"Error: {literal(status['error'])}")
     with st.expander("Settings (config.json)"):
         st.json(load_config(run))
     with st.expander("Status (status.json)"):
@@ -155,6 +161,7 @@ with page_errors():
     runs = list_runs(runs_root_path())
     if not runs:
         st.info("No runs yet. Start one on the **Train** page, or press **Quick demo** on the Overview.")
+        unreadable_note([])  # folders whose name is no run id are still named
     else:
         busy = any(run.status().get("state") in ("queued", "running") for run in runs)
         # While something trains, the table refreshes itself every 2 s (states, places in the queue).

@@ -26,7 +26,7 @@ from cbd_core.metrics import auroc
 from cbd_core.palette import CLEAN_COLOUR, POISONED_COLOUR
 from cbd_core.runs import RunDir, epoch_number
 from pages.common import (class_name, defense_title, enlarge, explain, judging_defenses, load_arrays, load_config,
-                          load_metrics, judged_summary, page_errors, pick_run)
+                          load_metrics, judged_summary, non_finite_warning, page_errors, pick_run)
 from pages.common.navigation import follow_app_navigation
 from pages.common.presentation import plotly_chart  # sized for presentation mode
 
@@ -235,6 +235,9 @@ def render() -> None:
     if view is None or view.score not in record:
         st.info(f"{defense_title(name)} records no per-sample scores this version can draw, so there is nothing "
                 "to show here.")
+        return
+    if non_finite_warning(record[view.score], f"per-sample values of {defense.title} "
+                                              f"({view.score.replace('_', ' ')}, sample_weights.npz)"):
         return
     st.subheader(f"{defense.title}: {view.heading}")
     if np.ndim(record[view.score]) == 2 and view.rows == "epoch":

@@ -22,7 +22,7 @@ from cbd_core.errors import UserInputError
 from cbd_core.palette import PHASE_COLOURS
 from cbd_core.runs import FINISHED, RunDir, list_runs
 from cbd_core.timing import duration_text, run_timing, seconds_between, similar_durations
-from pages.common import (active_run_id, chart_config, defense_title, explain, load_config, load_metrics,
+from pages.common import (active_run_id, chart_config, defense_title, explain, literal, load_config, load_metrics,
                           judged_summary, page_errors, phase_title, runs_root_path, set_active_run, verdict_banner)
 from pages.common.navigation import follow_app_navigation
 from pages.common.presentation import plotly_chart  # sized for presentation mode
@@ -191,8 +191,17 @@ def curves(metrics: list[dict[str, Any]], defense: str) -> go.Figure:
 
 def waiting_note(run: RunDir, status: dict[str, Any]) -> None:
     """Why a queued run waits, from what its device's worker is doing (none, starting, busy, idle)."""
-    worker = jobs.worker_state(runs_root_path(), status.get("queue") or "cpu")
-    if worker.state == "none":
+    device = status.get("queue") or "cpu"
+    if device == jobs.RAY_QUEUE:
+        st.info("Queued on the Ray cluster: a node takes it as soon as it has the CPUs (and GPU share) this run "
+                "asks for; its progress shows here.", icon=":material/schedule:")
+        return
+    worker = jobs.worker_state(runs_root_path(), device)
+    failure = jobs.start_failures(runs_root_path()).get(device) if worker.state == "none" else None
+    if failure:
+        st.error(f"The background worker could not start: {literal(failure)}. This run stays queued; free the problem "
+                 "(disk space, permissions) and the next page view tries again.", icon=":material/error:")
+    elif worker.state == "none":
         st.info("Starting the background worker… It loads Python and PyTorch before it takes this run; this "
                 "takes a few seconds (longer on a busy machine).", icon=":material/hourglass_top:")
     elif worker.state == "starting":
@@ -251,13 +260,13 @@ def live_panel() -> None:
         return
     problem = run.problem()
     if problem:
-        st.error(f"Run `{run.run_id}` cannot be read ({problem}); the **Runs** page can delete it. Other runs are "
+        st.error(f"Run `{run.run_id}` cannot be read ({literal(problem)}); the **Runs** page can delete it. Other runs are "
                  "not affected.", icon=":material/report:")
         return
     try:
         config = load_config(run)
     except UserInputError as err:
-        st.error(str(err))
+        st.error(literal(err))
         return
     status = run.status()
     state = status.get("state", "?")
@@ -266,8 +275,9 @@ def live_panel() -> None:
     st.session_state["train_panel_active"] = state not in FINISHED
     if was_active and state in FINISHED:
         st.rerun()
-    st.markdown(f"**{defense_title(config['defense'])}** against **{config['attack']}** at {config['poison_rate'] * 100:g} % on "
-                f"{config['dataset']} (seed {config['seed']}) · run `{run.run_id}`")
+    st.markdown(f"**{literal(defense_title(config['defense']))}** against **{literal(config['attack'])}** at "
+                f"{config['poison_rate'] * 100:g} % on {literal(config['dataset'])} (seed {literal(config['seed'])}) · "
+                f"run `{run.run_id}`")
     c1, c2, c3 = st.columns(3)
     c1.metric("state", state)
     c2.metric("device", status.get("device") or status.get("queue", "?"))
@@ -297,7 +307,7 @@ def live_panel() -> None:
             found = jobs.request_cancel(run)
             st.toast("Cancelled." if found == "queued" else "Cancelling at the next batch…")
     if state == "failed":
-        st.error(f"This run failed: {status.get('error') or 'no reason recorded'}")
+        st.error(f"This run failed: {literal(status.get('error') or 'no reason recorded')}")
     if state == "cancelled":
         st.warning("This run was cancelled; what it had written is kept.")
     summary = judged_summary(run) if state == "done" else None

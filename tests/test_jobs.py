@@ -333,3 +333,45 @@ def test_worker_state_follows_the_slot_lock_and_info(tmp_path):
     finally:
         os.close(fd)
     assert jobs.worker_state(tmp_path, "cpu").state == "none"
+
+
+def test_full_disk_while_starting_a_worker_frees_its_slot_and_says_why(tmp_path, monkeypatch):
+    """ENOSPC after the slot's lock is taken (writing the info file) used to leave the lock held by the
+    starting process with no worker behind it: the queue stalled until a restart, without a word."""
+    import errno
+    import subprocess
+
+    import cbd_core.jobs.launcher as launcher
+
+    def full_disk(root, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(root / ".workers" / "cpu-0.json"))
+
+    monkeypatch.setattr(launcher, "write_info", full_disk)
+    assert jobs.ensure_workers(tmp_path, devices=["cpu"], per_device=1) == []
+    assert not jobs.slot_is_alive(tmp_path, "cpu", 0), "the slot's lock must be released"
+    reason = jobs.start_failures(tmp_path)["cpu"]
+    assert "No space left on device" in reason and "cpu-0.json" in reason
+
+    # Space again: the next attempt starts a worker (a stand-in process here) and the reason goes away.
+    monkeypatch.undo()
+
+    class Started:
+        pid = 4242
+
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: Started())
+    assert jobs.ensure_workers(tmp_path, devices=["cpu"], per_device=1) == [4242]
+    assert jobs.start_failures(tmp_path) == {}
+
+
+def test_runs_queued_for_ray_start_no_local_worker(tmp_path, monkeypatch):
+    import subprocess
+
+    RunDir.create(tmp_path, _config().to_dict(), state="queued", queue=jobs.RAY_QUEUE)
+    started = []
+
+    class Started:
+        pid = 4243
+
+    monkeypatch.setattr(subprocess, "Popen", lambda args, **k: started.append(args) or Started())
+    jobs.ensure_workers(tmp_path, devices=["cpu"], per_device=1)
+    assert [args[args.index("--device") + 1] for args in started] == ["cpu"]

@@ -101,3 +101,27 @@ def test_a_run_deleted_by_another_session_is_said_not_switched(tmp_path, finishe
     said = messages(at)
     assert ids["cbd"] in said and "not in the runs root" in said, said
     assert at.selectbox[0].value is None  # not silently another run
+
+
+ODD_NAMES = ['bad "quoted" run', "run with spaces", "exe.\u202egnp", "*bold* run"]
+
+
+@pytest.mark.parametrize("page", ["runs", "compare"])
+def test_folders_with_odd_names_are_listed_as_unreadable(tmp_path, finished_runs, page, monkeypatch, no_worker):
+    """Quotes, spaces, RLO (U+202E) or Markdown in a run folder's name: the folder is named as unreadable
+    with every character visible (RLO escaped, Markdown not rendered), never silently left out."""
+    source_root, ids = finished_runs
+    shutil.copytree(source_root / ids["cbd"], tmp_path / ids["cbd"])
+    for name in ODD_NAMES:
+        shutil.copytree(source_root / ids["cbd"], tmp_path / name)
+    monkeypatch.setenv("BACKDOOR_LAB_RUNS", str(tmp_path))
+    at = open_page(page)
+    assert not at.exception
+    if page == "runs":
+        table = at.dataframe[0].value
+        odd = table[table["state"].str.startswith("unreadable")]
+        assert sorted(odd["run"]) == sorted(['bad "quoted" run', "run with spaces", "exe.\\u202egnp", "*bold* run"])
+    else:
+        said = messages(at)
+        assert "unreadable" in said and "4 run folder(s)" in said
+        assert r"exe.\\u202egnp" in said and "\u202e" not in said and r"\*bold\* run" in said

@@ -186,3 +186,64 @@ def test_overview_queues_a_preset_with_its_baseline(runs_root, monkeypatch):
     assert [(r.config()["defense"], r.config()["attack"]) for r in runs] == [("undefended", "wanet"), ("cbd", "wanet")]
     assert at.session_state["active_run"] == runs[1].run_id
     assert at.title[0].value == "Train a defense"
+
+
+def test_train_and_runs_pages_say_why_the_worker_could_not_start(runs_root, monkeypatch):
+    """A full disk while starting the worker: the queued run's Train page and the Runs page name the
+    reason instead of "Starting the background worker…" forever."""
+    import errno
+
+    import cbd_core.jobs.launcher as launcher
+
+    at = open_page("train")
+    start(at)
+    at.run()
+    run_id = at.query_params["run"]
+
+    def full_disk(root, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(root / ".workers" / "cpu-0.json"))
+
+    with monkeypatch.context() as disk:
+        disk.setattr(launcher, "write_info", full_disk)
+        assert launcher._spawn_worker(runs_root.resolve(), "cpu", 0) is None
+    try:
+        at = open_page("train", run=run_id)
+        assert not at.exception
+        assert any("could not start" in e.value and "No space left on device" in e.value for e in at.error)
+        at = open_page("runs")
+        assert not at.exception
+        assert any("could not start" in e.value and "No space left on device" in e.value for e in at.error)
+    finally:
+        launcher._start_failures.clear()
+
+
+MARKDOWN_ERROR = "**bold** [a link](http://example.com) :red[red] $x^2$ `code` _it_"
+
+
+@pytest.mark.parametrize("page", ["train", "runs"])
+def test_markdown_in_run_files_is_shown_literally(runs_root, page):
+    """An error text or a host name in a run's status.json is shown as written: its Markdown is escaped,
+    never rendered (no bold, link, colour or LaTeX from a run file)."""
+    from conftest import fast_config
+
+    run = RunDir.create(runs_root, fast_config().to_dict())
+    run.update_status(state="failed", error=MARKDOWN_ERROR,
+                      owner={"kind": "cli", "pid": 1, "host": "**host**", "started": "now"})
+    at = open_page(page, run=run.run_id)
+    assert not at.exception
+    shown = [e.value for e in at.error if "bold" in e.value]
+    assert shown, [e.value for e in at.error]
+    for text in shown:
+        assert "**bold**" not in text and "[a link](" not in text and ":red[" not in text
+        assert r"\*\*bold\*\*" in text and r"\[a link\]" in text and r"\$x^2\$" in text
+
+
+def test_a_run_queued_for_ray_says_so(runs_root):
+    """A run waiting for the Ray cluster is not "Starting the background worker…": no local worker takes it."""
+    from conftest import fast_config
+
+    run = RunDir.create(runs_root, fast_config().to_dict(), state="queued", queue=jobs.RAY_QUEUE)
+    at = open_page("train", run=run.run_id)
+    assert not at.exception
+    assert any("Ray cluster" in i.value for i in at.info)
+    assert not any("Starting the background worker" in i.value for i in at.info)

@@ -298,6 +298,11 @@ def compute_umap(run: RunDir, random_state: int | None = None) -> dict[str, Any]
     started = time.perf_counter()
     for name in model_names_in(embeddings, (run.summary() or {}).get("defense")):
         features = embeddings[f"features_{name}"]
+        bad = int((~np.isfinite(features)).sum())
+        if bad:  # umap would fail deep inside with "Input contains NaN"; say which model and why
+            raise UserInputError(f"run {run.run_id}: {bad:,} of the {features.size:,} features of {name} are not numbers "
+                                 "(NaN or infinite; the training diverged or the file is damaged), so they cannot "
+                                 "be mapped", "run")
         if len(features) != len(index):
             raise UserInputError(f"run {run.run_id}: features_{name} has {len(features)} rows, index {len(index)}",
                                  "run")

@@ -16,7 +16,11 @@ itself, so it survives an app restart, a closed tab, several browser sessions.
     worker_state(root, dev)   what the device's worker is doing: none, starting, idle or busy (and with what)
     request_cancel(run)       a queued run is cancelled on the spot; a running one at its next batch
     ensure_workers(root)      start the missing workers (one per slot per device); mark orphans failed
+    start_failures(root)      {device: why this process could not start its worker (a full disk…)}
     python -m cbd_core worker --root R --device cpu [--slot 0]     one worker, in the foreground
+
+With $BACKDOOR_LAB_RAY_ADDRESS (or `ray=` on submit) a run waits in the queue "ray" and a Ray task
+trains it instead (`cluster`), through the same `worker.train_queued_run`.
 
 A worker holds an exclusive lock on `<root>/.workers/<device>-<slot>.lock` for as long as it lives:
 the lock is what says "a worker is alive", so a crashed worker (even `kill -9`) frees its slot at
@@ -31,8 +35,9 @@ that started it (the app) is gone, so stopping the app never leaves a worker spi
 """
 
 from ..runs import status_line
+from .cluster import RAY_ADDRESS_ENV, RAY_QUEUE, ray_address
 from .launcher import (ORPHAN_ERROR, ensure_workers, keep_workers_running, owner_gone, recover_orphans,
-                       stop_workers)
+                       start_failures, stop_workers)
 from .locks import WorkerInfo, _lock_path, _pid_alive, _try_lock, root_lock, slot_is_alive, workers
 from .queue import (REUSED_STATES, Submitted, _claim, _waiting, cancel_requested, identical_run, queue_position,
                     queue_positions, queued_runs, request_cancel, submit, submit_once)
@@ -41,9 +46,9 @@ from .settings import (CANCEL_FILE, CLAIM_FILE, IDLE_POLL_S, PROGRESS_EVERY_S, W
                        workers_per_device)
 from .worker import Worker, worker_main
 
-__all__ = ["CANCEL_FILE", "CLAIM_FILE", "IDLE_POLL_S", "ORPHAN_ERROR", "PROGRESS_EVERY_S", "REUSED_STATES",
+__all__ = ["RAY_ADDRESS_ENV", "RAY_QUEUE", "ray_address", "CANCEL_FILE", "CLAIM_FILE", "IDLE_POLL_S", "ORPHAN_ERROR", "PROGRESS_EVERY_S", "REUSED_STATES",
            "WORKERS_DIR", "Submitted", "Worker", "WorkerInfo", "WorkerState", "cancel_requested", "device_key",
            "ensure_workers", "identical_run", "keep_workers_running", "owner_gone", "queue_position",
            "queue_positions", "queued_runs", "recover_orphans", "request_cancel", "root_lock", "slot_is_alive",
-           "status_line", "stop_workers", "submit", "submit_once", "worker_main", "worker_state", "workers",
+           "start_failures", "status_line", "stop_workers", "submit", "submit_once", "worker_main", "worker_state", "workers",
            "workers_per_device"]

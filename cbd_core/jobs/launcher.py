@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..runs import RunDir, RunGone, list_runs, now_iso, runs_root
+from .cluster import RAY_QUEUE
 from .locks import _lock_path, _pid_alive, _try_lock, slot_is_alive, workers, workers_dir, write_info
 from .queue import _waiting
 from .settings import CLAIM_FILE, workers_per_device
@@ -67,7 +68,8 @@ def ensure_workers(root: str | Path | None = None, devices: list[str] | None = N
         best = choose_device("auto")
         wanted.add(best.type)
     for _, queue in _waiting(root):  # a queue with work needs its worker even if nobody asked
-        wanted.add(queue)
+        if queue != RAY_QUEUE:  # Ray tasks train those (jobs.cluster), not a local worker
+            wanted.add(queue)
     started = []
     for device in sorted(wanted):
         for slot in range(per_device):
@@ -78,34 +80,67 @@ def ensure_workers(root: str | Path | None = None, devices: list[str] | None = N
 
 
 def _spawn_worker(root: Path, device: str, slot: int) -> int | None:
-    """Start a worker for a free slot; None when the slot is already served.
+    """Start a worker for a free slot; None when the slot is already served or the start failed (the
+    reason is kept for the pages: `start_failure`).
 
     The lock is taken here and handed to the child (an inherited descriptor keeps the same lock), so
     the slot counts as served from this instant: two sessions that click Start at once, or a second
-    call before the child has imported torch, cannot start a second worker."""
-    lock_fd = _try_lock(_lock_path(root, device, slot))
+    call before the child has imported torch, cannot start a second worker. Every step after taking
+    it sits inside the try/finally that closes it: a full disk (ENOSPC) while writing the info file or
+    opening the log must free the slot, or this process would hold it with no worker behind it and the
+    queue would stall until a restart."""
+    try:
+        lock_fd = _try_lock(_lock_path(root, device, slot))
+    except OSError as error:
+        _record_start_failure(root, device, error)
+        return None
     if lock_fd is None:
         return None
-    log_path = workers_dir(root) / f"{device.replace(':', '_')}-{slot}.log"
-    # "booting" from this instant (the child rewrites it with its pid, then "ready"): the pages never
-    # show an earlier worker's "ready" for a slot whose new worker is still importing torch.
-    write_info(root, device, slot, pid=None, started=now_iso(), state="booting", boot_seconds=None,
-               current_run=None)
-    project = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(project), os.environ.get("PYTHONPATH")])),
-           # Idle OpenMP threads sleep instead of spinning, so the worker and the app's pages share the
-           # CPU without stealing each other's time slices; it changes no number.
-           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     try:
+        log_path = workers_dir(root) / f"{device.replace(':', '_')}-{slot}.log"
+        # "booting" from this instant (the child rewrites it with its pid, then "ready"): the pages never
+        # show an earlier worker's "ready" for a slot whose new worker is still importing torch.
+        write_info(root, device, slot, pid=None, started=now_iso(), state="booting", boot_seconds=None,
+                   current_run=None)
+        project = Path(__file__).resolve().parents[2]
+        env = {**os.environ,
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(project), os.environ.get("PYTHONPATH")])),
+               # Idle OpenMP threads sleep instead of spinning, so the worker and the app's pages share the
+               # CPU without stealing each other's time slices; it changes no number.
+               "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
         with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644), "a") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "cbd_core", "worker", "--root", str(root), "--device", device,
                  "--slot", str(slot), "--parent-pid", str(os.getpid()), "--lock-fd", str(lock_fd)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=project,
                 pass_fds=(lock_fd,), start_new_session=True)  # Ctrl-C on the app must not kill a run half-way
+    except OSError as error:
+        _record_start_failure(root, device, error)
+        return None
     finally:
-        os.close(lock_fd)  # the child's copy holds the lock now
+        os.close(lock_fd)  # the child's copy holds the lock now (or, on failure, nobody does)
+    _start_failures.pop((str(root), device), None)
     return process.pid
+
+
+# Why the last attempt to start a device's worker failed, per (runs root, device), in this process: the
+# pages run in the process that starts workers, and a full disk may refuse any file that would say it.
+_start_failures: dict[tuple[str, str], str] = {}
+
+
+def _record_start_failure(root: Path, device: str, error: OSError) -> None:
+    import logging
+
+    reason = f"{error.strerror or error}" + (f" ({error.filename})" if error.filename else "")
+    _start_failures[(str(root), device)] = f"{reason}, at {now_iso()}"
+    logging.getLogger("backdoor_lab").error("could not start the %s worker: %s", device, reason)
+
+
+def start_failures(root: str | Path | None) -> dict[str, str]:
+    """{device: why this process last failed to start its worker for `root`} (e.g. "No space left on
+    device (…/.workers/cpu-0.json), at …"); a device whose last start succeeded is not in it."""
+    key = str(runs_root(root))
+    return {device: reason for (folder, device), reason in _start_failures.items() if folder == key}
 
 
 ORPHAN_ERROR = ("the background worker stopped while this run was in progress; what it had written is kept "

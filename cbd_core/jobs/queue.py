@@ -10,6 +10,7 @@ oldest first; a worker (or a cancel) takes it with an O_EXCL `claim` file, so it
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any, NamedTuple
 
 from ..config import RunConfig
 from ..runs import FINISHED, RunDir, RunUnreadable, list_runs, now_iso, runs_root, to_json
+from . import cluster
 from .locks import root_lock, workers_dir
 from .settings import CANCEL_FILE, CLAIM_FILE, device_key, wake_file_name
 
@@ -32,15 +34,19 @@ class Submitted(NamedTuple):
     state: str  # the run's state as found (or "queued" for a new one)
 
 
-def submit(config: RunConfig, root: str | Path | None = None, start_worker: bool = True) -> RunDir:
+def submit(config: RunConfig, root: str | Path | None = None, start_worker: bool = True,
+           ray: str | None = None) -> RunDir:
     """Validate `config` exactly as the CLI does (UserInputError on bad input, before anything is
     written), create its run folder as queued, and make sure a worker serves its device. When an
     identical run is already queued, running or done, that run is returned instead (see `submit_once`)."""
-    return submit_once(config, root, start_worker).run
+    return submit_once(config, root, start_worker, ray).run
 
 
-def submit_once(config: RunConfig, root: str | Path | None = None, start_worker: bool = True) -> Submitted:
-    """`submit`, saying whether the run is new. Two runs are identical when their validated configs
+def submit_once(config: RunConfig, root: str | Path | None = None, start_worker: bool = True,
+                ray: str | None = None) -> Submitted:
+    """`submit`, saying whether the run is new. With a Ray address (`ray`, else
+    $BACKDOOR_LAB_RAY_ADDRESS) the run waits in the "ray" queue and a Ray task trains it
+    (`cluster.launch`) instead of the local worker. Two runs are identical when their validated configs
     (what config.json holds: data, attack, defense and every parameter, seed, threads, device choice)
     are equal. The look-up and the creation happen under one lock on the runs root, so two sessions
     (or CLI calls) submitting the same config at the same moment get the same run."""
@@ -48,7 +54,8 @@ def submit_once(config: RunConfig, root: str | Path | None = None, start_worker:
 
     root = runs_root(root)
     prepared = prepare(config)  # loads and poisons the data: a bad value fails here, not in the worker
-    queue = device_key(prepared.config)
+    address = cluster.ray_address(ray)
+    queue = cluster.RAY_QUEUE if address else device_key(prepared.config)
     wanted = prepared.config.to_dict()
     with root_lock(root, "submit"):
         found = identical_run(wanted, root)
@@ -57,6 +64,10 @@ def submit_once(config: RunConfig, root: str | Path | None = None, start_worker:
         else:
             submitted = Submitted(RunDir.create(root, wanted, state="queued", queue=queue), reused=False,
                                   state="queued")
+    if address:
+        if not submitted.reused:
+            cluster.launch(submitted.run, address)
+        return submitted
     if not submitted.reused:
         wake(root, queue)
     if start_worker and submitted.state != "done":
@@ -105,6 +116,8 @@ def request_cancel(run: RunDir) -> str:
         return state
     if state == "queued" and _claim(run):
         run.update_status(state="cancelled", finished=now_iso(), error=None)
+        with contextlib.suppress(OSError):  # a Ray task that took it this instant stops at its first batch
+            (run.path / CANCEL_FILE).touch()
         return "queued"
     try:
         (run.path / CANCEL_FILE).touch()  # the worker, `run` and `matrix` all check it at every batch

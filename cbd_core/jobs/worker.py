@@ -157,58 +157,12 @@ class Worker:
         return None
 
     def _train(self, run: RunDir) -> None:
-        from ..pipeline import execute, prepare
-
         self.current = run
         self._set_state("training")
-        worker = {"device": self.device, "slot": self.slot, "pid": os.getpid()}
-        owner = owner_record("worker", device=self.device, slot=self.slot)
         try:
-            run.update_status(worker=worker, owner=owner, state="running", started=now_iso(), progress=None,
-                              error=None)
-        except RunGone:
-            self.log(f"run {run.run_id}: its folder is gone; taking the next run")
-            self.current = None
-            self._set_state("ready")
-            return
-        self.log(f"run {run.run_id}: started")
-        last_write = [0.0]
-
-        def on_progress(event: ProgressEvent) -> None:
-            now = time.monotonic()
-            if event.metrics is None and now - last_write[0] < PROGRESS_EVERY_S:
-                return
-            last_write[0] = now
-            # fraction: of the current phase; run_fraction, elapsed_seconds, eta_seconds: of the whole run
-            # (an estimate at the pace so far; see ProgressEvent).
-            eta, whole = event.eta_seconds, event.run_fraction
-            run.update_status(progress={"phase": event.phase, "epoch": event.epoch, "epochs": event.epochs,
-                                        "step": event.step, "steps": event.steps,
-                                        "fraction": round(event.fraction, 4),
-                                        "run_fraction": None if whole is None else round(whole, 4),
-                                        "elapsed_seconds": event.elapsed_seconds,
-                                        "eta_seconds": None if eta is None else round(eta, 1), "updated": now_iso()})
-
-        def is_cancelled() -> bool:
-            if not run.exists():  # deleted under us: stop now, write nothing, re-create nothing
-                raise RunGone(f"run {run.run_id}: its folder is gone")
-            return self.stopping or cancel_requested(run)
-
-        try:
-            prepared = prepare(RunConfig.from_dict(run.config()))
-            execute(prepared, run, progress=on_progress, is_cancelled=is_cancelled, owner=owner)
-            self.log(f"run {run.run_id}: done")
-        except RunGone:
-            self.log(f"run {run.run_id}: its folder was deleted while it trained; stopped it")
-        except (Cancelled, KeyboardInterrupt):
-            self._record(run, "cancelled")
-            self.log(f"run {run.run_id}: cancelled")
-        except UserInputError as err:  # execute records it; prepare does not
-            self._record(run, "failed", error=str(err))
-            self.log(f"run {run.run_id}: failed: {err}")
-        except Exception as err:  # a bug or a write error: recorded in the run if possible; the worker goes on
-            self._record(run, "failed", error=describe_error(err))
-            self.log(f"run {run.run_id}: failed: {describe_error(err)}")
+            train_queued_run(run, owner_record("worker", device=self.device, slot=self.slot),
+                             stopping=lambda: self.stopping, record=self._record, log=self.log,
+                             worker={"device": self.device, "slot": self.slot, "pid": os.getpid()})
         finally:
             self.current = None
             self._set_state("ready")
@@ -301,6 +255,69 @@ class Worker:
         except Exception as err:
             self.log(f"UMAP warm-up failed: {type(err).__name__}: {err}")
         self.log(f"UMAP warm-up took {time.perf_counter() - started:.1f} s")
+
+
+def train_queued_run(run: RunDir, owner: dict[str, Any], stopping: Callable[[], bool],
+                     record: Callable[..., None], log: Callable[[str], None], **status: Any) -> str:
+    """Train one queued run in this process: the one path by which a run queued by someone else (the
+    dashboard, `submit`, `matrix --ray`) is trained, by a local worker or a Ray task alike. It marks the
+    run running with `owner` (and `status`), writes throttled progress into status.json, stops at the
+    next batch when the run's cancel file appears or `stopping()` says so, and ends the run done,
+    cancelled or failed with the reason (`record(run, state, **fields)` writes a finished state).
+    Returns the state it ended in ("gone" when the folder was deleted); a run no longer queued
+    (cancelled while it waited) is left as it is."""
+    from ..pipeline import execute, prepare
+
+    try:
+        if run.status().get("state") != "queued":
+            log(f"run {run.run_id}: no longer queued ({run.status().get('state')}); not trained")
+            return str(run.status().get("state"))
+        run.update_status(**status, owner=owner, state="running", started=now_iso(), progress=None, error=None)
+    except RunGone:
+        log(f"run {run.run_id}: its folder is gone; taking the next run")
+        return "gone"
+    log(f"run {run.run_id}: started")
+    last_write = [0.0]
+
+    def on_progress(event: ProgressEvent) -> None:
+        now = time.monotonic()
+        if event.metrics is None and now - last_write[0] < PROGRESS_EVERY_S:
+            return
+        last_write[0] = now
+        # fraction: of the current phase; run_fraction, elapsed_seconds, eta_seconds: of the whole run
+        # (an estimate at the pace so far; see ProgressEvent).
+        eta, whole = event.eta_seconds, event.run_fraction
+        run.update_status(progress={"phase": event.phase, "epoch": event.epoch, "epochs": event.epochs,
+                                    "step": event.step, "steps": event.steps,
+                                    "fraction": round(event.fraction, 4),
+                                    "run_fraction": None if whole is None else round(whole, 4),
+                                    "elapsed_seconds": event.elapsed_seconds,
+                                    "eta_seconds": None if eta is None else round(eta, 1), "updated": now_iso()})
+
+    def is_cancelled() -> bool:
+        if not run.exists():  # deleted under us: stop now, write nothing, re-create nothing
+            raise RunGone(f"run {run.run_id}: its folder is gone")
+        return stopping() or cancel_requested(run)
+
+    try:
+        prepared = prepare(RunConfig.from_dict(run.config()))
+        execute(prepared, run, progress=on_progress, is_cancelled=is_cancelled, owner=owner)
+        log(f"run {run.run_id}: done")
+        return "done"
+    except RunGone:
+        log(f"run {run.run_id}: its folder was deleted while it trained; stopped it")
+        return "gone"
+    except (Cancelled, KeyboardInterrupt):
+        record(run, "cancelled")
+        log(f"run {run.run_id}: cancelled")
+        return "cancelled"
+    except UserInputError as err:  # execute records it; prepare does not
+        record(run, "failed", error=str(err))
+        log(f"run {run.run_id}: failed: {err}")
+    except Exception as err:  # a bug or a write error: recorded in the run if possible; the caller goes on
+        record(run, "failed", error=describe_error(err))
+        log(f"run {run.run_id}: failed: {describe_error(err)}")
+    return "failed"
 
 
 def worker_main(root: str | Path | None, device: str, slot: int = 0, parent_pid: int | None = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -33,6 +34,19 @@ def runs_root_path() -> Path:
     return runs_root()
 
 
+# What gives text a meaning in Streamlit's Markdown once line breaks are gone: emphasis (* and an
+# underscore at a word's edge; "poison_rate" stays as it is), links and images ([ ]), code (`), strike (~),
+# HTML (< >), LaTeX ($), and the `:colour[...]` / `:material/...:` directives (a colon before a letter).
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*\[\]~<>$]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])|:(?=[A-Za-z\[]))")
+
+
+def literal(text: Any) -> str:
+    """`text` (a string from a run's files: an error, a config value, a host name…) escaped so that
+    st.markdown, st.error, st.caption and friends show it character for character instead of rendering
+    its `**bold**`, links or colour directives; line breaks become spaces."""
+    return _MARKDOWN_SPECIALS.sub(r"\\\1", " ".join(str(text).split()))
+
+
 @contextlib.contextmanager
 def page_errors() -> Iterator[None]:
     """Show bad input as its own one-line message and a bug as a short notice, never a traceback;
@@ -40,12 +54,12 @@ def page_errors() -> Iterator[None]:
     try:
         yield
     except UserInputError as err:
-        st.error(str(err))
+        st.error(literal(err))  # its text may quote a run's files
     except Exception as err:
         if type(err).__module__.startswith("streamlit"):  # st.stop(), st.rerun(), page switches
             raise
         log.exception("page error")
-        st.error(f"Something went wrong while drawing this part of the page ({type(err).__name__}: {err}). "
+        st.error(f"Something went wrong while drawing this part of the page ({type(err).__name__}: {literal(err)}). "
                  "The run itself is untouched; other pages still work.")
 
 
@@ -198,11 +212,15 @@ def run_label(run: RunDir, status: dict[str, Any] | None = None) -> str:
 
 def unreadable_note(runs: list[RunDir]) -> None:
     """One caption naming the runs that cannot be read (and why), so a damaged folder is flagged
-    rather than silently missing or breaking the page."""
+    rather than silently missing or breaking the page. Folders whose very name is no run id (quotes,
+    spaces, RLO…) are named too, escaped so that every character shows."""
+    from cbd_core.runs import ODD_NAME_PROBLEM, odd_run_folders
+
     bad = [(run.run_id, problem) for run in runs if (problem := run.problem())]
+    bad += [(name, ODD_NAME_PROBLEM) for name in odd_run_folders(runs_root_path())]
     if bad:
         st.warning(f"{len(bad)} run folder(s) cannot be read and are left out here (the **Runs** page lists them): "
-                   + "; ".join(f"`{run_id}` ({problem})" for run_id, problem in bad[:5])
+                   + "; ".join(f"{literal(run_id)} ({literal(problem)})" for run_id, problem in bad[:5])
                    + (" …" if len(bad) > 5 else ""), icon=":material/report:")
 
 
@@ -214,7 +232,8 @@ def missing_run_note(wanted: str, known: list[RunDir]) -> None:
                    "from the list below.", icon=":material/search_off:")
     else:
         problem = found.problem()
-        why = problem or f"it is {found.status().get('state', '?')}, and this page shows other runs"
+        why = literal(problem) if problem else \
+            f"it is {literal(found.status().get('state', '?'))}, and this page shows other runs"
         st.info(f"Run `{wanted}` cannot be shown on this page ({why}). Choose a run from the list below.",
                 icon=":material/info:")
 
@@ -269,15 +288,24 @@ def chart_config(name: str, run_id: str | None = None) -> dict[str, Any]:
     return {"toImageButtonOptions": {"format": "png", "filename": filename, "scale": 2}, "displaylogo": False}
 
 
+DOWNLOAD_ONLY = "ignore"  # st.download_button's on_click: download without rerunning the page (see report_download)
+
+
 def report_download(run: RunDir, key: str, container: Any = None) -> None:
     """A button that downloads the run as one self-contained HTML report (cbd_core.report): settings,
     verdict and baseline, CA / ASR / RA, curves and weight histogram inline. The report is drawn only
-    when the button is clicked, so the page pays nothing for it; an unfinished run's report says so."""
+    when the button is clicked, so the page pays nothing for it; an unfinished run's report says so.
+
+    Every download button of the app passes on_click="ignore" (DOWNLOAD_ONLY): with Streamlit's default
+    ("rerun") a click reruns the page, the rerun registers the report's deferred file under a new id and
+    drops the old one, and a report clicked during that rerun (say right after "Download as zip") asks
+    for an id that is gone: `MediaFileStorageError: Deferred file … not found`."""
     from cbd_core.report import html_report
 
     (container or st).download_button(
         "Download report (HTML)", data=lambda: html_report(RunDir(run.path)).encode("utf-8"),
         file_name=f"{run.run_id}.html", mime="text/html", key=key, icon=":material/description:",
+        on_click=DOWNLOAD_ONLY,
         help="One HTML file with this run's settings, verdict, numbers and figures; opens offline in any browser.")
 
 
@@ -338,6 +366,21 @@ def phase_title(defense_name: str | None, phase: str | None) -> str:
     """How pages name one of a defense's training phases, e.g. CBD's "f_C" as "deconfounded f_C"."""
     defense = defense_or_none(defense_name)
     return defense.phase_title(phase) if defense else str(phase)
+
+
+def non_finite_warning(values: Any, what: str) -> bool:
+    """Warn when some of `values` (from a run file) are NaN or infinite, which the charts would silently
+    drop, e.g. after a training that diverged or a damaged file. Returns True when none is finite, so
+    the caller has nothing to draw and says no more."""
+    values = np.asarray(values, dtype=np.float64)
+    bad, total = int((~np.isfinite(values)).sum()), int(values.size)
+    if bad == 0:
+        return False
+    nothing_left = bad == total
+    st.warning(f"{bad:,} of {total:,} {what} are not numbers (NaN or infinite): the training diverged or the file is "
+               "damaged, so " + ("there is nothing to draw." if nothing_left else "those are left out of the charts."),
+               icon=":material/warning:")
+    return nothing_left
 
 
 def judging_defenses() -> str:
