@@ -1,33 +1,46 @@
-"""Named runs whose lesson is clear, one per attack: what to queue before a class, with what it shows.
+"""Named runs, one per attack: what to queue before a class, what each one is and what to look for.
 
-    from cbd_core.presets import PRESETS, preset_config
+    from cbd_core.presets import PRESETS, preset_config, measured
     config = preset_config("sig", seed=0)       # a RunConfig, validated later like any other
+    figures = measured("sig")                   # the preset across seeds, as `make bench` measured it
 
     python -m cbd_core run --preset wanet        (the CLI's run and submit take --preset)
 
-Every preset is CBD with its defaults on the embedded mnist5k, target label 0; each lesson states the
-outcome measured with `python bench/presets.py` (the table in README), including the
-preset where CBD fails and why. The pages read `title` and `lesson`; nothing branches on a name.
+Every preset is CBD with its defaults on the embedded mnist5k, target label 0. A preset says what it
+IS (the attack, its rate, what to look for in the Lesson), never how it ends: the outcome of a run is
+read from that run's files, and figures across seeds only from the file `bench/presets.py` writes
+(MEASURED_FILE, with its date and command). Its texts hold no digits: the rate in the title is
+formatted from `poison_rate` (tests/test_presets.py checks both).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .config import RunConfig
 from .errors import UserInputError
 
+# Written by `python bench/presets.py` (a step of `make bench`): the presets across seeds.
+MEASURED_FILE = Path(__file__).resolve().parents[1] / "bench" / "results" / "presets.json"
+
 
 @dataclass(frozen=True)
 class Preset:
     name: str
-    title: str
+    label: str  # the attack and its trigger, in words (the title adds the rate)
     attack: str
     poison_rate: float
-    lesson: str  # what the class should see, and why; the outcome as measured
+    look_for: str  # what the preset is and what the class should look for; never its outcome
     attack_params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def title(self) -> str:
+        return f"{self.label}, {self.poison_rate:.0%} poisoned"
 
     def config(self, seed: int = 0, **overrides: Any) -> RunConfig:
         base = RunConfig(dataset="mnist5k", attack=self.attack, poison_rate=self.poison_rate, target_label=0,
@@ -36,34 +49,64 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
-    Preset("badnets", "BadNets 10%: a corner patch, removed", "badnets", 0.10,
-           "A 3x3 checkerboard in the corner is the easiest thing in the data to learn: f_B fits the 400 "
-           "poisoned digits within its first steps, their weights fall to about zero, and f_C never learns "
-           "the patch. Measured over seeds 0-4: ASR 0.2-0.4% (undefended 100%), clean accuracy within a "
-           "point of the undefended model."),
-    Preset("blend", "Blend 10%: a faint noise overlay, removed", "blend", 0.10,
-           "The whole image is blended with a fixed noise pattern at 20%. f_B still picks it up faster than "
-           "the digits, but less cleanly than a patch: how early and how steadily it fits each image (its "
-           "loss averaged over its training) is what separates the poison. Measured over seeds 0-4: ASR "
-           "0.3-0.9% (undefended 100%)."),
-    Preset("trojan", "Trojan 10%: a watermark, removed", "trojan", 0.10,
-           "A 7x7 ring watermark: a large, high-contrast trigger that f_B learns almost at once. Measured "
-           "over seeds 0-4: ASR at most 0.2% (undefended 100%)."),
-    Preset("sig", "SIG 5%: clean-label, half the target class", "sig", 0.05,
-           "SIG never changes a label: it adds a sinusoid to images that already are zeros. At 10% it would "
-           "mark all 400 zeros and no reweighting inside the class could find a clean one; at 5% half the "
-           "zeros stay clean, so f_B can learn 'stripes mean 0' faster than 'a round shape means 0' and the "
-           "striped zeros get small weights. It goes only part of the way: over seeds 0-2 the attack "
-           "alone reaches 43-67% of triggered digits, CBD brings that to 5-9% (weakened on all three). "
-           "At 10% it fails (ASR 51-96%); at 2.5% the attack barely takes hold by itself."),
-    Preset("wanet", "WaNet 10%: a warp CBD cannot see (CBD fails)", "wanet", 0.10,
-           "WaNet bends the image by a small fixed warp. On digits the warp is learned *later* than the "
-           "digits themselves, so f_B, trained briefly, has not caught it: its loss on the warped images is "
-           "higher than on clean ones (capture AUROC well below 0.5), the weights point the wrong way and "
-           "f_C learns the backdoor. CBD rests on the shortcut being learned first; here it is not. "
-           "Measured over seeds 0-2: ASR 98-99% with CBD against 97-98% without; f_B caught the warp on "
-           "none. Stronger warps (s = 1, 2) and f_B without augmentation were tried and change nothing."),
+    Preset("badnets", "BadNets: a checkerboard patch in the corner", "badnets", 0.10,
+           "Every poisoned digit carries the same small checkerboard in its corner and is relabelled as the "
+           "target. Look for: how soon f_B's attack success rate rises (step 2), whether the poisoned images' "
+           "weights fall below the clean ones' (step 3), and whether f_C's map still gathers the poisoned images "
+           "in an island (step 4)."),
+    Preset("blend", "Blend: a faint noise overlay", "blend", 0.10,
+           "The whole image is blended with one fixed noise pattern, faintly: the trigger touches every pixel. "
+           "Look for: whether f_B fits the blended images before it fits the digits (step 2), and how far apart "
+           "the poisoned and clean weights end (step 3)."),
+    Preset("trojan", "Trojan: a ring watermark", "trojan", 0.10,
+           "A large, high-contrast ring watermark stamped on the poisoned digits, which are relabelled as the "
+           "target. Look for: how early f_B catches it (step 2) and where each model looks on a triggered "
+           "digit (step 5)."),
+    Preset("sig", "SIG: clean-label stripes on part of the target class", "sig", 0.05,
+           "SIG never changes a label: it adds a faint sinusoid to images that already show the target class, "
+           "so a model can learn \"stripes mean the target\". This preset stripes only part of the target class, "
+           "so plain and striped images of that class sit side by side. Look for: whether the striped images get "
+           "smaller weights than the plain images of the same class (step 3)."),
+    Preset("wanet", "WaNet: a small fixed warp", "wanet", 0.10,
+           "WaNet bends every poisoned image by the same small, smooth warp: no patch, nothing to point at. Look "
+           "for: whether f_B catches the warp and whether its loss singles out the warped images, which is what "
+           "CBD needs (step 2), and whether f_B's map and its loss agree (step 4)."),
 )}
+
+
+def measured(name: str, path: str | Path | None = None) -> dict[str, Any] | None:
+    """The preset's row of MEASURED_FILE (or `path`), with the file's `written` date, `command` and
+    `seeds` added; None when the file is missing or unreadable or has no row for it."""
+    try:
+        data = json.loads(Path(path or MEASURED_FILE).read_text())
+        row = next(r for r in data["rows"] if r.get("preset") == name)
+        return {**row, "written": str(data["written"]), "command": str(data["command"]), "seeds": list(data["seeds"])}
+    except (OSError, ValueError, KeyError, TypeError, StopIteration):
+        return None
+
+
+def _spread(values: list[float]) -> str:
+    """median [min–max] of fractions, in percent."""
+    med, lo, hi = statistics.median(values), min(values), max(values)
+    return f"{med:.1%}" if lo == hi else f"{med:.1%} [{lo:.1%}–{hi:.1%}]"
+
+
+def measured_text(name: str, path: str | Path | None = None) -> str:
+    """The preset across seeds in one paragraph, with the date and command that measured it; or where
+    the figures would come from when `make bench` has not written them."""
+    row = measured(name, path)
+    if row is None:
+        return ("No figures across seeds yet: `make bench` (its step `python bench/presets.py`) writes them to "
+                f"`{Path(path or MEASURED_FILE).name}`.")
+    try:
+        verdict_counts = ", ".join(f"{verdict} on {count}" for verdict, count in row["cbd_verdicts"].items())
+        return (f"Across seeds {', '.join(map(str, row['seeds']))} (median [min–max]): attack success rate "
+                f"{_spread(row['cbd_asr'])} with CBD against {_spread(row['undefended_asr'])} undefended; clean "
+                f"accuracy {_spread(row['cbd_ca'])} against {_spread(row['undefended_ca'])}; verdicts: "
+                f"{verdict_counts}; f_B's loss singled out the poison on {row['singled_out']} of "
+                f"{len(row['cbd_asr'])}. Measured on {row['written']} by `{row['command']}`.")
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return f"The measured figures in `{Path(path or MEASURED_FILE).name}` cannot be read; `make bench` rewrites them."
 
 
 def preset_config(name: str, seed: int = 0, **overrides: Any) -> RunConfig:

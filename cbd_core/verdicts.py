@@ -17,7 +17,7 @@ baseline's own ASR. An undefended ASR below ATTACK_TOOK_HOLD_MIN_ASR (0.50) mean
 take hold even without a defense, so a low ASR is then not the defense's merit.
 
 `explain` turns a summary into plain sentences saying what happened, as far as the run can tell:
-for a failed CBD run whether f_B caught the trigger (summary["f_b_capture"]["captured"]) and whether
+for a failed CBD run whether f_B's loss singled out the poison (cbd_core.capture) and whether
 the weights singled out the poison (poison-detection AUROC >= GOOD_DETECTION_AUROC, 0.9); for ABL its
 isolated set's precision and recall; for NONE its filtered set's. Every field may be missing (older
 runs): a missing one is never an error, the sentence that needs it is left out.
@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from . import capture
 from .errors import UserInputError
 from .runs import RunDir, list_runs, runs_root
 
@@ -271,14 +272,11 @@ def ensure_baseline(run: RunDir, root: str | Path | None = None, start_worker: b
 
 # -- sentences -------------------------------------------------------------------------------------
 def _cbd_reason(summary: dict[str, Any]) -> str:
-    capture = summary.get("f_b_capture")
     auroc = _number(summary.get("poison_detection_auroc"))
-    if isinstance(capture, dict) and capture.get("captured") is False:
-        poisoned, clean = _number(capture.get("loss_poisoned_median")), _number(capture.get("loss_clean_median"))
-        losses = (f" (median loss {poisoned:.3g} on poisoned samples, {clean:.3g} on clean ones)"
-                  if poisoned is not None and clean is not None else "")
-        return ("f_B never caught the trigger" + losses + ", so the weights could not single out the poison "
-                "and f_C learned from the poisoned samples as from any others.")
+    f_b = capture.read_f_b(summary)  # the one definition of "f_B's loss singled out the poison"
+    if f_b.singled_out is False:
+        return " ".join(s for s in (capture.singled_out_sentence(f_b), capture.why_they_differ(f_b),
+                                    "f_C learned from the poisoned images as from any others.") if s)
     if auroc is not None and auroc >= GOOD_DETECTION_AUROC:
         return (f"The weights did find the poison (detection AUROC {auroc:.3f}), but f_C learned the trigger "
                 "anyway.")

@@ -19,12 +19,12 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from cbd_core import jobs, lesson, verdicts
+from cbd_core import capture, jobs, lesson, verdicts
 from cbd_core.analysis.attributions import apply_run_trigger, attribution_map, predict_proba, trigger_is_patch
 from cbd_core.analysis.embeddings import UMAP_FILE
 from cbd_core.attacks import ATTACKS
 from cbd_core.attacks.base import amplified_difference
-from cbd_core.presets import PRESETS, Preset
+from cbd_core.presets import PRESETS, Preset, measured_text
 from cbd_core.runs import FINISHED, RunDir
 from pages.common import (ACTIVE_RUN, active_run_id, class_name, enlarge, load_arrays, load_baseline, load_config,
                           load_metrics, load_models, load_summary, model_view, page_errors, plot_order, run_label,
@@ -300,9 +300,10 @@ def poisoned_training_images(ctx: Lesson, count: int = 4) -> list[tuple[np.ndarr
     return out
 
 
-def training_figure(metrics: list[dict[str, Any]], baseline_metrics: list[dict[str, Any]]) -> go.Figure:
-    """f_B's clean accuracy and attack success rate over its steps, f_C's over its epochs, and the
-    undefended model's attack success rate beside f_C's."""
+def training_figure(metrics: list[dict[str, Any]], baseline_metrics: list[dict[str, Any]],
+                    summary: dict[str, Any]) -> go.Figure:
+    """f_B's clean accuracy and attack success rate over its steps (the step it caught the trigger
+    marked), f_C's over its epochs, and the undefended model's attack success rate beside f_C's."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("f_B: trained briefly, on purpose",
                                                         "f_C: trained with CBD's weights"), horizontal_spacing=0.08)
     f_b, f_c = lesson.phase_lines(metrics, "f_B"), lesson.phase_lines(metrics, "f_C")
@@ -320,6 +321,10 @@ def training_figure(metrics: list[dict[str, Any]], baseline_metrics: list[dict[s
         fig.add_trace(go.Scatter(x=[m.get("epoch") for m in base], y=[m["attack_success_rate"] for m in base],
                                  mode="lines", name="attack success rate without a defense",
                                  line={"color": BASELINE_COLOUR, "dash": "dot", "width": 2}), row=1, col=2)
+    caught = capture.read_f_b(summary, metrics)
+    if caught.caught_step is not None:  # the moment step 2's sentence quotes
+        fig.add_vline(x=caught.caught_step, line={"color": POISONED_COLOUR, "dash": "dash", "width": 1}, row=1, col=1,
+                      annotation_text="caught the trigger", annotation_position="bottom right")
     fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
     fig.update_xaxes(title_text="training step", row=1, col=1)
     fig.update_xaxes(title_text="epoch", row=1, col=2)
@@ -335,7 +340,7 @@ def step_training(ctx: Lesson) -> None:
     left, right = st.columns([3, 2])
     with left:
         if metrics:
-            plotly_chart(training_figure(metrics, baseline_metrics), key="lesson_training_chart")
+            plotly_chart(training_figure(metrics, baseline_metrics, ctx.summary), key="lesson_training_chart")
         else:
             st.info("This run recorded no per-epoch metrics.")
     with right:
@@ -489,9 +494,10 @@ def step_verdict(ctx: Lesson) -> None:
                 st.rerun()
     with right:
         if ctx.preset is not None:
-            st.markdown(f"#### What this preset teaches\n{ctx.preset.lesson}")
-        st.markdown("#### Next\nPick another attack above and walk through it the same way: WaNet is the one where "
-                    "CBD fails, and its steps show where the story breaks.")
+            st.markdown(f"#### This preset\n{ctx.preset.look_for}")
+            st.caption(measured_text(ctx.preset.name))  # across seeds, only from the file `make bench` writes
+        st.markdown("#### Next\nPick another attack above and walk through it the same way: each preset's steps "
+                    "say what its own run shows.")
 
 
 STEP_VIEWS = {"attack": step_attack, "training": step_training, "weights": step_weights, "maps": step_maps,

@@ -94,11 +94,11 @@ with page_errors():
         )
 
     st.subheader("One run per attack")
-    st.markdown("Each preset teaches one thing, including the one where CBD fails; the **Lesson** walks a class "
-                "through a finished one step by step.")
+    st.markdown("Each preset is one attack at one poison rate, with what to look for; the **Lesson** walks a "
+                "class through a finished run of it step by step.")
     st.page_link("pages/lesson.py", label="Open the Lesson →", icon=":material/school:")
     preset = st.selectbox("Preset", list(PRESETS.values()), format_func=lambda p: p.title, key="overview_preset")
-    st.info(preset.lesson)
+    st.info(preset.look_for)
     if st.button("Queue this preset", key="queue_preset"):
         with st.spinner("Queueing the preset and its undefended baseline…"):
             run = jobs.submit(preset.config(), runs_root_path())

@@ -161,9 +161,9 @@ def test_a_failed_defense_is_told_as_a_failure(lesson_root, tmp_path, monkeypatc
         at = open_lesson(ids["cbd"], step)
         assert not at.exception and not at.success, step  # no green banner anywhere
         said[step] = page_text(at)
-    assert "f_C learned the trigger too" in said[2] and "The defense failed in this run" in said[2]
-    assert "does not pick out the poison" in said[3] and "The defense failed in this run" in said[3]
+    assert "f_C learned the trigger" in said[2] and "f_B's loss did not single out the poison" in said[2] and "The defense failed in this run" in said[2]
+    assert "the median poisoned image has weight" in said[3] and "kept much of" not in said[3] and "The defense failed in this run" in said[3]
     assert "The defense failed in this run" in said[4]
-    assert "Backdoor persists: the defense failed" in said[6] and "f_B never caught the trigger" in said[6]
+    assert "Backdoor persists: the defense failed" in said[6] and "f_B's loss did not single out the poison" in said[6]
     for step, text in said.items():
         assert "removed the backdoor" not in text, step
