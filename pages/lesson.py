@@ -26,13 +26,16 @@ from cbd_core.attacks import ATTACKS
 from cbd_core.attacks.base import amplified_difference
 from cbd_core.presets import PRESETS, Preset, measured_text
 from cbd_core.runs import FINISHED, RunDir
+from cbd_core.timing import duration_text, queue_forecast
 from pages.common import (ACTIVE_RUN, active_run_id, class_name, enlarge, load_arrays, load_baseline, load_config,
                           load_metrics, load_models, load_summary, model_view, page_errors, plot_order, run_label,
                           runs_root_path, set_active_run, verdict_banner, _runs_stamp)
 from pages.common.attribution_views import (colour_limits, example_index, mean_shares,
                                             overlay_figure, run_images)
+from pages.common.intro import backdoor_intro
 from pages.common.navigation import follow_app_navigation
 from pages.common.presentation import plotly_chart, presenting, scaled
+from pages.common.run_progress import run_progress
 
 follow_app_navigation()
 
@@ -149,30 +152,95 @@ def preset_status(preset: Preset, pairs: list[dict[str, Any]], ids: list[str]) -
 
 
 def pair_progress(run_id: str) -> None:
-    """The preset run's and its baseline's state and progress; reruns the page once both are done."""
+    """The preset run's and its baseline's progress, as the Train page shows a run (state, phase names,
+    why it waits, time left), with one estimate for both; reruns the page once both are done."""
     root = runs_root_path()
     run = RunDir(root / run_id)
     if not run.exists():
         st.rerun()
     baseline = verdicts.lookup_baseline(load_config(run), root)
-    rows = [("CBD run", run)] + ([("undefended baseline", RunDir(root / baseline.run_id))] if baseline.run_id else [])
+    rows = [("The CBD run", run)] + ([("Its undefended baseline", RunDir(root / baseline.run_id))]
+                                     if baseline.run_id else [])
     finished = True
     for what, item in rows:
         status = item.status()
-        state = status.get("state", "?")
-        finished &= state in FINISHED
-        progress = status.get("progress") or {}
-        if state == "running" and progress:
-            st.progress(float(progress.get("fraction", 0.0)),
-                        text=f"{what} `{item.run_id}`: training {progress.get('phase')}, epoch "
-                             f"{max(1, int(progress.get('epoch') or 0))} of {progress.get('epochs')}")
-        else:
-            position = jobs.queue_position(item) if state == "queued" else None
-            st.markdown(f"{what} `{item.run_id}`: **{state}**"
-                        + (f" (place {position} in the queue)" if position is not None else ""))
+        finished &= status.get("state") in FINISHED
+        with st.container(border=True):
+            st.markdown(f"**{what}** · run `{item.run_id}`")
+            run_progress(item, status, load_config(item), load_metrics(item))
+    batch_estimate([item.run_id for _, item in rows], {item.run_id: what for what, item in rows})
     st.caption("The lesson opens on this run as soon as both have finished; you can stay on this page.")
     if finished:
         st.rerun()
+
+
+def batch_estimate(run_ids: list[str], names: dict[str, str]) -> None:
+    """One line for runs queued together: when the last is done, and the order they finish in."""
+    forecast = [f for f in queue_forecast(run_ids, runs_root_path()) if f.seconds is None or f.seconds > 0]
+    if not forecast:
+        return
+    if any(f.seconds is None for f in forecast):
+        st.caption(":material/timer: No estimate for all of them yet: it needs a finished run on this device "
+                   "to judge from (or the first stage of the one training now).")
+        return
+    order = " → ".join(f"{names.get(f.run_id, f.run_id)} (about {duration_text(f.seconds)})" for f in forecast)
+    st.caption(f":material/timer: All done in about **{duration_text(forecast[-1].seconds)}**, in this order: "
+               f"{order}. Judged from finished runs on this device; a busy machine is slower.")
+
+
+# -- the first screen: what a backdoor is, then one click to prepare the whole class ------------------------
+def class_runs() -> list[tuple[str, str, str]]:
+    """(run id, what it is, state) of every preset's newest CBD run and its baseline; a preset never
+    queued has none."""
+    root = runs_root_path()
+    found = []
+    for preset in PRESETS.values():
+        ids = preset_run_ids(preset)
+        if not ids:
+            continue
+        run = RunDir(root / ids[0])
+        found.append((run.run_id, f"{preset.label} (CBD)", run.status().get("state", "?")))
+        baseline = verdicts.lookup_baseline(load_config(run), root)
+        if baseline.run_id:
+            base = RunDir(root / baseline.run_id)
+            found.append((base.run_id, f"{preset.label} (baseline)", base.status().get("state", "?")))
+    return found
+
+
+def prepare_class() -> bool:
+    """"Prepare this class": one click queues every preset with its undefended baseline (runs already
+    there are reused, `jobs.submit_once`), then their progress with one estimate for the whole batch.
+    True once every preset is queued (the caller then shows nothing else)."""
+    missing = [preset for preset in PRESETS.values() if not preset_run_ids(preset)]
+    st.subheader("Prepare this class")
+    if missing:
+        st.markdown(f"The Lesson walks a class through real runs. One click trains every preset ({len(PRESETS)} "
+                    "attacks) with CBD and, after each, the same poisoned data without a defense, so every verdict "
+                    f"has its baseline: {2 * len(missing)} runs, one after another in the background. Press it before "
+                    "class; this page shows how long the whole batch needs and opens the lesson when the first "
+                    "pair is done.")
+        if st.button("Prepare this class", type="primary", key="lesson_prepare_class", icon=":material/school:"):
+            with st.spinner("Queueing every preset and its baseline…"):
+                root = runs_root_path()
+                for preset in missing:
+                    run, _, _ = jobs.submit_once(preset.config(), root)
+                    verdicts.ensure_baseline(run, root)
+            st.rerun()
+        return False
+    active = any(state in ("queued", "running") for _, _, state in class_runs())
+    st.fragment(class_progress, run_every=2.0 if active else None)()
+    return True
+
+
+def class_progress() -> None:
+    """Every preset run's state and the batch's one estimate; reruns the page when the first pair is done."""
+    runs = class_runs()
+    st.dataframe([{"run": what, "state": state, "id": run_id} for run_id, what, state in runs],
+                 hide_index=True, width="stretch")
+    batch_estimate([run_id for run_id, _, state in runs if state in ("queued", "running")],
+                   {run_id: what for run_id, what, _ in runs})
+    if any(p["state"] == "done" and p["baseline"] == "done" for p in run_pairs()):
+        st.rerun()  # the first pair is ready: the lesson can start
 
 
 def choose_run(preset: Preset, pairs: list[dict[str, Any]], preset_ids: list[str]) -> RunDir | None:
@@ -521,6 +589,11 @@ def step_navigation(step: int, where: str) -> None:
 
 def main() -> None:
     pairs = run_pairs()
+    if not any(p["state"] == "done" and p["baseline"] == "done" for p in pairs):  # nothing to teach from yet
+        backdoor_intro()
+        if prepare_class():
+            return
+        st.subheader("Or one attack")
     top = st.columns([2, 3])
     with top[0]:
         preset = choose_preset(pairs)
