@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
+import streamlit.components.v1 as components
 from plotly.subplots import make_subplots
 
 from cbd_core import capture, jobs, lesson, verdicts
@@ -41,6 +42,8 @@ follow_app_navigation()
 
 STEP_PARAM = "step"
 PRESET_KEY, RUN_KEY, STEP_PICKER = "lesson_preset", "lesson_run", "lesson_step_picker"
+PENDING_STEP = "lesson_pending_step"
+SHOWN_STEP = "lesson_shown_step"  # the step drawn last, so a change of step scrolls back to the top
 STEP_TITLES = [title for _, title in lesson.STEPS]
 POISONED_COLOUR, CLEAN_COLOUR, BASELINE_COLOUR = "#d62728", "#1f77b4", "#7f7f7f"
 LESSON_METHOD = "integrated_gradients"  # the Attributions page's default: fine maps, a few ms per image
@@ -48,16 +51,18 @@ LESSON_METHOD = "integrated_gradients"  # the Attributions page's default: fine 
 
 # -- state: the step in the URL ----------------------------------------------------------------------------
 def current_step() -> int:
-    """The step the URL names (1..6), else 1."""
+    """The step Back / Next / the step list just chose, else the one the URL names (1..6), else 1."""
     try:
-        step = int(st.query_params.get(STEP_PARAM, 1))
+        step = int(st.session_state.pop(PENDING_STEP, None) or st.query_params.get(STEP_PARAM, 1))
     except (TypeError, ValueError):
         step = 1
     return min(max(step, 1), len(lesson.STEPS))
 
 
 def go_to(step: int) -> None:
-    st.query_params[STEP_PARAM] = str(min(max(step, 1), len(lesson.STEPS)))
+    """Move to `step`. The script run that follows writes it into the URL (`main`): a query parameter
+    written inside a button's callback reached the browser without the others (?present=1 was lost)."""
+    st.session_state[PENDING_STEP] = min(max(step, 1), len(lesson.STEPS))
 
 
 def _picked_step() -> None:
@@ -138,8 +143,8 @@ def preset_status(preset: Preset, pairs: list[dict[str, Any]], ids: list[str]) -
             st.rerun()
         return
     others = any(p["attack"] == preset.attack and p["state"] == "done" for p in pairs)
-    st.info(f"**{preset.title}** has not been trained here yet. Queue it before class (a minute or two on a "
-            "laptop CPU, with its undefended baseline)"
+    st.info(f"**{preset.title}** has not been trained here yet. Queue it before class, with its undefended "
+            "baseline (the page then says how long they need)"
             + ("; meanwhile the lesson below uses another finished run of this attack." if others else "."),
             icon=":material/schedule:")
     if st.button("Queue this preset and its baseline", type="primary", key="lesson_queue_preset"):
@@ -311,9 +316,20 @@ def shown_test_images(ctx: Lesson, count: int = 4) -> np.ndarray:
 
 
 # -- the six steps -------------------------------------------------------------------------------------------
+def trigger_zoom(image: np.ndarray, region: np.ndarray, margin: int = 2) -> tuple[np.ndarray, int] | None:
+    """The corner of `image` (H, W, C) around a patch trigger's `region` (H, W), with `margin` pixels of
+    the digit around it, and how many pixels wide it is; None when the region is empty."""
+    rows, cols = np.flatnonzero(region.any(1)), np.flatnonzero(region.any(0))
+    if not len(rows) or not len(cols):
+        return None
+    top, bottom = max(0, rows[0] - margin), min(image.shape[0], rows[-1] + 1 + margin)
+    left, right = max(0, cols[0] - margin), min(image.shape[1], cols[-1] + 1 + margin)
+    return image[top:bottom, left:right], right - left
+
+
 def step_attack(ctx: Lesson) -> None:
     attack = ATTACKS.get(str(ctx.config.get("attack")))
-    test_x, test_y, _ = run_images(ctx.run)
+    test_x, test_y, region = run_images(ctx.run)
     chosen = shown_test_images(ctx)
     clean = test_x[chosen]
     triggered = apply_run_trigger(clean, ctx.config)
@@ -333,6 +349,11 @@ def step_attack(ctx: Lesson) -> None:
             for column, image, caption in zip(st.columns(3), preview.images, preview.captions):
                 column.image(enlarge(image, 112), width=scaled(112), caption=caption)
             st.caption(preview.sentence)
+        zoom = trigger_zoom(triggered[0], region) if trigger_is_patch(ctx.config, region) else None
+        if zoom is not None:  # a 3x3 patch is a few pixels on a projector: show its corner large
+            crop, width = zoom
+            st.image(enlarge(crop, 200), width=scaled(200),
+                     caption=f"the trigger on the first digit, zoomed (the {width}-pixel-wide corner around it)")
         else:
             difference, gain = amplified_difference(clean[:1], triggered[:1])
             st.image(enlarge(difference[0], 112), width=scaled(112),
@@ -572,19 +593,41 @@ STEP_VIEWS = {"attack": step_attack, "training": step_training, "weights": step_
               "attributions": step_attributions, "verdict": step_verdict}
 
 
-def step_navigation(step: int, where: str) -> None:
-    """Back and Next (and, at the top, the list of steps to jump to)."""
-    if where == "top":
+# The step's heading and controls stay at the top of the screen while the step scrolls under them (a
+# teacher presses Next at the bottom of a long step and the new step's title must be in view). Streamlit
+# wraps a keyed container in a layout wrapper of its own height, so the wrapper is what sticks. Page-link
+# labels wrap instead of being cut in narrow columns.
+HEADER_KEY = "lesson_header"
+LESSON_STYLE = f"""
+<style>
+[data-testid="stLayoutWrapper"]:has(> .st-key-{HEADER_KEY}) {{ position: sticky; top: 3.75rem; z-index: 100; }}
+.st-key-{HEADER_KEY} {{ background: white; padding: 0.25rem 0 0.4rem; border-bottom: 1px solid rgba(49, 51, 63, 0.2); }}
+.st-key-{HEADER_KEY} h3 {{ padding: 0; }}
+[data-testid="stPageLink"] p, [data-testid="stPageLink"] span {{ white-space: normal !important;
+    overflow: visible !important; text-overflow: clip !important; }}
+</style>
+"""
+
+
+def step_header(step: int) -> None:
+    """Back, the step's heading and Next on one bar, the list of steps to jump to under it; the bar
+    sticks to the top of the screen (LESSON_STYLE)."""
+    st.markdown(LESSON_STYLE, unsafe_allow_html=True)
+    if st.session_state.get(SHOWN_STEP) not in (None, step):  # a new step starts at its top, not mid-page
+        components.html(f"<script>/* step {step} */ window.parent.document.querySelector("
+                        "'[data-testid=\"stMain\"]')?.scrollTo(0, 0);</script>", height=0)
+    st.session_state[SHOWN_STEP] = step
+    with st.container(key=HEADER_KEY):
+        back, heading, forward = st.columns([1, 6, 1], vertical_alignment="center")
+        back.button("← Back", key="lesson_back", disabled=step == 1, on_click=go_to, args=(step - 1,),
+                    width="stretch")
+        heading.subheader(f"Step {step} of {len(lesson.STEPS)}: {STEP_TITLES[step - 1]}")
+        forward.button("Next →", key="lesson_next", disabled=step == len(lesson.STEPS), on_click=go_to,
+                       args=(step + 1,), type="primary", width="stretch")
         st.session_state[STEP_PICKER] = step
         st.segmented_control("Step", list(range(1, len(lesson.STEPS) + 1)), key=STEP_PICKER, required=True,
                              format_func=lambda i: f"{i} · {STEP_TITLES[i - 1]}", on_change=_picked_step,
                              label_visibility="collapsed")
-        return
-    back, _, forward = st.columns([1, 4, 1])
-    back.button("← Back", key="lesson_back", disabled=step == 1, on_click=go_to, args=(step - 1,),
-                width="stretch")
-    forward.button("Next →", key="lesson_next", disabled=step == len(lesson.STEPS), on_click=go_to,
-                   args=(step + 1,), type="primary", width="stretch")
 
 
 def main() -> None:
@@ -612,12 +655,9 @@ def main() -> None:
     step = current_step()
     if st.query_params.get(STEP_PARAM) != str(step):
         st.query_params[STEP_PARAM] = str(step)
-    step_navigation(step, "top")
-    key, title = lesson.STEPS[step - 1]
-    st.subheader(f"Step {step} of {len(lesson.STEPS)}: {title}")
+    step_header(step)
     with page_errors():
-        STEP_VIEWS[key](ctx)
-    step_navigation(step, "bottom")
+        STEP_VIEWS[lesson.STEPS[step - 1][0]](ctx)
 
 
 st.title("CBD, step by step")
