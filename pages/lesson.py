@@ -22,7 +22,6 @@ from plotly.subplots import make_subplots
 
 from cbd_core import capture, jobs, lesson, verdicts
 from cbd_core.analysis.attributions import apply_run_trigger, attribution_map, predict_proba, trigger_is_patch
-from cbd_core.analysis.embeddings import UMAP_FILE
 from cbd_core.attacks import ATTACKS
 from cbd_core.attacks.base import amplified_difference
 from cbd_core.presets import PRESETS, Preset, measured_text
@@ -36,6 +35,7 @@ from pages.common.attribution_views import (colour_limits, example_index, mean_s
 from pages.common.intro import backdoor_intro
 from pages.common.navigation import follow_app_navigation
 from pages.common.presentation import plotly_chart, presenting, scaled
+from pages.common.poison_maps import POISONED_COLOUR, map_figure, run_maps
 from pages.common.run_progress import run_progress
 
 follow_app_navigation()
@@ -45,7 +45,7 @@ PRESET_KEY, RUN_KEY, STEP_PICKER = "lesson_preset", "lesson_run", "lesson_step_p
 PENDING_STEP = "lesson_pending_step"
 SHOWN_STEP = "lesson_shown_step"  # the step drawn last, so a change of step scrolls back to the top
 STEP_TITLES = [title for _, title in lesson.STEPS]
-POISONED_COLOUR, CLEAN_COLOUR, BASELINE_COLOUR = "#d62728", "#1f77b4", "#7f7f7f"
+CLEAN_COLOUR, BASELINE_COLOUR = "#1f77b4", "#7f7f7f"
 LESSON_METHOD = "integrated_gradients"  # the Attributions page's default: fine maps, a few ms per image
 
 
@@ -473,37 +473,8 @@ def step_weights(ctx: Lesson) -> None:
         st.page_link("pages/sample_weights.py", label="Every weight, epoch by epoch: the Sample weights page →")
 
 
-@st.cache_data(show_spinner=False, max_entries=32)
-def map_points(path: str, stamp: tuple[int, int]) -> dict[str, Any] | None:
-    """Each model's 2-D map, the poisoned flags aligned to it and its neighbour share (cached)."""
-    run = RunDir(Path(path))
-    maps = load_arrays(run, UMAP_FILE)
-    weights = load_arrays(run, "sample_weights") or {}
-    if maps is None or "is_poisoned" not in weights:
-        return None
-    index = np.asarray(maps["index"], dtype=np.int64)
-    poisoned = np.asarray(weights["is_poisoned"], bool)
-    if len(index) and index.max() >= len(poisoned):
-        return None
-    flags = poisoned[index]
-    xy = {key[len("umap_"):]: maps[key] for key in maps if key.startswith("umap_")}
-    return {"flags": flags, "xy": xy, "shares": {n: lesson.neighbour_share(v, flags) for n, v in xy.items()}}
-
-
-def map_figure(xy: np.ndarray, flags: np.ndarray, title: str) -> go.Figure:
-    fig = go.Figure()
-    for name, mask, colour, symbol, size in (("clean", ~flags, "#9aa5b1", "circle", 4),
-                                             ("poisoned", flags, POISONED_COLOUR, "x", 6)):
-        fig.add_trace(go.Scattergl(x=xy[mask, 0], y=xy[mask, 1], mode="markers", name=f"{name} ({int(mask.sum()):,})",
-                                   marker={"color": colour, "symbol": symbol, "size": scaled(size),
-                                           "opacity": 0.5 if name == "clean" else 0.85}, hoverinfo="skip"))
-    fig.update_layout(title=title, height=400, margin={"l": 10, "r": 10, "t": 40, "b": 10},
-                      legend={"orientation": "h", "y": -0.05}, xaxis={"visible": False}, yaxis={"visible": False})
-    return fig
-
-
 def step_maps(ctx: Lesson) -> None:
-    points = map_points(str(ctx.run.path), (ctx.run.arrays_mtime(UMAP_FILE), ctx.run.arrays_mtime("sample_weights")))
+    points = run_maps(ctx.run)
     if points is None or not points["xy"]:
         st.info("This run's maps are not ready: the background worker computes them after the run (up to half a "
                 "minute). The **Embeddings** page waits for them; come back to this step in a moment.")
