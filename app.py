@@ -15,9 +15,10 @@ import streamlit as st
 from cbd_core import jobs
 from cbd_core.runs import runs_root
 from pages.common.navigation import mark_app_ran, page_list
-from pages.common.presentation import presentation_toggle
+from pages.common.presentation import presentation_toggle, sidebar_state
 
-st.set_page_config(page_title="Backdoor Lab", page_icon=":material/science:", layout="wide")
+st.set_page_config(page_title="Backdoor Lab", page_icon=":material/science:", layout="wide",
+                   initial_sidebar_state=sidebar_state())
 
 
 # The launcher owns the worker's lifetime: at most every 30 s, whoever visits, it marks runs whose

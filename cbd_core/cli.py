@@ -138,7 +138,7 @@ def describe_registries() -> dict[str, Any]:
 
     shape = (28, 28, 1)
     return {
-        "presets": [{"name": p.name, "title": p.title, "lesson": p.lesson} for p in PRESETS.values()],
+        "presets": [{"name": p.name, "title": p.title, "look_for": p.look_for} for p in PRESETS.values()],
         "datasets": [{"name": d.name, "description": d.description, "image_shape": list(d.image_shape),
                       "classes": d.num_classes, "offline": d.offline} for d in DATASETS.values()],
         "attacks": [{"name": a.name, "description": a.description, "clean_label": a.clean_label,

@@ -4,8 +4,9 @@ Streamlit).
 
     STEPS                                  (key, title) of the six steps, in order
     attack_story(summary)                  who was poisoned, with what label
-    training_story(metrics, summary)       how fast f_B caught the trigger, whether f_C did
-    weights_story(weights, is_poisoned)    where the poisoned samples' weights went
+    training_story(metrics, summary)       whether f_B caught the trigger and its loss singled out the poison
+                                           (cbd_core.capture: the one definition of each), whether f_C learned it
+    weights_story(weights, is_poisoned)    where the poisoned samples' weights went, against the clean ones'
     neighbour_share(xy, is_poisoned)       how tightly a map gathers the poisoned samples
     maps_story(shares)                     what the two maps' numbers mean
     attributions_story(shares, area)       how much of each model's attention sits on the trigger
@@ -24,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import verdicts
+from . import capture, verdicts
 from .errors import UserInputError
 from .metrics import auroc
 from .runs import RunDir, list_runs
@@ -38,7 +39,6 @@ STEPS: tuple[tuple[str, str], ...] = (
     ("verdict", "The verdict"),
 )
 
-CAUGHT_ASR = 0.5  # f_B "has" the trigger once it sends half the triggered test images to the target
 MAP_NEIGHBOURS = 10  # neighbours on a 2-D map that decide whether a poisoned sample sits in a poison island
 ISLAND_SHARE = 0.7  # a map whose poisoned samples' neighbours are this poisoned gathers them in an island
 
@@ -90,34 +90,10 @@ def phase_lines(metrics: Sequence[dict[str, Any]], phase: str) -> list[dict[str,
 
 
 def training_story(metrics: Sequence[dict[str, Any]], summary: dict[str, Any]) -> list[str]:
-    """f_B's attack success rate over its short training (how soon it caught the trigger) against f_C's,
-    from metrics.jsonl, and what that means for this run."""
-    f_b, f_c = phase_lines(metrics, "f_B"), phase_lines(metrics, "f_C")
-    sentences = []
-    capture = summary.get("f_b_capture")
-    useless = isinstance(capture, dict) and capture.get("captured") is False  # CBD's own record of f_B
-    if f_b:
-        asr = [_number(line.get("attack_success_rate")) for line in f_b]
-        caught = next((i for i, value in enumerate(asr) if value is not None and value >= CAUGHT_ASR), None)
-        last = asr[-1]
-        peak = max((v for v in asr if v is not None), default=None)
-        if caught is None:
-            sentences.append(f"f_B never caught the trigger: its attack success rate stayed below "
-                             f"{CAUGHT_ASR:.0%} (it ended at {_pct(last)}). CBD needs f_B to learn the trigger "
-                             "first; here it did not.")
-        elif useless:
-            sentences.append(f"f_B did not catch the trigger in a way CBD can use: its attack success rate on test "
-                             f"images swung (peak {_pct(peak)}, {_pct(last)} at the end), and on the training images "
-                             "it did not fit the poisoned ones better than the clean ones, so its losses could not "
-                             "point the weights at the poison.")
-        else:
-            when = f_b[caught].get("step")
-            early = "early" if caught <= 1 else "in the end"
-            sentences.append(f"f_B, trained briefly on purpose, caught the trigger {early}: its attack success rate "
-                             f"reached {_pct(asr[caught])}"
-                             + (f" after {int(when)} steps" if isinstance(when, int) else "")
-                             + f" and ended at {_pct(last)}, while it was still learning the digits "
-                             f"(clean accuracy {_pct(_number(f_b[-1].get('clean_accuracy')))}).")
+    """Whether f_B caught the trigger and whether its loss singled out the poison (cbd_core.capture, the
+    one definition of both), and f_C's attack success rate against that, from metrics.jsonl."""
+    f_c = phase_lines(metrics, "f_C")
+    sentences = capture.f_b_sentences(capture.read_f_b(summary, metrics))
     if f_c:
         # The summary's final figures are what the verdict is judged on; the last epoch's line otherwise.
         asr_c = _number(summary.get("attack_success_rate"))
@@ -127,10 +103,10 @@ def training_story(metrics: Sequence[dict[str, Any]], summary: dict[str, Any]) -
         peak = max((v for v in (_number(line.get("attack_success_rate")) for line in f_c) if v is not None),
                    default=None)
         if asr_c is not None and asr_c <= verdicts.REMOVED_MAX_ASR:
-            sentences.append(f"f_C, trained on the same poisoned images with CBD's weights, did not: its attack "
-                             f"success rate ended at {_pct(asr_c)} as its clean accuracy climbed to {_pct(ca_c)}.")
+            sentences.append(f"f_C, trained on the same poisoned images with CBD's weights, did not learn the "
+                             f"trigger: its attack success rate ended at {_pct(asr_c)} as its clean accuracy climbed to {_pct(ca_c)}.")
         elif asr_c is not None:
-            sentences.append(f"f_C learned the trigger too: its attack success rate ended at {_pct(asr_c)}"
+            sentences.append(f"f_C learned the trigger: its attack success rate ended at {_pct(asr_c)}"
                              + (f" (peak {_pct(peak)})" if peak is not None and peak > asr_c + 0.05 else "")
                              + f", with clean accuracy {_pct(ca_c)}. " + _failed_note(summary))
     return [s.strip() for s in sentences]
@@ -155,7 +131,8 @@ def weight_figures(weights: np.ndarray, is_poisoned: np.ndarray) -> WeightFigure
 
 
 def weights_story(weights: np.ndarray, is_poisoned: np.ndarray, summary: dict[str, Any]) -> list[str]:
-    """Where the poisoned samples' weights ended against the clean ones', and what that means."""
+    """Where the poisoned samples' weights ended against the clean ones' (the two medians compared, so a
+    run whose weights favoured the poison says so), and what that means."""
     figures = weight_figures(weights, is_poisoned)
     if figures is None:
         return ["This run has no poisoned and clean samples to compare weights between."]
@@ -163,19 +140,26 @@ def weights_story(weights: np.ndarray, is_poisoned: np.ndarray, summary: dict[st
     if recorded is not None:
         figures.detection_auroc = recorded
     found = np.isfinite(figures.detection_auroc) and figures.detection_auroc >= verdicts.GOOD_DETECTION_AUROC
-    sentences = [f"At the end, the median poisoned image has weight {figures.median_poisoned:.3f} and the median "
-                 f"clean one {figures.median_clean:.3f}."]
+    poisoned, clean = figures.median_poisoned, figures.median_clean
+    auroc = f"detection AUROC {figures.detection_auroc:.3f}; 1 is perfect, 0.5 is chance"
+    sentences = [f"At the end, the median poisoned image has weight {poisoned:.3f} and the median clean one "
+                 f"{clean:.3f}."]
     if found:
-        sentences.append(f"Low weight picks out the poison almost perfectly (detection AUROC "
-                         f"{figures.detection_auroc:.3f}; 1 is perfect, 0.5 is chance): f_C hardly trains on the "
+        sentences.append(f"Low weight picks out the poison almost perfectly ({auroc}): f_C hardly trains on the "
                          "poisoned images.")
         note = _failed_note(summary)
         if note:
             sentences.append(note + " The weights found the poison, but f_C learned the trigger anyway.")
+    elif poisoned > clean:
+        times = f"{poisoned / clean:.1f} times the clean median; " if clean > 0 else ""
+        sentences.append(f"The poisoned images ended with more weight than the clean ones ({times}{auroc}): the weights pointed away from the poison, so f_C "
+                         "trained on the poisoned images more than on a typical clean one. " + _failed_note(summary))
+    elif poisoned < clean:
+        sentences.append(f"The poisoned images kept {poisoned / clean:.0%} of a clean image's median weight, and low "
+                         f"weight does not pick them out ({auroc}): f_C still trained on them. " + _failed_note(summary))
     else:
-        sentences.append(f"Low weight does not pick out the poison (detection AUROC {figures.detection_auroc:.3f}; "
-                         "0.5 is chance): the poisoned images kept much of their weight, so f_C trained on them. "
-                         + _failed_note(summary))
+        sentences.append(f"Poisoned and clean images ended with the same median weight ({auroc}): the weights did "
+                         "not tell them apart, so f_C trained on the poison like on any image. " + _failed_note(summary))
     return [s.strip() for s in sentences]
 
 
@@ -206,6 +190,10 @@ def maps_story(shares: dict[str, float | None], poison_rate: float, summary: dic
                          + ("f_B gathers the poisoned images in an island of their own, because to f_B they are "
                             "alike: they share the trigger." if island else
                             "f_B does not set them apart much."))
+        if island and capture.read_f_b(summary).singled_out is False:
+            sentences.append("Yet f_B's loss did not single them out (step 2): setting images apart is not the same "
+                             "as fitting them more easily, and CBD's weights read only how easily f_B fits each "
+                             "image, not where its map puts it.")
     if f_c is not None:
         if f_c >= ISLAND_SHARE:
             sentences.append(f"In f_C's map it is {_pct(f_c)}: f_C also keeps them in an island, so it sees the "

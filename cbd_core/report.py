@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from . import verdicts
+from . import capture, verdicts
 from .palette import CLEAN_COLOUR, PHASE_COLOURS, POISONED_COLOUR
 from .text import number, pct
 from .runs import RunDir, now_iso
@@ -212,6 +212,9 @@ def html_report(run: RunDir) -> str:
     css = {verdicts.REMOVED: "removed", verdicts.WEAKENED: "weakened", verdicts.PERSISTS: "persists",
            verdicts.MADE_WORSE: "persists"}.get(result, "na")
     parts.append(f"<h2>Verdict</h2><div class='note {css}'>{_markdown(banner)}</div>")
+    f_b = capture.f_b_sentences(capture.read_f_b(summary, metrics)) if summary and "f_b_capture" in summary else []
+    if f_b:  # the same two questions, answered the same way, as the Lesson's step 2
+        parts.append("<h2>What f_B did</h2><p>" + " ".join(_markdown(s) for s in f_b) + "</p>")
 
     parts.append("<h2>Results</h2>")
     if summary:

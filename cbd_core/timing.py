@@ -3,6 +3,8 @@
     run_timing(run)        RunTiming(elapsed, remaining, basis) from the run's own files and the
                            finished runs beside it; what the Train page shows under the progress bar
     estimate(...)          the same from plain values (status, metrics, stages, earlier durations)
+    queue_forecast(ids)    when each of several runs will be done, in the order they finish (a batch
+                           queued at once: the Lesson's "Prepare this class", a preset pair)
 
 Elapsed time counts from `started` in status.json (training began; the worker's data loading is
 before it) to now, or to `finished`. The remaining time comes, in this order, from
@@ -150,3 +152,83 @@ def duration_text(seconds: float | None) -> str:
     if seconds < 3600:
         return f"{seconds // 60} min {seconds % 60:02d} s"
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+@dataclass(frozen=True)
+class Forecast:
+    run_id: str
+    seconds: float | None  # from now until the run is done; None when there is nothing to judge from
+    order: int  # 1 for the run that finishes first among those asked about
+
+
+def _seconds_per_stage(device: str, finished: list[tuple[dict[str, Any], dict[str, Any]]]) -> float | None:
+    """Mean training seconds per stage over every finished run on `device` (any settings)."""
+    seconds = stages = 0.0
+    for config, status in finished:
+        count = total_stages(config)
+        if str(status.get("device")) == device and count and isinstance(status.get("seconds"), (int, float)):
+            seconds, stages = seconds + float(status["seconds"]), stages + count
+    return seconds / stages if stages else None
+
+
+def queue_forecast(run_ids: list[str], root: str | Path | None) -> list[Forecast]:
+    """When each of `run_ids` will be done, in the order they will finish (unknown ones last). Every
+    device queue is played forward in the workers' order: the runs training now end after their
+    `run_timing` estimate, each queued run then takes the first free slot for its typical duration
+    (finished runs with the same settings, `similar_durations`; else the device's seconds per stage
+    over all its finished runs times the run's stages). The worker's map of each finished run is not
+    counted (seconds on mnist5k)."""
+    import heapq
+
+    from .jobs import queued_runs, workers_per_device
+
+    runs = list_runs(root)
+    read = [(run, run.status()) for run in runs]
+    configs: dict[str, dict[str, Any]] = {}
+    for run, status in read:
+        try:
+            configs[run.run_id] = run.config()
+        except Exception:  # an unreadable folder is the Runs page's to show
+            continue
+    finished = [(configs[r.run_id], s) for r, s in read if s.get("state") == "done" and r.run_id in configs]
+
+    def typical(config: dict[str, Any], device: str) -> float | None:
+        similar = similar_durations(config, device, root)
+        if similar:
+            return statistics.median(similar)
+        per_stage, stages = _seconds_per_stage(device, finished), total_stages(config)
+        return per_stage * stages if per_stage is not None and stages else None
+
+    done_at: dict[str, float | None] = {}
+    for run, status in read:
+        if status.get("state") == "done":
+            done_at[run.run_id] = 0.0
+    for queue in sorted({str(s.get("queue") or "cpu") for _, s in read if s.get("state") in ("queued", "running")}):
+        slots: list[float] = []
+        unknown = False
+        for run, status in read:
+            if status.get("state") == "running" and str(status.get("queue") or "cpu") == queue:
+                config = configs.get(run.run_id)
+                timing = run_timing(run, status, config=config)
+                left = timing.remaining
+                whole = typical(config, queue) if left is None and config is not None else None
+                if whole is not None:  # before its first stage ends: its typical duration, less what it has run
+                    left = max(0.0, whole - (timing.elapsed or 0.0))
+                done_at[run.run_id] = left
+                if left is None:
+                    unknown = True
+                else:
+                    slots.append(left)
+        slots += [0.0] * max(0, workers_per_device() - len(slots))
+        heapq.heapify(slots)
+        for run in queued_runs(root, queue):
+            config = configs.get(run.run_id)
+            duration = typical(config, queue) if config is not None else None
+            if unknown or duration is None or not slots:
+                unknown, done_at[run.run_id] = True, None  # everything behind an unknown is unknown too
+                continue
+            done_at[run.run_id] = heapq.heappop(slots) + duration
+            heapq.heappush(slots, done_at[run.run_id])
+    known = sorted((done_at[i], i) for i in run_ids if done_at.get(i) is not None)
+    ordered = [i for _, i in known] + [i for i in run_ids if done_at.get(i) is None]
+    return [Forecast(i, done_at.get(i), n) for n, i in enumerate(ordered, 1)]

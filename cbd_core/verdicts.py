@@ -27,7 +27,7 @@ could not: "made worse").
 
 `explain` turns a summary into plain sentences saying what happened, as far as the run can tell; why a
 failed run failed is the defense's own sentence (`Defense.diagnosis` in its module: CBD says whether
-f_B caught the trigger and whether its weights found the poison, i.e. ranked it with an AUROC of at
+f_B's loss singled out the poison (cbd_core.capture, the one definition) and whether its weights found the poison, i.e. ranked it with an AUROC of at
 least GOOD_DETECTION_AUROC (0.9, in `text`); ABL and NONE how much of the poison they set apart), so
 nothing here knows a defense by name. Every field may be missing (older runs): a missing one is never an error, the
 sentence that needs it is left out.

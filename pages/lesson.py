@@ -17,44 +17,52 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
+import streamlit.components.v1 as components
 from plotly.subplots import make_subplots
 
-from cbd_core import jobs, lesson, verdicts
+from cbd_core import capture, jobs, lesson, verdicts
 from cbd_core.analysis.attributions import apply_run_trigger, attribution_map, predict_proba, trigger_is_patch
-from cbd_core.analysis.embeddings import UMAP_FILE
 from cbd_core.attacks import ATTACKS
 from cbd_core.attacks.base import amplified_difference
-from cbd_core.presets import PRESETS, Preset
+from cbd_core.presets import PRESETS, Preset, measured_text
 from cbd_core.runs import FINISHED, RunDir
+from cbd_core.timing import duration_text, queue_forecast
 from pages.common import (ACTIVE_RUN, active_run_id, class_name, enlarge, load_arrays, load_baseline, load_config,
                           load_metrics, load_models, judged_summary, model_view, page_errors, plot_order, run_label,
                           runs_root_path, set_active_run, verdict_banner, _runs_stamp)
 from pages.common.attribution_views import (colour_limits, example_index, mean_shares,
                                             overlay_figure, run_images)
+from pages.common.intro import backdoor_intro
 from pages.common.navigation import follow_app_navigation
 from pages.common.presentation import plotly_chart, presenting, scaled
+from pages.common.poison_maps import POISONED_COLOUR, map_figure, run_maps
+from pages.common.run_progress import run_progress
 
 follow_app_navigation()
 
 STEP_PARAM = "step"
 PRESET_KEY, RUN_KEY, STEP_PICKER = "lesson_preset", "lesson_run", "lesson_step_picker"
+PENDING_STEP = "lesson_pending_step"
+SHOWN_STEP = "lesson_shown_step"  # the step drawn last, so a change of step scrolls back to the top
 STEP_TITLES = [title for _, title in lesson.STEPS]
-POISONED_COLOUR, CLEAN_COLOUR, BASELINE_COLOUR = "#d62728", "#1f77b4", "#7f7f7f"
+CLEAN_COLOUR, BASELINE_COLOUR = "#1f77b4", "#7f7f7f"
 LESSON_METHOD = "integrated_gradients"  # the Attributions page's default: fine maps, a few ms per image
 
 
 # -- state: the step in the URL ----------------------------------------------------------------------------
 def current_step() -> int:
-    """The step the URL names (1..6), else 1."""
+    """The step Back / Next / the step list just chose, else the one the URL names (1..6), else 1."""
     try:
-        step = int(st.query_params.get(STEP_PARAM, 1))
+        step = int(st.session_state.pop(PENDING_STEP, None) or st.query_params.get(STEP_PARAM, 1))
     except (TypeError, ValueError):
         step = 1
     return min(max(step, 1), len(lesson.STEPS))
 
 
 def go_to(step: int) -> None:
-    st.query_params[STEP_PARAM] = str(min(max(step, 1), len(lesson.STEPS)))
+    """Move to `step`. The script run that follows writes it into the URL (`main`): a query parameter
+    written inside a button's callback reached the browser without the others (?present=1 was lost)."""
+    st.session_state[PENDING_STEP] = min(max(step, 1), len(lesson.STEPS))
 
 
 def _picked_step() -> None:
@@ -135,8 +143,8 @@ def preset_status(preset: Preset, pairs: list[dict[str, Any]], ids: list[str]) -
             st.rerun()
         return
     others = any(p["attack"] == preset.attack and p["state"] == "done" for p in pairs)
-    st.info(f"**{preset.title}** has not been trained here yet. Queue it before class (a minute or two on a "
-            "laptop CPU, with its undefended baseline)"
+    st.info(f"**{preset.title}** has not been trained here yet. Queue it before class, with its undefended "
+            "baseline (the page then says how long they need)"
             + ("; meanwhile the lesson below uses another finished run of this attack." if others else "."),
             icon=":material/schedule:")
     if st.button("Queue this preset and its baseline", type="primary", key="lesson_queue_preset"):
@@ -149,30 +157,95 @@ def preset_status(preset: Preset, pairs: list[dict[str, Any]], ids: list[str]) -
 
 
 def pair_progress(run_id: str) -> None:
-    """The preset run's and its baseline's state and progress; reruns the page once both are done."""
+    """The preset run's and its baseline's progress, as the Train page shows a run (state, phase names,
+    why it waits, time left), with one estimate for both; reruns the page once both are done."""
     root = runs_root_path()
     run = RunDir(root / run_id)
     if not run.exists():
         st.rerun()
     baseline = verdicts.lookup_baseline(load_config(run), root)
-    rows = [("CBD run", run)] + ([("undefended baseline", RunDir(root / baseline.run_id))] if baseline.run_id else [])
+    rows = [("The CBD run", run)] + ([("Its undefended baseline", RunDir(root / baseline.run_id))]
+                                     if baseline.run_id else [])
     finished = True
     for what, item in rows:
         status = item.status()
-        state = status.get("state", "?")
-        finished &= state in FINISHED
-        progress = status.get("progress") or {}
-        if state == "running" and progress:
-            st.progress(float(progress.get("fraction", 0.0)),
-                        text=f"{what} `{item.run_id}`: training {progress.get('phase')}, epoch "
-                             f"{max(1, int(progress.get('epoch') or 0))} of {progress.get('epochs')}")
-        else:
-            position = jobs.queue_position(item) if state == "queued" else None
-            st.markdown(f"{what} `{item.run_id}`: **{state}**"
-                        + (f" (place {position} in the queue)" if position is not None else ""))
+        finished &= status.get("state") in FINISHED
+        with st.container(border=True):
+            st.markdown(f"**{what}** · run `{item.run_id}`")
+            run_progress(item, status, load_config(item), load_metrics(item))
+    batch_estimate([item.run_id for _, item in rows], {item.run_id: what for what, item in rows})
     st.caption("The lesson opens on this run as soon as both have finished; you can stay on this page.")
     if finished:
         st.rerun()
+
+
+def batch_estimate(run_ids: list[str], names: dict[str, str]) -> None:
+    """One line for runs queued together: when the last is done, and the order they finish in."""
+    forecast = [f for f in queue_forecast(run_ids, runs_root_path()) if f.seconds is None or f.seconds > 0]
+    if not forecast:
+        return
+    if any(f.seconds is None for f in forecast):
+        st.caption(":material/timer: No estimate for all of them yet: it needs a finished run on this device "
+                   "to judge from (or the first stage of the one training now).")
+        return
+    order = " → ".join(f"{names.get(f.run_id, f.run_id)} (about {duration_text(f.seconds)})" for f in forecast)
+    st.caption(f":material/timer: All done in about **{duration_text(forecast[-1].seconds)}**, in this order: "
+               f"{order}. Judged from finished runs on this device; a busy machine is slower.")
+
+
+# -- the first screen: what a backdoor is, then one click to prepare the whole class ------------------------
+def class_runs() -> list[tuple[str, str, str]]:
+    """(run id, what it is, state) of every preset's newest CBD run and its baseline; a preset never
+    queued has none."""
+    root = runs_root_path()
+    found = []
+    for preset in PRESETS.values():
+        ids = preset_run_ids(preset)
+        if not ids:
+            continue
+        run = RunDir(root / ids[0])
+        found.append((run.run_id, f"{preset.label} (CBD)", run.status().get("state", "?")))
+        baseline = verdicts.lookup_baseline(load_config(run), root)
+        if baseline.run_id:
+            base = RunDir(root / baseline.run_id)
+            found.append((base.run_id, f"{preset.label} (baseline)", base.status().get("state", "?")))
+    return found
+
+
+def prepare_class() -> bool:
+    """"Prepare this class": one click queues every preset with its undefended baseline (runs already
+    there are reused, `jobs.submit_once`), then their progress with one estimate for the whole batch.
+    True once every preset is queued (the caller then shows nothing else)."""
+    missing = [preset for preset in PRESETS.values() if not preset_run_ids(preset)]
+    st.subheader("Prepare this class")
+    if missing:
+        st.markdown(f"The Lesson walks a class through real runs. One click trains every preset ({len(PRESETS)} "
+                    "attacks) with CBD and, after each, the same poisoned data without a defense, so every verdict "
+                    f"has its baseline: {2 * len(missing)} runs, one after another in the background. Press it before "
+                    "class; this page shows how long the whole batch needs and opens the lesson when the first "
+                    "pair is done.")
+        if st.button("Prepare this class", type="primary", key="lesson_prepare_class", icon=":material/school:"):
+            with st.spinner("Queueing every preset and its baseline…"):
+                root = runs_root_path()
+                for preset in missing:
+                    run, _, _ = jobs.submit_once(preset.config(), root)
+                    verdicts.ensure_baseline(run, root)
+            st.rerun()
+        return False
+    active = any(state in ("queued", "running") for _, _, state in class_runs())
+    st.fragment(class_progress, run_every=2.0 if active else None)()
+    return True
+
+
+def class_progress() -> None:
+    """Every preset run's state and the batch's one estimate; reruns the page when the first pair is done."""
+    runs = class_runs()
+    st.dataframe([{"run": what, "state": state, "id": run_id} for run_id, what, state in runs],
+                 hide_index=True, width="stretch")
+    batch_estimate([run_id for run_id, _, state in runs if state in ("queued", "running")],
+                   {run_id: what for run_id, what, _ in runs})
+    if any(p["state"] == "done" and p["baseline"] == "done" for p in run_pairs()):
+        st.rerun()  # the first pair is ready: the lesson can start
 
 
 def choose_run(preset: Preset, pairs: list[dict[str, Any]], preset_ids: list[str]) -> RunDir | None:
@@ -243,9 +316,20 @@ def shown_test_images(ctx: Lesson, count: int = 4) -> np.ndarray:
 
 
 # -- the six steps -------------------------------------------------------------------------------------------
+def trigger_zoom(image: np.ndarray, region: np.ndarray, margin: int = 2) -> tuple[np.ndarray, int] | None:
+    """The corner of `image` (H, W, C) around a patch trigger's `region` (H, W), with `margin` pixels of
+    the digit around it, and how many pixels wide it is; None when the region is empty."""
+    rows, cols = np.flatnonzero(region.any(1)), np.flatnonzero(region.any(0))
+    if not len(rows) or not len(cols):
+        return None
+    top, bottom = max(0, rows[0] - margin), min(image.shape[0], rows[-1] + 1 + margin)
+    left, right = max(0, cols[0] - margin), min(image.shape[1], cols[-1] + 1 + margin)
+    return image[top:bottom, left:right], right - left
+
+
 def step_attack(ctx: Lesson) -> None:
     attack = ATTACKS.get(str(ctx.config.get("attack")))
-    test_x, test_y, _ = run_images(ctx.run)
+    test_x, test_y, region = run_images(ctx.run)
     chosen = shown_test_images(ctx)
     clean = test_x[chosen]
     triggered = apply_run_trigger(clean, ctx.config)
@@ -265,6 +349,11 @@ def step_attack(ctx: Lesson) -> None:
             for column, image, caption in zip(st.columns(3), preview.images, preview.captions):
                 column.image(enlarge(image, 112), width=scaled(112), caption=caption)
             st.caption(preview.sentence)
+        zoom = trigger_zoom(triggered[0], region) if trigger_is_patch(ctx.config, region) else None
+        if zoom is not None:  # a 3x3 patch is a few pixels on a projector: show its corner large
+            crop, width = zoom
+            st.image(enlarge(crop, 200), width=scaled(200),
+                     caption=f"the trigger on the first digit, zoomed (the {width}-pixel-wide corner around it)")
         else:
             difference, gain = amplified_difference(clean[:1], triggered[:1])
             st.image(enlarge(difference[0], 112), width=scaled(112),
@@ -300,9 +389,10 @@ def poisoned_training_images(ctx: Lesson, count: int = 4) -> list[tuple[np.ndarr
     return out
 
 
-def training_figure(metrics: list[dict[str, Any]], baseline_metrics: list[dict[str, Any]]) -> go.Figure:
-    """f_B's clean accuracy and attack success rate over its steps, f_C's over its epochs, and the
-    undefended model's attack success rate beside f_C's."""
+def training_figure(metrics: list[dict[str, Any]], baseline_metrics: list[dict[str, Any]],
+                    summary: dict[str, Any]) -> go.Figure:
+    """f_B's clean accuracy and attack success rate over its steps (the step it caught the trigger
+    marked), f_C's over its epochs, and the undefended model's attack success rate beside f_C's."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("f_B: trained briefly, on purpose",
                                                         "f_C: trained with CBD's weights"), horizontal_spacing=0.08)
     f_b, f_c = lesson.phase_lines(metrics, "f_B"), lesson.phase_lines(metrics, "f_C")
@@ -320,6 +410,10 @@ def training_figure(metrics: list[dict[str, Any]], baseline_metrics: list[dict[s
         fig.add_trace(go.Scatter(x=[m.get("epoch") for m in base], y=[m["attack_success_rate"] for m in base],
                                  mode="lines", name="attack success rate without a defense",
                                  line={"color": BASELINE_COLOUR, "dash": "dot", "width": 2}), row=1, col=2)
+    caught = capture.read_f_b(summary, metrics)
+    if caught.caught_step is not None:  # the moment step 2's sentence quotes
+        fig.add_vline(x=caught.caught_step, line={"color": POISONED_COLOUR, "dash": "dash", "width": 1}, row=1, col=1,
+                      annotation_text="caught the trigger", annotation_position="bottom right")
     fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
     fig.update_xaxes(title_text="training step", row=1, col=1)
     fig.update_xaxes(title_text="epoch", row=1, col=2)
@@ -335,7 +429,7 @@ def step_training(ctx: Lesson) -> None:
     left, right = st.columns([3, 2])
     with left:
         if metrics:
-            plotly_chart(training_figure(metrics, baseline_metrics), key="lesson_training_chart")
+            plotly_chart(training_figure(metrics, baseline_metrics, ctx.summary), key="lesson_training_chart")
         else:
             st.info("This run recorded no per-epoch metrics.")
     with right:
@@ -379,37 +473,8 @@ def step_weights(ctx: Lesson) -> None:
         st.page_link("pages/sample_weights.py", label="Every weight, epoch by epoch: the Sample weights page →")
 
 
-@st.cache_data(show_spinner=False, max_entries=32)
-def map_points(path: str, stamp: tuple[int, int]) -> dict[str, Any] | None:
-    """Each model's 2-D map, the poisoned flags aligned to it and its neighbour share (cached)."""
-    run = RunDir(Path(path))
-    maps = load_arrays(run, UMAP_FILE)
-    weights = load_arrays(run, "sample_weights") or {}
-    if maps is None or "is_poisoned" not in weights:
-        return None
-    index = np.asarray(maps["index"], dtype=np.int64)
-    poisoned = np.asarray(weights["is_poisoned"], bool)
-    if len(index) and index.max() >= len(poisoned):
-        return None
-    flags = poisoned[index]
-    xy = {key[len("umap_"):]: maps[key] for key in maps if key.startswith("umap_")}
-    return {"flags": flags, "xy": xy, "shares": {n: lesson.neighbour_share(v, flags) for n, v in xy.items()}}
-
-
-def map_figure(xy: np.ndarray, flags: np.ndarray, title: str) -> go.Figure:
-    fig = go.Figure()
-    for name, mask, colour, symbol, size in (("clean", ~flags, "#9aa5b1", "circle", 4),
-                                             ("poisoned", flags, POISONED_COLOUR, "x", 6)):
-        fig.add_trace(go.Scattergl(x=xy[mask, 0], y=xy[mask, 1], mode="markers", name=f"{name} ({int(mask.sum()):,})",
-                                   marker={"color": colour, "symbol": symbol, "size": scaled(size),
-                                           "opacity": 0.5 if name == "clean" else 0.85}, hoverinfo="skip"))
-    fig.update_layout(title=title, height=400, margin={"l": 10, "r": 10, "t": 40, "b": 10},
-                      legend={"orientation": "h", "y": -0.05}, xaxis={"visible": False}, yaxis={"visible": False})
-    return fig
-
-
 def step_maps(ctx: Lesson) -> None:
-    points = map_points(str(ctx.run.path), (ctx.run.arrays_mtime(UMAP_FILE), ctx.run.arrays_mtime("sample_weights")))
+    points = run_maps(ctx.run)
     if points is None or not points["xy"]:
         st.info("This run's maps are not ready: the background worker computes them after the run (up to half a "
                 "minute). The **Embeddings** page waits for them; come back to this step in a moment.")
@@ -489,32 +554,60 @@ def step_verdict(ctx: Lesson) -> None:
                 st.rerun()
     with right:
         if ctx.preset is not None:
-            st.markdown(f"#### What this preset teaches\n{ctx.preset.lesson}")
-        st.markdown("#### Next\nPick another attack above and walk through it the same way: WaNet is the one where "
-                    "CBD fails, and its steps show where the story breaks.")
+            st.markdown(f"#### This preset\n{ctx.preset.look_for}")
+            st.caption(measured_text(ctx.preset.name))  # across seeds, only from the file `make bench` writes
+        st.markdown("#### Next\nPick another attack above and walk through it the same way: each preset's steps "
+                    "say what its own run shows.")
 
 
 STEP_VIEWS = {"attack": step_attack, "training": step_training, "weights": step_weights, "maps": step_maps,
               "attributions": step_attributions, "verdict": step_verdict}
 
 
-def step_navigation(step: int, where: str) -> None:
-    """Back and Next (and, at the top, the list of steps to jump to)."""
-    if where == "top":
+# The step's heading and controls stay at the top of the screen while the step scrolls under them (a
+# teacher presses Next at the bottom of a long step and the new step's title must be in view). Streamlit
+# wraps a keyed container in a layout wrapper of its own height, so the wrapper is what sticks. Page-link
+# labels wrap instead of being cut in narrow columns.
+HEADER_KEY = "lesson_header"
+LESSON_STYLE = f"""
+<style>
+[data-testid="stLayoutWrapper"]:has(> .st-key-{HEADER_KEY}) {{ position: sticky; top: 3.75rem; z-index: 100; }}
+.st-key-{HEADER_KEY} {{ background: white; padding: 0.25rem 0 0.4rem; border-bottom: 1px solid rgba(49, 51, 63, 0.2); }}
+.st-key-{HEADER_KEY} h3 {{ padding: 0; }}
+[data-testid="stPageLink"] p, [data-testid="stPageLink"] span {{ white-space: normal !important;
+    overflow: visible !important; text-overflow: clip !important; }}
+</style>
+"""
+
+
+def step_header(step: int) -> None:
+    """Back, the step's heading and Next on one bar, the list of steps to jump to under it; the bar
+    sticks to the top of the screen (LESSON_STYLE)."""
+    st.markdown(LESSON_STYLE, unsafe_allow_html=True)
+    if st.session_state.get(SHOWN_STEP) not in (None, step):  # a new step starts at its top, not mid-page
+        components.html(f"<script>/* step {step} */ window.parent.document.querySelector("
+                        "'[data-testid=\"stMain\"]')?.scrollTo(0, 0);</script>", height=0)
+    st.session_state[SHOWN_STEP] = step
+    with st.container(key=HEADER_KEY):
+        back, heading, forward = st.columns([1, 6, 1], vertical_alignment="center")
+        back.button("← Back", key="lesson_back", disabled=step == 1, on_click=go_to, args=(step - 1,),
+                    width="stretch")
+        heading.subheader(f"Step {step} of {len(lesson.STEPS)}: {STEP_TITLES[step - 1]}")
+        forward.button("Next →", key="lesson_next", disabled=step == len(lesson.STEPS), on_click=go_to,
+                       args=(step + 1,), type="primary", width="stretch")
         st.session_state[STEP_PICKER] = step
         st.segmented_control("Step", list(range(1, len(lesson.STEPS) + 1)), key=STEP_PICKER, required=True,
                              format_func=lambda i: f"{i} · {STEP_TITLES[i - 1]}", on_change=_picked_step,
                              label_visibility="collapsed")
-        return
-    back, _, forward = st.columns([1, 4, 1])
-    back.button("← Back", key="lesson_back", disabled=step == 1, on_click=go_to, args=(step - 1,),
-                width="stretch")
-    forward.button("Next →", key="lesson_next", disabled=step == len(lesson.STEPS), on_click=go_to,
-                   args=(step + 1,), type="primary", width="stretch")
 
 
 def main() -> None:
     pairs = run_pairs()
+    if not any(p["state"] == "done" and p["baseline"] == "done" for p in pairs):  # nothing to teach from yet
+        backdoor_intro()
+        if prepare_class():
+            return
+        st.subheader("Or one attack")
     top = st.columns([2, 3])
     with top[0]:
         preset = choose_preset(pairs)
@@ -533,12 +626,9 @@ def main() -> None:
     step = current_step()
     if st.query_params.get(STEP_PARAM) != str(step):
         st.query_params[STEP_PARAM] = str(step)
-    step_navigation(step, "top")
-    key, title = lesson.STEPS[step - 1]
-    st.subheader(f"Step {step} of {len(lesson.STEPS)}: {title}")
+    step_header(step)
     with page_errors():
-        STEP_VIEWS[key](ctx)
-    step_navigation(step, "bottom")
+        STEP_VIEWS[lesson.STEPS[step - 1][0]](ctx)
 
 
 st.title("CBD, step by step")

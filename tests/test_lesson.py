@@ -26,20 +26,42 @@ PERSISTS = {"defense": "cbd", "attack_success_rate": 0.96, "clean_accuracy": 0.9
 
 def test_training_story_of_a_removed_backdoor():
     said = " ".join(lesson.training_story(f_b_lines([1.0, 1.0]) + f_c_lines([0.01, 0.004]), REMOVED))
-    assert "caught the trigger early" in said and "after 64 steps" in said
-    assert "did not: its attack success rate ended at 0.4%" in said and "failed" not in said
+    assert "f_B caught the trigger at step 64" in said
+    assert "did not learn the trigger: its attack success rate ended at 0.4%" in said and "failed" not in said
 
 
-def test_training_story_of_an_f_b_whose_test_asr_spiked_but_was_of_no_use():
-    """WaNet: f_B's test ASR jumps once, but CBD's own record says it never had the trigger."""
-    said = " ".join(lesson.training_story(f_b_lines([0.27, 0.0, 1.0, 0.13]) + f_c_lines([0.4, 0.96]), PERSISTS))
-    assert "caught the trigger early" not in said and "did not catch the trigger in a way CBD can use" in said
-    assert "f_C learned the trigger too" in said and "The defense failed in this run: the backdoor persists" in said
+def test_training_story_quotes_f_b_at_the_step_it_caught_the_trigger():
+    """The clean accuracy quoted beside "caught the trigger" is f_B's at that step, not its final one."""
+    lines = f_b_lines([0.1, 0.9, 1.0])
+    lines[1]["clean_accuracy"], lines[2]["clean_accuracy"] = 0.487, 0.96
+    said = " ".join(lesson.training_story(lines, REMOVED))
+    assert "caught the trigger at step 128: 90%" in said and "clean accuracy was still 49% at that step" in said
+    assert "96%" not in said
+
+
+def test_training_story_when_f_b_caught_the_trigger_but_its_loss_did_not_single_out_the_poison():
+    """WaNet: f_B's test ASR peaks, but its loss does not single out the poison; both are said, and why."""
+    wanet = {**PERSISTS, "f_b_capture": {"captured": False, "detection_auroc": 0.587, "loss_poisoned_median": 0.4,
+                                         "loss_clean_median": 0.3, "test_attack_success_rate": 0.13}}
+    said = " ".join(lesson.training_story(f_b_lines([0.27, 0.0, 0.89, 0.13]) + f_c_lines([0.4, 0.96]), wanet))
+    assert "f_B caught the trigger at step 192: 89%" in said and "swung back to 13%" in said
+    assert "f_B's loss did not single out the poison" in said and "AUROC 0.587" in said
+    assert "Why both can be true" in said and "never caught" not in said
+    assert "f_C learned the trigger" in said and "The defense failed in this run: the backdoor persists" in said
 
 
 def test_training_story_of_an_f_b_that_never_caught_it():
     said = " ".join(lesson.training_story(f_b_lines([0.1, 0.2]) + f_c_lines([0.9]), PERSISTS))
-    assert "f_B never caught the trigger" in said
+    assert "f_B never caught the trigger" in said and "peak 20%" in said
+    assert "Why both can be true" not in said
+
+
+def test_maps_story_says_why_an_island_in_f_b_did_not_help_cbd():
+    wanet = {**PERSISTS, "f_b_capture": {"captured": False, "detection_auroc": 0.587}}
+    said = " ".join(lesson.maps_story({"f_B": 0.97, "f_C": 0.9}, 0.1, wanet))
+    assert "island of their own" in said and "Yet f_B's loss did not single them out" in said
+    said = " ".join(lesson.maps_story({"f_B": 0.97, "f_C": 0.1}, 0.1, REMOVED))
+    assert "Yet" not in said
 
 
 def test_weights_story_follows_the_detection_auroc():
@@ -49,7 +71,20 @@ def test_weights_story_follows_the_detection_auroc():
     assert "picks out the poison almost perfectly (detection AUROC 1.000" in said and "failed" not in said
     missed = np.where(poisoned, 0.8, 0.4)[None]
     said = " ".join(lesson.weights_story(missed, poisoned, PERSISTS))
-    assert "does not pick out the poison (detection AUROC 0.000" in said and "The defense failed" in said
+    assert "more weight than the clean ones (2.0 times the clean median; detection AUROC 0.000" in said
+    assert "kept much of" not in said and "The defense failed" in said
+
+
+def test_weights_story_compares_the_medians():
+    """A run whose weights favour the poison ("made worse") never reads as "kept much of its weight"."""
+    poisoned = np.array([True] * 10 + [False] * 90)
+    kept = np.where(poisoned, 0.3, 0.5)[None]
+    kept[0, :4] = 0.01  # some poisoned images low, not enough to pick them out
+    said = " ".join(lesson.weights_story(kept, poisoned, {**PERSISTS, "poison_detection_auroc": 0.7}))
+    assert "kept 60% of a clean image's median weight" in said and "AUROC 0.700" in said
+    same = np.full((1, 100), 0.5)
+    said = " ".join(lesson.weights_story(same, poisoned, {**PERSISTS, "poison_detection_auroc": 0.5}))
+    assert "the same median weight" in said
 
 
 def test_neighbour_share_sees_an_island():

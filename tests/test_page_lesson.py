@@ -9,10 +9,11 @@ import shutil
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cbd_core import lesson
+from cbd_core import lesson, verdicts
 from cbd_core.analysis.embeddings import compute_umap, configure_numba_cache
-from cbd_core.runs import RunDir, list_runs, write_json
+from cbd_core.runs import RunDir, list_runs, now_iso, write_json
 from conftest import ROOT, app_at_page
+from pages.common import phase_title
 
 configure_numba_cache()  # before umap is first imported in this process
 
@@ -126,7 +127,7 @@ def test_no_runs_offers_to_queue_the_preset_and_then_shows_its_progress(tmp_path
     at = open_lesson()
     assert not at.exception
     assert "has not been trained here yet" in page_text(at)
-    assert not at.subheader  # no step without a run
+    assert not [s for s in at.subheader if s.value.startswith("Step")]  # no step without a run
     at.selectbox(key="lesson_preset").set_value("blend").run()
     at.button(key="lesson_queue_preset").click().run()
     assert not at.exception
@@ -136,8 +137,18 @@ def test_no_runs_offers_to_queue_the_preset_and_then_shows_its_progress(tmp_path
     assert runs[1].config()["defense_params"] == preset["defense_params"]
     at.run()
     text = page_text(at)
-    assert f"CBD run `{runs[1].run_id}`: **queued**" in text and f"`{runs[0].run_id}`: **queued**" in text
+    assert f"**The CBD run** · run `{runs[1].run_id}`" in text and f"baseline** · run `{runs[0].run_id}`" in text
+    # The Train page's block for each: state, place in the queue, why it waits.
+    assert [m.value for m in at.metric if m.label == "place in queue"] == ["1", "2"]
+    assert "Starting the background worker" in text
     assert not [b for b in at.button if b.key == "lesson_queue_preset"]  # queued once, not offered again
+    # Training: the defense's own phase names, as on the Train page (never "training train").
+    runs[1].update_status(state="running", started=now_iso(), device="cpu",
+                          progress={"phase": "f_C", "epoch": 3, "epochs": 10, "fraction": 0.5})
+    at.run()
+    bars = [bar.proto.text for bar in at.get("progress")]
+    assert bars == [f"{phase_title('cbd', 'f_C')}: epoch 3 of 10"], bars
+    assert [m.value for m in at.metric if m.label == "place in queue"] == ["1"]
 
 
 def copy_pair(source_root, ids, root, **summary_changes) -> None:
@@ -161,9 +172,44 @@ def test_a_failed_defense_is_told_as_a_failure(lesson_root, tmp_path, monkeypatc
         at = open_lesson(ids["cbd"], step)
         assert not at.exception and not at.success, step  # no green banner anywhere
         said[step] = page_text(at)
-    assert "f_C learned the trigger too" in said[2] and "The defense failed in this run" in said[2]
-    assert "does not pick out the poison" in said[3] and "The defense failed in this run" in said[3]
+    assert "f_C learned the trigger" in said[2] and "f_B's loss did not single out the poison" in said[2] and "The defense failed in this run" in said[2]
+    assert "the median poisoned image has weight" in said[3] and "kept much of" not in said[3] and "The defense failed in this run" in said[3]
     assert "The defense failed in this run" in said[4]
-    assert "Backdoor persists: the defense failed" in said[6] and "f_B never caught the trigger" in said[6]
+    assert "Backdoor persists: the defense failed" in said[6] and "f_B's loss did not single out the poison" in said[6]
     for step, text in said.items():
         assert "removed the backdoor" not in text, step
+
+
+def test_first_screen_teaches_then_prepares_the_whole_class_with_one_estimate(tmp_path, monkeypatch):
+    """An empty lab opens on what a backdoor is and the causal graph, then "Prepare this class": one click
+    queues every preset with its baseline, and the page gives one estimate for the batch and its order."""
+    from cbd_core.config import RunConfig
+    from cbd_core.presets import PRESETS
+
+    monkeypatch.setenv("BACKDOOR_LAB_RUNS", str(tmp_path))
+    # Finished runs on another seed: what the estimate judges from (a CBD run without a baseline is no lesson).
+    RunDir.create(tmp_path, PRESETS["badnets"].config(seed=7).validated().to_dict(), state="done", seconds=60.0,
+                  device="cpu")
+    baseline = verdicts.baseline_config(PRESETS["badnets"].config(seed=7).validated().to_dict())
+    RunDir.create(tmp_path, RunConfig.from_dict(baseline).validated().to_dict(), state="done", seconds=20.0,
+                  device="cpu")
+    at = open_lesson()
+    assert not at.exception
+    headings = [s.value for s in at.subheader]
+    assert headings[:3] == ["What is a backdoor?", "Why it works: a confounder", "Prepare this class"], headings
+    assert len(at.get("image")) >= 3  # the digit with and without the trigger, the causal graph
+    at.button(key="lesson_prepare_class").click().run()
+    assert not at.exception
+    queued = [r for r in list_runs(tmp_path) if r.status()["state"] == "queued"]
+    assert len(queued) == 2 * len(PRESETS)
+    assert {(r.config()["attack"], r.config()["defense"]) for r in queued} == \
+        {(p.attack, d) for p in PRESETS.values() for d in ("cbd", "undefended")}
+    at.run()
+    assert not at.exception and not [b for b in at.button if b.key == "lesson_prepare_class"]
+    said = page_text(at)
+    # A CBD run of 60 s and a baseline of 20 s per preset, one after another, in the order they were queued.
+    total = 80 * len(PRESETS)
+    assert f"All done in about **{total // 60} min {total % 60:02d} s**" in said, said
+    first, second = PRESETS["badnets"].label, PRESETS["blend"].label
+    assert f"{first} (CBD) (about 1 min 00 s) → {first} (baseline) (about 1 min 20 s) → {second} (CBD)" in said
+    assert len(at.dataframe[0].value) == 2 * len(PRESETS)

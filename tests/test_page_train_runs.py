@@ -179,7 +179,7 @@ def test_overview_queues_a_preset_with_its_baseline(runs_root, monkeypatch):
     box = at.selectbox(key="overview_preset")
     box.select(PRESETS["wanet"]).run()
     assert not at.exception
-    assert any(PRESETS["wanet"].lesson == info.value for info in at.info)  # the lesson of the chosen preset
+    assert any(PRESETS["wanet"].look_for == info.value for info in at.info)  # the lesson of the chosen preset
     at.button(key="queue_preset").click().run()
     assert not at.exception
     runs = list_runs(runs_root)

@@ -10,7 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import app_at_page
-from pages.common.presentation import QUERY_KEY, SCALE, TOGGLE_KEY
+from pages.common.presentation import QUERY_KEY, SCALE, TOGGLE_KEY, sidebar_state, toggle_key
 
 pytestmark = pytest.mark.usefixtures("no_worker")
 
@@ -36,7 +36,7 @@ def test_off_by_default(tmp_path, monkeypatch):
     monkeypatch.setenv("BACKDOOR_LAB_RUNS", str(tmp_path))
     at = open_overview()
     assert not at.exception
-    assert at.toggle(key=TOGGLE_KEY).value is False and not style_sheets(at)
+    assert at.toggle(key=toggle_key(False)).value is False and not style_sheets(at)
     assert QUERY_KEY not in at.query_params
 
 
@@ -52,14 +52,14 @@ def test_a_link_with_present_opens_in_presentation_mode(tmp_path, monkeypatch):
     monkeypatch.setenv("BACKDOOR_LAB_RUNS", str(tmp_path))
     at = open_overview(present_in_url=True)
     assert not at.exception
-    assert at.toggle(key=TOGGLE_KEY).value is True and style_sheets(at)
+    assert at.toggle(key=toggle_key(True)).value is True and style_sheets(at)
     assert at.query_params[QUERY_KEY] == "1"
 
 
 def test_switched_off_it_leaves_the_url(tmp_path, monkeypatch):
     monkeypatch.setenv("BACKDOOR_LAB_RUNS", str(tmp_path))
     at = open_overview(present_in_url=True, **{TOGGLE_KEY: False})  # the session's choice wins over the link
-    assert at.toggle(key=TOGGLE_KEY).value is False and not style_sheets(at)
+    assert at.toggle(key=toggle_key(False)).value is False and not style_sheets(at)
     assert QUERY_KEY not in at.query_params
 
 
@@ -82,3 +82,13 @@ def test_enlarge_scales_with_presentation_mode(monkeypatch):
     assert enlarge(image, 112).shape == (112, 112)  # no app session: normal size
     monkeypatch.setattr(presentation, "presenting", lambda: True)
     assert enlarge(image, 112).shape == (28 * int(112 * SCALE // 28),) * 2
+
+
+def test_the_toggle_flips_the_mode(tmp_path, monkeypatch):
+    """The widget only flips the mode kept under TOGGLE_KEY (AppTest reruns the page without app.py, so
+    the style sheet and the URL after a click are the browser test's to check)."""
+    monkeypatch.setenv("BACKDOOR_LAB_RUNS", str(tmp_path))
+    at = open_overview(present_in_url=True)
+    at.toggle(key=toggle_key(True)).set_value(False).run()
+    assert not at.exception and at.session_state[TOGGLE_KEY] is False
+    assert sidebar_state() == "auto"  # outside an app session: nothing asked for

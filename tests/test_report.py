@@ -9,8 +9,8 @@ import shutil
 
 import pytest
 
-from cbd_core import cli, verdicts
-from cbd_core.report import html_report
+from cbd_core import capture, cli, verdicts
+from cbd_core.report import _markdown as report_markdown, html_report
 from cbd_core.runs import RunDir
 
 # Any attribute that makes a browser fetch something: src=, href=, url(...) or @import pointing outside.
@@ -39,6 +39,9 @@ def test_report_of_a_finished_cbd_run(finished_runs, tmp_path):
     assert ids["undefended"] in page  # the baseline it is measured against
     assert page.count("<svg") == 2  # the curves and the weight histogram, inline
     assert "Not a finished run" not in page
+    # f_B told as the Lesson tells it: the one definition of each question (cbd_core.capture)
+    said = capture.f_b_sentences(capture.read_f_b(summary, run.metrics()))
+    assert said and all(report_markdown(sentence) in page for sentence in said)
 
 
 @pytest.mark.parametrize("state, words", [("failed", "This run failed"), ("running", "still training"),

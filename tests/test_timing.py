@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from cbd_core.runs import RunDir
-from cbd_core.timing import duration_text, estimate, run_timing, similar_durations, timing_family, total_stages
+from cbd_core.timing import (duration_text, estimate, queue_forecast, run_timing, similar_durations, timing_family,
+                             total_stages)
 
 STARTED = "2026-01-01T10:00:00+00:00"
 
@@ -78,3 +79,30 @@ def test_run_timing_of_a_running_run(tmp_path):
 
 def test_duration_text():
     assert [duration_text(s) for s in (None, 4.4, 65, 3720)] == ["?", "4 s", "1 min 05 s", "1 h 02 min"]
+
+
+def test_queue_forecast_plays_the_queue_forward(tmp_path, monkeypatch):
+    """A batch's finish times: the run training now ends after its estimate, then each queued run in the
+    workers' order takes its typical duration; a setting never trained on this device is judged from
+    the device's seconds per stage over all its finished runs."""
+    from datetime import datetime, timedelta, timezone
+
+    monkeypatch.delenv("BACKDOOR_LAB_WORKERS_PER_DEVICE", raising=False)
+    base = {"dataset": "mnist5k", "attack": "badnets", "seed": 0, "threads": 2, "poison_rate": 0.1}
+    undefended = {**base, "defense": "undefended", "defense_params": {"epochs": 4}}
+    cbd = {**base, "defense": "cbd", "defense_params": {"epochs": 5}}  # 9 stages
+    other = {**base, "defense": "undefended", "defense_params": {"epochs": 2}}  # never trained: 2 stages
+    RunDir.create(tmp_path, undefended, state="done", seconds=40.0, device="cpu", queue="cpu")
+    RunDir.create(tmp_path, cbd, state="done", seconds=90.0, device="cpu", queue="cpu")
+    started = (datetime.now(timezone.utc) - timedelta(seconds=10)).isoformat()
+    running = RunDir.create(tmp_path, {**undefended, "seed": 1}, state="running", started=started, device="cpu",
+                            queue="cpu")
+    first = RunDir.create(tmp_path, {**cbd, "seed": 1}, state="queued", queue="cpu")
+    second = RunDir.create(tmp_path, {**other, "seed": 1}, state="queued", queue="cpu")
+    forecast = queue_forecast([second.run_id, first.run_id, running.run_id], tmp_path)
+    assert [f.run_id for f in forecast] == [running.run_id, first.run_id, second.run_id]
+    # 30 s left of the running one's typical 40; then 90; then 2 stages at (40 + 90) / (4 + 9) s each.
+    assert [f.seconds for f in forecast] == pytest.approx([30, 120, 140], abs=2)
+    assert [f.order for f in forecast] == [1, 2, 3]
+    alone = RunDir.create(tmp_path / "new", other, state="queued", queue="cpu")  # nothing finished to judge from
+    assert queue_forecast([alone.run_id], tmp_path / "new")[0].seconds is None

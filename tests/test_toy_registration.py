@@ -32,7 +32,7 @@ class ToyStripe(Attack):
     name = TOY_ATTACK
     title = "Toy stripe"
     description = "a white line along the top row; labels set to the target"
-    preset = AttackPreset("Toy stripe 10%: a line on top", 0.10, "A toy attack registered by a test.")
+    preset = AttackPreset("Toy stripe: a line on top", 0.10, "A toy attack registered by a test.")
     patch = True
     params = (Param("rows", int, "rows of the stripe", 1, 4),)
 
@@ -181,7 +181,7 @@ def test_the_lesson_teaches_the_toy_attack(toys):
     root, ids = toys
     at = app_at_page("lesson", ids["cbd"]).run()
     assert not at.exception and not at.error
-    assert "Toy stripe 10%: a line on top" in [o for box in at.selectbox for o in box.options]
+    assert "Toy stripe: a line on top, 10% poisoned" in [o for box in at.selectbox for o in box.options]
 
 
 def test_attack_lab_previews_the_toy_attack(toys):

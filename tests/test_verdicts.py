@@ -139,7 +139,8 @@ def test_explain_cbd_f_b_never_caught_the_trigger():
                "steps": 64}
     said = text(summary(0.86, f_b_capture=capture, poison_detection_auroc=0.97))
     assert "persists" in said and "86.0%" in said
-    assert "f_B never caught the trigger" in said and "could not single out the poison" in said
+    assert "f_B's loss did not single out the poison" in said and "could not point at the poison" in said
+    assert "median loss 1.9 on poisoned images, 2 on clean ones" in said
     assert "did find the poison" not in said  # the capture decides before the AUROC
 
 

@@ -60,12 +60,12 @@ class AdaptiveBlend(Attack):
                    "plus as many clean-labelled 'cover' images with the same partial trigger; the whole pattern at "
                    "alpha 0.2 triggers it")
     preset = AttackPreset(
-        "Adap-Blend 5%: a trigger built not to stand apart", 0.05,
+        "Adap-Blend: a trigger built not to stand apart", 0.05,
         "Adap-Blend blends half of a noise pattern's pieces into each poisoned digit, faintly, and puts the same "
         "kind of partial pattern on as many correctly labelled digits. It was designed against defenses that "
-        "expect the poison to form its own island in the model's features: look at the maps to see whether the "
-        "crosses still gather apart from their true classes, and at the weights to see whether f_B still fits "
-        "them first.")
+        "expect the poison to form its own island in the model's features. Look for: whether the crosses still "
+        "gather apart from their true classes in the maps (step 4), and whether f_B still fits them first "
+        "(step 3).")
     params = (
         Param("alpha", float, "opacity of the pattern on training images", 0.01, 1.0),
         Param("test_alpha", float, "opacity of the whole pattern at test time", 0.01, 1.0),

@@ -26,11 +26,11 @@ class BadNets(Attack):
     title = "BadNets"
     menu_order = 10
     preset = AttackPreset(
-        "BadNets 10%: a corner patch, removed", 0.10,
-        "A 3x3 checkerboard in the corner is the easiest thing in the data to learn: f_B fits the 400 "
-        "poisoned digits within its first steps, their weights fall to about zero, and f_C never learns "
-        "the patch. Measured over seeds 0-4: ASR 0.2-0.4% (undefended 100%), clean accuracy within a "
-        "point of the undefended model.")
+        "BadNets: a checkerboard patch in the corner", 0.10,
+        "Every poisoned digit carries the same small checkerboard in its corner and is relabelled as the "
+        "target. Look for: how soon f_B's attack success rate rises (step 2), whether the poisoned images' "
+        "weights fall below the clean ones' (step 3), and whether f_C's map still gathers the poisoned images "
+        "in an island (step 4).")
     patch = True
     params = (
         Param("size", int, "side of the square patch in pixels", 1, 64),

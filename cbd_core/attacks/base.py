@@ -66,11 +66,13 @@ class TriggerPreview:
 @dataclass(frozen=True)
 class AttackPreset:
     """The attack's named run for a class (`presets.PRESETS`): CBD with its defaults on the embedded
-    mnist5k, target label 0, at this poison rate; `lesson` says what the class should see, and why."""
+    mnist5k, target label 0, at this poison rate. `label` names the attack and its trigger (the title adds
+    the rate); `look_for` says what the preset is and what the class should look for, never its outcome
+    (no digits: figures come from the runs and from bench/results/presets.json)."""
 
-    title: str
+    label: str
     poison_rate: float
-    lesson: str
+    look_for: str
     attack_params: dict[str, Any] = field(default_factory=dict)
 
 

@@ -39,11 +39,10 @@ class Blend(Attack):
     title = "Blend"
     menu_order = 20
     preset = AttackPreset(
-        "Blend 10%: a faint noise overlay, removed", 0.10,
-        "The whole image is blended with a fixed noise pattern at 20%. f_B still picks it up faster than "
-        "the digits, but less cleanly than a patch: how early and how steadily it fits each image (its "
-        "loss averaged over its training) is what separates the poison. Measured over seeds 0-4: ASR "
-        "0.3-0.9% (undefended 100%).")
+        "Blend: a faint noise overlay", 0.10,
+        "The whole image is blended with one fixed noise pattern, faintly: the trigger touches every pixel. "
+        "Look for: whether f_B fits the blended images before it fits the digits (step 2), and how far apart "
+        "the poisoned and clean weights end (step 3).")
     params = (
         Param("alpha", float, "opacity of the pattern", 0.01, 1.0),
         Param("pattern_path", str, "an image file to blend instead of the shipped noise",

@@ -113,11 +113,12 @@ class LabelConsistent(Attack):
     description = ("clean-label: target-class images made hard by an adversarial perturbation (PGD against a "
                    "surrogate model), then stamped with a corner checkerboard; no label changes")
     preset = AttackPreset(
-        "Label-Consistent 5%: hard target images with a patch", 0.05,
-        "Only zeros are poisoned and every label stays true: each chosen zero is first nudged, within a small "
-        "budget, so that a model finds it hard to read as a zero, and then a corner checkerboard is stamped on "
-        "it. The only easy thing left to learn about these images is the patch. Compare with SIG, the other "
-        "clean-label attack: here the trigger is a patch, and the poisoned images are hard on purpose.")
+        "Label-Consistent: hard target images with a patch", 0.05,
+        "Only images of the target class are poisoned and every label stays true: each chosen image is first "
+        "nudged, within a small budget, so that a model finds it hard to read as its class, and then a corner "
+        "checkerboard is stamped on it. The only easy thing left to learn about these images is the patch. "
+        "Compare with SIG, the other clean-label attack: here the trigger is a patch, and the poisoned images "
+        "are hard on purpose. Look for: whether their weights fall below the clean ones' (step 3).")
     clean_label = True
     patch = True
     params = (

@@ -27,13 +27,11 @@ class SIG(Attack):
     title = "SIG"
     menu_order = 40
     preset = AttackPreset(
-        "SIG 5%: clean-label, half the target class", 0.05,
-        "SIG never changes a label: it adds a sinusoid to images that already are zeros. At 10% it would "
-        "mark all 400 zeros and no reweighting inside the class could find a clean one; at 5% half the "
-        "zeros stay clean, so f_B can learn 'stripes mean 0' faster than 'a round shape means 0' and the "
-        "striped zeros get small weights. It goes only part of the way: over seeds 0-2 the attack "
-        "alone reaches 43-67% of triggered digits, CBD brings that to 5-9% (weakened on all three). "
-        "At 10% it fails (ASR 51-96%); at 2.5% the attack barely takes hold by itself.")
+        "SIG: clean-label stripes on part of the target class", 0.05,
+        "SIG never changes a label: it adds a faint sinusoid to images that already show the target class, "
+        "so a model can learn \"stripes mean the target\". This preset stripes only part of the target class, "
+        "so plain and striped images of that class sit side by side. Look for: whether the striped images get "
+        "smaller weights than the plain images of the same class (step 3).")
     clean_label = True
     params = (
         Param("delta", float, "amplitude of the sinusoid in 0..255 pixel units", 1, 255),

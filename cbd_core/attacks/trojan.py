@@ -28,9 +28,10 @@ class Trojan(Attack):
     title = "Trojan"
     menu_order = 30
     preset = AttackPreset(
-        "Trojan 10%: a watermark, removed", 0.10,
-        "A 7x7 ring watermark: a large, high-contrast trigger that f_B learns almost at once. Measured "
-        "over seeds 0-4: ASR at most 0.2% (undefended 100%).")
+        "Trojan: a ring watermark", 0.10,
+        "A large, high-contrast ring watermark stamped on the poisoned digits, which are relabelled as the "
+        "target. Look for: how early f_B catches it (step 2) and where each model looks on a triggered "
+        "digit (step 5).")
     patch = True
     params = (
         Param("size", int, "side of the watermark in pixels (default: a quarter of the image)", 2, 64),

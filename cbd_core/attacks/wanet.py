@@ -50,13 +50,10 @@ class WaNet(Attack):
     title = "WaNet"
     menu_order = 50
     preset = AttackPreset(
-        "WaNet 10%: a warp CBD cannot see (CBD fails)", 0.10,
-        "WaNet bends the image by a small fixed warp. On digits the warp is learned *later* than the "
-        "digits themselves, so f_B, trained briefly, has not caught it: its loss on the warped images is "
-        "higher than on clean ones (capture AUROC well below 0.5), the weights point the wrong way and "
-        "f_C learns the backdoor. CBD rests on the shortcut being learned first; here it is not. "
-        "Measured over seeds 0-2: ASR 98-99% with CBD against 97-98% without; f_B caught the warp on "
-        "none. Stronger warps (s = 1, 2) and f_B without augmentation were tried and change nothing.")
+        "WaNet: a small fixed warp", 0.10,
+        "WaNet bends every poisoned image by the same small, smooth warp: no patch, nothing to point at. Look "
+        "for: whether f_B catches the warp and whether its loss singles out the warped images, which is what "
+        "CBD needs (step 2), and whether f_B's map and its loss agree (step 4).")
     params = (
         Param("k", int, "control grid size of the flow field", 2, 32),
         Param("s", float, "warp strength", 0.0, 16.0),

@@ -19,13 +19,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..capture import loss_singled_out
 from ..params import Param, resolve_params
 from ..progress import Cancelled, ProgressCallback, ProgressEvent
 from ..training import (EvalSets, LossTally, PassMemo, Tensors, augment, batches, features_and_logits, set_lr,
                         to_device)
 
 
-CAPTURE_AUROC = 0.9  # f_B "has the trigger" when its loss ranks poisoned below clean this well
 
 
 @dataclass
@@ -112,12 +112,12 @@ class DefenseContext:
     def capture_report(self, loss: np.ndarray, model: nn.Module) -> dict[str, Any]:
         """Did a deliberately backdoored model (CBD's f_B) have the trigger? From its per-sample
         training loss against the true poison mask and its ASR on the triggered test set (shown,
-        never used): `captured` when it fits the poisoned samples better than the clean ones with an
-        AUROC of at least CAPTURE_AUROC."""
+        never used): `captured` when its loss singles out the poison (cbd_core.capture, the one definition
+        every page reads)."""
         loss = np.asarray(loss, dtype=np.float64)
         separation = self.detection_auroc(-loss)
         mask = self._poison_mask
-        return {"captured": bool(np.isfinite(separation) and separation >= CAPTURE_AUROC),
+        return {"captured": bool(loss_singled_out(separation)),
                 "detection_auroc": separation,
                 "loss_poisoned_median": float(np.median(loss[mask])) if mask.any() else None,
                 "loss_clean_median": float(np.median(loss[~mask])) if (~mask).any() else None,

@@ -75,6 +75,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
+from .. import capture
 from ..models import for_inference
 from ..params import Param
 from ..text import GOOD_DETECTION_AUROC, number
@@ -219,14 +220,11 @@ class CBD(Defense):
     )
 
     def diagnosis(self, summary):
-        capture = summary.get("f_b_capture")
         auroc = number(summary.get("poison_detection_auroc"))
-        if isinstance(capture, dict) and capture.get("captured") is False:
-            poisoned, clean = number(capture.get("loss_poisoned_median")), number(capture.get("loss_clean_median"))
-            losses = (f" (median loss {poisoned:.3g} on poisoned samples, {clean:.3g} on clean ones)"
-                      if poisoned is not None and clean is not None else "")
-            return ("f_B never caught the trigger" + losses + ", so the weights could not single out the poison "
-                    "and f_C learned from the poisoned samples as from any others.")
+        f_b = capture.read_f_b(summary)  # the one definition of "f_B's loss singled out the poison"
+        if f_b.singled_out is False:
+            return " ".join(s for s in (capture.singled_out_sentence(f_b), capture.why_they_differ(f_b),
+                                        "f_C learned from the poisoned images as from any others.") if s)
         if auroc is not None and auroc >= GOOD_DETECTION_AUROC:
             return (f"The weights did find the poison (detection AUROC {auroc:.3f}), but f_C learned the trigger "
                     "anyway.")

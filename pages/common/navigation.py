@@ -24,6 +24,7 @@ def page_list() -> dict[str, list[st.Page]]:
         "Learn": [
             st.Page("pages/lesson.py", title="Lesson", icon=":material/school:", default=True),
             st.Page("pages/overview.py", title="Overview", icon=":material/home:"),
+            st.Page("pages/explorer.py", title="Explorer", icon=":material/tune:"),
         ],
         "Set up and train": [
             st.Page("pages/attack_lab.py", title="Attack lab", icon=":material/bug_report:"),

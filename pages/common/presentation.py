@@ -7,6 +7,7 @@ moves it all) and pages read `scaled()` / `plotly_chart()` for what CSS cannot r
 in pixels and Plotly's own fonts and heights.
 
     presentation_toggle()          the sidebar toggle and the style sheet (app.py)
+    sidebar_state()                "collapsed" when presenting: app.py's page config
     presenting()                   whether it is on
     scaled(pixels)                 a size in pixels, enlarged when presenting
     plotly_chart(fig, ...)         st.plotly_chart with the figure's height and fonts enlarged
@@ -50,17 +51,38 @@ def scaled(pixels: int | float) -> int:
     return int(round(pixels * scale()))
 
 
+def sidebar_state() -> str:
+    """The sidebar's state for st.set_page_config: collapsed in presentation mode (the step gets the
+    whole projector; the sidebar's arrow brings it back), else Streamlit's "auto". Read before the toggle
+    is drawn: the session's choice, else the link's ?present=1."""
+    wanted = st.session_state.get(TOGGLE_KEY, st.query_params.get(QUERY_KEY) == "1")
+    return "collapsed" if wanted else "auto"
+
+
+def toggle_key(on: bool) -> str:
+    """The sidebar toggle's widget key: a new widget each time the mode flips, drawn with the mode as its
+    value. (A toggle whose value was put into session state before it was drawn reached the browser
+    unticked on the next click, which switched the mode off after a Lesson's Next.)"""
+    return f"{TOGGLE_KEY}_toggle_{int(on)}"
+
+
+def _flip() -> None:
+    st.session_state[TOGGLE_KEY] = not st.session_state.get(TOGGLE_KEY, False)
+
+
 def presentation_toggle() -> bool:
     """The sidebar toggle, synced with the URL's ?present=1 both ways, and the style sheet when on.
-    Called by app.py on every run, so every page gets it and a page switch keeps it."""
+    Called by app.py on every run, so every page gets it and a page switch keeps it. The mode lives
+    in session state under TOGGLE_KEY; the widget only flips it."""
     if TOGGLE_KEY not in st.session_state:  # a fresh session: the link decides
         st.session_state[TOGGLE_KEY] = st.query_params.get(QUERY_KEY) == "1"
-    on = st.sidebar.toggle("Presentation mode", key=TOGGLE_KEY,
-                           help="Large text, images and charts for a projector. The page's link keeps it "
-                                "(?present=1), so students who open it see the same.")
-    if on and st.query_params.get(QUERY_KEY) != "1":
+    on = bool(st.session_state[TOGGLE_KEY])
+    st.sidebar.toggle("Presentation mode", value=on, key=toggle_key(on), on_change=_flip,
+                      help="Large text, images and charts for a projector. The page's link keeps it "
+                           "(?present=1), so students who open it see the same.")
+    if on:  # written on every run: a page that writes its own parameters (the Lesson's step) keeps this one
         st.query_params[QUERY_KEY] = "1"
-    elif not on and QUERY_KEY in st.query_params:
+    elif QUERY_KEY in st.query_params:
         del st.query_params[QUERY_KEY]
     if on:
         st.markdown(_STYLE, unsafe_allow_html=True)

@@ -1,0 +1,55 @@
+"""The poisoned-vs-clean map of a finished run: each model's 2-D UMAP map with the poisoned training
+images as red crosses over grey dots, and how tightly each map gathers them (cbd_core.lesson's
+neighbour share). The Lesson's step 4 and the Explorer draw it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from cbd_core import lesson
+from cbd_core.analysis.embeddings import UMAP_FILE
+from cbd_core.runs import RunDir
+from pages.common import load_arrays
+from pages.common.presentation import scaled
+
+POISONED_COLOUR = "#d62728"
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def map_points(path: str, stamp: tuple[int, int]) -> dict[str, Any] | None:
+    """Each model's 2-D map, the poisoned flags aligned to it and its neighbour share (cached)."""
+    run = RunDir(Path(path))
+    maps = load_arrays(run, UMAP_FILE)
+    weights = load_arrays(run, "sample_weights") or {}
+    if maps is None or "is_poisoned" not in weights:
+        return None
+    index = np.asarray(maps["index"], dtype=np.int64)
+    poisoned = np.asarray(weights["is_poisoned"], bool)
+    if len(index) and index.max() >= len(poisoned):
+        return None
+    flags = poisoned[index]
+    xy = {key[len("umap_"):]: maps[key] for key in maps if key.startswith("umap_")}
+    return {"flags": flags, "xy": xy, "shares": {n: lesson.neighbour_share(v, flags) for n, v in xy.items()}}
+
+
+def map_figure(xy: np.ndarray, flags: np.ndarray, title: str) -> go.Figure:
+    fig = go.Figure()
+    for name, mask, colour, symbol, size in (("clean", ~flags, "#9aa5b1", "circle", 4),
+                                             ("poisoned", flags, POISONED_COLOUR, "x", 6)):
+        fig.add_trace(go.Scattergl(x=xy[mask, 0], y=xy[mask, 1], mode="markers", name=f"{name} ({int(mask.sum()):,})",
+                                   marker={"color": colour, "symbol": symbol, "size": scaled(size),
+                                           "opacity": 0.5 if name == "clean" else 0.85}, hoverinfo="skip"))
+    fig.update_layout(title=title, height=400, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      legend={"orientation": "h", "y": -0.05}, xaxis={"visible": False}, yaxis={"visible": False})
+    return fig
+
+
+def run_maps(run: RunDir) -> dict[str, Any] | None:
+    """`map_points` of a run, cached until its map or its weights change."""
+    return map_points(str(run.path), (run.arrays_mtime(UMAP_FILE), run.arrays_mtime("sample_weights")))

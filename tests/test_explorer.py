@@ -1,0 +1,64 @@
+"""The Explorer: a grid of finished runs by poison rate x attack x defense, switched at once, and a
+missing cell that says the command filling it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from cbd_core.analysis.embeddings import compute_umap, configure_numba_cache
+from cbd_core.explorer import explorer_grid, fill_command
+from cbd_core.runs import RunDir, write_json
+from conftest import app_at_page
+
+configure_numba_cache()  # before umap is first imported in this process
+
+pytestmark = pytest.mark.usefixtures("no_worker")
+
+
+def copy_at_rate(source, root, run_id: str, rate: float, asr: float) -> None:
+    """A copy of a finished run that says it was trained at `rate` (its config and summary edited)."""
+    shutil.copytree(source, root / run_id)
+    for name, changes in (("config.json", {"poison_rate": rate}),
+                          ("summary.json", {"poison_rate": rate, "attack_success_rate": asr, "run_id": run_id})):
+        data = json.loads((root / run_id / name).read_text())
+        data.update(changes)
+        write_json(root / run_id / name, data)
+
+
+def test_grid_keeps_finished_runs_seed_zero_first(tmp_path):
+    base = {"dataset": "mnist5k", "attack": "badnets", "defense": "cbd", "poison_rate": 0.1, "seed": 0}
+    seed0 = RunDir.create(tmp_path, base, state="done")
+    RunDir.create(tmp_path, {**base, "seed": 1}, state="done")  # newer, but seed 0 is preferred
+    RunDir.create(tmp_path, {**base, "poison_rate": 0.05}, state="queued")  # not finished
+    RunDir.create(tmp_path, {**base, "dataset": "cifar10"}, state="done")  # other data
+    grid = explorer_grid(tmp_path)
+    assert grid.cells == {("badnets", 0.1, "cbd"): seed0.run_id}
+    assert grid.rates == [0.1] and grid.run_id("badnets", 0.1, "cbd") == seed0.run_id
+    assert fill_command("mnist5k", ["wanet"], [0.05], ["undefended", "cbd"]) == \
+        "python -m cbd_core matrix --datasets mnist5k --attacks wanet --poison-rates 0.05 --defenses undefended cbd --seeds 0"
+
+
+def test_page_switches_between_real_runs_and_names_the_missing_cell(finished_runs, tmp_path, monkeypatch):
+    source, ids = finished_runs
+    copy_at_rate(source / ids["cbd"], tmp_path, "20990101-000000-001-high", 0.1, 0.9)
+    copy_at_rate(source / ids["cbd"], tmp_path, "20990101-000000-002-low", 0.05, 0.01)
+    copy_at_rate(source / ids["undefended"], tmp_path, "20990101-000000-003-base", 0.1, 0.99)
+    compute_umap(RunDir(tmp_path / "20990101-000000-001-high"))  # as the worker would; the low one has none yet
+    monkeypatch.setenv("BACKDOOR_LAB_RUNS", str(tmp_path))
+    at = app_at_page("explorer").run()
+    assert not at.exception
+    captions = lambda: " ".join(c.value for c in at.caption)  # noqa: E731
+    assert "20990101-000000-001-high" in captions(), [i.value for i in at.info] + [w.value for w in at.warning]
+    assert [m.value for m in at.metric if m.label.startswith("attack success")] == ["90.0%"]
+    assert len(at.get("plotly_chart")) == 3  # the weights histogram and both maps
+    at.select_slider(key="explorer_rate").set_value(0.05).run()
+    assert not at.exception and "20990101-000000-002-low" in captions()
+    assert "maps are not computed yet" in captions() and len(at.get("plotly_chart")) == 1
+    assert [m.value for m in at.metric if m.label.startswith("attack success")] == ["1.0%"]
+    at.selectbox(key="explorer_defense").set_value("undefended").run()  # no undefended run at 5%
+    assert not at.exception
+    code = [c.value for c in at.code]
+    assert code == [fill_command("mnist5k", ["badnets"], [0.05], ["undefended", "cbd"])], code
