@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cbd_core import verdicts  # noqa: E402
 from cbd_core.matrix import Cell, DefenseSpec, run_matrix  # noqa: E402
+from cbd_core import rate_grid  # noqa: E402
 from cbd_core.rate_grid import GridPoint, grid_points, summarise  # noqa: E402
 
 ASR_TARGET = 0.02
@@ -63,9 +64,9 @@ def tables(points: list[GridPoint], datasets: list[str], attacks: list[str], rat
             for line in here:
                 ours = [p for p in wanted if (p.dataset, p.attack, p.defense) == (dataset, attack, line.defense)
                         and p.poison_rate == line.poison_rate]
-                base = {p.seed: p for p in wanted if (p.dataset, p.attack, p.defense) == (dataset, attack, "Undefended")
+                base = {p.seed: p for p in wanted if (p.dataset, p.attack, p.defense) == (dataset, attack, rate_grid.UNDEFENDED_LABEL)
                         and p.poison_rate == line.poison_rate}
-                undefended = line.defense == "Undefended"
+                undefended = line.defense == rate_grid.UNDEFENDED_LABEL
                 out.append(f"| {100 * line.poison_rate:g} % | {line.defense} | {line.seeds} "
                            f"| {pct(line.asr_median, line.asr_min, line.asr_max, line.seeds)} "
                            f"| {pct(line.ca_median, line.ca_min, line.ca_max, line.seeds)} "

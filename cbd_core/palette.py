@@ -5,3 +5,6 @@ CLEAN_COLOUR = "#1f77b4"
 POISONED_COLOUR = "#d62728"
 # One per training phase, in the order the phases come (more phases than colours wrap around).
 PHASE_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+# One per defense in a chart of several (the rate grid); the undefended model is always this grey.
+SERIES_COLOURS = ("#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+UNDEFENDED_COLOUR = "#7f7f7f"

@@ -24,6 +24,9 @@ from .errors import UserInputError
 from .runs import list_runs
 
 
+UNDEFENDED_LABEL = "Undefended"  # the undefended runs' line, drawn apart (dashed grey) and listed first
+
+
 @dataclass(frozen=True)
 class GridPoint:
     dataset: str
@@ -69,7 +72,9 @@ def defense_label(config: dict[str, Any], image_shape: tuple[int, ...] | None) -
     defense = DEFENSES.get(name)
     if defense is None:
         return name
-    title = "Undefended" if name == verdicts.UNDEFENDED else defense.title
+    if name == verdicts.UNDEFENDED:
+        return UNDEFENDED_LABEL  # the baseline of every line: its training settings are not a variant
+    title = defense.title
     params = config.get("defense_params") or {}
     if not params or not image_shape or len(image_shape) != 3:
         return title
@@ -124,7 +129,7 @@ def summarise(points: Iterable[GridPoint]) -> list[GridLine]:
         lines.append(GridLine(dataset, attack, defense, rate, len(members), statistics.median(asr), min(asr), max(asr),
                               statistics.median(ca), min(ca), max(ca),
                               dict(Counter(m.verdict for m in members if m.verdict != verdicts.NOT_APPLICABLE))))
-    return sorted(lines, key=lambda l: (l.dataset, l.attack, l.defense != "Undefended", l.defense, l.poison_rate))
+    return sorted(lines, key=lambda l: (l.dataset, l.attack, l.defense != UNDEFENDED_LABEL, l.defense, l.poison_rate))
 
 
 def missing_cells(lines: list[GridLine], dataset: str, attack: str) -> list[tuple[str, float]]:

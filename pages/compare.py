@@ -18,13 +18,14 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from cbd_core import verdicts
+from cbd_core import rate_grid, verdicts
 from cbd_core.attacks import ATTACKS
 from cbd_core.defenses import DEFENSES, defense_or_none
 from cbd_core.errors import UserInputError
 from cbd_core.metrics import auroc
+from cbd_core.palette import SERIES_COLOURS, UNDEFENDED_COLOUR
 from cbd_core.runs import RunDir, list_runs
-from pages.common import (chart_config, defense_title, enlarge, explain, judging_defenses, load_arrays, load_config,
+from pages.common import (_runs_stamp, chart_config, defense_title, enlarge, explain, judging_defenses, load_arrays, load_config,
                           load_summary, non_finite_warning, page_errors, pick_run, report_download, runs_root_path,
                           verdict_banner)
 from pages.common.navigation import follow_app_navigation
@@ -189,6 +190,82 @@ def heatmap(table: pd.DataFrame, column: str, good_high: bool) -> go.Figure:
     return fig
 
 
+@st.cache_data(show_spinner=False, max_entries=4)
+def rate_lines(root: str, stamp: tuple[tuple[str, int], ...]) -> list[rate_grid.GridLine]:
+    """Median and min-max over seeds per (dataset, attack, defense, rate), re-read when a run changes."""
+    return rate_grid.summarise(rate_grid.grid_points(root))
+
+
+
+
+def _rgba(hex_colour: str, alpha: float) -> str:
+    r, g, b = (int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def rate_figure(lines: list[rate_grid.GridLine], metric: str) -> go.Figure:
+    """ASR ("asr") or CA ("ca") in % against the poison rate (log axis): one line per defense through its
+    median over seeds, a band from its min to its max, the undefended line dashed grey."""
+    fig = go.Figure()
+    defenses = sorted({l.defense for l in lines}, key=lambda d: (d != rate_grid.UNDEFENDED_LABEL, d))
+    for i, defense in enumerate(defenses):
+        own = sorted((l for l in lines if l.defense == defense), key=lambda l: l.poison_rate)
+        x = [100 * l.poison_rate for l in own]
+        median = [100 * getattr(l, f"{metric}_median") for l in own]
+        low = [100 * getattr(l, f"{metric}_min") for l in own]
+        high = [100 * getattr(l, f"{metric}_max") for l in own]
+        colour = UNDEFENDED_COLOUR if defense == rate_grid.UNDEFENDED_LABEL else SERIES_COLOURS[i % len(SERIES_COLOURS)]
+        if any(h > lo for h, lo in zip(high, low)):
+            fig.add_trace(go.Scatter(x=x + x[::-1], y=high + low[::-1], fill="toself", fillcolor=_rgba(colour, 0.15),
+                                     line={"width": 0}, hoverinfo="skip", showlegend=False, legendgroup=defense))
+        seeds = [f"{l.seeds} seed{'s' if l.seeds != 1 else ''}" for l in own]
+        fig.add_trace(go.Scatter(
+            x=x, y=median, mode="lines+markers", name=defense, legendgroup=defense,
+            line={"color": colour, "dash": "dash" if defense == rate_grid.UNDEFENDED_LABEL else "solid"},
+            customdata=list(zip(low, high, seeds)),
+            hovertemplate=f"<b>{defense}</b><br>rate %{{x:g}} %<br>median %{{y:.1f}} % "
+                          "[%{customdata[0]:.1f}–%{customdata[1]:.1f}]<br>%{customdata[2]}<extra></extra>"))
+    title = "attack success rate (%)" if metric == "asr" else "clean accuracy (%)"
+    fig.update_layout(height=360, margin={"l": 10, "r": 10, "t": 10, "b": 10}, yaxis_title=title,
+                      xaxis={"title": "poison rate (%, log scale)", "type": "log"},
+                      legend={"orientation": "h", "y": -0.25})
+    if metric == "asr":
+        fig.update_yaxes(range=[-3, 103])
+    return fig
+
+
+def rate_view(root: Path) -> None:
+    """The picture of where each defense holds: ASR and CA against the poison rate for one dataset and
+    attack, from every finished run (cbd_core.rate_grid, the same numbers bench/rate_grid.py prints)."""
+    lines = rate_lines(str(root), _runs_stamp(root))
+    pairs = sorted({(l.dataset, l.attack) for l in lines})
+    if not pairs:
+        return
+    st.subheader("Across poison rates")
+    left, right = st.columns(2)
+    dataset = left.selectbox("Dataset", sorted({d for d, _ in pairs}), key="rate_dataset")
+    attack = right.selectbox("Attack", sorted({a for d, a in pairs if d == dataset}), key="rate_attack")
+    here = [l for l in lines if l.dataset == dataset and l.attack == attack]
+    c1, c2 = st.columns(2)
+    with c1:
+        plotly_chart(rate_figure(here, "asr"), config=chart_config(f"asr-by-rate-{dataset}-{attack}"),
+                     key="rate_asr")
+    with c2:
+        plotly_chart(rate_figure(here, "ca"), config=chart_config(f"ca-by-rate-{dataset}-{attack}"), key="rate_ca")
+    worse = sum(l.verdicts.get(verdicts.MADE_WORSE, 0) for l in here)
+    explain("Each line is a defense through its median over seeds, the band its lowest and highest seed; the dashed "
+            "grey line is the undefended model. A defense holds where its ASR line stays near 0 % while its CA "
+            "line stays beside the undefended one."
+            + (f" **{worse} run{'s' if worse != 1 else ''} here made the attack stronger** than without a defense."
+               if worse else ""))
+    holes = rate_grid.missing_cells(lines, dataset, attack)
+    if holes:
+        rates = sorted({r for _, r in holes})
+        st.caption(f"Missing from the picture: {', '.join(f'{d} at {r:.1%}' for d, r in holes)}. "
+                   f"`python -m cbd_core matrix --datasets {dataset} --attacks {attack} --poison-rates "
+                   f"{' '.join(f'{r:g}' for r in rates)} --defenses …` fills them.")
+
+
 def top_k_report(suspicion: np.ndarray, is_poisoned: np.ndarray, k: int) -> tuple[float, float, float]:
     """(precision, recall, threshold) when the k most suspected samples are flagged; ties are broken
     by sample order, NaN scores count as least suspected."""
@@ -341,6 +418,8 @@ with page_errors():
         st.subheader("Mean clean accuracy")
         plotly_chart(heatmap(shown, "CA", good_high=True), config=chart_config("mean-ca"))
         explain("What each defense costs on clean images; compare a row with the Undefended row.")
+
+    rate_view(runs_root_path())
 
     st.divider()
     st.subheader("Which samples did the defense suspect?")

@@ -508,8 +508,8 @@ def test_worker_files_are_never_written_through_a_link(tmp_path):
     outside.mkdir()
     root.mkdir()
     (root / jobs.WORKERS_DIR).symlink_to(outside, target_is_directory=True)
-    with pytest.raises(OSError, match="symbolic link"):
-        jobs.ensure_workers(root, devices=["cpu"], per_device=1)
+    jobs.ensure_workers(root, devices=["cpu"], per_device=1)  # never raises: the pages show why instead
+    assert "symbolic link" in jobs.start_failures(root).get("cpu", "")
     assert jobs.workers(root) == []
     assert list(outside.iterdir()) == []
 

@@ -219,11 +219,13 @@ class ABL(Defense):
         optimizer = sgd(model, p["lr"], p["weight_decay"])
         steps = -(-n // p["batch_size"])
         losses = None
+        epoch_losses = []
         for epoch in range(1, p["isolation_epochs"] + 1):
             ce = train_epoch(ctx, model, optimizer, generator, lambda s: p["lr"], (epoch - 1) * steps,
                              "isolate", epoch, p["isolation_epochs"],
                              objective=lambda loss: lga_loss(loss, p["gamma"]), augmented=False)
             losses = ctx.per_sample_loss(model).cpu().numpy().astype(np.float32)
+            epoch_losses.append(losses)
             ctx.end_epoch("isolate", epoch, p["isolation_epochs"], model, train_loss=round(ce, 5),
                           poison_detection_auroc=ctx.detection_auroc(-losses))
         isolated = isolate_lowest(losses, p["isolation_ratio"])
@@ -280,7 +282,8 @@ class ABL(Defense):
 
         return DefenseResult(
             model=model, suspicion=-losses,
-            sample_record={"isolation_loss": losses, "isolated": isolated, **record_extra},
+            sample_record={"isolation_loss": losses, "isolated": isolated,
+                           "isolation_loss_epochs": np.stack(epoch_losses), **record_extra},
             summary={"isolated_precision": report["precision"], "isolated_recall": report["recall"],
                      "isolated_count": report["flagged"], "isolation_loss_auroc": isolation_auroc,
                      **summary_extra})
