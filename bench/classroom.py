@@ -56,9 +56,9 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-async def open_page(port: int, page: str, run_id: str, timeout: float) -> tuple[float, int]:
-    """Seconds from asking for `page` in a fresh session to the server's script_finished, and how many
-    exceptions the page showed (a page that broke is not "ready")."""
+async def open_page(port: int, page: str, run_id: str, timeout: float) -> tuple[float, list[str]]:
+    """Seconds from asking for `page` in a fresh session to the server's script_finished, and the
+    exceptions the page showed ("Type: message" each; a page that broke is not "ready")."""
     import websockets
     from streamlit.proto.BackMsg_pb2 import BackMsg
     from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
@@ -70,7 +70,7 @@ async def open_page(port: int, page: str, run_id: str, timeout: float) -> tuple[
         message.rerun_script.query_string = f"run={run_id}"
         message.rerun_script.page_name = page
         await ws.send(message.SerializeToString())
-        exceptions = 0
+        exceptions: list[str] = []
         while True:
             raw = await asyncio.wait_for(ws.recv(), timeout)
             forward = ForwardMsg()
@@ -78,13 +78,14 @@ async def open_page(port: int, page: str, run_id: str, timeout: float) -> tuple[
             kind = forward.WhichOneof("type")
             if kind == "delta" and forward.delta.WhichOneof("type") == "new_element" \
                     and forward.delta.new_element.WhichOneof("type") == "exception":
-                exceptions += 1
+                shown = forward.delta.new_element.exception
+                exceptions.append(f"{shown.type}: {shown.message}")
             if kind == "script_finished":
                 return time.perf_counter() - started, exceptions
 
 
 async def one_round(port: int, sessions: int, run_id: str, timeout: float, offset: int
-                    ) -> list[tuple[float, int]]:
+                    ) -> list[tuple[float, list[str]]]:
     pages = [PAGES[(offset + i) % len(PAGES)] for i in range(sessions)]
     return list(await asyncio.gather(*(open_page(port, page, run_id, timeout) for page in pages)))
 
@@ -131,7 +132,9 @@ def main() -> None:
             results = asyncio.run(one_round(port, args.sessions, run.name, args.timeout, number))
             times = [seconds for seconds, _ in results]
             print(f"| {number + 1} | {statistics.median(times):.2f} | {percentile(times, 0.95):.2f} | "
-                  f"{max(times):.2f} | {rss_mb(server.pid):.0f} | {sum(e for _, e in results)} |", flush=True)
+                  f"{max(times):.2f} | {rss_mb(server.pid):.0f} | {sum(len(e) for _, e in results)} |", flush=True)
+            for shown in sorted({message for _, messages in results for message in messages}):
+                print(f"  exception: {shown[:300]}", file=sys.stderr)
         log.close()
     finally:
         if server is not None:

@@ -8,6 +8,7 @@ cached per run and method. The maths lives in `cbd_core.analysis.attributions`.
 
 from __future__ import annotations
 
+import pages.warm  # noqa: F401  first: every heavy import, once per process (see pages/warm)
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st

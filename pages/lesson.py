@@ -10,6 +10,7 @@ looks, and the verdict against the undefended baseline. The run and the step liv
 
 from __future__ import annotations
 
+import pages.warm  # noqa: F401  first: every heavy import, once per process (see pages/warm)
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
