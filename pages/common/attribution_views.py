@@ -13,11 +13,13 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from cbd_core.analysis.attributions import (
+    VIEWS_FILE,
     example_test_image,
     mean_trigger_share,
     region_bbox,
     stored_trigger_shares,
     triggered_test_images,
+    view_key,
 )
 from cbd_core.errors import UserInputError
 from cbd_core.runs import RunDir
@@ -58,8 +60,27 @@ def _example_cached(path: str, mtime: int) -> int:
 
 def example_index(run: RunDir) -> int:
     """The test image a page opens on (`example_test_image`: right when clean, sent to the target by
-    f_B when triggered), cached per run."""
+    f_B when triggered): the worker's choice when it stored the run's views, else chosen here (cached)."""
+    views = load_arrays(run, VIEWS_FILE)
+    if views is not None and "example" in views:
+        return int(views["example"])
     return _example_cached(str(run.path), run.summary_mtime())
+
+
+def stored_views(run: RunDir, mode: str, method: str, names: list[str], index: int
+                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:
+    """Each model's map and class probabilities for kept test image `index`, clean or triggered
+    (`mode`, lower case) with the trigger sliders at rest, as the worker stored them
+    (`compute_attribution_views`); None when the run has no such file or it lacks one of them (the page
+    then computes them itself)."""
+    views = load_arrays(run, VIEWS_FILE)
+    if views is None or not names:
+        return None
+    keys = {name: (view_key("map", mode, name, method), view_key("probs", mode, name)) for name in names}
+    if not all(k in views and index < len(views[k]) for pair in keys.values() for k in pair):
+        return None
+    return ({name: views[m][index] for name, (m, _) in keys.items()},
+            {name: views[p][index] for name, (_, p) in keys.items()})
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
