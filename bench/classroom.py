@@ -4,6 +4,7 @@ the page-ready time (p50, p95) per round and the server's resident memory (RSS) 
 
     python bench/classroom.py --sessions 10 --rounds 4            # trains a small run first (~20 s)
     python bench/classroom.py --sessions 30 --run DIR              # or over an existing finished run
+    python bench/classroom.py --sessions 10 --run DIR --pages attributions   # one page only
 
 How: `streamlit run app.py` on a free port over a temporary runs root holding the run (copied), then each
 session is a bare websocket client of Streamlit's own protocol (`/_stcore/stream`, the protobuf messages
@@ -84,9 +85,9 @@ async def open_page(port: int, page: str, run_id: str, timeout: float) -> tuple[
                 return time.perf_counter() - started, exceptions
 
 
-async def one_round(port: int, sessions: int, run_id: str, timeout: float, offset: int
-                    ) -> list[tuple[float, list[str]]]:
-    pages = [PAGES[(offset + i) % len(PAGES)] for i in range(sessions)]
+async def one_round(port: int, sessions: int, run_id: str, timeout: float, offset: int,
+                    cycle: list[str] = PAGES) -> list[tuple[float, list[str]]]:
+    pages = [cycle[(offset + i) % len(cycle)] for i in range(sessions)]
     return list(await asyncio.gather(*(open_page(port, page, run_id, timeout) for page in pages)))
 
 
@@ -101,6 +102,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--run", type=Path, help="a finished run folder (default: train a small one)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds one page may take")
+    parser.add_argument("--pages", nargs="+", default=PAGES, choices=PAGES,
+                        help="the pages the sessions cycle through (default: all of them)")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="classroom-"))
@@ -129,7 +132,7 @@ def main() -> None:
         print("| round | p50 page ready (s) | p95 (s) | slowest (s) | server RSS after (MB) | exceptions |")
         print("|---|---|---|---|---|---|")
         for number in range(args.rounds):
-            results = asyncio.run(one_round(port, args.sessions, run.name, args.timeout, number))
+            results = asyncio.run(one_round(port, args.sessions, run.name, args.timeout, number, args.pages))
             times = [seconds for seconds, _ in results]
             print(f"| {number + 1} | {statistics.median(times):.2f} | {percentile(times, 0.95):.2f} | "
                   f"{max(times):.2f} | {rss_mb(server.pid):.0f} | {sum(len(e) for _, e in results)} |", flush=True)
