@@ -22,8 +22,8 @@ except the worker's own heavy imports that no page reaches (below).
 
 from __future__ import annotations
 
-import ast
 import importlib
+import re
 from pathlib import Path
 
 APP = Path(__file__).resolve().parents[2]
@@ -34,25 +34,36 @@ APP = Path(__file__).resolve().parents[2]
 NOT_ON_A_PAGE = ("umap", "numba", "pynndescent", "ray", "cbd_core.__main__", "pytest")
 
 
+# Import statements, read as text. Not with `ast.parse`: on Python 3.11 it is not safe beside another
+# thread's parse (CPython's AST converter keeps one recursion counter per interpreter; a session compiling
+# its page at that moment failed with "SystemError: AST constructor recursion depth mismatch"), and
+# Streamlit compiles pages in other sessions' threads while this runs. A line in a docstring that reads
+# like an import only adds a name to try.
+IMPORT = re.compile(r"^[ \t]*import[ \t]+([\w.]+(?:[ \t]+as[ \t]+\w+)?(?:[ \t]*,[ \t]*[\w.]+(?:[ \t]+as[ \t]+\w+)?)*)",
+                    re.MULTILINE)
+FROM = re.compile(r"^[ \t]*from[ \t]+(\.*[\w.]*)[ \t]+import[ \t]+(\([^)]*\)|[^\n#]+)", re.MULTILINE)
+
+
 def imported_names(path: Path, package: str | None) -> set[str]:
     """The absolute names of the modules `path` imports, and for `from x import y` also "x.y" (which is
     a module or not: the caller tries). `package` resolves relative imports."""
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                if package is None:
-                    continue
-                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1])
-                module = f"{base}.{node.module}" if node.module else base
-            else:
-                module = node.module or ""
-            if module == "__future__":
+    text = path.read_text()
+    names = {part.split()[0] for match in IMPORT.finditer(text) for part in match.group(1).split(",")}
+    for match in FROM.finditer(text):
+        module, imported = match.group(1), match.group(2).strip("() \t")
+        level = len(module) - len(module.lstrip("."))
+        if level:
+            if package is None:
                 continue
-            names.add(module)
-            names.update(f"{module}.{alias.name}" for alias in node.names if alias.name != "*")
+            base = ".".join(package.split(".")[:len(package.split(".")) - level + 1])
+            module = f"{base}.{module[level:]}" if module[level:] else base
+        if module == "__future__":
+            continue
+        names.add(module)
+        for part in imported.split(","):
+            words = re.sub(r"#.*", "", part).split()
+            if words and words[0] != "*":
+                names.add(f"{module}.{words[0]}")
     return names
 
 
