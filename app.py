@@ -10,6 +10,7 @@ inside this navigation (see that module for why).
 
 from __future__ import annotations
 
+import pages.warm  # noqa: F401  first: every heavy import, once per process (see pages/warm)
 import streamlit as st
 
 from cbd_core import jobs

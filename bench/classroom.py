@@ -4,6 +4,7 @@ the page-ready time (p50, p95) per round and the server's resident memory (RSS) 
 
     python bench/classroom.py --sessions 10 --rounds 4            # trains a small run first (~20 s)
     python bench/classroom.py --sessions 30 --run DIR              # or over an existing finished run
+    python bench/classroom.py --sessions 10 --run DIR --pages attributions   # one page only
 
 How: `streamlit run app.py` on a free port over a temporary runs root holding the run (copied), then each
 session is a bare websocket client of Streamlit's own protocol (`/_stcore/stream`, the protobuf messages
@@ -56,9 +57,9 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-async def open_page(port: int, page: str, run_id: str, timeout: float) -> tuple[float, int]:
-    """Seconds from asking for `page` in a fresh session to the server's script_finished, and how many
-    exceptions the page showed (a page that broke is not "ready")."""
+async def open_page(port: int, page: str, run_id: str, timeout: float) -> tuple[float, list[str]]:
+    """Seconds from asking for `page` in a fresh session to the server's script_finished, and the
+    exceptions the page showed ("Type: message" each; a page that broke is not "ready")."""
     import websockets
     from streamlit.proto.BackMsg_pb2 import BackMsg
     from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
@@ -70,7 +71,7 @@ async def open_page(port: int, page: str, run_id: str, timeout: float) -> tuple[
         message.rerun_script.query_string = f"run={run_id}"
         message.rerun_script.page_name = page
         await ws.send(message.SerializeToString())
-        exceptions = 0
+        exceptions: list[str] = []
         while True:
             raw = await asyncio.wait_for(ws.recv(), timeout)
             forward = ForwardMsg()
@@ -78,14 +79,15 @@ async def open_page(port: int, page: str, run_id: str, timeout: float) -> tuple[
             kind = forward.WhichOneof("type")
             if kind == "delta" and forward.delta.WhichOneof("type") == "new_element" \
                     and forward.delta.new_element.WhichOneof("type") == "exception":
-                exceptions += 1
+                shown = forward.delta.new_element.exception
+                exceptions.append(f"{shown.type}: {shown.message}")
             if kind == "script_finished":
                 return time.perf_counter() - started, exceptions
 
 
-async def one_round(port: int, sessions: int, run_id: str, timeout: float, offset: int
-                    ) -> list[tuple[float, int]]:
-    pages = [PAGES[(offset + i) % len(PAGES)] for i in range(sessions)]
+async def one_round(port: int, sessions: int, run_id: str, timeout: float, offset: int,
+                    cycle: list[str] = PAGES) -> list[tuple[float, list[str]]]:
+    pages = [cycle[(offset + i) % len(cycle)] for i in range(sessions)]
     return list(await asyncio.gather(*(open_page(port, page, run_id, timeout) for page in pages)))
 
 
@@ -100,6 +102,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--run", type=Path, help="a finished run folder (default: train a small one)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds one page may take")
+    parser.add_argument("--pages", nargs="+", default=PAGES, choices=PAGES,
+                        help="the pages the sessions cycle through (default: all of them)")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="classroom-"))
@@ -128,10 +132,12 @@ def main() -> None:
         print("| round | p50 page ready (s) | p95 (s) | slowest (s) | server RSS after (MB) | exceptions |")
         print("|---|---|---|---|---|---|")
         for number in range(args.rounds):
-            results = asyncio.run(one_round(port, args.sessions, run.name, args.timeout, number))
+            results = asyncio.run(one_round(port, args.sessions, run.name, args.timeout, number, args.pages))
             times = [seconds for seconds, _ in results]
             print(f"| {number + 1} | {statistics.median(times):.2f} | {percentile(times, 0.95):.2f} | "
-                  f"{max(times):.2f} | {rss_mb(server.pid):.0f} | {sum(e for _, e in results)} |", flush=True)
+                  f"{max(times):.2f} | {rss_mb(server.pid):.0f} | {sum(len(e) for _, e in results)} |", flush=True)
+            for shown in sorted({message for _, messages in results for message in messages}):
+                print(f"  exception: {shown[:300]}", file=sys.stderr)
         log.close()
     finally:
         if server is not None:

@@ -11,6 +11,7 @@ nothing here trains or writes into a run (uploads go to `<runs root>/uploads/`).
 
 from __future__ import annotations
 
+import pages.warm  # noqa: F401  first: every heavy import, once per process (see pages/warm)
 import json
 from pathlib import Path
 from typing import Any

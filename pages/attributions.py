@@ -8,6 +8,7 @@ cached per run and method. The maths lives in `cbd_core.analysis.attributions`.
 
 from __future__ import annotations
 
+import pages.warm  # noqa: F401  first: every heavy import, once per process (see pages/warm)
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
@@ -44,6 +45,7 @@ from pages.common.attribution_views import (
     overlay_figure,
     percent,
     run_images,
+    stored_views,
 )
 from pages.common.navigation import follow_app_navigation
 from pages.common.presentation import plotly_chart
@@ -95,7 +97,6 @@ def main() -> None:
     config = load_config(run)
     summary = judged_summary(run) or {}
     test_x, test_y, region = run_images(run)
-    models = load_models(run)
     class_names = summary.get("class_names") or [str(c) for c in range(int(summary.get("num_classes", 10)))]
     target = int(config.get("target_label", summary.get("target_label", 0)))
     defense = config.get("defense")
@@ -113,13 +114,15 @@ def main() -> None:
                              help="\n".join(f"- **{METHODS[m]}**: {METHOD_DESCRIPTIONS[m]}" for m in METHODS))
 
     clean = test_x[index]
+    at_rest = True  # the trigger where the run put it: what the worker stored maps for
     if mode == "Triggered":
         dx, dy, scale, opacity = trigger_controls(local, w)
+        at_rest = (dx, dy, scale, opacity) == (0, 0, 1.0, 1.0)
         image, shown_region = edit_trigger(clean, apply_run_trigger(clean, config), region, dx, dy, scale, opacity)
     else:
         image, shown_region = clean, region  # outlined where the trigger would go
 
-    names = plot_order(models, defense)
+    names = plot_order(run.model_names(), defense)
     shared_scale = len(names) > 1 and st.toggle(
         "One colour scale for all models", value=False, key="attr_shared_scale",
         help="Off: each map is coloured from zero to its own largest value, so a model whose attributions are "
@@ -135,8 +138,18 @@ def main() -> None:
         f"class is **{class_names[target]}**. {trigger_note(attack_title, local, mode)} Brighter colour = more "
         f"attribution. {scale_note} {METHODS[method]} shows {METHOD_DESCRIPTIONS[method]}.")
 
-    maps = {name: attribution_map(models[name], image, None, method) for name in names}
-    probs = {name: predict_proba(models[name], image) for name in names}
+    stored = stored_views(run, mode.lower(), method, names, index) if at_rest else None
+    if stored is not None:
+        maps, probs = stored  # the worker's, so the app server loads no model for this view
+    else:
+        # A moved or faded trigger, or a run without the worker's views (made by the CLI, or older):
+        # computed here, in the app's own process.
+        models = load_models(run)
+        maps = {name: attribution_map(models[name], image, None, method) for name in names}
+        probs = {name: predict_proba(models[name], image) for name in names}
+        if at_rest:
+            st.caption("These maps are computed by the app itself: this run has no stored views "
+                       "(`attribution_views.npz`, which the background worker writes when a run it trained ends).")
     tops = colour_limits(maps, per_model=not shared_scale)
     # At least two columns, so a single model's map is as big as each of CBD's two.
     for column, name in zip(st.columns(max(2, len(names))), names):

@@ -9,6 +9,7 @@ suspected training images. Read-only: everything comes from the run folders thro
 
 from __future__ import annotations
 
+import pages.warm  # noqa: F401  first: every heavy import, once per process (see pages/warm)
 from pathlib import Path
 from typing import Any
 

@@ -17,6 +17,7 @@ figures themselves are built in pages/common/maps.py.
 
 from __future__ import annotations
 
+import pages.warm  # noqa: F401  first: every heavy import, once per process (see pages/warm)
 from pathlib import Path
 from typing import Any
 

@@ -9,6 +9,7 @@ so switching between runs that were seen once is instant.
 
 from __future__ import annotations
 
+import pages.warm  # noqa: F401  first: every heavy import, once per process (see pages/warm)
 from typing import Any
 
 import numpy as np

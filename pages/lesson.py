@@ -10,6 +10,7 @@ looks, and the verdict against the undefended baseline. The run and the step liv
 
 from __future__ import annotations
 
+import pages.warm  # noqa: F401  first: every heavy import, once per process (see pages/warm)
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ import streamlit.components.v1 as components
 from plotly.subplots import make_subplots
 
 from cbd_core import capture, jobs, lesson, verdicts
-from cbd_core.analysis.attributions import apply_run_trigger, attribution_map, predict_proba, trigger_is_patch
+from cbd_core.analysis.attributions import (apply_run_trigger, attribution_map, edit_trigger, predict_proba,
+                                            trigger_is_patch)
 from cbd_core.attacks import ATTACKS
 from cbd_core.attacks.base import amplified_difference
 from cbd_core.presets import PRESETS, Preset, measured_text
@@ -31,7 +33,7 @@ from pages.common import (ACTIVE_RUN, active_run_id, class_name, enlarge, load_a
                           load_metrics, load_models, judged_summary, model_view, page_errors, plot_order, run_label,
                           runs_root_path, set_active_run, verdict_banner, _runs_stamp)
 from pages.common.attribution_views import (colour_limits, example_index, mean_shares,
-                                            overlay_figure, run_images)
+                                            overlay_figure, run_images, stored_views)
 from pages.common.intro import backdoor_intro
 from pages.common.navigation import follow_app_navigation
 from pages.common.presentation import plotly_chart, presenting, scaled
@@ -496,12 +498,19 @@ def step_maps(ctx: Lesson) -> None:
 
 def step_attributions(ctx: Lesson) -> None:
     test_x, test_y, region = run_images(ctx.run)
-    models = load_models(ctx.run)
     index = example_index(ctx.run)
     image = apply_run_trigger(test_x[index], ctx.config)
     patch = trigger_is_patch(ctx.config, region)
-    names = plot_order(models, ctx.config.get("defense"))
-    maps = {name: attribution_map(models[name], image, None, LESSON_METHOD) for name in names}
+    names = plot_order(ctx.run.model_names(), ctx.config.get("defense"))
+    # The worker's maps when it explained this very image (the Attributions page's trigger at rest).
+    same_image = np.array_equal(edit_trigger(test_x[index], image, region)[0], image)
+    stored = stored_views(ctx.run, "triggered", LESSON_METHOD, names, index) if same_image else None
+    if stored is not None:
+        maps, probs = stored
+    else:  # a run without the worker's views: computed here, in the app's process
+        models = load_models(ctx.run)
+        maps = {name: attribution_map(models[name], image, None, LESSON_METHOD) for name in names}
+        probs = {name: predict_proba(models[name], image) for name in names}
     tops = colour_limits(maps, per_model=True)
     columns = st.columns([1] + [2] * len(names) + [2])
     with columns[0]:
@@ -512,7 +521,7 @@ def step_attributions(ctx: Lesson) -> None:
             plotly_chart(overlay_figure(image, maps[name], region if patch else None, tops[name], height=280,
                                         colour_bar=False),
                          key=f"lesson_attr_{name}")
-            predicted = int(np.argmax(predict_proba(models[name], image)))
+            predicted = int(np.argmax(probs[name]))
             st.markdown(f"predicts **{ctx.name(predicted)}**"
                         + (" — the attack's target" if predicted == ctx.target else ""))
     with columns[-1]:

@@ -7,6 +7,7 @@ never edits a run's files.
 
 from __future__ import annotations
 
+import pages.warm  # noqa: F401  first: every heavy import, once per process (see pages/warm)
 from typing import Any
 
 import streamlit as st

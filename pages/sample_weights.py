@@ -14,6 +14,7 @@ Read-only: everything comes from the run's sample_weights.npz and images.npz.
 
 from __future__ import annotations
 
+import pages.warm  # noqa: F401  first: every heavy import, once per process (see pages/warm)
 from typing import Any
 
 import numpy as np

@@ -7,6 +7,7 @@ the CLI and queues a run folder; the live panel is a fragment that re-reads that
 
 from __future__ import annotations
 
+import pages.warm  # noqa: F401  first: every heavy import, once per process (see pages/warm)
 from typing import Any
 
 import plotly.graph_objects as go

@@ -397,3 +397,28 @@ def test_predictions_follow_a_model_whose_weights_change():
         model.fc.bias.copy_(torch.arange(10.0) * 5)
     after = predict_proba(model, image)
     assert not np.allclose(after, before) and after.argmax() == 9
+
+
+def test_attribution_views_hold_what_the_page_would_compute(finished_runs, tmp_path):
+    import shutil
+
+    from cbd_core.analysis import load_models
+    from cbd_core.analysis.attributions import (VIEWS_FILE, apply_run_trigger, attribution_map,
+                                                compute_attribution_views, edit_trigger, predict_proba, view_key)
+    from cbd_core.runs import RunDir
+
+    root, ids = finished_runs
+    shutil.copytree(root / ids["cbd"], tmp_path / ids["cbd"])
+    run = RunDir(tmp_path / ids["cbd"])
+    compute_attribution_views(run)
+    views = run.arrays(VIEWS_FILE)
+    images, config, models = run.arrays("images"), run.config(), load_models(run)
+    n = len(images["test_x"])
+    assert len(views[view_key("map", "clean", "f_B", "grad_cam")]) == n and 0 <= int(views["example"]) < n
+    clean = images["test_x"][3]
+    # The triggered image exactly as the page builds it with its sliders at rest.
+    triggered, _ = edit_trigger(clean, apply_run_trigger(clean, config), images["trigger_region"].astype(bool))
+    model = models["f_C"]
+    np.testing.assert_allclose(views[view_key("map", "triggered", "f_C", "saliency")][3],
+                               attribution_map(model, triggered, None, "saliency"), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(views[view_key("probs", "clean", "f_C")][3], predict_proba(model, clean), rtol=1e-5)

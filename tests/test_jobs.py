@@ -44,6 +44,7 @@ def fake_analysis(monkeypatch):
     monkeypatch.setattr(embeddings, "warm_up", lambda: None)
     monkeypatch.setattr(embeddings, "configure_numba_cache", lambda folder=None: None)
     monkeypatch.setattr(attributions, "compute_trigger_shares", lambda run: seen.append(f"shares {run.run_id}"))
+    monkeypatch.setattr(attributions, "compute_attribution_views", lambda run: seen.append(f"views {run.run_id}"))
     return seen
 
 
@@ -78,7 +79,8 @@ def test_worker_trains_the_queue_in_order(tmp_path, patch_dataset, fake_analysis
         assert run.summary()["run_id"] == run.run_id and run.model_names() == ["model"]
     assert runs[0].status()["started"] <= runs[1].status()["started"]
     assert fake_analysis == [runs[0].run_id, f"epochs {runs[0].run_id}", f"shares {runs[0].run_id}",
-                             runs[1].run_id, f"epochs {runs[1].run_id}", f"shares {runs[1].run_id}"]
+                             f"views {runs[0].run_id}", runs[1].run_id, f"epochs {runs[1].run_id}",
+                             f"shares {runs[1].run_id}", f"views {runs[1].run_id}"]
     assert all(run.status()["epoch_analysis"] == "done" for run in runs)
     assert cancelled.summary() is None and cancelled.metrics() == []
 
@@ -91,7 +93,7 @@ def test_worker_backfills_maps_of_finished_runs(tmp_path, patch_dataset, fake_an
     run = RunDir.create(tmp_path, prepared.config.to_dict())
     execute(prepared, run)  # a run made by the CLI: no map yet
     assert jobs.Worker(tmp_path, "cpu").serve(exit_when_idle=True) == 0
-    assert fake_analysis == [run.run_id, f"epochs {run.run_id}", f"shares {run.run_id}"]
+    assert fake_analysis == [run.run_id, f"epochs {run.run_id}", f"shares {run.run_id}", f"views {run.run_id}"]
     assert run.status()["analysis"] == "done" and run.status()["epoch_analysis"] == "done"
     # a run whose final map was made before epoch maps existed gets just the epoch maps
     (run.path / "umap_epochs.npz").unlink()

@@ -139,6 +139,36 @@ def test_page_uses_the_shares_the_worker_stored(finished_runs, tmp_path, monkeyp
     assert any("0.4567" in spec or "45.67" in spec or "46%" in spec for spec in specs)
 
 
+def test_a_run_with_the_workers_views_renders_without_loading_a_model(finished_runs, tmp_path, monkeypatch):
+    """What the worker stores once per run (shares, then each kept image's maps and predictions) is all
+    the page needs at rest: the app server loads no model. Moving the trigger computes here again."""
+    import cbd_core.analysis
+    from cbd_core.analysis.attributions import compute_attribution_views, compute_trigger_shares
+    from cbd_core.runs import RunDir
+
+    root, ids = finished_runs
+    shutil.copytree(root / ids["cbd"], tmp_path / ids["cbd"])
+    run = RunDir(tmp_path / ids["cbd"])
+    compute_trigger_shares(run)
+    views = compute_attribution_views(run)
+    loads = []
+    real_load = cbd_core.analysis.load_models
+    monkeypatch.setattr(cbd_core.analysis, "load_models", lambda r: loads.append(r.run_id) or real_load(r))
+
+    at = open_page(monkeypatch, tmp_path, ids["cbd"])
+    assert not at.exception and not at.error
+    assert loads == [], "the page loaded the models although the worker stored its views"
+    assert at.slider(key="attr_image").value == int(views["example"])
+    assert "computed by the app itself" not in "\n".join(c.value for c in at.caption)
+    tops = colour_tops(at)
+    stored = [float(views[f"map__triggered__integrated_gradients__{name}"][int(views["example"])].max())
+              for name in ("f_B", "f_C")]
+    assert tops == pytest.approx(stored, rel=1e-5)
+
+    at.slider(key="attr_dx").set_value(-3).run()  # a moved trigger has no stored map: computed here
+    assert not at.exception and loads == [ids["cbd"]]
+
+
 def chart_specs(at: AppTest) -> list[dict]:
     import json
 

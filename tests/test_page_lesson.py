@@ -92,6 +92,25 @@ def test_every_step_renders_for_a_finished_run_pair(lesson_pair):
     assert len(open_lesson(ids["cbd"], 5).get("plotly_chart")) == 2  # f_B's and f_C's attributions
 
 
+def test_step_5_reads_the_workers_views_without_loading_a_model(lesson_root, tmp_path, monkeypatch):
+    import cbd_core.analysis
+    from cbd_core.analysis.attributions import compute_attribution_views, compute_trigger_shares
+
+    root, ids = lesson_root
+    for defense in ("cbd", "undefended"):
+        shutil.copytree(root / ids[defense], tmp_path / ids[defense])
+    compute_trigger_shares(RunDir(tmp_path / ids["cbd"]))
+    compute_attribution_views(RunDir(tmp_path / ids["cbd"]))
+    monkeypatch.setenv("BACKDOOR_LAB_RUNS", str(tmp_path))
+    loads = []
+    real_load = cbd_core.analysis.load_models
+    monkeypatch.setattr(cbd_core.analysis, "load_models", lambda r: loads.append(r.run_id) or real_load(r))
+    at = open_lesson(ids["cbd"], 5)
+    assert not at.exception and len(at.get("plotly_chart")) == 2
+    assert "of f_B's attribution falls on it" in page_text(at) and "predicts" in page_text(at)
+    assert ids["cbd"] not in loads
+
+
 def test_next_and_back_move_the_step_in_the_url(lesson_pair):
     root, ids = lesson_pair
     at = open_lesson(ids["cbd"])

@@ -127,6 +127,7 @@ def test_a_finished_run_reads_done(runs_root, patch_dataset, monkeypatch):
 
     patch_dataset(300, 100)
     monkeypatch.setattr(attributions, "compute_trigger_shares", lambda run: {})
+    monkeypatch.setattr(attributions, "compute_attribution_views", lambda run: {})
     monkeypatch.setattr(embeddings, "compute_umap", lambda run: {})
     monkeypatch.setattr(embeddings, "warm_up", lambda: None)
     monkeypatch.setattr(embeddings, "configure_numba_cache", lambda folder=None: None)

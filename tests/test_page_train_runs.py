@@ -34,6 +34,7 @@ def fast_worker(monkeypatch, patch_dataset):
 
     patch_dataset(300, 100)
     monkeypatch.setattr(attributions, "compute_trigger_shares", lambda run: {})
+    monkeypatch.setattr(attributions, "compute_attribution_views", lambda run: {})
     monkeypatch.setattr(embeddings, "compute_umap", lambda run: {})
     monkeypatch.setattr(embeddings, "warm_up", lambda: None)
     monkeypatch.setattr(embeddings, "configure_numba_cache", lambda folder=None: None)

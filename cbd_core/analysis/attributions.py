@@ -430,3 +430,41 @@ def edit_trigger(clean: np.ndarray, triggered: np.ndarray, region: np.ndarray, d
     image[r0:r1, c0:c1] = np.clip(np.rint(patch), 0, 255).astype(clean.dtype)
     new_region[r0:r1, c0:c1] = sub_mask
     return image, new_region
+
+
+# -- the Attributions page's views, computed by the worker -----------------------------------------
+
+VIEWS_FILE = "attribution_views"  # <run>/attribution_views.npz, written by compute_attribution_views
+VIEW_MODES = ("clean", "triggered")
+
+
+def view_key(kind: str, mode: str, name: str, method: str | None = None) -> str:
+    """The array name in VIEWS_FILE: "probs__triggered__f_B", "map__clean__saliency__f_C"."""
+    return "__".join([kind, mode, *([method] if method else []), name])
+
+
+def compute_attribution_views(run) -> dict[str, np.ndarray]:
+    """What the Attributions page shows for each of the run's kept test images, clean and with the run's
+    trigger where it is (the page's sliders at rest): every model's class probabilities and its map by
+    each method, plus the image the page opens on (`example`). Written to `<run>/VIEWS_FILE.npz` once
+    by the worker, so a class opening the page makes the app server read a file instead of loading the
+    models and running Captum in its own process, one session after another."""
+    from . import load_models
+
+    images = run.arrays("images")
+    if images is None or "test_x" not in images:
+        raise UserInputError(f"run {run.run_id} has no test images to explain", "run")
+    config = run.config()
+    test_x, region = _as_batch(images["test_x"]), images["trigger_region"].astype(bool)
+    triggered = apply_run_trigger(test_x, config)
+    # Exactly the image the page builds when its trigger sliders are at rest.
+    shown = {"clean": test_x, "triggered": np.stack([edit_trigger(c, t, region)[0] for c, t in zip(test_x, triggered)])}
+    models = load_models(run)
+    arrays = {"example": np.asarray(example_test_image(models, test_x, images["test_y"], config))}
+    for mode in VIEW_MODES:
+        for name, model in models.items():
+            arrays[view_key("probs", mode, name)] = predict_proba(model, shown[mode]).astype(np.float32)
+            for method in METHODS:
+                arrays[view_key("map", mode, name, method)] = attribution_maps(model, shown[mode], None, method)
+    run.save_arrays(VIEWS_FILE, **arrays)
+    return arrays

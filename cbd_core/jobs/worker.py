@@ -188,19 +188,24 @@ class Worker:
         """The UMAP map of a finished run, so the Embeddings page never waits on it."""
         if run.status().get("state") != "done" or self.stopping:
             return
-        from ..analysis.attributions import compute_trigger_shares
+        from ..analysis.attributions import compute_attribution_views, compute_trigger_shares
         from ..analysis.embeddings import compute_umap
 
         self._set_state("analysing")
         # the run stays done either way; the page says the map failed and why
         self._step(run, "analysis", "UMAP", compute_umap)
         self._analyse_epochs(run)
-        try:  # the Attributions page's 100-image shares, once per run (the page computes them otherwise)
-            started = time.perf_counter()
-            compute_trigger_shares(run)
-            run.update_status(attribution_shares_seconds=round(time.perf_counter() - started, 2))
-        except Exception as err:
-            self.log(f"run {run.run_id}: attribution shares failed: {type(err).__name__}: {err}")
+        try:
+            # Once per run, what the Attributions page would otherwise compute in the app server's process
+            # (one session at a time): its 100-image shares, then each kept test image's maps and predictions.
+            for field, compute in (("attribution_shares", compute_trigger_shares),
+                                   ("attribution_views", compute_attribution_views)):
+                started = time.perf_counter()
+                try:
+                    compute(run)
+                    run.update_status(**{f"{field}_seconds": round(time.perf_counter() - started, 2)})
+                except Exception as err:
+                    self.log(f"run {run.run_id}: {field.replace('_', ' ')} failed: {type(err).__name__}: {err}")
         finally:
             self._set_state("ready")
 

@@ -13,11 +13,13 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from cbd_core.analysis.attributions import (
+    VIEWS_FILE,
     example_test_image,
     mean_trigger_share,
     region_bbox,
     stored_trigger_shares,
     triggered_test_images,
+    view_key,
 )
 from cbd_core.errors import UserInputError
 from cbd_core.runs import RunDir
@@ -56,10 +58,44 @@ def _example_cached(path: str, mtime: int) -> int:
     return example_test_image(load_models(run), test_x, test_y, load_config(run))
 
 
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _views_cached(path: str, mtime: int) -> dict[str, np.ndarray] | None:
+    # cache_resource, not cache_data: one run's views are about 20 MB of arrays, which cache_data would
+    # unpickle anew for every render of every session; these are shared and only read.
+    try:
+        return RunDir(Path(path)).arrays(VIEWS_FILE)
+    except Exception:  # a damaged file: the page computes the views itself, as for a run without one
+        return None
+
+
+def load_views(run: RunDir) -> dict[str, np.ndarray] | None:
+    """The worker's `attribution_views.npz` of the run (read-only, shared), None when absent or unreadable."""
+    return _views_cached(str(run.path), run.arrays_mtime(VIEWS_FILE))
+
+
 def example_index(run: RunDir) -> int:
     """The test image a page opens on (`example_test_image`: right when clean, sent to the target by
-    f_B when triggered), cached per run."""
+    f_B when triggered): the worker's choice when it stored the run's views, else chosen here (cached)."""
+    views = load_views(run)
+    if views is not None and "example" in views:
+        return int(views["example"])
     return _example_cached(str(run.path), run.summary_mtime())
+
+
+def stored_views(run: RunDir, mode: str, method: str, names: list[str], index: int
+                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:
+    """Each model's map and class probabilities for kept test image `index`, clean or triggered
+    (`mode`, lower case) with the trigger sliders at rest, as the worker stored them
+    (`compute_attribution_views`); None when the run has no such file or it lacks one of them (the page
+    then computes them itself)."""
+    views = load_views(run)
+    if views is None or not names:
+        return None
+    keys = {name: (view_key("map", mode, name, method), view_key("probs", mode, name)) for name in names}
+    if not all(k in views and index < len(views[k]) for pair in keys.values() for k in pair):
+        return None
+    return ({name: views[m][index] for name, (m, _) in keys.items()},
+            {name: views[p][index] for name, (_, p) in keys.items()})
 
 
 @st.cache_data(show_spinner=False, max_entries=128)

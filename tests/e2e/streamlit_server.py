@@ -32,15 +32,23 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_app(root: Path, env: dict[str, str] | None = None, log_name: str = "streamlit.log") -> Iterator[str]:
-    """Serve the app over `root` (its log in root/<log_name>); yields its URL. On exit the server
-    and any worker it started over `root` are stopped."""
+    """Serve the app over `root` (its log in root/<log_name>) for Chromium; yields its URL. On exit the
+    server and any worker it started over `root` are stopped."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"Chromium is missing ({CHROMIUM}): `apt-get install -y chromium` (.ci/run does it)")
+    with serving_app(root, env, log_name) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serving_app(root: Path, env: dict[str, str] | None = None, log_name: str = "streamlit.log",
+                flags: tuple[str, ...] = ()) -> Iterator[str]:
+    """`running_app` without a browser: a fresh server over `root`, with Streamlit's `flags` added."""
     port = free_port()
     log = open(root / log_name, "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
-         "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
+         "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false", *flags],
         cwd=ROOT, env={**os.environ, "BACKDOOR_LAB_RUNS": str(root), **(env or {})}, stdout=log,
         stderr=subprocess.STDOUT)
     try:
