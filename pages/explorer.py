@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from cbd_core import verdicts
+from cbd_core.palette import CLEAN_GREY
 from cbd_core.attacks import ATTACKS
 from cbd_core.defenses import defense_or_none
 from cbd_core.explorer import Grid, explorer_grid, fill_command
@@ -61,7 +62,7 @@ def weights_histogram(run: RunDir) -> go.Figure | None:
     if view.log_scale:
         final = np.log10(np.maximum(final, 1e-12))
     fig = go.Figure()
-    for name, mask, colour in (("clean", ~poisoned, "#9aa5b1"), ("poisoned", poisoned, POISONED_COLOUR)):
+    for name, mask, colour in (("clean", ~poisoned, CLEAN_GREY), ("poisoned", poisoned, POISONED_COLOUR)):
         fig.add_trace(go.Histogram(x=final[mask], name=f"{name} ({int(mask.sum()):,})", marker_color=colour,
                                    opacity=0.75, histnorm="percent", nbinsx=40))
     fig.update_layout(barmode="overlay", height=300, margin={"l": 10, "r": 10, "t": 30, "b": 10},
