@@ -144,11 +144,19 @@ def preset_status(preset: Preset, pairs: list[dict[str, Any]], ids: list[str]) -
             st.rerun()
         return
     others = any(p["attack"] == preset.attack and p["state"] == "done" for p in pairs)
-    st.info(f"**{preset.title}** has not been trained here yet. Queue it before class, with its undefended "
+    text = (f"**{preset.title}** has not been trained here yet. Queue it before class, with its undefended "
             "baseline (the page then says how long they need)"
-            + ("; meanwhile the lesson below uses another finished run of this attack." if others else "."),
-            icon=":material/schedule:")
-    if st.button("Queue this preset and its baseline", type="primary", key="lesson_queue_preset"):
+            + ("; meanwhile the lesson below uses another finished run of this attack." if others else "."))
+    if presenting() and others:
+        # On a projector the lesson below is what the class looks at: one line, so a step's content
+        # starts on the first screen instead of under a banner that is a note for the teacher.
+        note, action = st.columns([4, 1], vertical_alignment="center")
+        note.caption(text)
+        queue = action.button("Queue this preset", key="lesson_queue_preset")
+    else:
+        st.info(text, icon=":material/schedule:")
+        queue = st.button("Queue this preset and its baseline", type="primary", key="lesson_queue_preset")
+    if queue:
         with st.spinner("Queueing the preset and its undefended baseline…"):
             run = jobs.submit(preset.config(), runs_root_path())
             verdicts.ensure_baseline(run, runs_root_path())
