@@ -250,7 +250,7 @@ def animated_figure(table: dict[str, Any], coords: np.ndarray, steps: list[dict[
                       "yanchor": "top", "showactive": False, "pad": {"t": 0},
                       "buttons": [{"label": "▶ Play", "method": "animate", "args": [None, play]},
                                   {"label": "❚❚ Pause", "method": "animate", "args": [[None], pause]}]}],
-        sliders=[{"active": 0, "x": 0.17, "len": 0.83, "y": above(ANIMATION_TOP - 40), "yanchor": "top",
+        sliders=[{"active": 0, "x": 0.27, "len": 0.73, "y": above(ANIMATION_TOP - 40), "yanchor": "top",
                   "pad": {"t": 0, "b": 0},
                   "currentvalue": {"prefix": "epoch ", "font": {"size": 14}, "xanchor": "left", "offset": 4},
                   "steps": [{"label": str(s["epoch"]), "method": "animate",
