@@ -5,9 +5,11 @@ real runs at once instead of queueing a new one for every question.
                                          newest finished run (seed 0 first, the presets' seed)
     fill_command(dataset, attacks, rates, defenses)   the command that trains missing cells (`matrix`)
 
-Only finished runs count; a cell holds the newest of seed 0 (the presets' and `fill_command`'s seed),
-else the newest of any seed, whatever its other settings (the run's page shows them); unreadable runs
-are skipped.
+The runs and their cells are `cbd_core.rate_grid`'s (`finished_runs`, `GridPoint.cell`: one
+definition of a finished run, its verdict and its cell for the Explorer, the Compare page's "Across
+poison rates" chart and bench/rate_grid.py). The Explorer shows one run per cell: the newest of seed 0
+(the presets' and `fill_command`'s seed), else the newest of any seed, whatever its defense
+parameters or target label (the run's page shows them); unreadable runs are skipped.
 """
 
 from __future__ import annotations
@@ -15,48 +17,45 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserInputError
-from .runs import list_runs
+from . import verdicts
+from .rate_grid import GridPoint, finished_runs
 
-Key = tuple[str, float, str]  # (attack, poison rate, defense)
+Key = tuple[str, float, str]  # (attack, poison rate, defense name): a rate_grid cell on one dataset
 
 
 @dataclass
 class Grid:
     attacks: list[str] = field(default_factory=list)
     rates: list[float] = field(default_factory=list)
-    defenses: list[str] = field(default_factory=list)
+    defenses: list[str] = field(default_factory=list)  # registry names, undefended first
     cells: dict[Key, str] = field(default_factory=dict)  # run id of each filled cell
+    points: dict[Key, GridPoint] = field(default_factory=dict)  # the run each cell shows, with its verdict
 
     def run_id(self, attack: str, rate: float, defense: str) -> str | None:
         return self.cells.get((attack, round(rate, 6), defense))
+
+    def verdict(self, attack: str, rate: float, defense: str) -> str | None:
+        """The cell's verdict (judged when the grid was read, against the baseline there was then)."""
+        point = self.points.get((attack, round(rate, 6), defense))
+        return point.verdict if point is not None else None
 
 
 def explorer_grid(root: str | Path | None, dataset: str = "mnist5k") -> Grid:
     """Every finished run on `dataset`, by (attack, rate, defense): the newest of seed 0, else the newest
     of any seed."""
     grid = Grid()
-    chosen: dict[Key, tuple[bool, str]] = {}  # key: (is seed 0, run id); runs come newest first
-    for run in list_runs(root):
-        if run.status().get("state") != "done" or run.problem():
+    for point in finished_runs(root):  # newest first
+        if point.dataset != dataset:
             continue
-        try:
-            config = run.config()
-        except UserInputError:
-            continue
-        if config.get("dataset") != dataset:
-            continue
-        rate = config.get("poison_rate")
-        if not isinstance(rate, (int, float)):
-            continue
-        key = (str(config.get("attack")), round(float(rate), 6), str(config.get("defense")))
-        seed_zero = config.get("seed") == 0
-        if key not in chosen or (seed_zero and not chosen[key][0]):
-            chosen[key] = (seed_zero, run.run_id)
-    grid.cells = {key: run_id for key, (_, run_id) in chosen.items()}
+        _, attack, defense, rate = point.cell
+        key = (attack, round(rate, 6), defense)
+        held = grid.points.get(key)
+        if held is None or (point.seed == 0 and held.seed != 0):
+            grid.points[key] = point
+    grid.cells = {key: point.run_id for key, point in grid.points.items()}
     grid.attacks = sorted({k[0] for k in grid.cells})
     grid.rates = sorted({k[1] for k in grid.cells})
-    grid.defenses = sorted({k[2] for k in grid.cells}, key=lambda d: (d != "undefended", d))
+    grid.defenses = sorted({k[2] for k in grid.cells}, key=lambda d: (d != verdicts.UNDEFENDED, d))
     return grid
 
 

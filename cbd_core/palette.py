@@ -3,6 +3,7 @@ a training phase has one colour wherever it is drawn."""
 
 CLEAN_COLOUR = "#1f77b4"
 POISONED_COLOUR = "#d62728"
+CLEAN_GREY = "#9aa5b1"  # clean samples beside the poisoned ones on poisoned-vs-clean maps and histograms
 # One per training phase, in the order the phases come (more phases than colours wrap around).
 PHASE_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 # One per defense in a chart of several (the rate grid); the undefended model is always this grey.

@@ -1,8 +1,13 @@
 """Where each defense holds: finished runs across poisoning rates, the picture the Compare page's
-"Across poison rates" view draws and bench/rate_grid.py tabulates (one module, so both say the same).
+"Across poison rates" view draws, bench/rate_grid.py tabulates and the Explorer page moves through
+(one module, so all three mean the same by a grid cell).
 
-    points = grid_points(root)        one GridPoint per finished run with its figures and its verdict
+    runs = finished_runs(root)        one GridPoint per finished run (figures None when its summary has none)
+    points = grid_points(root)        the same, only runs with finite CA and ASR
     lines = summarise(points)         per (dataset, attack, defense, rate): median and min-max over seeds
+
+A grid cell is (dataset, attack, defense name, poison rate) (`GridPoint.cell`); within it each line
+(the defense with its defaults, or a variant) has its seeds and target labels.
 
 A run's defense is labelled by its title plus any parameter set away from its defaults
 ("CBD (unfitted=off)"), so an ablation is a line of its own. Runs that differ only in what does not
@@ -34,10 +39,18 @@ class GridPoint:
     defense: str  # the line's label: "Undefended", "CBD", "CBD (unfitted=off)"
     poison_rate: float
     seed: int
-    clean_accuracy: float
-    attack_success_rate: float
+    clean_accuracy: float | None  # None only from `finished_runs`, for a summary without figures
+    attack_success_rate: float | None
     verdict: str
     run_id: str
+    defense_name: str = ""  # the registry's name ("cbd"), what `matrix --defenses` takes
+    target_label: int | None = None
+
+    @property
+    def cell(self) -> tuple[str, str, str, float]:
+        """The grid cell this run sits in: (dataset, attack, defense name, poison rate). A cell may hold
+        several lines (`defense`: the defaults and each variant, "CBD (unfitted=off)") and seeds."""
+        return (self.dataset, self.attack, self.defense_name, self.poison_rate)
 
 
 @dataclass(frozen=True)
@@ -87,33 +100,42 @@ def defense_label(config: dict[str, Any], image_shape: tuple[int, ...] | None) -
     return f"{title} ({', '.join(changed)})" if changed else title
 
 
-def grid_points(root: str | Path | None) -> list[GridPoint]:
-    """Every finished run under `root` whose summary holds finite CA and ASR, newest per (dataset,
-    attack, defense, rate, target, seed); unreadable folders are skipped (the Runs page lists them)."""
+def finished_runs(root: str | Path | None) -> list[GridPoint]:
+    """Every finished, readable run under `root` with a poison rate and a seed, newest first and the
+    newest only per (cell, target, seed); its clean_accuracy and attack_success_rate are None (and
+    its verdict "n/a") when its summary holds no finite figures. Unreadable folders are skipped (the
+    Runs page lists them)."""
     undefended = verdicts.undefended_runs(root)
     seen: dict[tuple, GridPoint] = {}
     for run in list_runs(root):  # newest first
         try:
-            if run.status().get("state") != "done":
+            if run.status().get("state") != "done" or run.problem():
                 continue
             config, summary = run.config(), run.summary()
         except (OSError, ValueError, UserInputError):
             continue
-        if not isinstance(summary, dict):
-            continue
+        summary = summary if isinstance(summary, dict) else {}
         ca, asr = _finite(summary.get("clean_accuracy")), _finite(summary.get("attack_success_rate"))
         rate, seed = _finite(config.get("poison_rate")), config.get("seed")
-        if ca is None or asr is None or rate is None or not isinstance(seed, int):
+        if rate is None or isinstance(seed, bool) or not isinstance(seed, int):
             continue
         dataset = str(config.get("npz_path") or config.get("dataset") or "?")
         dataset = Path(dataset).stem if dataset.endswith(".npz") else dataset
-        label = defense_label(config, tuple(summary.get("image_shape") or ()))
-        baseline = verdicts.lookup_baseline(config, root, undefended)
-        point = GridPoint(dataset, str(config.get("attack")), label, rate, seed, ca, asr,
-                          verdicts.verdict(summary, baseline.summary), run.run_id)
-        key = (point.dataset, point.attack, point.defense, rate, config.get("target_label"), seed)
-        seen.setdefault(key, point)
+        result = verdicts.NOT_APPLICABLE
+        if asr is not None:
+            result = verdicts.verdict(summary, verdicts.lookup_baseline(config, root, undefended).summary)
+        target = config.get("target_label")
+        point = GridPoint(dataset, str(config.get("attack")), defense_label(config, tuple(summary.get("image_shape") or ())),
+                          rate, seed, ca, asr, result, run.run_id, str(config.get("defense") or "?"),
+                          target if isinstance(target, int) and not isinstance(target, bool) else None)
+        seen.setdefault((*point.cell, point.defense, point.target_label, seed), point)
     return list(seen.values())
+
+
+def grid_points(root: str | Path | None) -> list[GridPoint]:
+    """Every finished run under `root` whose summary holds finite CA and ASR, newest per (dataset,
+    attack, defense, rate, target, seed); unreadable folders are skipped (the Runs page lists them)."""
+    return [p for p in finished_runs(root) if p.clean_accuracy is not None and p.attack_success_rate is not None]
 
 
 def summarise(points: Iterable[GridPoint]) -> list[GridLine]:

@@ -51,3 +51,19 @@ def flagged_reason(summary: dict[str, Any], name: str, prefix: str, did: str, th
     if precision is not None and precision < LOW_SHARE:
         return found + f": most of what it {did} were clean images, and the poison kept its hold."
     return found + f": it found the poison, but {then} did not undo the backdoor."
+
+
+# -- the glossary ----------------------------------------------------------------------------------
+# Each abbreviation the pages use, defined once; the Lesson, Embeddings and Sample weights pages show
+# the ones they use from here (pages.common.glossary), so no page defines a term its own way.
+GLOSSARY: dict[str, str] = {
+    "CA": "clean accuracy: the share of untouched test images the model classifies right.",
+    "ASR": "attack success rate: the share of triggered test images (of every class but the target) that the "
+           "model sends to the attacker's target label. High ASR = the backdoor works.",
+    "CE": "cross-entropy loss of one image: how badly the model fits its label (0 = fitted perfectly). CBD "
+          "compares f_B's loss (CE_B) with f_C's (CE_C): w = CE_B / (CE_B + CE_C).",
+    "UMAP": "a method that draws high-dimensional features as a 2-D map, keeping images the model sees alike "
+            "close together; distances between far-apart groups mean little.",
+    "AUROC": "how well a score ranks the poisoned images above the clean ones: 1.0 = every poisoned image "
+             "first, 0.5 = no better than chance.",
+}

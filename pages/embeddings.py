@@ -31,8 +31,8 @@ from cbd_core.epoch_features import EPOCH_FEATURES_FILE
 from cbd_core.runs import RunDir
 from pages.common import (class_name, defense_title, delivered_model, enlarge, explain, load_arrays, load_config,
                           load_metrics, judged_summary, model_view, non_finite_warning, page_errors, phase_title,
-                          pick_run, plot_order)
-from pages.common.maps import (POISONED_VIEWS, SUSPICION, TRAINING_LABEL,
+                          pick_run, plot_order, glossary)
+from pages.common.maps import (POISONED_CLEAN, POISONED_VIEWS, SUSPICION, TRAINING_LABEL,
                                TRUE_CLASS, WEIGHT, animated_figure, colour_groups, epoch_timeline,
                                hover_texts, map_figure)
 from pages.common.navigation import follow_app_navigation
@@ -43,6 +43,7 @@ follow_app_navigation()
 
 SELECTED = "embedding_selected_sample"  # the chosen training samples' ids (a list; one int is read as one)
 COLOUR_BY = "embedding_colour_by"
+COLOUR_CHOSEN = "embedding_colour_chosen"  # set once the user picks a colouring; until then it follows the view
 POISONED_VIEW = "embedding_poisoned_view"
 VIEW = "embedding_view"
 FINAL, EPOCHS = "final models", "epoch by epoch"
@@ -185,7 +186,8 @@ def sample_details(run: RunDir, points: dict[str, Any], sample: int, class_names
     i = int(position[0])
 
     st.subheader(f"Sample {sample}")
-    picture, facts = st.columns([1, 3])
+    # beside the maps: a narrow column, so the picture sits above its facts
+    picture, facts = st.container(), st.container()
     images = load_arrays(run, "images") or {}
     kept = np.flatnonzero(np.asarray(images.get("train_index", [])) == sample)
     with picture:
@@ -311,21 +313,28 @@ def render() -> None:
                                                       and len(points["label"]) else 10))
     class_names = tuple(str(c) for c in (summary.get("class_names") or range(num_classes)))
 
-    options = [TRUE_CLASS, TRAINING_LABEL]
+    options = [POISONED_CLEAN, TRUE_CLASS, TRAINING_LABEL]
     if points["weight"] is not None:
         options.append(WEIGHT)
     elif points["suspicion"] is not None:
         options.append(SUSPICION)
     if st.session_state.get(COLOUR_BY) not in options:
         st.session_state.pop(COLOUR_BY, None)  # e.g. "CBD's final weight" kept from a CBD run
+        st.session_state.pop(COLOUR_CHOSEN, None)
     view_column, colour_column, poisoned_column = st.columns([1.3, 2.05, 1.45])
     view = view_column.radio("Show", (FINAL, EPOCHS), horizontal=True, key=VIEW,
                              help="Final models: the maps of the models as training left them. Epoch by epoch: the "
                                   "same maps while they trained, to play or scrub through.")
+    if not st.session_state.get(COLOUR_CHOSEN):
+        # Until a colouring is picked: the animation shows where the poison goes (two colours), the final
+        # maps the digits (do the crosses sit with their true digit?).
+        st.session_state[COLOUR_BY] = POISONED_CLEAN if view == EPOCHS else TRUE_CLASS
     colour_by = colour_column.radio(
         "Colour by", options, horizontal=True, key=COLOUR_BY,
-        help="True class: the digit the image really shows. Training label: what the (poisoned) training set "
-             "says. Weight (log scale) / suspicion (rank): what the defense made of each sample.")
+        on_change=lambda: st.session_state.update({COLOUR_CHOSEN: True}),
+        help="Poisoned vs clean: red for the poisoned images, grey for the rest. True class: the digit the image "
+             "really shows. Training label: what the (poisoned) training set says. Weight (log scale) / suspicion "
+             "(rank): what the defense made of each sample.")
     poisoned_view = poisoned_column.radio(
         "Poisoned images", POISONED_VIEWS, horizontal=True, key=POISONED_VIEW,
         help="✕ on top: crosses drawn after the clean images, same size. As dots: plain dots like the others, so every "
@@ -334,6 +343,27 @@ def render() -> None:
         non_finite_warning(points["weight"], "final weights of the mapped samples (sample_weights.npz)")
     selected = as_selection(st.session_state.get(SELECTED))
 
+    # The maps on the left and what a click picks on the right, so the answer to a click is on screen
+    # beside the point, not below the maps.
+    maps_area, side = st.columns([4, 1.2])
+    with side:
+        if len(selected) == 1:
+            sample_details(run, points, selected[0], list(class_names), defense)
+        else:
+            st.caption("Click a point on a map to see its image, labels and predictions here; box or lasso "
+                       "several to count them and see their images below the maps.")
+        if selected and st.button("Clear the selection", key="embedding_clear_selection"):
+            st.session_state.pop(SELECTED, None)
+            st.rerun()
+    with maps_area:
+        draw_maps(run, view, stamp, points, defense, colour_by, poisoned_view, class_names, selected, summary)
+    if len(selected) > 1:
+        selection_grid(run, points, selected, list(class_names))
+
+
+def draw_maps(run: RunDir, view: str, stamp: tuple[int, ...], points: dict[str, Any], defense: str, colour_by: str,
+              poisoned_view: str, class_names: tuple[str, ...], selected: list[int], summary: dict[str, Any]) -> None:
+    """The final maps side by side, or the epoch-by-epoch animation, with what to look for."""
     if view == FINAL:
         figures = final_figures(str(run.path), stamp, defense, colour_by, poisoned_view, class_names, tuple(selected))
         names = list(figures)
@@ -362,17 +392,6 @@ def render() -> None:
                    "the poison is over-represented here. Each epoch's map starts from the one before (UMAP), so a "
                    "point moves only as far as the model's view of it changed.")
 
-    if len(selected) == 1:
-        sample_details(run, points, selected[0], list(class_names), defense)
-    elif selected:
-        selection_grid(run, points, selected, list(class_names))
-    else:
-        st.caption("Select a point on a map to see its image, labels and predictions here; box or lasso several "
-                   "to count them and see their images.")
-    if selected and st.button("Clear the selection", key="embedding_clear_selection"):
-        st.session_state.pop(SELECTED, None)
-        st.rerun()
-
 
 st.title("Embeddings")
 st.markdown('Each dot is a training image, placed by what the model "sees" (its last hidden layer, mapped to 2-D '
@@ -380,3 +399,4 @@ st.markdown('Each dot is a training image, placed by what the model "sees" (its 
             "images into a tight cluster of their own; f_C should place them with their true digit.")
 with page_errors():
     render()
+glossary("UMAP", "ASR", "CE")

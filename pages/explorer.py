@@ -16,6 +16,8 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
+from cbd_core import verdicts
+from cbd_core.palette import CLEAN_GREY
 from cbd_core.attacks import ATTACKS
 from cbd_core.defenses import defense_or_none
 from cbd_core.explorer import Grid, explorer_grid, fill_command
@@ -61,7 +63,7 @@ def weights_histogram(run: RunDir) -> go.Figure | None:
     if view.log_scale:
         final = np.log10(np.maximum(final, 1e-12))
     fig = go.Figure()
-    for name, mask, colour in (("clean", ~poisoned, "#9aa5b1"), ("poisoned", poisoned, POISONED_COLOUR)):
+    for name, mask, colour in (("clean", ~poisoned, CLEAN_GREY), ("poisoned", poisoned, POISONED_COLOUR)):
         fig.add_trace(go.Histogram(x=final[mask], name=f"{name} ({int(mask.sum()):,})", marker_color=colour,
                                    opacity=0.75, histnorm="percent", nbinsx=40))
     fig.update_layout(barmode="overlay", height=300, margin={"l": 10, "r": 10, "t": 30, "b": 10},
@@ -98,6 +100,15 @@ def show_cell(run: RunDir) -> None:
     st.caption(f"Run `{run.run_id}`: red crosses are poisoned training images, grey dots clean ones.")
 
 
+def verdicts_across_rates(found: Grid, attack: str, defense: str) -> None:
+    """One line with the defense's verdict at every rate of this attack (a "made worse" cell
+    included), so a class sees where it holds before moving the slider."""
+    if defense == verdicts.UNDEFENDED:
+        return
+    parts = [f"{rate:.1%}: {found.verdict(attack, rate, defense) or 'no run yet'}" for rate in found.rates]
+    st.caption(f"{defense_title(defense)} on {attack}, verdict by poison rate: " + " · ".join(parts))
+
+
 def main() -> None:
     found = grid()
     if not found.cells:
@@ -113,6 +124,7 @@ def main() -> None:
                                   format_func=lambda a: ATTACKS[a].title if a in ATTACKS else a)
     defense = c3.selectbox("defense", found.defenses, key="explorer_defense", format_func=defense_title,
                            index=found.defenses.index(PRESET_DEFENSE) if PRESET_DEFENSE in found.defenses else 0)
+    verdicts_across_rates(found, attack, defense)
     run_id = found.run_id(attack, rate, defense)
     if run_id is None:
         st.warning(f"No finished {defense_title(defense)} run of {attack} at {rate:.1%} on {DATASET} yet. "

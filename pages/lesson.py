@@ -26,12 +26,13 @@ from cbd_core.analysis.attributions import (apply_run_trigger, attribution_map, 
                                             trigger_is_patch)
 from cbd_core.attacks import ATTACKS
 from cbd_core.attacks.base import amplified_difference
+from cbd_core.defenses import defense_or_none
 from cbd_core.presets import PRESETS, Preset, measured_text
 from cbd_core.runs import FINISHED, RunDir
 from cbd_core.timing import duration_text, queue_forecast
 from pages.common import (ACTIVE_RUN, active_run_id, class_name, enlarge, load_arrays, load_baseline, load_config,
                           load_metrics, load_models, judged_summary, model_view, page_errors, plot_order, run_label,
-                          runs_root_path, set_active_run, verdict_banner, _runs_stamp)
+                          runs_root_path, set_active_run, verdict_banner, _runs_stamp, glossary)
 from pages.common.attribution_views import (colour_limits, example_index, mean_shares,
                                             overlay_figure, run_images, stored_views)
 from pages.common.intro import backdoor_intro
@@ -145,11 +146,19 @@ def preset_status(preset: Preset, pairs: list[dict[str, Any]], ids: list[str]) -
             st.rerun()
         return
     others = any(p["attack"] == preset.attack and p["state"] == "done" for p in pairs)
-    st.info(f"**{preset.title}** has not been trained here yet. Queue it before class, with its undefended "
+    text = (f"**{preset.title}** has not been trained here yet. Queue it before class, with its undefended "
             "baseline (the page then says how long they need)"
-            + ("; meanwhile the lesson below uses another finished run of this attack." if others else "."),
-            icon=":material/schedule:")
-    if st.button("Queue this preset and its baseline", type="primary", key="lesson_queue_preset"):
+            + ("; meanwhile the lesson below uses another finished run of this attack." if others else "."))
+    if presenting() and others:
+        # On a projector the lesson below is what the class looks at: one line, so a step's content
+        # starts on the first screen instead of under a banner that is a note for the teacher.
+        note, action = st.columns([4, 1], vertical_alignment="center")
+        note.caption(text)
+        queue = action.button("Queue this preset", key="lesson_queue_preset")
+    else:
+        st.info(text, icon=":material/schedule:")
+        queue = st.button("Queue this preset and its baseline", type="primary", key="lesson_queue_preset")
+    if queue:
         with st.spinner("Queueing the preset and its undefended baseline…"):
             run = jobs.submit(preset.config(), runs_root_path())
             verdicts.ensure_baseline(run, runs_root_path())
@@ -440,10 +449,11 @@ def step_training(ctx: Lesson) -> None:
                    "the share of clean test digits classified right.")
 
 
-def weights_figure(weights: np.ndarray, is_poisoned: np.ndarray) -> go.Figure:
-    """Median weight of poisoned and clean samples per f_C epoch, with their 10-90% band."""
+def weights_figure(weights: np.ndarray, is_poisoned: np.ndarray, first_epoch: int = 0) -> go.Figure:
+    """Median weight of poisoned and clean samples per f_C epoch, with their 10-90% band; row 0 is
+    epoch `first_epoch` (the Train page's numbering, as on the Sample weights page)."""
     fig = go.Figure()
-    epochs = list(range(weights.shape[0]))
+    epochs = list(range(first_epoch, first_epoch + weights.shape[0]))
     for name, mask, colour in (("clean", ~is_poisoned, CLEAN_COLOUR), ("poisoned", is_poisoned, POISONED_COLOUR)):
         rows = weights[:, mask]
         low, mid, high = (np.percentile(rows, q, axis=1) for q in (10, 50, 90))
@@ -453,7 +463,8 @@ def weights_figure(weights: np.ndarray, is_poisoned: np.ndarray) -> go.Figure:
         fig.add_trace(go.Scatter(x=epochs, y=mid, mode="lines+markers", name=f"{name} images (median, 10–90%)",
                                  line={"color": colour, "width": 3}))
     fig.update_layout(height=380, margin={"l": 10, "r": 10, "t": 20, "b": 10}, yaxis_title="weight in f_C's loss",
-                      xaxis_title="f_C's epoch (0: before it trains)", xaxis={"dtick": 1},
+                      xaxis_title=f"epoch, as on the Train page ({first_epoch}: the weights f_C starts with)",
+                      xaxis={"dtick": 1},
                       legend={"orientation": "h", "y": -0.25})
     return fig
 
@@ -467,7 +478,10 @@ def step_weights(ctx: Lesson) -> None:
         return
     poisoned = poisoned.astype(bool)
     with left:
-        plotly_chart(weights_figure(weights, poisoned), key="lesson_weights_chart")
+        defense = defense_or_none(ctx.summary.get("defense"))
+        view = defense.sample_view if defense is not None else None
+        first = view.first_epoch(load_metrics(ctx.run)) if view is not None else 0
+        plotly_chart(weights_figure(weights, poisoned, first), key="lesson_weights_chart")
     with right:
         st.markdown("CBD weighs every training image by **w = CE_B / (CE_B + CE_C)**: an image f_B fits far more "
                     "easily than f_C (a small loss CE_B) counts for little in f_C's training.")
@@ -638,6 +652,7 @@ def main() -> None:
     step_header(step)
     with page_errors():
         STEP_VIEWS[lesson.STEPS[step - 1][0]](ctx)
+    glossary("ASR", "CA", "CE", "UMAP", "AUROC")
 
 
 st.title("CBD, step by step")

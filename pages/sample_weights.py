@@ -25,9 +25,10 @@ import streamlit as st
 from cbd_core.defenses import Defense, SampleView, defense_or_none
 from cbd_core.metrics import auroc
 from cbd_core.palette import CLEAN_COLOUR, POISONED_COLOUR
-from cbd_core.runs import RunDir, epoch_number
+from cbd_core.runs import RunDir
 from pages.common import (class_name, defense_title, enlarge, explain, judging_defenses, load_arrays, load_config,
-                          load_metrics, judged_summary, non_finite_warning, page_errors, pick_run)
+                          load_metrics, judged_summary, non_finite_warning, page_errors, pick_run,
+                          glossary)
 from pages.common.navigation import follow_app_navigation
 from pages.common.presentation import plotly_chart  # sized for presentation mode
 
@@ -87,10 +88,7 @@ def gallery(title: str, order: np.ndarray, images: dict[str, np.ndarray], captio
 def row_offset(run: RunDir, view: SampleView) -> int:
     """The Train page's epoch number of the record's row 0: the view's phase's epoch `first_row`
     (CBD: f_B's last epoch, 4, for the weights before f_C's first), or the run's own epoch `first_row`."""
-    if view.epoch_phase is None:
-        return view.first_row
-    first = epoch_number(load_metrics(run), view.epoch_phase, 1)
-    return (first - 1 if first else 0) + view.first_row
+    return view.first_epoch(load_metrics(run))
 
 
 def shown(view: SampleView, values: np.ndarray) -> np.ndarray:
@@ -251,5 +249,6 @@ st.title("Sample weights")
 st.markdown("A defense that judges training samples gives each a score: CBD a weight (a sample its backdoored "
             "f_B fits much better than f_C gets a small one), others a loss or an activation, or a pool it puts the "
             "sample in. Here is how those scores split the poisoned samples from the clean ones.")
+glossary("CE", "AUROC", "ASR")
 with page_errors():
     render()

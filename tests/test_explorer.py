@@ -62,3 +62,23 @@ def test_page_switches_between_real_runs_and_names_the_missing_cell(finished_run
     assert not at.exception
     code = [c.value for c in at.code]
     assert code == [fill_command("mnist5k", ["badnets"], [0.05], ["undefended", "cbd"])], code
+
+
+def test_explorer_and_rate_grid_share_one_scan(tmp_path):
+    """The Explorer's cells come from rate_grid's scan: the same runs, the same verdicts ("made worse"
+    included); a finished run without figures is a cell there but no grid point."""
+    from cbd_core import verdicts
+    from cbd_core.rate_grid import finished_runs, grid_points
+
+    base = {"dataset": "mnist5k", "attack": "wanet", "poison_rate": 0.05, "seed": 0, "target_label": 0}
+    for defense, asr in (("undefended", 0.2), ("cbd", 0.9)):
+        run = RunDir.create(tmp_path, {**base, "defense": defense}, state="done")
+        write_json(run.path / "summary.json", {**base, "defense": defense, "clean_accuracy": 0.9,
+                                               "attack_success_rate": asr})
+    bare = RunDir.create(tmp_path, {**base, "poison_rate": 0.1, "defense": "cbd"}, state="done")
+    grid = explorer_grid(tmp_path)
+    assert grid.verdict("wanet", 0.05, "cbd") == verdicts.MADE_WORSE
+    assert {p.run_id for p in finished_runs(tmp_path)} == set(grid.cells.values())
+    assert bare.run_id not in {p.run_id for p in grid_points(tmp_path)}
+    assert {(p.attack, p.poison_rate, p.defense_name): p.verdict for p in grid_points(tmp_path)} == \
+        {k: grid.verdict(*k) for k in grid.cells if grid.cells[k] != bare.run_id}

@@ -97,7 +97,7 @@ def test_cbd_shows_f_b_left_and_f_c_right_with_a_legend(mapped_runs, monkeypatch
         true_class = dict(zip(embeddings["index"].tolist(), record["original_label"][embeddings["index"]].tolist()))
         assert [colours[str(true_class[s])] for s in crosses["customdata"]] == crosses["marker"]["color"]
     assert len(at.caption) >= 2  # an explanation beside each chart
-    assert any("Select a point on a map" in c.value for c in at.caption)
+    assert any("Click a point on a map" in c.value for c in at.caption)  # its details go beside the maps
 
 
 def test_poisoned_images_like_the_others_or_hidden(mapped_runs, monkeypatch):
@@ -226,3 +226,42 @@ def test_a_sample_not_on_the_map_is_explained(mapped_runs, monkeypatch):
     at = open_page(ids["undefended"], embedding_selected_sample=10**9)
     assert not at.exception and not at.error
     assert any("not on this run's map" in info.value for info in at.info)
+
+
+def test_the_animation_opens_poisoned_vs_clean_with_its_controls_above_the_maps(mapped_runs, monkeypatch):
+    """Epoch by epoch: red and grey until the user picks a colouring; Play and the epoch slider sit
+    above the maps (paper y above 1), so they are on screen where the maps start; no point touches a
+    map's edge."""
+    root, ids = mapped_runs
+    monkeypatch.setenv("BACKDOOR_LAB_RUNS", str(root))
+    at = open_page(ids["cbd"], embedding_view="epoch by epoch")
+    assert not at.exception and not at.error
+    assert at.radio(key="embedding_colour_by").value == "poisoned vs clean"
+    (spec,) = chart_specs(at)
+    names = [t["name"] for t in spec["data"] if t.get("showlegend", True)]
+    assert [n.split(" (")[0] for n in names] == ["clean", "poisoned"], names
+    assert spec["layout"]["updatemenus"][0]["y"] > 1 and spec["layout"]["sliders"][0]["y"] > 1
+    for frame in spec["frames"]:
+        for axis, key in (("xaxis", "x"), ("yaxis", "y")):
+            low, high = spec["layout"][axis]["range"]
+            values = [v for t in frame["data"][:len(frame["data"]) // 2] for v in t[key]]
+            if values:
+                assert low < min(values) and max(values) < high
+    at.radio(key="embedding_colour_by").set_value("true class").run()  # the user's choice then stays
+    at.radio(key="embedding_view").set_value("final models").run()
+    assert at.radio(key="embedding_colour_by").value == "true class"
+    for spec in chart_specs(at):  # the final maps leave room around their points too
+        xs = [v for t in spec["data"] for v in t["x"]]
+        assert spec["layout"]["xaxis"]["range"][0] < min(xs) and max(xs) < spec["layout"]["xaxis"]["range"][1]
+
+
+def test_a_clicked_points_details_sit_beside_the_maps(mapped_runs, monkeypatch):
+    root, ids = mapped_runs
+    monkeypatch.setenv("BACKDOOR_LAB_RUNS", str(root))
+    sample = int(RunDir(root / ids["cbd"]).arrays("embeddings")["index"][0])
+    at = open_page(ids["cbd"], embedding_selected_sample=sample)
+    assert not at.exception and not at.error
+    columns = list(at.columns)
+    side = next(i for i, c in enumerate(columns) if any(s.value == f"Sample {sample}" for s in c.subheader))
+    # a column of the same row, before the details', holds both maps (each in a column of its own inside it)
+    assert any(len(c.get("plotly_chart")) == 2 for c in columns[:side]) and not columns[side].get("plotly_chart")

@@ -232,3 +232,24 @@ def test_first_screen_teaches_then_prepares_the_whole_class_with_one_estimate(tm
     first, second = PRESETS["badnets"].label, PRESETS["blend"].label
     assert f"{first} (CBD) (about 1 min 00 s) → {first} (baseline) (about 1 min 20 s) → {second} (CBD)" in said
     assert len(at.dataframe[0].value) == 2 * len(PRESETS)
+
+
+def test_the_weights_step_numbers_epochs_as_sample_weights_does_and_has_the_glossary(lesson_pair):
+    """One epoch numbering (SampleView.first_epoch): step 3's first point is the Sample weights slider's
+    first epoch; both pages define the abbreviations from one glossary (cbd_core.text.GLOSSARY)."""
+    from cbd_core.text import GLOSSARY
+
+    root, ids = lesson_pair
+    at = open_lesson(ids["cbd"], 3)
+    assert not at.exception
+    figure = json.loads(at.get("plotly_chart")[0].proto.spec)
+    lesson_epochs = figure["data"][-1]["x"]
+    weights = app_at_page("sample_weights", ids["cbd"]).run()
+    assert not weights.exception
+    slider = weights.slider[0]
+    assert (lesson_epochs[0], lesson_epochs[-1]) == (slider.min, slider.max) == (4, 7), (lesson_epochs, slider.min)
+    for page in (at, weights):
+        glossary = [e for e in page.expander if e.label.startswith("What the abbreviations mean")]
+        assert len(glossary) == 1
+        text = " ".join(m.value for m in glossary[0].markdown)
+        assert GLOSSARY["AUROC"] in text and GLOSSARY["CE"] in text

@@ -197,6 +197,17 @@ class SampleView:
         """The score turned so that higher = more suspected (for AUROC and ranking)."""
         return -score if self.suspicious == "low" else score
 
+    def first_epoch(self, metrics: list[dict[str, Any]]) -> int:
+        """The Train page's epoch number of row 0 (`runs.epoch_number`: CBD's f_B stages 1-4, then
+        f_C's epochs, so the weights f_C starts with are at 4): the one numbering of a score's rows
+        that the Sample weights page and the Lesson both use."""
+        from ..runs import epoch_number
+
+        if self.epoch_phase is None:
+            return self.first_row
+        first = epoch_number(metrics, self.epoch_phase, 1)
+        return (first - 1 if first else 0) + self.first_row
+
 
 PLAIN_MODEL = ModelView(
     "trained model",

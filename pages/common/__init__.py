@@ -389,3 +389,12 @@ def judging_defenses() -> str:
 
     titles = [d.title for d in DEFENSES.values() if d.suspicion_meaning]
     return ", ".join(titles[:-1]) + (" or " if len(titles) > 1 else "") + titles[-1]
+
+
+def glossary(*terms: str) -> None:
+    """An expander defining the abbreviations this page uses (cbd_core.text.GLOSSARY, one definition
+    each), so a student can look a term up without leaving the page."""
+    from cbd_core.text import GLOSSARY
+
+    with st.expander("What the abbreviations mean: " + ", ".join(terms), icon=":material/menu_book:"):
+        st.markdown("\n".join(f"- **{term}**: {GLOSSARY[term]}" for term in terms))

@@ -16,15 +16,19 @@ import numpy as np
 import plotly.colors
 import plotly.graph_objects as go
 
+from cbd_core.palette import CLEAN_GREY, POISONED_COLOUR
 from pages.common import class_name  # shared with the other pages; pages.common does not import this module
 
 TRUE_CLASS, TRAINING_LABEL, WEIGHT, SUSPICION = "true class", "training label", "final weight", "suspicion"
+POISONED_CLEAN = "poisoned vs clean"  # two colours only: where the poison goes is the story of the animation
 MARKED, LIKE_OTHERS, HIDDEN = "✕ on top", "as dots", "hidden"
 POISONED_VIEWS = (MARKED, LIKE_OTHERS, HIDDEN)
 POINT_SIZE, OPACITY = 6, 0.7
 FEW_SELECTED = 20
 WEIGHT_FLOOR = 1e-4  # weights below count as this on the log scale
-MAP_HEIGHT, ANIMATION_HEIGHT = 620, 720
+MAP_HEIGHT, ANIMATION_HEIGHT = 620, 660
+MAP_PAD = 0.06  # share of the points' span left free around them on every map
+ANIMATION_TOP, ANIMATION_BOTTOM = 175, 15  # px above the maps (title, controls, legend) and below them
 
 
 def class_colours(count: int) -> list[str]:
@@ -63,7 +67,15 @@ def colour_groups(table: dict[str, Any], colour_by: str, class_names: list[str],
     shown = ~poisoned if poisoned_view == HIDDEN else np.ones(n, bool)
     base = {"size": POINT_SIZE, "opacity": OPACITY, "line": {"width": 0}}
     groups: list[dict[str, Any]] = []
-    if colour_by in (WEIGHT, SUSPICION):
+    if colour_by == POISONED_CLEAN:
+        # the same grey and red as the Lesson's and the Explorer's maps; crosses unless drawn as dots
+        for name, mask, colour, symbol in (("clean", shown & ~poisoned, CLEAN_GREY, "circle"),
+                                           ("poisoned", shown & poisoned, POISONED_COLOUR,
+                                            "x" if poisoned_view == MARKED else "circle")):
+            if mask.any():
+                groups.append({"name": f"{name} ({int(mask.sum()):,})", "positions": np.flatnonzero(mask),
+                               "marker": {**base, "symbol": symbol, "color": colour}})
+    elif colour_by in (WEIGHT, SUSPICION):
         values, scale = numeric_colours(table, colour_by)
         parts = ((("training images", shown, "circle"),) if poisoned_view == LIKE_OTHERS else
                  (("clean", shown & ~poisoned, "circle"), ("poisoned (✕)", shown & apart, "x")))
@@ -125,6 +137,18 @@ def _legend(showlegend: bool = True) -> dict[str, Any]:
                                                  "itemsizing": "constant", "font": {"size": 13}}}
 
 
+def padded_range(values: np.ndarray) -> list[float]:
+    """An axis range holding every value with MAP_PAD of its span to spare on each side: with Plotly's
+    autorange a point on the map's edge is cut in half by the frame (or hidden under the title)."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return [0.0, 1.0]
+    low, high = float(values.min()), float(values.max())
+    pad = (high - low) * MAP_PAD + 1e-6
+    return [low - pad, high + pad]
+
+
 def map_figure(table: dict[str, Any], xy: np.ndarray, groups: list[dict[str, Any]], title: str,
                hover: list[str]) -> go.Figure:
     """One model's final map: a WebGL trace per colour group; customdata = training index."""
@@ -136,8 +160,8 @@ def map_figure(table: dict[str, Any], xy: np.ndarray, groups: list[dict[str, Any
                                    name=group["name"], customdata=index[p].tolist(), marker=group["marker"],
                                    hovertext=[hover[i] for i in p.tolist()], hoverinfo="text"))
     fig.update_layout(title=title, height=MAP_HEIGHT, margin={"l": 10, "r": 10, "t": 40, "b": 10}, **_legend(),
-                      xaxis={"showticklabels": False, "title": None, "zeroline": False},
-                      yaxis={"showticklabels": False, "title": None, "zeroline": False})
+                      xaxis={"showticklabels": False, "title": None, "zeroline": False, "range": padded_range(xy[:, 0])},
+                      yaxis={"showticklabels": False, "title": None, "zeroline": False, "range": padded_range(xy[:, 1])})
     return fig
 
 
@@ -174,9 +198,7 @@ def animated_figure(table: dict[str, Any], coords: np.ndarray, steps: list[dict[
     for col, model in enumerate(models, start=1):
         rows = [s["frame"][model] for s in steps if s["frame"][model] is not None]
         xy = coords[rows].reshape(-1, 2) if rows else np.zeros((1, 2))
-        low, high = xy.min(axis=0), xy.max(axis=0)
-        pad = (high - low) * 0.05 + 1e-6
-        ranges[model] = (low - pad, high + pad)
+        ranges[model] = (padded_range(xy[:, 0]), padded_range(xy[:, 1]))
 
     def frame_data(step: dict[str, Any]) -> list[go.Scatter]:
         data = []
@@ -198,10 +220,8 @@ def animated_figure(table: dict[str, Any], coords: np.ndarray, steps: list[dict[
                                      marker={**group["marker"], **({"showscale": False} if col > 1 else {})},
                                      hovertext=[hover[model][i] for i in p.tolist()], hoverinfo="text"),
                           row=1, col=col)
-        fig.update_xaxes(range=list(map(float, (ranges[model][0][0], ranges[model][1][0]))), showticklabels=False,
-                         zeroline=False, row=1, col=col)
-        fig.update_yaxes(range=list(map(float, (ranges[model][0][1], ranges[model][1][1]))), showticklabels=False,
-                         zeroline=False, row=1, col=col)
+        fig.update_xaxes(range=ranges[model][0], showticklabels=False, zeroline=False, row=1, col=col)
+        fig.update_yaxes(range=ranges[model][1], showticklabels=False, zeroline=False, row=1, col=col)
 
     def caption(step: dict[str, Any]) -> str:
         waiting = [titles.get(m, m) for m in models if step["frame"][m] is None]
@@ -213,19 +233,26 @@ def animated_figure(table: dict[str, Any], coords: np.ndarray, steps: list[dict[
     play = {"frame": {"duration": 900, "redraw": True}, "transition": {"duration": 600, "easing": "cubic-in-out"},
             "fromcurrent": True, "mode": "immediate"}
     pause = {"frame": {"duration": 0, "redraw": True}, "transition": {"duration": 0}, "mode": "immediate"}
-    # Title, then the legend in a row of its own above the maps; Play / Pause and the epoch slider in one
-    # row below them, the slider starting right of the buttons so its "epoch N" label stays readable.
+    # From the top: the title, then Play / Pause and the epoch slider in one row (so the controls are on
+    # screen as soon as the maps start, not under them), then the legend, then the maps. Plotly places
+    # them in units of the plot area's height, so the rows are worked out in pixels (CONTROLS_* below).
+    plot = ANIMATION_HEIGHT - ANIMATION_TOP - ANIMATION_BOTTOM
+
+    def above(pixels: float) -> float:  # paper y of a point `pixels` above the maps
+        return 1 + pixels / plot
+
     fig.update_layout(
-        title={"text": caption(steps[0]), "y": 0.985, "yanchor": "top"}, height=ANIMATION_HEIGHT,
-        margin={"l": 10, "r": 10, "t": 110, "b": 90},
-        showlegend=True, legend={"orientation": "h", "x": 0, "y": 1.09, "yanchor": "bottom", "itemsizing": "constant",
-                                 "font": {"size": 13}},
-        updatemenus=[{"type": "buttons", "direction": "left", "x": 0, "y": -0.03, "xanchor": "left", "yanchor": "top",
-                      "showactive": False, "pad": {"t": 30},
+        title={"text": caption(steps[0]), "y": 0.99, "yanchor": "top"}, height=ANIMATION_HEIGHT,
+        margin={"l": 10, "r": 10, "t": ANIMATION_TOP, "b": ANIMATION_BOTTOM},
+        showlegend=True, legend={"orientation": "h", "x": 0, "y": above(28), "yanchor": "bottom",
+                                 "itemsizing": "constant", "font": {"size": 13}},
+        updatemenus=[{"type": "buttons", "direction": "left", "x": 0, "y": above(ANIMATION_TOP - 52), "xanchor": "left",
+                      "yanchor": "top", "showactive": False, "pad": {"t": 0},
                       "buttons": [{"label": "▶ Play", "method": "animate", "args": [None, play]},
                                   {"label": "❚❚ Pause", "method": "animate", "args": [[None], pause]}]}],
-        sliders=[{"active": 0, "x": 0.17, "len": 0.83, "y": -0.03, "yanchor": "top", "pad": {"t": 10},
-                  "currentvalue": {"prefix": "epoch ", "font": {"size": 14}, "xanchor": "left"},
+        sliders=[{"active": 0, "x": 0.27, "len": 0.73, "y": above(ANIMATION_TOP - 40), "yanchor": "top",
+                  "pad": {"t": 0, "b": 0},
+                  "currentvalue": {"prefix": "epoch ", "font": {"size": 14}, "xanchor": "left", "offset": 4},
                   "steps": [{"label": str(s["epoch"]), "method": "animate",
                              "args": [[str(s["epoch"])], {**pause, "transition": {"duration": 300}}]}
                             for s in steps]}])

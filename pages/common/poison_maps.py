@@ -14,11 +14,10 @@ import streamlit as st
 
 from cbd_core import lesson
 from cbd_core.analysis.embeddings import UMAP_FILE
+from cbd_core.palette import CLEAN_GREY, POISONED_COLOUR  # POISONED_COLOUR is imported from here by two pages
 from cbd_core.runs import RunDir
 from pages.common import load_arrays
 from pages.common.presentation import scaled
-
-POISONED_COLOUR = "#d62728"
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -40,9 +39,9 @@ def map_points(path: str, stamp: tuple[int, int]) -> dict[str, Any] | None:
 
 def map_figure(xy: np.ndarray, flags: np.ndarray, title: str) -> go.Figure:
     fig = go.Figure()
-    for name, mask, colour, symbol, size in (("clean", ~flags, "#9aa5b1", "circle", 4),
+    for name, mask, colour, symbol, size in (("clean", ~flags, CLEAN_GREY, "circle", 4),
                                              ("poisoned", flags, POISONED_COLOUR, "x", 6)):
-        fig.add_trace(go.Scattergl(x=xy[mask, 0], y=xy[mask, 1], mode="markers", name=f"{name} ({int(mask.sum()):,})",
+        fig.add_trace(go.Scatter(x=xy[mask, 0], y=xy[mask, 1], mode="markers", name=f"{name} ({int(mask.sum()):,})",
                                    marker={"color": colour, "symbol": symbol, "size": scaled(size),
                                            "opacity": 0.5 if name == "clean" else 0.85}, hoverinfo="skip"))
     fig.update_layout(title=title, height=400, margin={"l": 10, "r": 10, "t": 40, "b": 10},

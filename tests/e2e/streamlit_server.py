@@ -67,3 +67,16 @@ def serving_app(root: Path, env: dict[str, str] | None = None, log_name: str = "
         process.wait(20)
         jobs.stop_workers(root)
         log.close()
+
+
+@contextlib.contextmanager
+def chromium_browser() -> Iterator:
+    """The system Chromium, headless, driven by Playwright; closed on exit."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
