@@ -59,12 +59,9 @@ def timed(config, label: str, profile_epoch: tuple[str, int] | None) -> dict:
     """Run `config` through the pipeline; wall and device seconds, per-phase epoch seconds, GPU busy share."""
     import torch
 
-    from cbd_core.pipeline import execute, prepare
-    from cbd_core.runs import RunDir
+    from cbd_core.pipeline import train_run
 
     cuda = str(config.device).startswith("cuda")
-    prepared = prepare(config)
-    run = RunDir.create(Path(tempfile.mkdtemp(prefix="backdoor-lab-gpu-")), prepared.config.to_dict())
     profiler = {"active": None, "busy": None}
 
     def on_progress(event) -> None:
@@ -87,14 +84,22 @@ def timed(config, label: str, profile_epoch: tuple[str, int] | None) -> dict:
             profiler["busy"] = busy_us / 1e6 / wall if wall > 0 else None
             profiler["active"] = None
 
+    clocks: dict = {}
+
+    def on_start(run) -> None:
+        # The clocks start once the data is loaded and poisoned and the run folder exists (as before
+        # `train_run` took over the sequence): what is timed is the training and the writing.
+        if cuda:
+            torch.cuda.synchronize()
+            clocks["start"], clocks["end"] = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            clocks["start"].record()
+        clocks["began"] = time.perf_counter()
+
+    run, summary = train_run(config, tempfile.mkdtemp(prefix="backdoor-lab-gpu-"), progress=on_progress,
+                             on_start=on_start)
+    began, device_s = clocks["began"], None
     if cuda:
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-    began = time.perf_counter()
-    summary = execute(prepared, run, progress=on_progress)
-    device_s = None
-    if cuda:
+        start, end = clocks["start"], clocks["end"]
         end.record()
         torch.cuda.synchronize()
         device_s = start.elapsed_time(end) / 1000

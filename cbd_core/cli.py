@@ -252,24 +252,25 @@ def command_submit(args: argparse.Namespace) -> int:
 
 
 def command_run(args: argparse.Namespace) -> int:
-    from .pipeline import execute, prepare
+    from .pipeline import train_run
     from .progress import Cancelled
-    from .runs import RunDir, check_writable_root, owner_record, runs_root, to_json
+    from .runs import check_writable_root, to_json
 
     check_writable_root(args.out)  # a file or a read-only folder is found before any data is loaded
-    prepared = prepare(config_from_args(args))
-    run = RunDir.create(runs_root(args.out), prepared.config.to_dict(), state="running", owner=owner_record("cli"))
     bar = ProgressBar()
-    from .jobs import cancel_requested
-
-    try:  # the dashboard's Cancel works on a CLI run too: it leaves the same cancel file a worker checks
-        summary = execute(prepared, run, progress=bar, is_cancelled=lambda: cancel_requested(run))
+    started: list = []
+    try:  # the dashboard's Cancel works on a CLI run too: train_run watches the same cancel file a worker does
+        run, summary = train_run(config_from_args(args), args.out, progress=bar, on_start=started.append)
     except Cancelled:
         bar.close()
-        print(f"cancelled; partial run kept in {run.path}", file=sys.stderr)
+        print(f"cancelled; partial run kept in {started[0].path}", file=sys.stderr)
         return 130
     finally:
         bar.close()
+    from .verdicts import summary_fields
+
+    # Judged now, against the baseline that exists now (summary.json holds only the figures).
+    summary = {**summary, **summary_fields(summary, run.config(), run.path.parent)}
     print(format_table(summary), file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(to_json(summary))

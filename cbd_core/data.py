@@ -253,7 +253,10 @@ def load_dataset(name: str, data_root: str | Path | None = None, download: bool 
         raise UserInputError(f"dataset: unknown '{name}' (choose from {', '.join(DATASETS)})", "dataset")
     from . import torchvision_data
 
-    return torchvision_data.load(name, Path(data_root).expanduser() if data_root else DEFAULT_DATA_ROOT, download)
+    splits = torchvision_data.load(name, Path(data_root).expanduser() if data_root else DEFAULT_DATA_ROOT, download)
+    classes = DATASETS[name].num_classes
+    train, test = (ImageSet(x, y, classes, *([names] if names else [])) for x, y, names in splits)
+    return train, test
 
 
 def to_tensor(x: np.ndarray, device=None):

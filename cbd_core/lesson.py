@@ -28,6 +28,7 @@ import numpy as np
 from . import capture, verdicts
 from .errors import UserInputError
 from .metrics import auroc
+from .run_index import SAME_SETUP
 from .runs import RunDir, list_runs
 
 STEPS: tuple[tuple[str, str], ...] = (
@@ -243,7 +244,7 @@ def find_run_pairs(root: str | Path | None, attack: str | None = None, matches: 
                    ) -> list[RunPair]:
     """CBD runs under the root (newest first), of `attack` if given, each with its baseline's state
     right now; with `matches` (a validated config dict, e.g. a preset's) only those on the same data
-    and seed (verdicts.same_data) with the same CBD settings. Unreadable runs are skipped."""
+    and seed with the same CBD settings (run_index.SAME_SETUP). Unreadable runs are skipped."""
     pairs = []
     baselines = verdicts.undefended_runs(root)  # read once for every CBD run below
     for run in list_runs(root):
@@ -255,8 +256,7 @@ def find_run_pairs(root: str | Path | None, attack: str | None = None, matches: 
             continue
         if config.get("defense") != "cbd" or (attack is not None and config.get("attack") != attack):
             continue
-        if matches is not None and (not verdicts.same_data(config, matches)
-                                    or config.get("defense_params") != matches.get("defense_params")):
+        if matches is not None and not SAME_SETUP.same(config, matches):
             continue
         pairs.append(RunPair(run, config, run.status().get("state", "?"),
                              verdicts.lookup_baseline(config, root, baselines)))

@@ -22,7 +22,8 @@ from typing import Any, Callable
 
 from .config import RunConfig
 from .errors import UserInputError
-from .runs import RunDir, RunUnreadable, list_runs, owner_record, runs_root, to_json
+from .run_index import SAME_CELL, Found, find, scan
+from .runs import owner_record, runs_root
 from .verdicts import UNDEFENDED, verdict
 
 
@@ -74,20 +75,15 @@ class Cell:
 METRICS = ("clean_accuracy", "attack_success_rate", "robust_accuracy", "poison_detection_auroc", "seconds")
 
 
-def finished_runs(root: Path) -> dict[str, dict[str, Any]]:
-    """Summaries of the finished runs under `root`, keyed by their config as canonical JSON."""
-    found = {}
-    for run in list_runs(root):
-        if run.status().get("state") != "done":
-            continue
-        summary = run.summary()
-        try:
-            config = run.config()
-        except RunUnreadable:  # a hand-edited or truncated folder: not a finished cell; run it again
-            continue
+def finished_summary(config: dict[str, Any], pool: list[Found]) -> dict[str, Any] | None:
+    """The summary of the newest done run in `pool` (`run_index.scan`) that is the same cell as `config`
+    (`run_index.SAME_CELL`: the device does not change what a cell means, so a grid resumed on another
+    machine reuses its runs), when it holds the table's figures; else None (run it again)."""
+    for found in find(config, SAME_CELL, ("done",), pool=pool):
+        summary = found.run.summary()
         if summary is not None and _has_figures(summary):
-            found.setdefault(to_json(_comparable(config)), summary)
-    return found
+            return summary
+    return None
 
 
 def _has_figures(summary: dict[str, Any]) -> bool:
@@ -96,21 +92,11 @@ def _has_figures(summary: dict[str, Any]) -> bool:
                                                                    "seconds"))
 
 
-def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    # The device does not change what a cell means: a grid resumed on another machine reuses runs.
-    return {k: v for k, v in sorted(config.items()) if k != "device"}
-
-
 def _run_cell(config_dict: dict[str, Any], root: str) -> dict[str, Any]:
     """One cell in a worker process (module-level so it pickles); the config sets its threads."""
-    from .pipeline import execute, prepare
+    from .pipeline import train_run
 
-    prepared = prepare(RunConfig.from_dict(config_dict))
-    from .jobs import cancel_requested
-
-    owner = owner_record("matrix")
-    run = RunDir.create(Path(root), prepared.config.to_dict(), state="running", owner=owner)
-    return execute(prepared, run, owner=owner, is_cancelled=lambda: cancel_requested(run))
+    return train_run(RunConfig.from_dict(config_dict), root, owner=owner_record("matrix"))[1]
 
 
 def _npz_shape(path: str | None, cache: dict) -> tuple[tuple[int, int, int], int]:
@@ -133,7 +119,7 @@ def run_matrix(cells: list[Cell], root: str | Path | None = None, jobs: int = 1,
 
     address = ray_address(ray)
     folder = runs_root(root)
-    done = finished_runs(folder)
+    pool = scan(folder)  # one pass over the runs root for every cell
     todo, results = [], {}
     npz_shapes: dict[str, tuple[tuple[int, int, int], int]] = {}
     for cell in cells:
@@ -144,9 +130,9 @@ def run_matrix(cells: list[Cell], root: str | Path | None = None, jobs: int = 1,
             # A user's file: its image shape, which the attack's and defense's defaults depend on, is
             # known only once it is read, so resolve against it (as the run itself will).
             validated = validated.validated(*_npz_shape(validated.npz_path, npz_shapes))
-        key = to_json(_comparable(validated.to_dict()))
-        if key in done:
-            results[cell] = done[key]
+        summary = finished_summary(validated.to_dict(), pool)
+        if summary is not None:
+            results[cell] = summary
         else:
             todo.append((cell, validated))
     report(f"{len(cells)} cells: {len(results)} already done, {len(todo)} to run, "
@@ -161,14 +147,8 @@ def run_matrix(cells: list[Cell], root: str | Path | None = None, jobs: int = 1,
     if address:
         _run_on_ray(todo, folder, address, finished)
     elif jobs <= 1:  # in this process: no fork of a torch that already has threads
-        from .jobs import cancel_requested
-        from .pipeline import execute, prepare
-
         for cell, validated in todo:
-            prepared = prepare(validated)
-            owner = owner_record("matrix")
-            run = RunDir.create(folder, prepared.config.to_dict(), state="running", owner=owner)
-            finished(cell, execute(prepared, run, owner=owner, is_cancelled=lambda: cancel_requested(run)))
+            finished(cell, _run_cell(validated.to_dict(), str(folder)))
     else:
         # "spawn": fresh interpreters, since forking a process whose torch runs threads can hang.
         # Cells keep the threads their configs name (give --threads to share the cores out); idle

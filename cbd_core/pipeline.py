@@ -2,9 +2,10 @@
 background worker and the benchmarks alike.
 
     config = RunConfig(dataset="mnist5k", attack="badnets", defense="cbd")
-    prepared = prepare(config)                      # load + validate: fails fast on bad input
-    run = RunDir.create(runs_root(), prepared.config.to_dict())
-    summary = execute(prepared, run, progress=print)
+    run, summary = train_run(config, runs_root(), progress=print)   # validate, create running, train
+
+`train_run` is prepare (load + validate: fails fast on bad input) + create (or start a queued run) +
+execute (train and fill the folder); the CLI, `matrix`, the worker and the benchmarks all call it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -26,9 +28,8 @@ from .errors import UserInputError
 from .metrics import auroc
 from .models import build_model, default_model_for
 from .progress import Cancelled, ProgressCallback, ignore_progress
-from .runs import RunDir, RunGone, describe_error, now_iso, owner_record
+from .runs import IllegalTransition, RunDir, RunGone, RunState, describe_error, owner_record, runs_root
 from .training import EvalSets, Tensors, arithmetic, choose_device, default_augmentation, features_and_logits
-from .verdicts import summary_fields
 
 # How many clean test images a run keeps for the attribution page (triggers are re-applied live).
 TEST_IMAGES_KEPT = 200
@@ -84,32 +85,74 @@ def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(chosen))[:size]
 
 
+def train_run(source: RunConfig | RunDir, root: str | Path | None = None, *, owner: dict[str, Any] | None = None,
+              progress: ProgressCallback = ignore_progress, should_stop: Callable[[], bool] = lambda: False,
+              on_start: Callable[[RunDir], None] = lambda run: None) -> tuple[RunDir, dict[str, Any]]:
+    """Train one run from start to finish: the one sequence the CLI's `run`, `matrix`, the worker (and
+    a Ray task) and the benchmarks share. Returns (run, summary).
+
+    `source` is a RunConfig: it is validated and its data poisoned (a bad value raises UserInputError
+    before anything is written), then its folder is created under `root` already running, owned by
+    `owner`. Or it is a queued RunDir (what the dashboard and `submit` leave): it is started with
+    `owner` first, so a page shows it running while its data loads, then prepared from its config.json;
+    a config that no longer validates fails the run with the reason. `owner` defaults to this process
+    as a CLI run. `on_start(run)` is called once the run is running (the CLI prints where it is).
+
+    Training stops at the next batch when the run's cancel file appears (the dashboard's Cancel works on
+    any run) or `should_stop()` says so, raising `progress.Cancelled`; a folder deleted meanwhile
+    raises RunGone and nothing is written again. How the run ended is recorded in its status by
+    `execute` (or here, for a queued run that fails before it)."""
+    owner = owner or owner_record("cli")
+    if isinstance(source, RunDir):
+        run = source
+        run.start(owner)
+        on_start(run)
+        try:
+            prepared = prepare(RunConfig.from_dict(run.config()))
+        except Exception as err:
+            _record_end(run, "failed", error=str(err) if isinstance(err, UserInputError) else describe_error(err))
+            raise
+    else:
+        prepared = prepare(source)
+        run = RunDir.create(runs_root(root), prepared.config.to_dict(), state=RunState.RUNNING, owner=owner)
+        on_start(run)
+
+    def is_cancelled() -> bool:
+        if not run.exists():  # deleted under us: stop now, write nothing, re-create nothing
+            raise RunGone(f"run {run.run_id}: its folder is gone")
+        return should_stop() or run.cancel_requested()
+
+    return run, execute(prepared, run, progress=progress, is_cancelled=is_cancelled, owner=owner)
+
+
 def execute(prepared: Prepared, run: RunDir, progress: ProgressCallback = ignore_progress,
             is_cancelled: Callable[[], bool] = lambda: False, owner: dict[str, Any] | None = None
             ) -> dict[str, Any]:
-    """Train the configured defense and fill the run folder; returns the summary.
+    """Train the configured defense and fill the run folder; returns the summary. Callers other than
+    tests use `train_run`, which creates or starts the run and watches its cancel file.
 
-    `owner` is who trains it (`runs.owner_record`): the worker passes its own; by default this
-    process, as a CLI run. It is recorded in status.json so that recovery never marks a run failed
-    while its process lives. The run's status ends as done (with no error), cancelled (what was
-    written stays) or failed (with the error: a write error says which, e.g. "no space left on
-    device"); a UserInputError or a bug is re-raised after it is recorded. A run whose folder was
-    deleted meanwhile raises `RunGone` and writes nothing more."""
+    A run still queued is started here with `owner` (`runs.owner_record`; by default this process, as
+    a CLI run): the run store records it, so that recovery never marks a run failed while its process
+    lives. The run's status ends as done (with no error), cancelled (what was written stays) or failed
+    (with the error: a write error says which, e.g. "no space left on device"); a UserInputError or a
+    bug is re-raised after it is recorded. A run whose folder was deleted meanwhile raises `RunGone`
+    and writes nothing more."""
     config, data = prepared.config, prepared.poisoned
     started = time.perf_counter()
     try:
         device = choose_device(config.device)
-        run.update_status(state="running", started=now_iso(), device=str(device), error=None,
-                          owner=owner or _own_owner(run) or owner_record("cli"))
+        if run.status().get("state") == RunState.QUEUED:
+            run.start(owner or owner_record("cli"))
+        run.update_status(device=str(device), error=None)
         with arithmetic(config.threads or default_threads(), config.deterministic):
             summary = _train_and_record(config, data, run, device, progress, is_cancelled, started)
     except RunGone:
         raise
     except (Cancelled, KeyboardInterrupt):
-        _record_end(run, state="cancelled", finished=now_iso(), seconds=round(time.perf_counter() - started, 2))
+        _record_end(run, "cancelled", seconds=round(time.perf_counter() - started, 2))
         raise
     except UserInputError as err:
-        _record_end(run, state="failed", finished=now_iso(), error=str(err))
+        _record_end(run, "failed", error=str(err))
         raise
     except BaseException as err:
         trace = traceback.format_exc()
@@ -117,29 +160,18 @@ def execute(prepared: Prepared, run: RunDir, progress: ProgressCallback = ignore
             run.write_error(trace)
         except (OSError, RunGone):
             pass  # a full disk may refuse the traceback too; status.json below says what happened
-        _record_end(run, state="failed", finished=now_iso(), error=describe_error(err))
+        _record_end(run, "failed", error=describe_error(err))
         raise
-    run.update_status(state="done", finished=now_iso(), seconds=summary["seconds"], error=None)
+    run.finish("done", seconds=summary["seconds"], error=None)
     return summary
 
 
-def _own_owner(run: RunDir) -> dict[str, Any] | None:
-    """The owner already recorded for this run when it is this very process (a run created running)."""
-    import os
-    import socket
-
-    owner = run.status().get("owner")
-    if isinstance(owner, dict) and owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
-        return owner
-    return None
-
-
-def _record_end(run: RunDir, **fields: Any) -> None:
-    """Record how the run ended, unless its folder is gone or the disk refuses even that (the
-    original error is what the caller raises)."""
+def _record_end(run: RunDir, state: str, **fields: Any) -> None:
+    """Record how the run ended, unless its folder is gone, the disk refuses even that, or it has ended
+    already (recovery failed it meanwhile): the original error is what the caller raises."""
     try:
-        run.update_status(**fields)
-    except (OSError, RunGone):
+        run.finish(state, **fields)
+    except (OSError, RunGone, IllegalTransition):
         pass
 
 
@@ -215,7 +247,7 @@ def _train_and_record(config: RunConfig, data: PoisonedData, run: RunDir, device
         "seconds": round(time.perf_counter() - started, 2), "device": str(device),
         "run_dir": str(run.path), "run_id": run.run_id, "notes": data.notes, **result.summary,
     }
-    # The verdict, and the cost against an undefended baseline on the same data if one is done already.
-    summary.update(summary_fields(summary, config.to_dict(), run.path.parent))
+    # No verdict here: it is judged when the run is read, against whatever baseline exists then
+    # (`verdicts.summary_fields`), so training never depends on the pages' concepts.
     run.write_summary(summary)
     return summary

@@ -5,8 +5,8 @@
       status.json         state (queued, running, done, failed, cancelled), timestamps, device,
                           the latest progress, and the error text when it failed
       metrics.jsonl       one JSON line per epoch and phase: CA, ASR, RA, train loss, ...
-      summary.json        the final figures, the verdict and, if an undefended baseline was done by
-                          then, the cost against it (see `pipeline` and `verdicts`)
+      summary.json        the final figures (the verdict is judged when the run is read, against the
+                          baseline that exists then: `verdicts`)
       models/<name>.pt    state dicts (f_C and f_B for CBD, `model` otherwise); load with weights_only
       sample_weights.npz  per training sample: index, is_poisoned, label, original_label,
                           suspicion (higher = more suspected), and the defense's own arrays
@@ -30,13 +30,19 @@
       attribution_shares.json  also the worker's: {method: {model: mean share of attribution on the
                           trigger over 100 triggered test images}}
       error.txt           the traceback, when a run failed on a bug
-      claim, cancel       the queue's bookkeeping (cbd_core/jobs): taken by a worker, cancel asked
+      claim, cancel       a queued run was taken (by a worker, or a cancel), cancel asked: written by
+                          `RunDir.claim` / `request_cancel` alone
 
 status.json also holds `schema_version` (SCHEMA_VERSION) and, from the moment a run trains, `owner`:
 {kind: worker | cli | matrix, pid, host, started} (a worker's also device and slot).
 
 Every file is written under a temporary name and renamed, so a crash never leaves half a file;
 metrics.jsonl is appended a whole line at a time and readers skip a torn last line.
+
+A run's life has one owner too: its state is a `RunState` that moves only as TRANSITIONS allows
+(queued -> running -> done / failed / cancelled; queued -> cancelled / failed), checked on every write
+(IllegalTransition); `RunDir.start` records the owner, `finish` the end, `claim` and `request_cancel` the
+queue's files. The worker, the launcher's recovery, the pipeline and the Ray task all call these.
 
 This module is the one owner of that format: everything else (the pipeline, the worker, `matrix`,
 `verdicts`, every page) reads and writes a run through `RunDir`. Reads are typed and tolerant: a file
@@ -52,6 +58,7 @@ follow a symlink, and a run that cannot be created whole leaves no folder behind
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -63,6 +70,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +78,44 @@ import numpy as np
 
 from .errors import UserInputError
 
-FINISHED = ("done", "failed", "cancelled")
-STATES = ("queued", "running", *FINISHED)
+class RunState(StrEnum):
+    """A run's state in status.json. A StrEnum, so `RunState.DONE == "done"` and the file holds plain text."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+# The allowed moves (writing the state a run is already in is no move, and always allowed). A finished run
+# never changes again: a run that recovery failed because its process was provably gone stays failed,
+# even if a process it did not know of finishes it later. A queued run may fail without running (its
+# config no longer validates, a Ray cluster cannot be reached, its claimer died before starting it).
+TRANSITIONS: dict[RunState, frozenset[RunState]] = {
+    RunState.QUEUED: frozenset({RunState.RUNNING, RunState.CANCELLED, RunState.FAILED}),
+    RunState.RUNNING: frozenset({RunState.DONE, RunState.FAILED, RunState.CANCELLED}),
+    RunState.DONE: frozenset(),
+    RunState.FAILED: frozenset(),
+    RunState.CANCELLED: frozenset(),
+}
+FINISHED = (RunState.DONE, RunState.FAILED, RunState.CANCELLED)
+STATES = tuple(RunState)
+CLAIM_FILE = "claim"  # O_EXCL-created by whoever takes a queued run (a worker to train it, or a cancel)
+CANCEL_FILE = "cancel"  # touched to ask the process training a run to stop at its next batch
+
+
+class IllegalTransition(RuntimeError):
+    """A state change that TRANSITIONS does not allow (a bug in the caller, never a user's input)."""
+
+    def __init__(self, run_id: str, current: str, wanted: str):
+        super().__init__(f"run {run_id}: cannot go from {current} to {wanted}")
+        self.current, self.wanted = current, wanted
+
+
+def can_move(current: str, wanted: str) -> bool:
+    """Whether a run in state `current` may be set to `wanted` (the same state counts: no move)."""
+    return current == wanted or RunState(wanted) in TRANSITIONS[RunState(current)]
 SCHEMA_VERSION = 1  # in status.json of every run made since the format had an owner
 
 # Arrays every reader may count on, per npz file; a file lacking one is unreadable (named).
@@ -335,12 +379,17 @@ class RunDir:
 
     # -- creation ------------------------------------------------------------------------------
     @classmethod
-    def create(cls, root: Path, config: dict[str, Any], state: str = "queued", **status: Any) -> "RunDir":
+    def create(cls, root: Path, config: dict[str, Any], state: str = RunState.QUEUED,
+               owner: dict[str, Any] | None = None, **status: Any) -> "RunDir":
         """A new run folder holding status.json (written first: a listed run always has one; `status`
-        adds fields to it, e.g. the queue or the owner) and config.json. If either cannot be written
-        (a full disk), the folder is removed again and the error is raised: no empty, invisible run
-        is left behind. A run the CLI trains at once is created "running" with its owner, so no
-        worker ever takes it for a queued one."""
+        adds fields to it, e.g. the queue) and config.json. If either cannot be written (a full disk),
+        the folder is removed again and the error is raised: no empty, invisible run is left behind.
+        A run is born queued (a worker takes it), or running with its `owner` when the process that
+        creates it trains it at once (`pipeline.train_run`), so no worker ever takes it for a queued
+        one. Birth is not a transition: tests may create a run in any state."""
+        state = RunState(state)
+        if owner is not None:
+            status = {**status, "owner": owner, "started": status.get("started") or now_iso()}
         root.mkdir(parents=True, exist_ok=True)
         for _ in range(10):
             path = root / new_run_id(config)
@@ -373,6 +422,94 @@ class RunDir:
     def exists(self) -> bool:
         """Whether the folder is still there (a real folder, not a link)."""
         return _is_plain_dir(self.path)
+
+    # -- the run's life: the one writer of state, owner, claim and cancel ----------------------
+    # Everything that queues, claims, trains, cancels or recovers a run goes through these methods, so
+    # TRANSITIONS is checked on every change and the files' names live here alone.
+    def state(self) -> RunState:
+        """The run's state now (an unreadable status.json reads as failed)."""
+        return RunState(self.status().get("state", RunState.FAILED))
+
+    def set_state(self, state: str, **fields: Any) -> dict[str, Any]:
+        """Move the run to `state`, writing `fields` with it; IllegalTransition when TRANSITIONS does
+        not allow it (checked against the state on disk, not a copy the caller read earlier)."""
+        return self.update_status(state=RunState(state), **fields)
+
+    def start(self, owner: dict[str, Any], **fields: Any) -> dict[str, Any]:
+        """queued -> running, recording `owner` (`owner_record`): the owner is written here, or by
+        `create` for a run born running, and nowhere else. Recovery trusts it before it marks a run
+        failed."""
+        return self.set_state(RunState.RUNNING, owner=owner, started=now_iso(), progress=None, error=None, **fields)
+
+    def finish(self, state: str, **fields: Any) -> bool:
+        """End the run as done, failed or cancelled (with `finished`); False, and nothing written, when
+        it already is in that state (a cancel recorded by the training loop and again by its worker)."""
+        state = RunState(state)
+        if state not in FINISHED:
+            raise IllegalTransition(self.run_id, "(any)", state)
+        if self.status().get("state") == state:
+            return False
+        self.set_state(state, finished=now_iso(), **fields)
+        return True
+
+    def owner(self, status: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Who trains the run ({kind, pid, host, started, ...}), or None when none is recorded. Runs
+        made before `owner` existed recorded a worker's {device, slot, pid} as `worker`: read as a worker
+        owner here, the one place that knows the old field."""
+        status = status if status is not None else self.status()
+        if isinstance(status.get("owner"), dict):
+            return status["owner"]
+        if isinstance(status.get("worker"), dict):
+            return {"kind": "worker", **status["worker"]}
+        return None
+
+    def claim(self) -> bool:
+        """Take a queued run for this process (a worker to train it, or a cancel), once: an O_EXCL file
+        holding our pid. False when someone took it first, or the run was deleted meanwhile."""
+        try:
+            fd = os.open(self.path / CLAIM_FILE, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o644)
+        except (FileExistsError, FileNotFoundError):
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+
+    def is_claimed(self) -> bool:
+        return (self.path / CLAIM_FILE).exists()
+
+    def claimer(self) -> tuple[int | None, float | None]:
+        """(pid written in the claim file or None while it is unreadable, seconds since it was made or
+        None when there is no claim)."""
+        path = self.path / CLAIM_FILE
+        try:
+            age = time.time() - path.stat().st_mtime
+        except OSError:
+            return None, None
+        try:
+            return int(path.read_text().strip()), age
+        except (OSError, ValueError, UnicodeDecodeError):
+            return None, age
+
+    def request_cancel(self) -> str:
+        """Cancel the run: a queued one now (claimed first, so no worker starts it), a running one at its
+        next batch (the cancel file, which every training loop checks). Returns the state it was found
+        in, or "deleted"."""
+        state = self.status().get("state")
+        if state in FINISHED:
+            return state
+        if state == RunState.QUEUED and self.claim():
+            self.finish(RunState.CANCELLED, error=None)
+            with contextlib.suppress(OSError):  # a Ray task that took it this instant stops at its first batch
+                (self.path / CANCEL_FILE).touch()
+            return RunState.QUEUED
+        try:
+            (self.path / CANCEL_FILE).touch()
+        except FileNotFoundError:
+            return "deleted"
+        return RunState.RUNNING
+
+    def cancel_requested(self) -> bool:
+        return (self.path / CANCEL_FILE).exists()
 
     # -- reading -------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
@@ -536,9 +673,8 @@ class RunDir:
     def owner_alive(self, status: dict[str, Any] | None = None) -> bool | None:
         """Whether the process training this run is provably alive (True), provably gone (False), or
         cannot be told from here (None: another host, no owner recorded)."""
-        status = status if status is not None else self.status()
-        owner = status.get("owner") or status.get("worker")
-        if not isinstance(owner, dict) or not owner.get("pid"):
+        owner = self.owner(status)
+        if owner is None or not owner.get("pid"):
             return None
         host = owner.get("host")
         if host is not None and host != socket.gethostname():
@@ -571,9 +707,13 @@ class RunDir:
             raise
 
     def update_status(self, **fields: Any) -> dict[str, Any]:
+        """Write `fields` into status.json. A `state` among them is checked against TRANSITIONS
+        (IllegalTransition); callers change state through `set_state`, `start` and `finish`."""
         status = self.status()
         if status.pop("unreadable", None):  # start over rather than carry the reader's stand-in
-            status = {"state": "failed"}
+            status = {"state": "failed"}  # (and a writer that knows better may replace it: no check)
+        elif "state" in fields and not can_move(status.get("state", RunState.FAILED), fields["state"]):
+            raise IllegalTransition(self.run_id, status.get("state"), fields["state"])
         status.setdefault("schema_version", SCHEMA_VERSION)
         status.update(fields)
         self._write("status.json", _json_bytes(status))
@@ -626,7 +766,7 @@ class RunDir:
             raise UserInputError(f"run {self.run_id}: not a run folder (a link, or already deleted)", "run")
         status = self.status()
         if status.get("state") in ("running", "queued") and self.owner_alive(status) is not False \
-                and (status.get("state") == "running" or (self.path / "claim").exists()):
+                and (status.get("state") == "running" or self.is_claimed()):
             raise UserInputError(f"run {self.run_id} is {status.get('state')}; cancel it before deleting it", "run")
         shutil.rmtree(self.path)
 
@@ -644,7 +784,7 @@ class RunDir:
                 dirs[:] = sorted(d for d in dirs if not (Path(folder) / d).is_symlink())
                 for name in sorted(files):
                     path = Path(folder) / name
-                    if name.startswith(".") or name in ("claim", "cancel") or not _is_plain_file(path):
+                    if name.startswith(".") or name in (CLAIM_FILE, CANCEL_FILE) or not _is_plain_file(path):
                         continue
                     archive.write(path, f"{self.run_id}/{path.relative_to(self.path)}")
         return buffer.getvalue()

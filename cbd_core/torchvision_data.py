@@ -5,8 +5,8 @@ The files stay in torchvision's on-disk layout under `data_root` (`MNIST/raw`, `
 torchvision keeps doing the downloads, mirrors and checksums. Each set comes back as uint8 (N, H, W, C) arrays.
 Missing files and failed downloads are `UserInputError`s: they are fixed by the user, not by a bug fix.
 
-    train, test = load("cifar10", Path("~/.cache/backdoor-lab").expanduser(), download=True)
-    train.x.shape  # (50000, 32, 32, 3)
+    (x, y, names), test = load("cifar10", Path("~/.cache/backdoor-lab").expanduser(), download=True)
+    x.shape  # (50000, 32, 32, 3)
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .data import DATASETS, ImageSet
 from .errors import UserInputError
 
 GTSRB_SIZE = (32, 32)  # GTSRB images range from 15x15 to 250x250 pixels; the models need one size
@@ -61,24 +60,27 @@ def _gtsrb_images(ds) -> tuple[np.ndarray, np.ndarray]:
     return x, np.asarray(labels, dtype=np.int64)
 
 
-def _split(name: str, data_root: Path, train: bool, download: bool) -> ImageSet:
+Split = tuple[np.ndarray, np.ndarray, list[str] | None]  # images, labels, class names (None: "0", "1", ...)
+
+
+def _split(name: str, data_root: Path, train: bool, download: bool) -> Split:
     ds = _open(name, data_root, train, download)
-    num_classes = DATASETS[name].num_classes
     if name == "gtsrb":
         x, y = _gtsrb_images(ds)
-        return ImageSet(x, y, num_classes)  # class names default to "0".."42"
+        return x, y, None  # class names default to "0".."42"
     if name == "cifar10":
         x, names = ds.data, list(ds.classes)  # already (N, 32, 32, 3) uint8
     else:
         x = ds.data.numpy()[..., None]  # (N, 28, 28) uint8 tensor -> (N, 28, 28, 1)
         # MNIST's classes read "0 - zero"; the digit alone is the label's name
         names = [str(c) for c in range(10)] if name == "mnist" else list(ds.classes)
-    return ImageSet(np.ascontiguousarray(x, dtype=np.uint8), np.asarray(ds.targets, dtype=np.int64),
-                    num_classes, names)
+    return np.ascontiguousarray(x, dtype=np.uint8), np.asarray(ds.targets, dtype=np.int64), names
 
 
-def load(name: str, data_root: Path, download: bool = False) -> tuple[ImageSet, ImageSet]:
-    """Train and test sets of torchvision dataset `name`, read from (or downloaded into) `data_root`."""
+def load(name: str, data_root: Path, download: bool = False) -> tuple[Split, Split]:
+    """Train and test arrays of torchvision dataset `name`, read from (or downloaded into) `data_root`;
+    `data.load_dataset` makes them ImageSets (this module knows nothing of them, so data -> here is the
+    only direction of import)."""
     if name not in ("mnist", "fashion-mnist", "cifar10", "gtsrb"):
         raise UserInputError(f"dataset: '{name}' is not a torchvision dataset", "dataset")
     data_root = Path(data_root)

@@ -41,8 +41,7 @@ sentence needs it): the CLI, the worker and the pages share it.
     lookup_baseline(config, root)          Baseline(state "done" / "training" / "none", run, summary)
     clean_accuracy_cost(summary, base)     Cost(clean_accuracy_cost, baseline_attack_success_rate)
     explain(summary, base)                 list of sentences
-    summary_fields(summary, config, root)  what pipeline adds to summary.json (verdict, baseline_*)
-    ensure_baseline(run, root)             queue the undefended baseline of a run, or reuse one
+    summary_fields(summary, config, root)  the verdict and baseline_* fields, judged now (read time)
 """
 
 from __future__ import annotations
@@ -51,8 +50,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .errors import UserInputError
-from .runs import RunDir, list_runs, runs_root
+from .run_index import BASELINE, BASELINE_KEYS, SAME_DATA, Found, find, scan  # noqa: F401  (BASELINE_KEYS: re-exported)
+from .runs import RunDir, runs_root
 from .text import GOOD_DETECTION_AUROC, number as _number, pct as _pct, points as _points  # noqa: F401
 
 # -- thresholds ------------------------------------------------------------------------------------
@@ -67,9 +66,6 @@ VERDICTS = (MADE_WORSE, REMOVED, WEAKENED, PERSISTS, NOT_APPLICABLE)
 FAILED = (WEAKENED, PERSISTS, MADE_WORSE)
 UNDEFENDED = "undefended"
 
-# The config.json fields that make two runs train on the same poisoned data with the same arithmetic.
-BASELINE_KEYS = ("dataset", "npz_path", "data_root", "attack", "attack_params", "poison_rate", "target_label",
-                 "seed", "model", "threads", "deterministic")
 REUSABLE_STATES = ("done", "running", "queued")  # a failed or cancelled baseline is queued again
 
 HEADLINES = {
@@ -141,42 +137,25 @@ def failed(summary: dict[str, Any] | None, baseline_summary: dict[str, Any] | No
 
 
 # -- the baseline ----------------------------------------------------------------------------------
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) or isinstance(b, float):
-        x, y = _number(a), _number(b)
-        return x is not None and y is not None and abs(x - y) <= 1e-9
-    return a == b
-
-
 def same_data(config: dict[str, Any], other: dict[str, Any]) -> bool:
-    """Whether two configs train on the same poisoned data, seed, model and arithmetic."""
-    return all(_same(config.get(key), other.get(key)) for key in BASELINE_KEYS)
+    """Whether two configs train on the same poisoned data, seed, model and arithmetic (`run_index.SAME_DATA`)."""
+    return SAME_DATA.same(config, other)
 
 
-def undefended_runs(root: str | Path | None) -> list[tuple[RunDir, dict[str, Any], str]]:
+def undefended_runs(root: str | Path | None) -> list[Found]:
     """(run, config, state) of every undefended run in a reusable state (done, running, queued), newest
     first, from one pass over the runs root; unreadable folders are skipped. Callers that look up many
     baselines at once read this once and pass it to `lookup_baseline`."""
-    found = []
-    for run in list_runs(root):
-        try:
-            config = run.config()
-        except (OSError, ValueError, UserInputError):
-            continue
-        if config.get("defense") != UNDEFENDED:
-            continue
-        state = run.status().get("state")
-        if state in REUSABLE_STATES:
-            found.append((run, config, state))
-    return found
+    return [found for found in scan(root) if found.config.get("defense") == UNDEFENDED
+            and found.state in REUSABLE_STATES]
 
 
 def _candidates(config: dict[str, Any], root: str | Path | None,
-                pool: list[tuple[RunDir, dict[str, Any], str]] | None = None) -> list[tuple[RunDir, str]]:
+                pool: list[Found] | None = None) -> list[tuple[RunDir, str]]:
     """(run, state) of every undefended run on the same data in a reusable state, newest first, out of
-    `pool` (default: `undefended_runs(root)`)."""
-    pool = undefended_runs(root) if pool is None else pool
-    return [(run, state) for run, other, state in pool if same_data(config, other)]
+    `pool` (default: the whole runs root)."""
+    found = find({**config, "defense": UNDEFENDED}, BASELINE, REUSABLE_STATES, root, pool)
+    return [(item.run, item.state) for item in found]
 
 
 def _figures(run: RunDir) -> dict[str, Any] | None:
@@ -251,9 +230,9 @@ def clean_accuracy_cost(summary: dict[str, Any] | None, baseline_summary: dict[s
 
 
 def summary_fields(summary: dict[str, Any], config: dict[str, Any], root: str | Path | None) -> dict[str, Any]:
-    """What summary.json carries besides the figures: `verdict`, and when a finished baseline exists
-    under `root` at this moment, `baseline_run_id`, `baseline_attack_success_rate` and
-    `clean_accuracy_cost`."""
+    """The judgement of a finished run as of now, computed when it is read (the CLI's `run --json`;
+    summary.json holds the figures only): `verdict`, and when a finished baseline exists under `root`
+    at this moment, `baseline_run_id`, `baseline_attack_success_rate` and `clean_accuracy_cost`."""
     if config.get("defense") == UNDEFENDED:
         return {"verdict": verdict(summary)}
     baseline = lookup_baseline(config, root)
@@ -272,24 +251,6 @@ def baseline_config(config: dict[str, Any]) -> dict[str, Any]:
     cost compares models trained equally long."""
     epochs = (config.get("defense_params") or {}).get("epochs")
     return {**config, "defense": UNDEFENDED, "defense_params": {"epochs": epochs} if isinstance(epochs, int) else {}}
-
-
-def ensure_baseline(run: RunDir, root: str | Path | None = None, start_worker: bool = True
-                    ) -> tuple[RunDir | None, bool]:
-    """Queue the undefended baseline of `run` through `jobs.submit` (after it, so the worker takes it
-    next), unless a matching one exists in any non-failed state. Returns (baseline, reused); (None,
-    False) for an undefended run, which needs none."""
-    from .config import RunConfig
-    from .jobs import submit
-
-    config = run.config()
-    if config.get("defense") == UNDEFENDED:
-        return None, False
-    root = runs_root(root if root is not None else run.path.parent)
-    existing = find_reusable_baseline(config, root)
-    if existing is not None:
-        return existing, True
-    return submit(RunConfig.from_dict(baseline_config(config)), root, start_worker=start_worker), False
 
 
 # -- sentences -------------------------------------------------------------------------------------

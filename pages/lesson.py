@@ -142,7 +142,7 @@ def preset_status(preset: Preset, pairs: list[dict[str, Any]], ids: list[str]) -
         st.info(f"The preset's run `{done[0]['run_id']}` is done, but its undefended baseline is not: the verdict "
                 "step needs it.", icon=":material/info:")
         if st.button("Queue its baseline", key="lesson_queue_baseline"):
-            verdicts.ensure_baseline(RunDir(runs_root_path() / done[0]["run_id"]), runs_root_path())
+            jobs.submit_baseline(RunDir(runs_root_path() / done[0]["run_id"]), runs_root_path())
             st.rerun()
         return
     others = any(p["attack"] == preset.attack and p["state"] == "done" for p in pairs)
@@ -160,8 +160,7 @@ def preset_status(preset: Preset, pairs: list[dict[str, Any]], ids: list[str]) -
         queue = st.button("Queue this preset and its baseline", type="primary", key="lesson_queue_preset")
     if queue:
         with st.spinner("Queueing the preset and its undefended baseline…"):
-            run = jobs.submit(preset.config(), runs_root_path())
-            verdicts.ensure_baseline(run, runs_root_path())
+            run = jobs.submit_with_baseline(preset.config(), runs_root_path())[0].run
         set_active_run(run.run_id)
         go_to(1)
         st.rerun()
@@ -225,7 +224,7 @@ def class_runs() -> list[tuple[str, str, str]]:
 
 def prepare_class() -> bool:
     """"Prepare this class": one click queues every preset with its undefended baseline (runs already
-    there are reused, `jobs.submit_once`), then their progress with one estimate for the whole batch.
+    there are reused, `jobs.submit_with_baseline`), then their progress with one estimate for the whole batch.
     True once every preset is queued (the caller then shows nothing else)."""
     missing = [preset for preset in PRESETS.values() if not preset_run_ids(preset)]
     st.subheader("Prepare this class")
@@ -239,8 +238,7 @@ def prepare_class() -> bool:
             with st.spinner("Queueing every preset and its baseline…"):
                 root = runs_root_path()
                 for preset in missing:
-                    run, _, _ = jobs.submit_once(preset.config(), root)
-                    verdicts.ensure_baseline(run, root)
+                    jobs.submit_with_baseline(preset.config(), root)
             st.rerun()
         return False
     active = any(state in ("queued", "running") for _, _, state in class_runs())
@@ -573,7 +571,7 @@ def step_verdict(ctx: Lesson) -> None:
             st.warning("No undefended run on the same data and seed has finished, so there is nothing to measure "
                        "this run against.")
             if st.button("Queue the undefended baseline", key="lesson_verdict_baseline"):
-                verdicts.ensure_baseline(ctx.run, runs_root_path())
+                jobs.submit_baseline(ctx.run, runs_root_path())
                 st.rerun()
     with right:
         if ctx.preset is not None:

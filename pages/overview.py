@@ -7,7 +7,7 @@ from __future__ import annotations
 import pages.warm  # noqa: F401  first: every heavy import, once per process (see pages/warm)
 import streamlit as st
 
-from cbd_core import jobs, verdicts
+from cbd_core import jobs
 from cbd_core.config import quick_demo_config
 from cbd_core.presets import PRESETS
 from pages.common import page_errors, runs_root_path, set_active_run
@@ -30,8 +30,8 @@ with page_errors():
                        "CBD cost. The **Train** page shows it live; the **Lesson** then walks through it step by step.")
         if button.button("▶ Quick demo", type="primary", width="stretch"):
             with st.spinner("Queueing the demo run…"):
-                run = jobs.submit(quick_demo_config(), runs_root_path())
-                verdicts.ensure_baseline(run, runs_root_path())  # the undefended run it is measured against
+                # with the undefended run it is measured against
+                run = jobs.submit_with_baseline(quick_demo_config(), runs_root_path())[0].run
             set_active_run(run.run_id)
             # A page switch starts the next page with the URL it is given: ?run= must be passed on, or the
             # Train page's address (copied to another screen) would not name the demo.
@@ -47,8 +47,7 @@ with page_errors():
     st.info(preset.look_for)
     if st.button("Queue this preset", key="queue_preset"):
         with st.spinner("Queueing the preset and its undefended baseline…"):
-            run = jobs.submit(preset.config(), runs_root_path())
-            verdicts.ensure_baseline(run, runs_root_path())
+            run = jobs.submit_with_baseline(preset.config(), runs_root_path())[0].run
         set_active_run(run.run_id)
         # A page switch starts the next page with the URL it is given: ?run= must be passed on, or the
         # Train page's address (copied to another screen) would not name the demo.

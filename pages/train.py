@@ -255,16 +255,15 @@ def start_run(config: RunConfig, with_baseline: bool) -> str:
     twice (a double click, a class pressing Start together) give one run: the existing one is followed
     and the note says so."""
     root = runs_root_path()
-    run, reused, state = jobs.submit_once(config, root)
+    (run, reused, state), baseline = (jobs.submit_with_baseline(config, root) if with_baseline
+                                      else (jobs.submit_once(config, root), None))
     lines = []
     if reused:
         lines.append(f"These exact settings (seed {config.seed} included) already have a run, {state}: `{run.run_id}`. "
                      "Following it instead of training the same numbers twice; change the seed to train another.")
-    if with_baseline:
-        baseline, baseline_reused = verdicts.ensure_baseline(run, root)
-        if baseline is not None:
-            lines.append(f"Baseline: reusing the undefended run `{baseline.run_id}`." if baseline_reused else
-                         f"Baseline: the undefended run `{baseline.run_id}` is queued after this one.")
+    if baseline is not None:
+        lines.append(f"Baseline: reusing the undefended run `{baseline.run.run_id}`." if baseline.reused else
+                     f"Baseline: the undefended run `{baseline.run.run_id}` is queued after this one.")
     st.session_state[START_NOTE] = {"run": run.run_id, "lines": lines}
     return run.run_id
 

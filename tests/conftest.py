@@ -98,17 +98,24 @@ def train_runs(root: Path, configs: dict, data: tuple[ImageSet, ImageSet]) -> di
     """Train each RunConfig of `configs` ({key: config}, dataset "mnist5k") on `data` (a train / test
     pair) into a run folder under `root`, in this process; returns {key: run id}."""
     import cbd_core.pipeline as pipeline
-    from cbd_core.runs import RunDir
 
     ids = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(pipeline, "load_dataset", lambda name, *a, **k: data)
         for key, config in configs.items():
-            prepared = pipeline.prepare(config)
-            run = RunDir.create(root, prepared.config.to_dict())
-            pipeline.execute(prepared, run)
-            ids[key] = run.run_id
+            ids[key] = pipeline.train_run(config, root)[0].run_id
     return ids
+
+
+def rewrite_status(run, **fields) -> None:
+    """Set fields of a run's status.json as a hand edit would, past the run store's transition check:
+    for fixtures that need a state a run's life does not reach that way (a finished run shown as
+    running again, a done run as failed). Code never does this; `RunDir.set_state` refuses it."""
+    import json
+
+    status = {k: v for k, v in run.status().items() if k != "unreadable"}
+    status.update(fields)
+    (run.path / "status.json").write_text(json.dumps(status))
 
 
 def fast_config(**overrides):

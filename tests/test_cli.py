@@ -137,7 +137,8 @@ def test_real_run_json(capsys, tmp_path, patch_dataset):
     assert summary["seconds"] > 0 and isinstance(summary["device"], str)
     run_dir = Path(summary["run_dir"])
     assert run_dir.parent == out_dir.resolve() and run_dir.is_dir()
-    assert json.loads((run_dir / "summary.json").read_text()) == summary
+    # summary.json holds the figures; the CLI adds the verdict, judged when it prints (read time)
+    assert {**json.loads((run_dir / "summary.json").read_text()), "verdict": "n/a"} == summary
     assert json.loads((run_dir / "status.json").read_text())["state"] == "done"
     config = json.loads((run_dir / "config.json").read_text())
     assert config["defense_params"]["epochs"] == 1 and config["attack"] == "trojan"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import cbd_core.jobs as jobs
-from conftest import fast_config
+from conftest import fast_config, rewrite_status
 from cbd_core.config import quick_demo_config
 from cbd_core.errors import UserInputError
 from cbd_core.runs import RunDir, list_runs, wait_for
@@ -73,7 +73,8 @@ def test_worker_trains_the_queue_in_order(tmp_path, patch_dataset, fake_analysis
     for run in runs:
         status = run.status()
         assert status["state"] == "done", status
-        assert status["worker"]["device"] == "cpu"
+        assert status["owner"]["kind"] == "worker" and status["owner"]["device"] == "cpu"
+        assert "worker" not in status  # the owner is recorded once
         assert status["progress"]["fraction"] == 1.0
         assert status["analysis"] == "done"
         assert run.summary()["run_id"] == run.run_id and run.model_names() == ["model"]
@@ -258,7 +259,7 @@ def test_submit_twice_is_one_run(tmp_path, patch_dataset):
     assert len(list_runs(tmp_path)) == 3
 
     for state, reused in (("running", True), ("done", True), ("failed", False)):
-        first.run.update_status(state=state)
+        rewrite_status(first.run, state=state)
         found = jobs.submit_once(_config(), tmp_path, start_worker=False)
         assert found.reused is reused, state
         if reused:
@@ -330,6 +331,15 @@ def test_worker_state_follows_the_slot_lock_and_info(tmp_path):
         mapped = RunDir.create(tmp_path, {"dataset": "mnist5k", "attack": "badnets", "defense": "cbd"}, state="done",
                                analysis="computing", owner={"kind": "worker", "pid": os.getpid()})
         assert jobs.worker_state(tmp_path, "cpu") == jobs.WorkerState("busy", "mapping", mapped.run_id)
+        # A CLI run's epoch maps, backfilled: not the worker's run, but its info file says "analysing".
+        mapped.update_status(analysis="done")
+        cli_run = RunDir.create(tmp_path, {"dataset": "mnist5k", "attack": "badnets", "defense": "cbd"},
+                                state="done", epoch_analysis="computing", owner={"kind": "cli", "pid": 1})
+        assert jobs.worker_state(tmp_path, "cpu") == jobs.WorkerState("idle")  # the info file does not say so yet
+        write_json(info, {"device": "cpu", "slot": 0, "pid": os.getpid(), "current_run": None, "state": "analysing"})
+        assert jobs.worker_state(tmp_path, "cpu") == jobs.WorkerState("busy", "mapping", cli_run.run_id)
+        cli_run.update_status(epoch_analysis="done")  # attribution shares next: still busy, run not told
+        assert jobs.worker_state(tmp_path, "cpu") == jobs.WorkerState("busy", "mapping", None)
         write_json(info, {"device": "cpu", "slot": 0, "pid": os.getpid(), "current_run": "some-run"})
         assert jobs.worker_state(tmp_path, "cpu") == jobs.WorkerState("busy", "training", "some-run")
     finally:

@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 import cbd_core.jobs as jobs
 from cbd_core.defenses import DEFENSES
 from cbd_core.runs import RunDir, list_runs
-from conftest import open_page
+from conftest import open_page, rewrite_status
 from pages.common.settings import AttackSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,7 +108,7 @@ def test_failed_run_shows_its_error(runs_root, finished_runs):
     root, ids = finished_runs
     shutil.copytree(root / ids["undefended"], runs_root / ids["undefended"])
     run = RunDir(runs_root / ids["undefended"])
-    run.update_status(state="failed", error="worker stopped")
+    rewrite_status(run, state="failed", error="worker stopped")  # a done run, failed by hand
     at = open_page("train", run=run.run_id)
     assert not at.exception
     assert any("worker stopped" in e.value for e in at.error)

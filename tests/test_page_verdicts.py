@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cbd_core.runs import RunDir, list_runs, write_json
-from conftest import open_page
+from conftest import open_page, rewrite_status
 
 REMOVED_ID = "20990101-000000-001-removed"
 PERSISTS_ID = "20990101-000000-002-persists"
@@ -149,7 +149,7 @@ def test_banner_without_a_baseline_and_with_one_still_training(runs_root, finish
     assert len(at.warning) == 1 and "Backdoor weakened, not removed" in at.warning[0].value
     assert "no baseline" in at.warning[0].value
     baseline = copy_run(root / ids["undefended"], runs_root, BASELINE_ID)
-    baseline.update_status(state="running")
+    rewrite_status(baseline, state="running")
     at = open_page("runs", run=PERSISTS_ID)
     assert f"baseline still training (run `{BASELINE_ID}`)" in at.warning[0].value
 

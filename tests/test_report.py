@@ -12,6 +12,7 @@ import pytest
 from cbd_core import capture, cli, verdicts
 from cbd_core.report import _markdown as report_markdown, html_report
 from cbd_core.runs import RunDir
+from conftest import rewrite_status
 
 # Any attribute that makes a browser fetch something: src=, href=, url(...) or @import pointing outside.
 REMOTE = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//|url\(\s*["']?\s*(?:https?:)?//|@import""", re.I)
@@ -50,7 +51,7 @@ def test_report_of_a_run_that_did_not_finish(finished_runs, tmp_path, state, wor
     root, ids = finished_runs
     shutil.copytree(root / ids["cbd"], tmp_path / ids["cbd"])
     run = RunDir(tmp_path / ids["cbd"])
-    run.update_status(state=state, error="the worker stopped" if state == "failed" else None)
+    rewrite_status(run, state=state, error="the worker stopped" if state == "failed" else None)
     page = html_report(run)
     assert_self_contained(page)
     assert "Not a finished run" in page and words in page

@@ -22,6 +22,7 @@ from conftest import fast_config
 import cbd_core.runs as runs
 from cbd_core import matrix, verdicts
 from cbd_core.errors import UserInputError
+from cbd_core.run_index import scan
 from cbd_core.runs import RunDir, RunGone, list_runs, owner_record
 
 def _config(**overrides):
@@ -84,9 +85,8 @@ def test_every_damaged_folder_is_listed_as_unreadable_and_never_raises(healthy_a
     # Everything that walks the root goes on: recovery, the queue, matrix resume, the baseline lookup.
     assert jobs.recover_orphans(root) == []
     assert jobs.queued_runs(root) == [] and jobs.queue_positions(root) == {}
-    done = matrix.finished_runs(root)
-    assert list(done.values()) == [healthy.summary()]
     config = healthy.config()
+    assert matrix.finished_summary(config, scan(root)) == healthy.summary()
     assert verdicts.find_baseline({**config, "defense": "cbd"}, root).run_id == healthy.run_id
     assert verdicts.lookup_baseline({**config, "defense": "cbd"}, root).state == "done"
 
@@ -191,7 +191,7 @@ def test_a_finished_run_carries_no_stale_error(tmp_path, patch_dataset):
     patch_dataset(300, 100)
     prepared = prepare(_config())
     run = RunDir.create(tmp_path, prepared.config.to_dict())
-    run.update_status(state="failed", error="the background worker stopped while this run was in progress")
+    run.update_status(error="the background worker stopped while this run was in progress")  # stale, from before
     execute(prepared, run)
     status = run.status()
     assert status["state"] == "done" and status.get("error") is None

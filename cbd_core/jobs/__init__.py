@@ -1,13 +1,13 @@
 """Background jobs: runs train in long-lived worker processes, never inside the dashboard's script.
 
 One job per file: `settings` (names, timings, slots per device), `locks` (a held lock is a live
-worker), `queue` (submit, claim, cancel, positions), `launcher` (the one owner of the workers'
+worker), `queue` (claim, cancel, positions), `submission` (queueing a run and its baseline), `launcher` (the one owner of the workers'
 lifetime: starting them, recovery by recorded owner, stopping them) and `worker` (the loop that
 trains). This package re-exports what callers use.
 
 Any widget click reruns a Streamlit script, which would kill a training loop inside it; so the
 dashboard only *queues* a run (a run folder whose status is "queued") and a worker process trains
-it through the CLI's own code path (`pipeline.prepare` + `execute`). The queue is the runs root
+it through the CLI's own code path (`pipeline.train_run`). The queue is the runs root
 itself, so it survives an app restart, a closed tab, several browser sessions.
 
     submit(config)            validate like the CLI, create the run folder as "queued", make sure a
@@ -39,8 +39,9 @@ from .cluster import RAY_ADDRESS_ENV, RAY_QUEUE, ray_address
 from .launcher import (ORPHAN_ERROR, ensure_workers, keep_workers_running, owner_gone, recover_orphans,
                        start_failures, stop_workers)
 from .locks import WorkerInfo, _lock_path, _pid_alive, _try_lock, root_lock, slot_is_alive, workers
-from .queue import (REUSED_STATES, Submitted, _claim, _waiting, cancel_requested, identical_run, queue_position,
-                    queue_positions, queued_runs, request_cancel, submit, submit_once)
+from .queue import _claim, _waiting, cancel_requested, queue_position, queue_positions, queued_runs, request_cancel
+from .submission import (REUSED_STATES, Submitted, identical_run, submit, submit_baseline, submit_once,
+                     submit_with_baseline)
 from .readiness import WorkerState, worker_state
 from .settings import (CANCEL_FILE, CLAIM_FILE, IDLE_POLL_S, PROGRESS_EVERY_S, WORKERS_DIR, device_key,
                        workers_per_device)
@@ -50,5 +51,5 @@ __all__ = ["RAY_ADDRESS_ENV", "RAY_QUEUE", "ray_address", "CANCEL_FILE", "CLAIM_
            "WORKERS_DIR", "Submitted", "Worker", "WorkerInfo", "WorkerState", "cancel_requested", "device_key",
            "ensure_workers", "identical_run", "keep_workers_running", "owner_gone", "queue_position",
            "queue_positions", "queued_runs", "recover_orphans", "request_cancel", "root_lock", "slot_is_alive",
-           "start_failures", "status_line", "stop_workers", "submit", "submit_once", "worker_main", "worker_state", "workers",
+           "start_failures", "status_line", "stop_workers", "submit", "submit_baseline", "submit_once", "submit_with_baseline", "worker_main", "worker_state", "workers",
            "workers_per_device"]

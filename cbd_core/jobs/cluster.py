@@ -7,8 +7,7 @@
 
 The run folder stays the source of truth, exactly as with the local worker: the driver creates it
 "queued" (in the queue "ray", which no local worker serves), and the task, on whichever node Ray
-places it, trains it through `worker.train_queued_run`, the same path as the local worker (the CLI's
-`pipeline.prepare` + `execute`), writing status, progress, metrics and arrays into that folder. So the
+places it, trains it through `worker.train_queued_run`, the same path as the local worker (`pipeline.train_run`), writing status, progress, metrics and arrays into that folder. So the
 Train and Runs pages, Cancel (the run's cancel file), failures with their reason and `wait_for` work
 unchanged. This assumes every node sees the runs root at the same path (a shared filesystem) and the
 project at the same path (the task imports `cbd_core` from there); README "Ray: more machines" says how.
@@ -26,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig
-from ..runs import RunDir, now_iso, owner_record
+from ..runs import RunDir, owner_record
+from .settings import RAY_QUEUE  # noqa: F401  (re-exported: the queue's name)
 
 RAY_ADDRESS_ENV = "BACKDOOR_LAB_RAY_ADDRESS"
-RAY_QUEUE = "ray"  # the queue runs for the cluster wait in; local workers never serve it
 GPU_SHARE = 0.25  # of one GPU per run that asks for cuda: four small runs share a card
 NAMESPACE = "backdoor-lab"
 
@@ -75,8 +74,7 @@ def _trainer_class():
             owner = owner_record("ray", node=ray.get_runtime_context().get_node_id())
 
             def record(run: RunDir, state: str, **fields: Any) -> None:
-                if run.status().get("state") != state:
-                    run.update_status(state=state, finished=now_iso(), **fields)
+                run.finish(state, **fields)
 
             try:
                 return train_queued_run(run, owner, stopping=lambda: False, record=record,
@@ -96,6 +94,5 @@ def launch(run: RunDir, address: str) -> None:
         trainer = _trainer_class().options(name=f"run-{run.run_id}", lifetime="detached", **resources).remote()
         trainer.train.remote(str(run.path.parent), run.run_id)
     except Exception as err:
-        run.update_status(state="failed", finished=now_iso(),
-                          error=f"could not start the run on the Ray cluster at {address}: {type(err).__name__}: {err}")
+        run.finish("failed", error=f"could not start the run on the Ray cluster at {address}: {type(err).__name__}: {err}")
         raise

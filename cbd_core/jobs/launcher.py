@@ -23,11 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..runs import RunDir, RunGone, list_runs, now_iso, runs_root
-from .cluster import RAY_QUEUE
+from ..runs import IllegalTransition, RunDir, RunGone, list_runs, now_iso, runs_root
 from .locks import _lock_path, _pid_alive, _try_lock, slot_is_alive, workers, workers_dir, write_info
 from .queue import _waiting
-from .settings import CLAIM_FILE, workers_per_device
+from .settings import RAY_QUEUE, workers_per_device
 
 CHECK_EVERY_S = 30.0  # how often page views may trigger recovery and a worker (re)start
 _last_check: dict[str, float] = {}
@@ -147,8 +146,8 @@ ORPHAN_ERROR = ("the background worker stopped while this run was in progress; w
                 "(start it again from the Train page)")
 
 
-def _orphan_error(status: dict[str, Any]) -> str:
-    owner = status.get("owner") if isinstance(status.get("owner"), dict) else {}
+def _orphan_error(owner: dict[str, Any] | None) -> str:
+    owner = owner or {}
     if owner.get("kind") in ("cli", "matrix"):
         return (f"the {owner['kind']} process (pid {owner.get('pid')}) that trained this run stopped while it was in "
                 "progress; what it had written is kept")
@@ -159,11 +158,7 @@ def owner_gone(run: RunDir, status: dict[str, Any]) -> bool:
     """Whether the process that trains `run` is provably gone. A worker's run: its slot's lock is
     free, or its pid is dead on this host. A CLI or matrix run: its pid is dead on this host. A run
     whose owner is on another host, or not recorded, is never called gone."""
-    owner = status.get("owner")
-    if not isinstance(owner, dict):
-        owner = status.get("worker") if isinstance(status.get("worker"), dict) else None
-        if owner is not None:
-            owner = {"kind": "worker", **owner}
+    owner = run.owner(status)
     if owner is None:
         return False
     alive = run.owner_alive({"owner": owner})
@@ -181,15 +176,6 @@ def owner_gone(run: RunDir, status: dict[str, Any]) -> bool:
     return False
 
 
-def _claim_pid(run: RunDir) -> int | None:
-    """The pid written in a run's claim file, or None when it cannot be read."""
-    try:
-        text = (run.path / CLAIM_FILE).read_text()
-        return int(text.strip())
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-
-
 def recover_orphans(root: str | Path | None = None) -> list[str]:
     """Runs left "running" (or claimed but never started) by a process that is provably gone are
     marked failed, keeping what they wrote. Returns their ids. A run trained by the CLI or `matrix`
@@ -199,27 +185,20 @@ def recover_orphans(root: str | Path | None = None) -> list[str]:
         try:
             status = run.status()
             state = status.get("state")
-            claimed = (run.path / CLAIM_FILE).exists()
-            if state not in ("running", "queued") or (state == "queued" and not claimed):
+            if state not in ("running", "queued") or (state == "queued" and not run.is_claimed()):
                 continue
-            has_owner = isinstance(status.get("owner"), dict) or isinstance(status.get("worker"), dict)
-            if not has_owner and state == "queued":
+            owner = run.owner(status)
+            if owner is None and state == "queued":
                 # Claimed by a worker that has not written its status yet. The claim holds its pid: a
                 # live claimer is left alone; one not yet readable (being written) gets a minute.
-                claimer = _claim_pid(run)
-                if claimer is not None and _pid_alive(claimer):
+                claimer, age = run.claimer()
+                if age is None or (claimer is not None and _pid_alive(claimer)) or (claimer is None and age < 60):
                     continue
-                if claimer is None:
-                    try:
-                        if time.time() - (run.path / CLAIM_FILE).stat().st_mtime < 60:
-                            continue
-                    except FileNotFoundError:
-                        continue
             elif not owner_gone(run, status):
                 continue
-            run.update_status(state="failed", finished=now_iso(), error=_orphan_error(status))
+            run.finish("failed", error=_orphan_error(owner))
             recovered.append(run.run_id)
-        except (RunGone, OSError):  # deleted meanwhile, or a folder we cannot write: not ours to fix
+        except (RunGone, OSError, IllegalTransition):  # deleted or finished meanwhile, or not ours to write
             continue
     return recovered
 

@@ -1,11 +1,11 @@
 """What a device's worker is doing right now, so a page can say why a queued run waits instead of
 showing "queued" for half a minute without a word.
 
-    worker_state(root, device)   none | starting | idle | busy (training run X, or computing run X's map)
+    worker_state(root, device)   none | starting | idle | busy (training run X, or computing run X's maps)
 
 It reads only what exists: the slot locks (a held lock is a live worker, see `locks`), the info file
-each worker writes once it runs its loop, and the `analysis` field a worker sets in a finished run's
-status while it computes that run's UMAP map. A worker whose lock is held but whose info file does not
+each worker writes once it runs its loop (its `state`: "analysing" is busy, like "training"), and the
+`analysis` / `epoch_analysis` fields a worker sets in a finished run's status while it computes its maps. A worker whose lock is held but whose info file does not
 name a live process yet, or says "booting", is "starting" (Python, torch and the data loading).
 """
 
@@ -25,8 +25,8 @@ TRAINING, MAPPING = "training", "mapping"
 @dataclass(frozen=True)
 class WorkerState:
     state: str  # NONE, STARTING, IDLE or BUSY (the most available of the device's slots)
-    task: str | None = None  # when busy: TRAINING or MAPPING (computing a finished run's UMAP map)
-    run_id: str | None = None  # when busy: the run it trains or maps
+    task: str | None = None  # when busy: TRAINING or MAPPING (a finished run's maps and attribution shares)
+    run_id: str | None = None  # when busy: the run it trains or maps (None: mapping, run not told yet)
 
 
 def worker_state(root: str | Path | None, device: str) -> WorkerState:
@@ -46,6 +46,9 @@ def worker_state(root: str | Path | None, device: str) -> WorkerState:
             states.append(WorkerState(STARTING))
         elif found.current_run:
             states.append(WorkerState(BUSY, TRAINING, found.current_run))
+        elif found.state == "analysing":
+            # Its info file says so: busy, whichever run it maps (a CLI run's too, whose owner is not it).
+            states.append(WorkerState(BUSY, MAPPING, _run_being_mapped(root, found.pid, any_owner=True)))
         else:
             mapping = _run_being_mapped(root, found.pid)
             states.append(WorkerState(BUSY, MAPPING, mapping) if mapping else WorkerState(IDLE))
@@ -56,15 +59,16 @@ def worker_state(root: str | Path | None, device: str) -> WorkerState:
     return WorkerState(NONE)
 
 
-def _run_being_mapped(root: Path, worker_pid: int | None) -> str | None:
-    """The run whose UMAP map this worker is computing now (its status says "computing" and names this
-    worker as its owner), or None. A map can take half a minute the first time, during which the next
-    queued run waits."""
+def _run_being_mapped(root: Path, worker_pid: int | None, any_owner: bool = False) -> str | None:
+    """The run whose maps this worker is computing now (its status says "computing" for the final or the
+    epoch-by-epoch maps and names this worker as its owner; with `any_owner`, when the worker says it is
+    analysing, whoever trained it), or None. A map can take half a minute the first time, during which
+    the next queued run waits."""
     for run in list_runs(root):
         status = run.status()
-        if status.get("analysis") != "computing":
+        if "computing" not in (status.get("analysis"), status.get("epoch_analysis")):
             continue
-        owner = status.get("owner") if isinstance(status.get("owner"), dict) else {}
-        if owner.get("kind") == "worker" and owner.get("pid") == worker_pid:
+        owner = run.owner(status) or {}
+        if any_owner or (owner.get("kind") == "worker" and owner.get("pid") == worker_pid):
             return run.run_id
     return None

@@ -7,10 +7,10 @@ import os
 
 from ..config import RunConfig
 from ..errors import UserInputError
+from ..runs import CANCEL_FILE, CLAIM_FILE  # noqa: F401  (the run store owns them; re-exported for callers)
 
 WORKERS_DIR = ".workers"
-CLAIM_FILE = "claim"
-CANCEL_FILE = "cancel"
+RAY_QUEUE = "ray"  # the queue runs for a Ray cluster wait in; local workers never serve it (jobs.cluster)
 PROGRESS_EVERY_S = 0.5  # status.json rewrites while training: often enough for a live page, cheap
 IDLE_POLL_S = 1.0  # an idle worker scans its queue this often anyway
 WAKE_POLL_S = 0.05  # and checks its wake file (one stat) this often: `submit` touches it, so a run starts at once

@@ -1,5 +1,5 @@
 """The worker loop: one slot of one device trains its queue's runs one after another through the CLI's
-own code path (`pipeline.prepare` + `execute`), writes throttled progress into each run's status, and
+own code path (`pipeline.train_run`), writes throttled progress into each run's status, and
 stays warm between runs (torch imported once, umap-learn's kernels compiled once): it computes each
 finished run's UMAP map and attribution shares before taking the next, and fills in maps missing
 from older runs when idle.
@@ -23,13 +23,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import RunConfig
 from ..errors import UserInputError
 from ..progress import Cancelled, ProgressEvent
-from ..runs import RunDir, RunGone, describe_error, list_runs, now_iso, owner_record, runs_root
+from ..runs import IllegalTransition, RunDir, RunGone, describe_error, list_runs, now_iso, owner_record, runs_root
 from .launcher import recover_orphans
 from .locks import _lock_path, _pid_alive, _try_lock, write_info
-from .queue import _claim, cancel_requested, queued_runs
+from .queue import queued_runs
 from .settings import IDLE_POLL_S, PROGRESS_EVERY_S, WAKE_POLL_S, WORKERS_DIR, wake_file_name
 
 class Worker:
@@ -152,7 +151,7 @@ class Worker:
 
     def _next_run(self) -> RunDir | None:
         for run in queued_runs(self.root, self.device):
-            if _claim(run):
+            if run.claim():
                 return run
         return None
 
@@ -161,8 +160,7 @@ class Worker:
         self._set_state("training")
         try:
             train_queued_run(run, owner_record("worker", device=self.device, slot=self.slot),
-                             stopping=lambda: self.stopping, record=self._record, log=self.log,
-                             worker={"device": self.device, "slot": self.slot, "pid": os.getpid()})
+                             stopping=lambda: self.stopping, record=self._record, log=self.log)
         finally:
             self.current = None
             self._set_state("ready")
@@ -171,9 +169,8 @@ class Worker:
         """Set a finished state unless the run already says so; a folder that is gone or a disk that
         is full is logged, never raised (the worker goes on to the next run)."""
         try:
-            if run.status().get("state") != state:
-                run.update_status(state=state, finished=now_iso(), **fields)
-        except RunGone:
+            run.finish(state, **fields)
+        except (RunGone, IllegalTransition):  # gone, or ended otherwise meanwhile
             pass
         except OSError as err:
             self.log(f"run {run.run_id}: could not record '{state}' yet: {describe_error(err)}")
@@ -263,25 +260,20 @@ class Worker:
 
 
 def train_queued_run(run: RunDir, owner: dict[str, Any], stopping: Callable[[], bool],
-                     record: Callable[..., None], log: Callable[[str], None], **status: Any) -> str:
+                     record: Callable[..., None], log: Callable[[str], None]) -> str:
     """Train one queued run in this process: the one path by which a run queued by someone else (the
-    dashboard, `submit`, `matrix --ray`) is trained, by a local worker or a Ray task alike. It marks the
-    run running with `owner` (and `status`), writes throttled progress into status.json, stops at the
-    next batch when the run's cancel file appears or `stopping()` says so, and ends the run done,
-    cancelled or failed with the reason (`record(run, state, **fields)` writes a finished state).
-    Returns the state it ended in ("gone" when the folder was deleted); a run no longer queued
-    (cancelled while it waited) is left as it is."""
-    from ..pipeline import execute, prepare
+    dashboard, `submit`, `matrix --ray`) is trained, by a local worker or a Ray task alike, through
+    `pipeline.train_run`. It starts the run with `owner`, writes throttled progress into status.json,
+    stops at the next batch when the run's cancel file appears or `stopping()` says so, and ends the run
+    done, cancelled or failed with the reason (`record(run, state, **fields)` writes a finished state
+    that training could not, e.g. on a full disk). Returns the state it ended in ("gone" when the folder
+    was deleted); a run no longer queued (cancelled while it waited) is left as it is."""
+    from ..pipeline import train_run
 
-    try:
-        if run.status().get("state") != "queued":
-            log(f"run {run.run_id}: no longer queued ({run.status().get('state')}); not trained")
-            return str(run.status().get("state"))
-        run.update_status(**status, owner=owner, state="running", started=now_iso(), progress=None, error=None)
-    except RunGone:
-        log(f"run {run.run_id}: its folder is gone; taking the next run")
-        return "gone"
-    log(f"run {run.run_id}: started")
+    state = run.status().get("state")
+    if state != "queued":
+        log(f"run {run.run_id}: no longer queued ({state}); not trained")
+        return str(state)
     last_write = [0.0]
 
     def on_progress(event: ProgressEvent) -> None:
@@ -299,24 +291,22 @@ def train_queued_run(run: RunDir, owner: dict[str, Any], stopping: Callable[[], 
                                     "elapsed_seconds": event.elapsed_seconds,
                                     "eta_seconds": None if eta is None else round(eta, 1), "updated": now_iso()})
 
-    def is_cancelled() -> bool:
-        if not run.exists():  # deleted under us: stop now, write nothing, re-create nothing
-            raise RunGone(f"run {run.run_id}: its folder is gone")
-        return stopping() or cancel_requested(run)
-
     try:
-        prepared = prepare(RunConfig.from_dict(run.config()))
-        execute(prepared, run, progress=on_progress, is_cancelled=is_cancelled, owner=owner)
+        train_run(run, owner=owner, progress=on_progress, should_stop=stopping,
+                  on_start=lambda run: log(f"run {run.run_id}: started"))
         log(f"run {run.run_id}: done")
         return "done"
     except RunGone:
         log(f"run {run.run_id}: its folder was deleted while it trained; stopped it")
         return "gone"
+    except IllegalTransition as err:  # cancelled (or failed by recovery) between our look and our start
+        log(f"run {run.run_id}: not trained: {err}")
+        return str(run.status().get("state"))
     except (Cancelled, KeyboardInterrupt):
         record(run, "cancelled")
         log(f"run {run.run_id}: cancelled")
         return "cancelled"
-    except UserInputError as err:  # execute records it; prepare does not
+    except UserInputError as err:  # train_run records it; `record` retries where the disk refused
         record(run, "failed", error=str(err))
         log(f"run {run.run_id}: failed: {err}")
     except Exception as err:  # a bug or a write error: recorded in the run if possible; the caller goes on

@@ -43,7 +43,8 @@ def waiting_note(status: dict[str, Any]) -> None:
         st.info(f"The worker is training run `{worker.run_id}` first; this run follows in queue order.",
                 icon=":material/schedule:")
     elif worker.task == "mapping":
-        st.info(f"The worker is computing the UMAP map of run `{worker.run_id}` (so its Embeddings page opens at "
+        which = f"run `{worker.run_id}`" if worker.run_id else "a finished run"
+        st.info(f"The worker is computing the maps and attribution shares of {which} (so its pages open at "
                 "once) and takes this run right after; the first map after a restart takes longer while its code "
                 "compiles.", icon=":material/schedule:")
     else:
