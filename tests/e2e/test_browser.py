@@ -118,7 +118,7 @@ def test_quick_demo_and_every_page(server, browser):
         assert_no_exception(linked, "deep link")
         nav = linked.locator("[data-testid='stSidebarNav']")
         assert "Look inside a run" in nav.inner_text() and "common" not in nav.inner_text(), nav.inner_text()
-        assert run.run_id in linked.url and "Select a point on a map" in linked.locator("[data-testid='stMain']").inner_text()
+        assert run.run_id in linked.url and "Click a point on a map" in linked.locator("[data-testid='stMain']").inner_text()
         # A fresh server sends Plotly's code on first use: the script can be done before a map is drawn.
         linked.wait_for_function("""() => { const g = document.querySelector('.js-plotly-plot');
             return g && g.data && g._fullLayout && g.data.some(d => d.x && d.x.length); }""", timeout=60_000)
