@@ -155,7 +155,7 @@ def test_charts_save_as_png_and_log_ticks_are_powers_of_ten(monkeypatch, finishe
     figures = _figures(at)
     names = [config["toImageButtonOptions"]["filename"] for _, config in figures]
     assert names[:3] == ["backdoor-lab-ca-vs-asr", "backdoor-lab-mean-asr", "backdoor-lab-mean-ca"]
-    assert names[3] == f"backdoor-lab-suspicion-{ids['cbd']}"
+    assert f"backdoor-lab-suspicion-{ids['cbd']}" in names
     assert all(config["toImageButtonOptions"]["format"] == "png" for _, config in figures)
-    histogram = figures[3][0]["layout"]["yaxis"]
+    histogram = figures[names.index(f"backdoor-lab-suspicion-{ids['cbd']}")][0]["layout"]["yaxis"]
     assert (histogram["type"], histogram["dtick"]) == ("log", 1)
