@@ -33,7 +33,8 @@ test: $(VENV)/.installed
 
 BENCH_OUT ?= /tmp/backdoor-lab-bench
 
-# The README's figure tables, in the order they appear there (the runs under $(BENCH_OUT) are reused).
+# The figure tables of docs/benchmarks.md and, for ABL and NONE, docs/defenses.md
+# (the runs under $(BENCH_OUT) are reused).
 bench: $(VENV)/.installed
 	$(PY) bench/cbd_targets.py --out $(BENCH_OUT)
 	$(PY) bench/fb_capture.py --attacks badnets blend trojan

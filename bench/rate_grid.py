@@ -2,7 +2,7 @@
 
     python bench/rate_grid.py --out /tmp/backdoor-lab-bench                       # the full grid (hours)
     python bench/rate_grid.py --out /tmp/backdoor-lab-bench --rates 0.01 0.1 --seeds 0 1 2
-    python bench/rate_grid.py --out /tmp/backdoor-lab-bench --no-train --write docs/rate_grid.md
+    python bench/rate_grid.py --out /tmp/backdoor-lab-bench --no-train --write bench/results/rate_grid.md
 
 Every cell is an ordinary run through `matrix` (finished cells under --out are reused, so an
 interrupted grid resumes), trained with the defense's defaults. The tables come from

@@ -29,7 +29,7 @@ import torch.nn as nn
 from .training import features_and_logits
 
 EPOCH_FEATURES_FILE = "epoch_features"
-MAX_POINTS = 1500  # images followed through training: ~7 s to lay out 14 epochs on 2 cores (README)
+MAX_POINTS = 1500  # images followed through training: ~7 s to lay out 14 epochs on 2 cores (docs/benchmarks.md)
 MAX_FRAMES = 30  # epochs recorded at most (plus each phase's last): bounds the file and the layout time
 FLOAT16_MAX = 65504.0
 

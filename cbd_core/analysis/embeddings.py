@@ -208,7 +208,7 @@ def umap_sequence(frames: list[np.ndarray], random_state: int | None = 0,
     The first map is an ordinary `umap_2d` layout; every later one starts from the map before it and
     runs `later_epochs` epochs of UMAP's layout: a point only moves where its neighbourhood changed.
     umap-learn's AlignedUMAP does the same job with a penalty tying each point to its place in the
-    neighbouring maps, but measured on this 2-core machine it took 10-20 times longer (README,
+    neighbouring maps, but measured on this 2-core machine it took 10-20 times longer (docs/benchmarks.md,
     "Dashboard speed"), most of it in a layout kernel that numba compiles anew on every call."""
     if not frames:
         return np.zeros((0, 0, 2), dtype=np.float32)

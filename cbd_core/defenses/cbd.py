@@ -62,7 +62,7 @@ restores the paper's behaviour, and bench/defense_quality.py --cbd-variants meas
   the augmented view with f_B's of the image (the views differ by a shift of 2 px on MNIST, which f_B
   was trained to ignore). f_B's forward pass was a third of what an f_C step costs beyond a plain one.
 - The official code ships the MI term switched off; here it has a strength (`mi_weight`, 0 = off)
-  and the default was chosen by measurement (README).
+  and the default was chosen by measurement (docs/defenses.md, "The MI term").
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def guard_unfitted(weights: torch.Tensor, ce_backdoor: torch.Tensor, labels: tor
     largest weight there is. When f_B misses the trigger (low poisoning rates), those are exactly the
     poisoned samples: f_B learned their digits, so their target label looks wrong to it, and without
     this guard f_C trained on them with up to 3x a clean sample's weight and learned a trigger that
-    plain training does not (README, "CBD never amplifies"). Reads only training data."""
+    plain training does not (docs/benchmarks.md, "Unfitted samples"). Reads only training data."""
     unfitted = ce_backdoor > chance_loss
     if not bool(unfitted.any()):
         return weights, unfitted
@@ -385,8 +385,9 @@ class CBD(Defense):
             if stable:
                 # Evidence counts once f_C has caught up with f_B on the data as a whole (median
                 # loss): before that, a low weight may only mean that f_C is still learning.
-                # "start" keeps the lowest weight from f_C's first epoch on (measured in README as an
-                # alternative: the median rule rarely fires when CE_B is f_B's trajectory loss).
+                # "start" keeps the lowest weight from f_C's first epoch on (measured in
+                # docs/benchmarks.md as an alternative: the median rule rarely fires when CE_B is f_B's
+                # trajectory loss).
                 if memory_from is None and (p["keep_lowest_from"] == "start"
                                             or ce_c_full.median() <= ce_b_full.median()):
                     memory_from = epoch

@@ -10,7 +10,7 @@ The run folder stays the source of truth, exactly as with the local worker: the 
 places it, trains it through `worker.train_queued_run`, the same path as the local worker (`pipeline.train_run`), writing status, progress, metrics and arrays into that folder. So the
 Train and Runs pages, Cancel (the run's cancel file), failures with their reason and `wait_for` work
 unchanged. This assumes every node sees the runs root at the same path (a shared filesystem) and the
-project at the same path (the task imports `cbd_core` from there); README "Ray: more machines" says how.
+project at the same path (the task imports `cbd_core` from there); docs/install.md, "Ray: more machines", says how.
 
 Each run is a detached Ray actor that trains in its constructor's follow-up call and exits: a plain task
 dies with the process that submitted it, and `submit` or a dashboard session must be able to go away
