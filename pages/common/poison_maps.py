@@ -71,7 +71,7 @@ def map_figure(xy: np.ndarray, flags: np.ndarray, title: str, mark: Mark | None 
         below = mark.y > (low + high) / 2  # the label on the side with more room, inside the map
         fig.add_annotation(x=mark.x, y=mark.y, text=mark.label, showarrow=True, arrowhead=2, ax=0,
                            ay=scaled(34) if below else -scaled(34),
-                           font={"size": scaled(13)}, bgcolor="rgba(255, 255, 255, 0.85)", bordercolor="black",
+                           font={"size": scaled(13), "color": "black"}, bgcolor="rgba(255, 255, 255, 0.85)", bordercolor="black",
                            borderwidth=1)
     fig.update_layout(title=title, height=400, margin={"l": 10, "r": 10, "t": 40, "b": 10},
                       legend={"orientation": "h", "y": -0.05}, xaxis={"visible": False}, yaxis={"visible": False})
