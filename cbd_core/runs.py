@@ -29,6 +29,10 @@
                           out in order, each starting from the one before, so points move smoothly
       attribution_shares.json  also the worker's: {method: {model: mean share of attribution on the
                           trigger over 100 triggered test images}}
+      attribution_views.npz  also the worker's (`analysis.attributions.compute_attribution_views`):
+                          each model's probabilities and maps for every kept test image, clean and
+                          triggered, the Attributions page's `example`, and for the Lesson's poisoned
+                          training image (`train_example`, mode "train")
       error.txt           the traceback, when a run failed on a bug
       claim, cancel       a queued run was taken (by a worker, or a cancel), cancel asked: written by
                           `RunDir.claim` / `request_cancel` alone

@@ -22,23 +22,24 @@ import streamlit.components.v1 as components
 from plotly.subplots import make_subplots
 
 from cbd_core import capture, jobs, lesson, verdicts
-from cbd_core.analysis.attributions import (apply_run_trigger, attribution_map, edit_trigger, predict_proba,
-                                            trigger_is_patch)
+from cbd_core.analysis.attributions import (TRAIN_MODE, apply_run_trigger, attribution_map, edit_trigger,
+                                            predict_proba, trigger_is_patch)
 from cbd_core.attacks import ATTACKS
 from cbd_core.attacks.base import amplified_difference
 from cbd_core.defenses import defense_or_none
+from cbd_core.errors import UserInputError
 from cbd_core.presets import PRESETS, Preset, measured_text
 from cbd_core.runs import FINISHED, RunDir
 from cbd_core.timing import duration_text, queue_forecast
 from pages.common import (ACTIVE_RUN, active_run_id, class_name, enlarge, load_arrays, load_baseline, load_config,
                           load_metrics, load_models, judged_summary, model_view, page_errors, plot_order, run_label,
-                          runs_root_path, set_active_run, verdict_banner, _runs_stamp, glossary)
-from pages.common.attribution_views import (colour_limits, example_index, mean_shares,
-                                            overlay_figure, run_images, stored_views)
+                          runs_root_path, set_active_run, verdict_banner, _runs_stamp, glossary, literal)
+from pages.common.attribution_views import (colour_limits, example_index, mean_shares, overlay_figure, run_images,
+                                            stored_views, training_example_index)
 from pages.common.intro import backdoor_intro
 from pages.common.navigation import follow_app_navigation
 from pages.common.presentation import plotly_chart, presenting, scaled
-from pages.common.poison_maps import POISONED_COLOUR, map_figure, run_maps
+from pages.common.poison_maps import POISONED_COLOUR, Mark, map_figure, run_maps
 from pages.common.run_progress import run_progress
 
 follow_app_navigation()
@@ -46,6 +47,7 @@ follow_app_navigation()
 STEP_PARAM = "step"
 PRESET_KEY, RUN_KEY, STEP_PICKER = "lesson_preset", "lesson_run", "lesson_step_picker"
 PENDING_STEP = "lesson_pending_step"
+IMAGE_PICKER = "lesson_attr_image"  # step 5: the training image marked on step 4's maps, or a test image
 SHOWN_STEP = "lesson_shown_step"  # the step drawn last, so a change of step scrolls back to the top
 STEP_TITLES = [title for _, title in lesson.STEPS]
 CLEAN_COLOUR, BASELINE_COLOUR = "#1f77b4", "#7f7f7f"
@@ -302,6 +304,44 @@ class Lesson:
         return class_name(self.class_names, c)
 
 
+@dataclass
+class MapSample:
+    """The poisoned training image step 5 explains and step 4 marks with a star (`training_example_index`)."""
+    sample: int  # its training-set index
+    image: np.ndarray  # its pixels as the models trained on them, trigger included (images.npz)
+    caption: str  # what it shows and how it was labelled (sample_weights.npz)
+    xy: dict[str, tuple[float, float]]  # its place on each model's map (umap.npz)
+
+
+def map_sample(ctx: Lesson) -> tuple[MapSample | None, str]:
+    """The image steps 4 and 5 share, read from the run's files; without one, why not (a sentence's start,
+    for a run made before the maps, or one whose files are missing or damaged)."""
+    try:
+        points = run_maps(ctx.run)
+        images = load_arrays(ctx.run, "images") or {}
+        weights = load_arrays(ctx.run, "sample_weights") or {}
+        sample = training_example_index(ctx.run)
+    except UserInputError as err:
+        return None, f"A file of this run cannot be read ({literal(err)})"
+    if points is None or not points["xy"]:
+        return None, "This run's maps (umap.npz) are not ready or cannot be drawn"
+    if sample is None:
+        return None, ("This run kept no poisoned training image with its pixels and its place on the maps "
+                      "(embeddings.npz, images.npz)")
+    on_map = np.flatnonzero(points["index"] == sample)
+    kept = np.flatnonzero(np.asarray(images.get("train_index", []), dtype=np.int64) == sample)
+    if not len(on_map) or not len(kept) or "train_x" not in images:
+        return None, f"Training image {sample}, the one chosen to explain, is not on this run's maps with its pixels"
+    labels, truth = weights.get("label"), weights.get("original_label")
+    caption = f"training image {sample}, poisoned"
+    if truth is not None and sample < len(truth):
+        caption = f"training image {sample}: a {ctx.name(int(truth[sample]))} with the trigger"
+    if labels is not None and sample < len(labels):
+        caption += f", labelled {ctx.name(int(labels[sample]))}"
+    xy = {name: (float(coords[on_map[0], 0]), float(coords[on_map[0], 1])) for name, coords in points["xy"].items()}
+    return MapSample(sample, images["train_x"][kept[0]], caption, xy), ""
+
+
 def say(sentences: list[str]) -> None:
     """The step's sentences about this run, as one block a class can read."""
     st.markdown("#### What this run shows\n" + "\n".join(f"- {s}" for s in sentences if s))
@@ -497,26 +537,45 @@ def step_maps(ctx: Lesson) -> None:
     names = plot_order(points["xy"], ctx.config.get("defense"))
     columns = st.columns(len(names) + 1, gap="medium") if len(names) < 3 else st.columns(len(names))
     titles = {"f_B": "f_B, the backdoored model", "f_C": "f_C, the deconfounded model"}
+    marked, missing = map_sample(ctx)
     for column, name in zip(columns, names):
+        mark = Mark(marked.sample, *marked.xy[name], "step 5's image") if marked and name in marked.xy else None
         with column:
-            plotly_chart(map_figure(points["xy"][name], points["flags"], titles.get(name, name)),
+            plotly_chart(map_figure(points["xy"][name], points["flags"], titles.get(name, name), mark),
                          key=f"lesson_map_{name}")
     with columns[-1]:
         st.markdown("Each dot is a training image, placed by what the model \"sees\" (its last hidden layer, "
-                    "mapped to 2-D with UMAP): images the model finds alike sit together. Crosses are poisoned.")
+                    "mapped to 2-D with UMAP): images the model finds alike sit together. Crosses are poisoned."
+                    + (f" The ★ is {marked.caption}: step 5 shows where each model looks in it." if marked else ""))
+        if not marked:
+            st.caption(f"No ★ on these maps: {missing}.")
         say(lesson.maps_story(points["shares"], float(ctx.config.get("poison_rate", 0.0)), ctx.summary))
         st.page_link("pages/embeddings.py", label="Watch the maps form epoch by epoch: the Embeddings page →")
 
 
 def step_attributions(ctx: Lesson) -> None:
     test_x, test_y, region = run_images(ctx.run)
-    index = example_index(ctx.run)
-    image = apply_run_trigger(test_x[index], ctx.config)
     patch = trigger_is_patch(ctx.config, region)
     names = plot_order(ctx.run.model_names(), ctx.config.get("defense"))
-    # The worker's maps when it explained this very image (the Attributions page's trigger at rest).
-    same_image = np.array_equal(edit_trigger(test_x[index], image, region)[0], image)
-    stored = stored_views(ctx.run, "triggered", LESSON_METHOD, names, index) if same_image else None
+    marked, missing = map_sample(ctx)
+    columns = st.columns([1] + [2] * len(names) + [2])
+    with columns[0]:
+        training = marked is not None and st.radio(
+            "Image", ["train", "test"], key=IMAGE_PICKER,
+            format_func=lambda k: "★ training image" if k == "train" else "test image",
+            help="A poisoned training image, marked ★ on the maps of step 4, or a test image with the trigger, "
+                 "which the models never trained on.") == "train"
+    if training:
+        image = marked.image
+        stored = stored_views(ctx.run, TRAIN_MODE, LESSON_METHOD, names, 0)
+        caption = marked.caption
+    else:
+        index = example_index(ctx.run)
+        image = apply_run_trigger(test_x[index], ctx.config)
+        # The worker's maps when it explained this very image (the Attributions page's trigger at rest).
+        same_image = np.array_equal(edit_trigger(test_x[index], image, region)[0], image)
+        stored = stored_views(ctx.run, "triggered", LESSON_METHOD, names, index) if same_image else None
+        caption = f"a test {ctx.name(int(test_y[index]))} with the trigger"
     if stored is not None:
         maps, probs = stored
     else:  # a run without the worker's views: computed here, in the app's process
@@ -524,9 +583,8 @@ def step_attributions(ctx: Lesson) -> None:
         maps = {name: attribution_map(models[name], image, None, LESSON_METHOD) for name in names}
         probs = {name: predict_proba(models[name], image) for name in names}
     tops = colour_limits(maps, per_model=True)
-    columns = st.columns([1] + [2] * len(names) + [2])
     with columns[0]:
-        st.image(enlarge(image, 112), caption=f"a {ctx.name(int(test_y[index]))} with the trigger")
+        st.image(enlarge(image, 112), caption=caption)
     for column, name in zip(columns[1:], names):
         with column:
             st.markdown(f"**{model_view(ctx.config.get('defense'), name).title}**")
@@ -537,6 +595,14 @@ def step_attributions(ctx: Lesson) -> None:
             st.markdown(f"predicts **{ctx.name(predicted)}**"
                         + (" — the attack's target" if predicted == ctx.target else ""))
     with columns[-1]:
+        if training:
+            st.markdown("This poisoned training image is **marked ★ on the maps of step 4**.")
+            st.button("★ See it on step 4's maps", key="lesson_to_maps", on_click=go_to, args=(4,), type="tertiary")
+        elif marked is not None:
+            st.markdown("A test image: the models never trained on it, so it is not on step 4's maps (they show "
+                        "training images).")
+        else:
+            st.caption(f"{missing}, so this is a test image with the trigger, which is not on step 4's maps.")
         st.caption("Bright = the pixels that drove the model's decision (integrated gradients; each map is coloured "
                    "from zero to its own largest value)." + (" The dotted box is the trigger." if patch else
                                        " This trigger changes the whole image, so it is not outlined."))

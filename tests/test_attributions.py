@@ -422,3 +422,31 @@ def test_attribution_views_hold_what_the_page_would_compute(finished_runs, tmp_p
     np.testing.assert_allclose(views[view_key("map", "triggered", "f_C", "saliency")][3],
                                attribution_map(model, triggered, None, "saliency"), rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(views[view_key("probs", "clean", "f_C")][3], predict_proba(model, clean), rtol=1e-5)
+    # The Lesson's poisoned training image (marked on its maps): its pixels as trained, explained the same way.
+    sample = int(views["train_example"])
+    weights, embeddings = run.arrays("sample_weights"), run.arrays("embeddings")
+    assert weights["is_poisoned"][sample] and sample in embeddings["index"]
+    image = images["train_x"][int(np.flatnonzero(images["train_index"] == sample)[0])]
+    np.testing.assert_allclose(views[view_key("map", "train", "f_B", "integrated_gradients")][0],
+                               attribution_map(models["f_B"], image, None, "integrated_gradients"), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(views[view_key("probs", "train", "f_C")][0], predict_proba(model, image), rtol=1e-5)
+
+
+def test_the_training_example_is_a_poisoned_image_the_trigger_sends_to_the_target():
+    from cbd_core.analysis.attributions import choose_training_example, training_example
+
+    poisoned = np.array([0, 1, 1, 1, 0, 1], bool)
+    truth = np.array([3, 0, 2, 5, 4, 6])  # sample 1 really is the target, 0
+    index = np.array([0, 1, 2, 3, 4])  # the kept subset (sample 5 is not kept)
+    # Sample 2 is outside the target but the backdoored model does not send it there; sample 3 is both.
+    assert choose_training_example(index, poisoned, 0, truth, np.array([3, 0, 2, 0, 4])) == 3
+    assert choose_training_example(index, poisoned, 0, truth, np.array([3, 0, 2, 2, 4])) == 2  # none fooled
+    assert choose_training_example(index, poisoned, 0, None, None) == 1  # nothing known but the poison
+    assert choose_training_example(index, np.zeros(6, bool), 0, truth) is None
+    assert choose_training_example(np.array([7]), poisoned, 0, truth) is None  # an index past the record
+    # Over a run's files: only images whose pixels were kept count.
+    embeddings = {"index": index, "prediction_f_B": np.array([3, 0, 2, 0, 4])}
+    weights = {"is_poisoned": poisoned, "original_label": truth}
+    assert training_example(embeddings, weights, {"train_index": np.array([0, 1, 2, 3])}, 0, "f_B") == 3
+    assert training_example(embeddings, weights, {"train_index": np.array([0, 1, 2])}, 0, "f_B") == 2
+    assert training_example(embeddings, weights, {}, 0, "f_B") is None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -108,6 +109,9 @@ def test_step_5_reads_the_workers_views_without_loading_a_model(lesson_root, tmp
     at = open_lesson(ids["cbd"], 5)
     assert not at.exception and len(at.get("plotly_chart")) == 2
     assert "of f_B's attribution falls on it" in page_text(at) and "predicts" in page_text(at)
+    assert at.radio(key="lesson_attr_image").value == "train"  # the training image's views, stored too
+    at.radio(key="lesson_attr_image").set_value("test").run()
+    assert not at.exception and len(at.get("plotly_chart")) == 2
     assert ids["cbd"] not in loads
 
 
@@ -253,3 +257,82 @@ def test_the_weights_step_numbers_epochs_as_sample_weights_does_and_has_the_glos
         assert len(glossary) == 1
         text = " ".join(m.value for m in glossary[0].markdown)
         assert GLOSSARY["AUROC"] in text and GLOSSARY["CE"] in text
+
+
+def image_captions(at: AppTest) -> list[str]:
+    return [image.proto.imgs[0].caption for image in at.image]
+
+
+def marked_traces(at: AppTest) -> dict[str, dict]:
+    """{chart key's model: the star trace} of step 4's maps."""
+    from pages.common.poison_maps import MARK_NAME
+
+    found = {}
+    for chart in at.get("plotly_chart"):
+        figure = json.loads(chart.proto.spec)
+        stars = [t for t in figure["data"] if t.get("name") == MARK_NAME]
+        if stars:
+            found[figure["layout"]["title"]["text"]] = (stars, figure["layout"].get("annotations", []))
+    return found
+
+
+def test_step_5s_training_image_is_the_star_on_step_4s_maps(lesson_pair):
+    """Step 5 explains a poisoned training image and says where it is; step 4's maps mark that very
+    sample, at its coordinates in umap.npz, with a star and a label."""
+    import re
+
+    root, ids = lesson_pair
+    run = RunDir(root / ids["cbd"])
+    at = open_lesson(ids["cbd"], 5)
+    assert not at.exception
+    assert at.radio(key="lesson_attr_image").value == "train"
+    shown = [re.match(r"training image (\d+)", caption) for caption in image_captions(at)]
+    shown = [int(m.group(1)) for m in shown if m]
+    assert len(shown) == 1, image_captions(at)
+    sample = shown[0]
+    weights, umap = run.arrays("sample_weights"), run.arrays("umap")
+    assert weights["is_poisoned"][sample]
+    assert "marked ★ on the maps of step 4" in page_text(at)
+    # Its button goes back to the maps, where the star sits on this sample in both.
+    at.button(key="lesson_to_maps").click().run()
+    assert not at.exception and at.query_params["step"] == "4"
+    marked = marked_traces(at)
+    assert len(marked) == 2, marked.keys()
+    row = int(np.flatnonzero(umap["index"] == sample)[0])
+    for title, (stars, notes) in marked.items():
+        assert len(stars) == 1 and stars[0]["customdata"] == [sample], title
+        name = "f_B" if title.startswith("f_B") else "f_C"
+        assert stars[0]["x"] == pytest.approx([float(umap[f"umap_{name}"][row, 0])])
+        assert stars[0]["y"] == pytest.approx([float(umap[f"umap_{name}"][row, 1])])
+        assert [n["text"] for n in notes] == ["step 5's image"]
+    assert f"The ★ is training image {sample}" in page_text(at)
+    # The test image stays one choice away, said to be off the maps.
+    at = open_lesson(ids["cbd"], 5)
+    at.radio(key="lesson_attr_image").set_value("test").run()
+    assert not at.exception and len(at.get("plotly_chart")) == 2
+    assert "it is not on step 4's maps" in page_text(at)
+    assert [c for c in image_captions(at) if c.startswith("a test ")] and \
+        not [c for c in image_captions(at) if c.startswith("training image")]
+
+
+@pytest.mark.parametrize("damage", ["no_maps", "damaged_embeddings"])
+def test_a_run_without_what_the_star_needs_says_so(lesson_root, tmp_path, monkeypatch, damage):
+    source, ids = lesson_root
+    copy_pair(source, ids, tmp_path)
+    run = tmp_path / ids["cbd"]
+    if damage == "no_maps":
+        (run / "umap.npz").unlink()
+    else:
+        (run / "embeddings.npz").write_bytes(b"not a zip file")
+    monkeypatch.setenv("BACKDOOR_LAB_RUNS", str(tmp_path))
+    at = open_lesson(ids["cbd"], 5)
+    assert not at.exception and not [e for e in at.error if "Backdoor persists" not in e.value]
+    assert len(at.get("plotly_chart")) == 2  # the test image's attributions, as before
+    said = page_text(at)
+    reason = "maps (umap.npz) are not ready" if damage == "no_maps" else "kept no poisoned training image"
+    assert reason in said and "so this is a test image with the trigger, which is not on step 4's maps" in said
+    assert not [r for r in at.radio if r.key == "lesson_attr_image"]
+    maps = open_lesson(ids["cbd"], 4)
+    assert not maps.exception and not marked_traces(maps)
+    if damage == "damaged_embeddings":  # the maps are there, the star is not, and the page says why
+        assert len(maps.get("plotly_chart")) == 2 and "No ★ on these maps: This run kept no poisoned" in page_text(maps)

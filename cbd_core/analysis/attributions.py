@@ -34,6 +34,7 @@ __all__ = [
     "attribution_map",
     "attribution_maps",
     "choose_example",
+    "choose_training_example",
     "example_test_image",
     "trigger_is_patch",
     "edit_trigger",
@@ -45,6 +46,7 @@ __all__ = [
     "triggered_test_images",
     "trigger_is_local",
     "trigger_mass_share",
+    "training_example",
 ]
 
 #: Attribution methods by name, with the title the dashboard shows.
@@ -317,6 +319,50 @@ def example_test_image(models: dict[str, nn.Module], test_x: np.ndarray, test_y:
     return choose_example(test_y, int(config.get("target_label", 0)), clean, fooled, backdoored)
 
 
+def choose_training_example(index: np.ndarray, is_poisoned: np.ndarray, target_label: int,
+                            true_labels: np.ndarray | None = None, predictions: np.ndarray | None = None
+                            ) -> int | None:
+    """The training-set index of the poisoned training image that shows the backdoor at work, among
+    `index` (the training indices a run kept features and pixels of; (n,)), from `is_poisoned` and
+    `true_labels` (each (N,), over the whole training set) and the backdoored model's `predictions` on
+    the kept images ((n,), aligned to `index`). None when none of them is poisoned.
+
+    Wanted, as for `choose_example`: an image that really shows another class than the target (so its
+    label is the attacker's) and that the backdoored model sends to the target; the conditions are
+    dropped from the last when none meets them. Within a tier the first in `index` wins, so the choice
+    is stable for a run."""
+    index = np.asarray(index, dtype=np.int64)
+    poisoned = np.asarray(is_poisoned, dtype=bool)
+    if not len(index) or index.min() < 0 or index.max() >= len(poisoned):
+        return None
+    kept = poisoned[index]
+    outside = np.asarray(true_labels)[index] != int(target_label) if true_labels is not None \
+        and len(true_labels) == len(poisoned) else np.ones(len(index), bool)
+    fooled = np.asarray(predictions) == int(target_label) if predictions is not None \
+        and len(predictions) == len(index) else np.ones(len(index), bool)
+    for tier in (kept & outside & fooled, kept & outside, kept):
+        if tier.any():
+            return int(index[np.argmax(tier)])
+    return None
+
+
+def training_example(embeddings: dict[str, np.ndarray], weights: dict[str, np.ndarray],
+                     images: dict[str, np.ndarray], target_label: int, backdoored: str | None = None) -> int | None:
+    """`choose_training_example` over a run's files: its embeddings.npz (the kept subset, whose maps
+    the worker draws, and each model's predictions on it), sample_weights.npz (poisoned flags, true
+    labels) and images.npz (the kept images' pixels). Only images present in both subsets count. None
+    when a file lacks what it needs or the subset holds no poisoned image."""
+    if "index" not in embeddings or "is_poisoned" not in weights or "train_index" not in images:
+        return None
+    index = np.asarray(embeddings["index"], dtype=np.int64)
+    has_pixels = np.isin(index, np.asarray(images["train_index"], dtype=np.int64))
+    predictions = embeddings.get(f"prediction_{backdoored}") if backdoored else None
+    return choose_training_example(index[has_pixels], weights["is_poisoned"], target_label,
+                                   weights.get("original_label"),
+                                   np.asarray(predictions)[has_pixels] if predictions is not None
+                                   and len(predictions) == len(index) else None)
+
+
 def trigger_is_patch(config: dict, region: np.ndarray) -> bool:
     """Whether the run's trigger is a patch (drawn as a box, movable): the attack registry says so;
     an attack it does not know is judged by the region's shape (`trigger_is_local`)."""
@@ -435,7 +481,8 @@ def edit_trigger(clean: np.ndarray, triggered: np.ndarray, region: np.ndarray, d
 # -- the Attributions page's views, computed by the worker -----------------------------------------
 
 VIEWS_FILE = "attribution_views"  # <run>/attribution_views.npz, written by compute_attribution_views
-VIEW_MODES = ("clean", "triggered")
+VIEW_MODES = ("clean", "triggered")  # every kept test image, as it is and with the trigger
+TRAIN_MODE = "train"  # the one poisoned training image of `run_training_example`
 
 
 def view_key(kind: str, mode: str, name: str, method: str | None = None) -> str:
@@ -446,9 +493,11 @@ def view_key(kind: str, mode: str, name: str, method: str | None = None) -> str:
 def compute_attribution_views(run) -> dict[str, np.ndarray]:
     """What the Attributions page shows for each of the run's kept test images, clean and with the run's
     trigger where it is (the page's sliders at rest): every model's class probabilities and its map by
-    each method, plus the image the page opens on (`example`). Written to `<run>/VIEWS_FILE.npz` once
-    by the worker, so a class opening the page makes the app server read a file instead of loading the
-    models and running Captum in its own process, one session after another."""
+    each method, plus the image the page opens on (`example`); and the same for the one poisoned
+    training image the Lesson explains and marks on its maps (`train_example`, its training-set index;
+    mode TRAIN_MODE, arrays of length 1), when the run kept one (`run_training_example`). Written to
+    `<run>/VIEWS_FILE.npz` once by the worker, so a class opening the page makes the app server read a
+    file instead of loading the models and running Captum in its own process, one session after another."""
     from . import load_models
 
     images = run.arrays("images")
@@ -461,10 +510,31 @@ def compute_attribution_views(run) -> dict[str, np.ndarray]:
     shown = {"clean": test_x, "triggered": np.stack([edit_trigger(c, t, region)[0] for c, t in zip(test_x, triggered)])}
     models = load_models(run)
     arrays = {"example": np.asarray(example_test_image(models, test_x, images["test_y"], config))}
-    for mode in VIEW_MODES:
+    sample = run_training_example(run, images)
+    if sample is not None:  # the Lesson's poisoned training image, the one marked on its maps
+        arrays["train_example"] = np.asarray(sample)
+        shown[TRAIN_MODE] = _as_batch(images["train_x"])[np.flatnonzero(images["train_index"] == sample)[:1]]
+    for mode in shown:
         for name, model in models.items():
             arrays[view_key("probs", mode, name)] = predict_proba(model, shown[mode]).astype(np.float32)
             for method in METHODS:
                 arrays[view_key("map", mode, name, method)] = attribution_maps(model, shown[mode], None, method)
     run.save_arrays(VIEWS_FILE, **arrays)
     return arrays
+
+
+def run_training_example(run, images: dict[str, np.ndarray] | None = None) -> int | None:
+    """`training_example` of a run, read from its files (`images`: its images.npz when already read);
+    None when a file is missing or cannot be read."""
+    from ..defenses import defense_or_none
+
+    try:
+        embeddings, weights = run.arrays("embeddings"), run.arrays("sample_weights")
+        images = images if images is not None else run.arrays("images")
+        config = run.config()
+    except UserInputError:
+        return None
+    if embeddings is None or weights is None or images is None:
+        return None
+    backdoored = getattr(defense_or_none(config.get("defense")), "backdoored_model", None)
+    return training_example(embeddings, weights, images, int(config.get("target_label", 0)), backdoored)

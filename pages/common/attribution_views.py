@@ -17,6 +17,7 @@ from cbd_core.analysis.attributions import (
     example_test_image,
     mean_trigger_share,
     region_bbox,
+    run_training_example,
     stored_trigger_shares,
     triggered_test_images,
     view_key,
@@ -82,10 +83,27 @@ def example_index(run: RunDir) -> int:
     return _example_cached(str(run.path), run.summary_mtime())
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def _training_example_cached(path: str, stamp: tuple[int, ...]) -> int | None:
+    return run_training_example(RunDir(Path(path)))
+
+
+def training_example_index(run: RunDir) -> int | None:
+    """The poisoned training image the Lesson explains and marks on its maps (`run_training_example`):
+    the worker's choice when it stored the run's views, else chosen here from the run's files (cached);
+    None when the run kept none or its files cannot be read."""
+    views = load_views(run)
+    if views is not None and "train_example" in views:
+        return int(views["train_example"])
+    return _training_example_cached(str(run.path), tuple(run.arrays_mtime(name) for name in
+                                                         ("embeddings", "sample_weights", "images")))
+
+
 def stored_views(run: RunDir, mode: str, method: str, names: list[str], index: int
                  ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:
     """Each model's map and class probabilities for kept test image `index`, clean or triggered
-    (`mode`, lower case) with the trigger sliders at rest, as the worker stored them
+    (`mode`, lower case) with the trigger sliders at rest, or for the Lesson's training image (mode
+    TRAIN_MODE, index 0), as the worker stored them
     (`compute_attribution_views`); None when the run has no such file or it lacks one of them (the page
     then computes them itself)."""
     views = load_views(run)

@@ -12,7 +12,7 @@ root with its undefended baseline (tiny real runs on 1,000 / 200 images of mnist
   checks the verdict first, so a change in training that loses the case fails loudly.
 
 After each Next the step's heading and its Back / Next controls are within the viewport, no page link
-label is cut, no step shows an exception, and in presentation mode the sidebar is collapsed. The
+label is cut, no step shows an exception, step 4's two maps show the star of step 5's image in their plot area, and in presentation mode the sidebar is collapsed. The
 made-worse run's steps never say the attack "did not take hold" and do say the defense made the
 attack stronger. Screenshots of every step go to test-artifacts/lesson/<case>/ for a person to look at."""
 
@@ -27,6 +27,7 @@ from cbd_core.analysis.embeddings import compute_umap, configure_numba_cache
 from cbd_core.config import RunConfig
 from cbd_core.runs import RunDir
 from conftest import FINISHED_RUN_PARAMS, small_subset, train_runs
+from pages.common.poison_maps import MARK_NAME
 from streamlit_server import IDLE, ROOT, chromium_browser, running_app
 
 ARTIFACTS = ROOT / "test-artifacts" / "lesson"
@@ -80,6 +81,25 @@ def cut_link_labels(page) -> list[str]:
         .filter(el => el.scrollWidth > el.clientWidth + 1).map(el => el.innerText)""")
 
 
+# For each map on the page holding the star trace: whether the star is drawn (an SVG point of non-zero
+# size, not transparent) inside the map's plot area and within the window, with its label shown.
+STAR_DRAWN = """(name) => [...document.querySelectorAll('.js-plotly-plot')].map(gd => {
+    const i = (gd.data || []).findIndex(t => t.name === name);
+    if (i < 0) return null;
+    const trace = gd.querySelectorAll('.scatterlayer .trace')[i];
+    const point = trace && trace.querySelector('path.point');
+    const area = gd.querySelector('.nsewdrag');
+    if (!point || !area) return 'not drawn';
+    const p = point.getBoundingClientRect(), a = area.getBoundingClientRect();
+    const x = p.left + p.width / 2, y = p.top + p.height / 2;
+    const label = [...gd.querySelectorAll('.annotation-text')].some(t => t.textContent === "step 5's image"
+        && t.getBoundingClientRect().width > 0);
+    return p.width > 0 && p.height > 0 && getComputedStyle(point).opacity !== '0' && getComputedStyle(trace).opacity !== '0'
+        && x >= a.left && x <= a.right && y >= a.top && y <= a.bottom
+        && x >= 0 && x <= window.innerWidth && y >= 0 && y <= window.innerHeight && label;
+}).filter(v => v !== null)"""
+
+
 def test_every_step_on_a_projector(server):
     case, url, run_id = server
     out = ARTIFACTS / case
@@ -106,6 +126,9 @@ def test_every_step_on_a_projector(server):
                 assert in_view(page, page.get_by_role("button", name="Next →")), where
                 assert in_view(page, page.get_by_role("button", name="← Back")), where
                 assert cut_link_labels(page) == [], where
+                if step == 4:  # step 5's training image, starred on both maps (f_B's and f_C's)
+                    page.locator(".js-plotly-plot").last.scroll_into_view_if_needed()
+                    assert page.evaluate(STAR_DRAWN, MARK_NAME) == [True, True], where
                 texts.append(page.locator("[data-testid='stMain']").inner_text())
                 page.screenshot(path=str(out / f"{name}_step{step}.png"))
                 if step > 1:  # a student scrolls down and the controls stay
