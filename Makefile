@@ -45,6 +45,9 @@ bench: $(VENV)/.installed
 	$(PY) bench/cbd_targets.py --out $(BENCH_OUT) --datasets mnist5k mnist1k mnist2k mnist20 --cbd cbd:keep_lowest_from=start
 	$(PY) bench/rate_grid.py --out $(BENCH_OUT) --write bench/results/rate_grid.md
 	$(PY) bench/defense_quality.py --defenses abl nonlinearity --seeds 0 1 2 --threads 1 --out $(BENCH_OUT)
+	$(PY) bench/abl_isolation.py --out $(BENCH_OUT) --write bench/results/abl_isolation.md
+	$(PY) bench/abl_isolation.py --out $(BENCH_OUT) --attacks blend trojan --seeds 0 1 2 --threads 1 2 --write bench/results/abl_isolation_blend_trojan.md
+	$(PY) bench/abl_isolation.py --out $(BENCH_OUT) --rates 0.01 --seeds 0 1 2 --threads 1 2 --write bench/results/abl_isolation_1pct.md
 	$(PY) bench/speed.py
 	$(PY) bench/dashboard.py
 
