@@ -238,3 +238,22 @@ def test_run_end_to_end(tmp_path, patch_dataset):
     assert [(m["phase"], m["epoch"]) for m in run.metrics()] == [("train", 1), ("train", 2), ("round 1", 1),
                                                                   ("round 1", 2)]
     assert "filtered_recall" in run.metrics()[-1]
+
+
+def test_finetune_from_scratch_drops_the_first_model(tmp_path, patch_dataset):
+    # With finetune_from=scratch the delivered model is a fresh one trained on what the filter kept: the
+    # channels the round reset (silenced for good in the reset model) carry weights again, and where the
+    # filter caught all the poison the fresh model never saw the trigger.
+    patch_dataset(600, 200)
+    prepared = prepare(RunConfig(dataset="mnist5k", attack="badnets", poison_rate=0.1, defense="nonlinearity",
+                                 device="cpu", embedding_samples=100,
+                                 defense_params={"epochs": 6, "batch_size": 32, "finetune_from": "scratch"}))
+    run = RunDir.create(tmp_path, prepared.config.to_dict())
+    summary = execute(prepared, run)
+    state = torch.load(run.path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    reset = summary["reset_channels"][0]
+    assert reset, "the round reset no channel, so the test shows nothing"
+    for layer, channels in reset.items():
+        assert state[f"{layer}.weight"][channels].abs().sum() > 0  # a reset model keeps them at exactly 0
+    if summary["filtered_recall"] == 1.0:
+        assert summary["attack_success_rate"] < 0.2
