@@ -107,6 +107,7 @@ def load_metrics(run: RunDir) -> list[dict[str, Any]]:
 def _runs_stamp(root: Path) -> tuple[tuple[str, int], ...]:
     """Each run folder's id and its status.json's modification time: it changes whenever a run is
     created, deleted or changes state (a baseline's summary is written before its status says done)."""
+    # every run, for a cache stamp: nothing compared
     return tuple(sorted((run.run_id, run.status_mtime()) for run in list_runs(root)))
 
 
@@ -246,7 +247,7 @@ def pick_run(label: str = "Run", only: Callable[[dict[str, Any], dict[str, Any]]
     is chosen for the user: the page never switches run silently. Unreadable runs are flagged. Shows a
     hint and returns None when no run qualifies (or none is chosen yet)."""
     candidates, labels = [], {}
-    every = list_runs(runs_root_path())
+    every = list_runs(runs_root_path())  # every run, listed for display (a filter, not a match between runs)
     for run in every:
         if run.problem():
             continue
