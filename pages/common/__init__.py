@@ -387,9 +387,17 @@ def non_finite_warning(values: Any, what: str) -> bool:
 def judging_defenses() -> str:
     """'CBD, ABL or NONE': the registered defenses that score individual samples, for hints."""
     from cbd_core.defenses import DEFENSES
+    from cbd_core.text import either
 
-    titles = [d.title for d in DEFENSES.values() if d.suspicion_meaning]
-    return ", ".join(titles[:-1]) + (" or " if len(titles) > 1 else "") + titles[-1]
+    return either([d.title for d in DEFENSES.values() if d.suspicion_meaning])
+
+
+def defending_defenses() -> str:
+    """'CBD, ABL, NONE or ASD': every registered defense but the undefended baseline, in menu order."""
+    from cbd_core.defenses import DEFENSES
+    from cbd_core.text import either
+
+    return either([d.title for name, d in DEFENSES.items() if name != verdicts.UNDEFENDED])
 
 
 def glossary(*terms: str) -> None:
