@@ -26,10 +26,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import capture, verdicts
-from .errors import UserInputError
 from .metrics import auroc
-from .run_index import SAME_SETUP
-from .runs import RunDir, list_runs
+from .run_index import SAME_SETUP, find, scan
+from .runs import RunDir
 
 STEPS: tuple[tuple[str, str], ...] = (
     ("attack", "The attack"),
@@ -246,18 +245,13 @@ def find_run_pairs(root: str | Path | None, attack: str | None = None, matches: 
     right now; with `matches` (a validated config dict, e.g. a preset's) only those on the same data
     and seed with the same CBD settings (run_index.SAME_SETUP). Unreadable runs are skipped."""
     pairs = []
-    baselines = verdicts.undefended_runs(root)  # read once for every CBD run below
-    for run in list_runs(root):
-        if run.problem():
-            continue
-        try:
-            config = run.config()
-        except UserInputError:
-            continue
+    pool = scan(root)  # one pass over the runs root, for the CBD runs and for their baselines
+    baselines = verdicts.undefended_runs(root, pool)
+    for found in pool if matches is None else find(matches, SAME_SETUP, pool=pool):
+        config = found.config
         if config.get("defense") != "cbd" or (attack is not None and config.get("attack") != attack):
             continue
-        if matches is not None and not SAME_SETUP.same(config, matches):
+        if found.run.problem():
             continue
-        pairs.append(RunPair(run, config, run.status().get("state", "?"),
-                             verdicts.lookup_baseline(config, root, baselines)))
+        pairs.append(RunPair(found.run, config, found.state, verdicts.lookup_baseline(config, root, baselines)))
     return pairs

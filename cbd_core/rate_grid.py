@@ -26,7 +26,7 @@ from typing import Any, Iterable
 
 from . import verdicts
 from .errors import UserInputError
-from .runs import list_runs
+from .run_index import scan
 
 
 UNDEFENDED_LABEL = "Undefended"  # the undefended runs' line, drawn apart (dashed grey) and listed first
@@ -105,13 +105,17 @@ def finished_runs(root: str | Path | None) -> list[GridPoint]:
     newest only per (cell, target, seed); its clean_accuracy and attack_success_rate are None (and
     its verdict "n/a") when its summary holds no finite figures. Unreadable folders are skipped (the
     Runs page lists them)."""
-    undefended = verdicts.undefended_runs(root)
+    pool = scan(root)  # one pass over the runs root, for the runs and for their baselines
+    undefended = verdicts.undefended_runs(root, pool)
     seen: dict[tuple, GridPoint] = {}
-    for run in list_runs(root):  # newest first
+    for found in pool:  # newest first
+        if found.state != "done":
+            continue
+        run, config = found.run, found.config
         try:
-            if run.status().get("state") != "done" or run.problem():
+            if run.problem():
                 continue
-            config, summary = run.config(), run.summary()
+            summary = run.summary()
         except (OSError, ValueError, UserInputError):
             continue
         summary = summary if isinstance(summary, dict) else {}
@@ -128,6 +132,9 @@ def finished_runs(root: str | Path | None) -> list[GridPoint]:
         point = GridPoint(dataset, str(config.get("attack")), defense_label(config, tuple(summary.get("image_shape") or ())),
                           rate, seed, ca, asr, result, run.run_id, str(config.get("defense") or "?"),
                           target if isinstance(target, int) and not isinstance(target, bool) else None)
+        # The newest per chart point. Not a run_index match: a point is keyed by what the chart labels (the
+        # dataset's file stem, the defense's title plus its settings away from the defaults of the summary's
+        # image shape), and this module is its one definition for Compare, the Explorer and bench.
         seen.setdefault((*point.cell, point.defense, point.target_label, seed), point)
     return list(seen.values())
 

@@ -25,6 +25,11 @@ def points(value: float) -> str:
     return f"{abs(value) * 100:.1f} points"
 
 
+def either(words: list[str], last: str = "or") -> str:
+    """"A", "A or B", "A, B or C" (`last`: "and" for "A, B and C"); "" for none."""
+    return ", ".join(words[:-1]) + f" {last} " + words[-1] if len(words) > 1 else "".join(words)
+
+
 # -- thresholds the sentences judge by -------------------------------------------------------------
 GOOD_DETECTION_AUROC = 0.9  # a per-sample score "found the poison" when it ranks it this well
 LOW_SHARE = 0.5  # a set of flagged samples: precision or recall below this is "most missed"

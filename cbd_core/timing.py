@@ -9,7 +9,8 @@
 Elapsed time counts from `started` in status.json (training began; the worker's data loading is
 before it) to now, or to `finished`. The remaining time comes, in this order, from
   1. finished runs with the same timing settings (dataset, model, defense and its parameters, threads,
-     device): the median of their durations minus the time already spent, while the run is within it;
+     device; `run_index.SAME_TIMING`): the median of their durations minus the time already spent,
+     while the run is within it;
   2. this run's own pace: the mean seconds per finished stage (an epoch, or one of CBD's f_B stages;
      `elapsed_seconds` of metrics.jsonl) times the stages still to go (the defense's `total_epochs`);
   3. nothing yet: before the first stage ends there is no honest number.
@@ -25,11 +26,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .runs import RunDir, list_runs, now_iso
+from .run_index import SAME_TIMING, Found, find, scan
+from .runs import RunDir, now_iso
 
-# The config fields that decide how long a run trains (not which images are poisoned, nor the seed).
-TIMING_KEYS = ("dataset", "npz_path", "model", "defense", "defense_params", "threads", "embedding_samples",
-               "deterministic")
 MAX_SIMILAR = 5  # the newest few are enough, and reading more costs page time
 
 
@@ -87,32 +86,14 @@ def estimate(status: dict[str, Any], metrics: list[dict[str, Any]], total_stages
     return RunTiming(elapsed, None, "an estimate follows when the first stage ends")
 
 
-def timing_family(config: dict[str, Any], device: Any) -> str:
-    """A key equal for runs that should take about as long (same timing settings on the same device)."""
-    import json
-
-    return json.dumps([config.get(key) for key in TIMING_KEYS] + [str(device)], sort_keys=True, default=str)
-
-
-def similar_durations(config: dict[str, Any], device: Any, root: str | Path | None) -> list[float]:
-    """Durations (summary seconds, from status.json) of the newest finished runs under the root with
-    the same timing settings on the same device, at most MAX_SIMILAR of them."""
-    family = timing_family(config, device)
-    found: list[float] = []
-    for run in list_runs(root):
-        status = run.status()
-        seconds = status.get("seconds")
-        if status.get("state") != "done" or not isinstance(seconds, (int, float)):
-            continue
-        try:
-            other = run.config()
-        except Exception:  # an unreadable folder is the Runs page's to show, not a reason to fail here
-            continue
-        if timing_family(other, status.get("device")) == family:
-            found.append(float(seconds))
-            if len(found) >= MAX_SIMILAR:
-                break
-    return found
+def similar_durations(config: dict[str, Any], device: Any, root: str | Path | None,
+                      pool: list[Found] | None = None) -> list[float]:
+    """Durations (summary seconds, from status.json) of the newest finished runs under the root (or in
+    `pool`, a `run_index.scan`) with the same timing settings on the same device (`run_index.SAME_TIMING`),
+    at most MAX_SIMILAR of them. Unreadable folders are skipped (the Runs page shows them)."""
+    found = [float(f.status["seconds"]) for f in find(config, SAME_TIMING, ("done",), root, pool, {"device": device})
+             if isinstance(f.status.get("seconds"), (int, float))]
+    return found[:MAX_SIMILAR]
 
 
 def total_stages(config: dict[str, Any]) -> int | None:
@@ -182,18 +163,13 @@ def queue_forecast(run_ids: list[str], root: str | Path | None) -> list[Forecast
 
     from .jobs import queued_runs, workers_per_device
 
-    runs = list_runs(root)
-    read = [(run, run.status()) for run in runs]
-    configs: dict[str, dict[str, Any]] = {}
-    for run, status in read:
-        try:
-            configs[run.run_id] = run.config()
-        except Exception:  # an unreadable folder is the Runs page's to show
-            continue
-    finished = [(configs[r.run_id], s) for r, s in read if s.get("state") == "done" and r.run_id in configs]
+    pool = scan(root)  # one pass over the runs root: every readable run's config and status
+    read = [(found.run, found.status) for found in pool]
+    configs: dict[str, dict[str, Any]] = {found.run.run_id: found.config for found in pool}
+    finished = [(found.config, found.status) for found in pool if found.state == "done"]
 
     def typical(config: dict[str, Any], device: str) -> float | None:
-        similar = similar_durations(config, device, root)
+        similar = similar_durations(config, device, root, pool)
         if similar:
             return statistics.median(similar)
         per_stage, stages = _seconds_per_stage(device, finished), total_stages(config)

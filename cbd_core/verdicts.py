@@ -142,11 +142,12 @@ def same_data(config: dict[str, Any], other: dict[str, Any]) -> bool:
     return SAME_DATA.same(config, other)
 
 
-def undefended_runs(root: str | Path | None) -> list[Found]:
-    """(run, config, state) of every undefended run in a reusable state (done, running, queued), newest
-    first, from one pass over the runs root; unreadable folders are skipped. Callers that look up many
-    baselines at once read this once and pass it to `lookup_baseline`."""
-    return [found for found in scan(root) if found.config.get("defense") == UNDEFENDED
+def undefended_runs(root: str | Path | None, pool: list[Found] | None = None) -> list[Found]:
+    """(run, config, state, status) of every undefended run in a reusable state (done, running, queued),
+    newest first, from one pass over the runs root (or out of `pool`, a `run_index.scan` the caller has
+    read); unreadable folders are skipped. Callers that look up many baselines at once read this once
+    and pass it to `lookup_baseline`."""
+    return [found for found in (scan(root) if pool is None else pool) if found.config.get("defense") == UNDEFENDED
             and found.state in REUSABLE_STATES]
 
 
@@ -178,15 +179,14 @@ class Baseline:
 
 
 def lookup_baseline(config: dict[str, Any], root: str | Path | None = None,
-                    pool: list[tuple[RunDir, dict[str, Any], str]] | None = None) -> Baseline:
+                    pool: list[Found] | None = None) -> Baseline:
     """The baseline of a run with this config (a config.json dict): the newest finished undefended
     run on the same poisoned data and seed ("done", with its summary), else one still queued or
     running ("training"), else "none". `pool`: `undefended_runs(root)`, when the caller has it."""
     return Baseline("none") if config.get("defense") == UNDEFENDED else _lookup(config, root, pool)
 
 
-def _lookup(config: dict[str, Any], root: str | Path | None,
-            pool: list[tuple[RunDir, dict[str, Any], str]] | None = None) -> Baseline:
+def _lookup(config: dict[str, Any], root: str | Path | None, pool: list[Found] | None = None) -> Baseline:
     candidates = _candidates(config, root, pool)
     for run, state in candidates:
         if state == "done" and (summary := _figures(run)) is not None:

@@ -24,6 +24,7 @@ from cbd_core.attacks import ATTACKS, Attack, get_attack
 from cbd_core.attacks.base import amplified_difference
 from cbd_core.config import RunConfig
 from cbd_core.data import DATASETS, ImageSet, load_dataset, load_npz
+from cbd_core.text import either
 from cbd_core.uploads import MAX_BYTES, save_upload
 from pages.common import enlarge, explain, page_errors, runs_root_path
 from pages.common.navigation import follow_app_navigation
@@ -164,12 +165,14 @@ def show_preview(preview: dict[str, Any], attack: Attack, params: dict[str, Any]
             image_row(list(preview["clean_x"]), [caption(i, False) for i in shown])
             image_row(list(preview["poisoned_x"]), [caption(i, True) for i in shown])
             explain("Top: training images as they were; bottom: the same images as the model will see them, "
-                    "with the trigger and (except SIG) the target label.")
+                    + (f"with the trigger, and labels unchanged ({attack.title} is clean-label)." if attack.clean_label
+                       else "with the trigger and the target label."))
             diff, gain = amplified_difference(preview["clean_x"], preview["poisoned_x"])
             st.markdown(f"**What changed** (|poisoned − clean|, brightened ×{gain:.0f})")
             image_row(list(diff), [f"sample {i}" for i in preview["index"]])
+            faint = either([a.title for a in ATTACKS.values() if not a.patch], "and")  # whole-image triggers
             explain("Bright pixels are the ones the attack changed; the brightening makes even faint triggers "
-                    "(Blend, SIG, WaNet) visible, so compare shapes, not brightness.")
+                    f"({faint}) visible, so compare shapes, not brightness.")
 
     st.markdown("**The trigger on its own**")
     trigger = attack.trigger_preview(params, preview["image_shape"])
@@ -184,7 +187,7 @@ def show_preview(preview: dict[str, Any], attack: Attack, params: dict[str, Any]
     gained = int(preview["size_after"][target_label] - preview["size_before"][target_label])
     explain(f"Target class {names[target_label]} gains {gained:,} samples "
             f"({int(preview['size_before'][target_label]):,} → {int(preview['size_after'][target_label]):,}). "
-            + ("SIG is clean-label: it marks images already in the target class and relabels nothing."
+            + (f"{attack.title} is clean-label: it marks images already in the target class and relabels nothing."
                if attack.clean_label else
                "A dirty-label attack takes its samples from the other classes and relabels them as the target."))
 

@@ -66,7 +66,7 @@ def finished_runs_table() -> pd.DataFrame:
     rows = []
     root = runs_root_path()
     undefended = verdicts.undefended_runs(root)  # every row's baseline from one pass over the runs root
-    for run in list_runs(root):
+    for run in list_runs(root):  # every finished run, for display (baselines: verdicts, via run_index)
         if run.status().get("state") != "done":
             continue
         try:

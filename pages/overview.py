@@ -8,9 +8,10 @@ import pages.warm  # noqa: F401  first: every heavy import, once per process (se
 import streamlit as st
 
 from cbd_core import jobs
+from cbd_core.attacks import ATTACKS
 from cbd_core.config import quick_demo_config
 from cbd_core.presets import PRESETS
-from pages.common import page_errors, runs_root_path, set_active_run
+from pages.common import defending_defenses, defense_title, page_errors, runs_root_path, set_active_run
 from pages.common.intro import backdoor_intro
 from pages.common.navigation import follow_app_navigation
 
@@ -24,10 +25,13 @@ with page_errors():
     # First on the page, so the button is on screen at 1440x900 without scrolling.
     with st.container(border=True):
         words, button = st.columns([4, 1], vertical_alignment="center")
-        words.markdown("**Try it:** the **Quick demo** poisons 10% of the embedded MNIST digits with the BadNets "
-                       "trigger (target 0) and trains CBD on them in the background (about 20 seconds on a laptop "
-                       "CPU), then the same data without a defense (about 10 seconds), so the verdict can say what "
-                       "CBD cost. The **Train** page shows it live; the **Lesson** then walks through it step by step.")
+        demo = quick_demo_config()
+        defense = defense_title(demo.defense)
+        words.markdown(f"**Try it:** the **Quick demo** poisons {demo.poison_rate:.0%} of the embedded MNIST digits "
+                       f"with the {ATTACKS[demo.attack].title} trigger (target {demo.target_label}) and trains "
+                       f"{defense} on them in the background (about 20 seconds on a laptop CPU), then the same data "
+                       f"without a defense (about 10 seconds), so the verdict can say what {defense} cost. The "
+                       "**Train** page shows it live; the **Lesson** then walks through it step by step.")
         if button.button("▶ Quick demo", type="primary", width="stretch"):
             with st.spinner("Queueing the demo run…"):
                 # with the undefended run it is measured against
@@ -53,5 +57,5 @@ with page_errors():
         # Train page's address (copied to another screen) would not name the demo.
         st.switch_page("pages/train.py", query_params={"run": run.run_id})
     st.markdown("Or set things up yourself: **Attack lab** to choose and preview an attack, **Train** for any "
-                "defense (CBD, ABL, NONE or none), then **Sample weights**, **Embeddings** and **Attributions** to "
-                "look inside a finished run, and **Compare** to put runs side by side.")
+                f"defense ({defending_defenses()}) or none, then **Sample weights**, **Embeddings** and "
+                "**Attributions** to look inside a finished run, and **Compare** to put runs side by side.")

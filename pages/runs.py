@@ -68,6 +68,7 @@ def table() -> None:
     root = runs_root_path()
     positions = jobs.queue_positions(root)
     odd = [{"state": ODD_NAME_PROBLEM, "run": name} for name in odd_run_folders(root)]  # escaped: every character shows
+    # every run, listed for display
     st.dataframe([row(run, positions) for run in list_runs(root)] + odd, hide_index=True, width="stretch",
                  column_config={"clean accuracy": fraction, "attack success rate": fraction,
                                 "robust accuracy": fraction,
@@ -159,7 +160,7 @@ st.write("Every run in the runs root, newest first. Training happens in a backgr
 with page_errors():
     st.caption(f"Runs root: `{runs_root_path()}`")
     workers_line()
-    runs = list_runs(runs_root_path())
+    runs = list_runs(runs_root_path())  # every run, listed for display
     if not runs:
         st.info("No runs yet. Start one on the **Train** page, or press **Quick demo** on the Overview.")
         unreadable_note([])  # folders whose name is no run id are still named

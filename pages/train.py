@@ -157,7 +157,7 @@ def active_run() -> RunDir | None:
     """The active run if it still exists, else the newest run, saying so when the URL (or this
     session) named one that is gone: the page never switches run silently."""
     wanted = active_run_id()
-    runs = list_runs(runs_root_path())
+    runs = list_runs(runs_root_path())  # every run, to show one by id (or the newest): nothing compared
     chosen = next((run for run in runs if run.run_id == wanted), runs[0] if runs else None)
     if chosen is not None and chosen.run_id != wanted:
         if wanted:

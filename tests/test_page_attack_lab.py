@@ -63,6 +63,14 @@ def test_every_attack_renders(lab, attack):
     if attack == "sig":  # clean-label: the target class keeps its size, every 0 is marked at 10%
         assert any("gains 0 samples" in c.value for c in at.caption)
         assert any("none is left clean" in w.value for w in at.warning)
+    # Sentences name attacks from the registry: the clean-label one shown (SIG, Label-Consistent), and every
+    # whole-image trigger among the faint ones (Adap-Blend included).
+    said = [c.value for c in at.caption]
+    title = ATTACKS[attack].title
+    assert any(f"{title} is clean-label" in c for c in said) == ATTACKS[attack].clean_label
+    [faint] = [c for c in said if "faint triggers" in c]
+    assert all(a.title in faint for a in ATTACKS.values() if not a.patch)
+    assert not any(a.title in faint for a in ATTACKS.values() if a.patch)
 
 
 def test_parameters_are_saved_as_changes_from_the_defaults(lab):

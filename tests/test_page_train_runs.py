@@ -173,6 +173,23 @@ def test_overview_quick_demo_opens_the_train_page(runs_root, monkeypatch):
     assert at.title[0].value == "Train a defense"
 
 
+def test_overview_names_the_defenses_from_the_registry(runs_root):
+    """"Train for any defense (...)" lists every registered defense but the undefended baseline (ASD was
+    once left out of a typed list), and the Quick demo's sentence names the demo's own attack and defense."""
+    from cbd_core.attacks import ATTACKS
+    from cbd_core.config import quick_demo_config
+
+    at = open_page("overview")
+    assert not at.exception
+    [train] = [m.value for m in at.markdown if "for any defense" in m.value]
+    assert "for any defense (CBD, ABL, NONE or ASD) or none" in train
+    assert all((d.title in train) == (name != "undefended") for name, d in DEFENSES.items())
+    demo = quick_demo_config()
+    [said] = [m.value for m in at.markdown if "Quick demo" in m.value]
+    assert f"with the {ATTACKS[demo.attack].title} trigger (target {demo.target_label})" in said
+    assert f"trains {DEFENSES[demo.defense].title} on them" in said and "poisons 10% of" in said
+
+
 def test_overview_queues_a_preset_with_its_baseline(runs_root, monkeypatch):
     from cbd_core.presets import PRESETS
 

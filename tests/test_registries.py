@@ -51,3 +51,31 @@ def test_pages_never_branch_on_a_registered_name():
     found = [f"{path.name}:{number}: {line.strip()}" for path in sorted(PAGES.rglob("*.py"))
              for number, line in enumerate(path.read_text().splitlines(), 1) if branch.search(line)]
     assert not found, "pages read the registries' metadata instead:\n" + "\n".join(found)
+
+
+def _shown_strings(path: Path) -> list[tuple[int, str]]:
+    """(line, text) of every string literal in a module that a page can show: docstrings left out."""
+    import ast
+
+    tree = ast.parse(path.read_text(), str(path))
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)
+                  and isinstance(node.body[0].value, ast.Constant) and isinstance(node.body[0].value.value, str)}
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
+
+
+def test_no_typed_list_of_registered_titles():
+    """A sentence that lists attacks or defenses ("CBD, ABL, NONE or none") reads their titles from the
+    registry, so one added later (ASD) is never left out; a page naming one of them is fine."""
+    titles = sorted({*(a.title for a in ATTACKS.values()), *(d.title for d in DEFENSES.values())}, key=len,
+                    reverse=True)
+    title = "|".join(re.escape(t) for t in titles)
+    listed = re.compile(rf"(?<![\w-])({title})(?![\w-])\s*(,|\bor\b|\band\b|/)\s*({title})(?![\w-])")
+    sources = [*sorted(PAGES.rglob("*.py")), *(PAGES.parent / "cbd_core" / f for f in ("text.py", "lesson.py"))]
+    found = [f"{path.name}:{line}: {text.strip()[:100]}" for path in sources for line, text in _shown_strings(path)
+             if listed.search(text)]
+    assert not found, "read these titles from the registries:\n" + "\n".join(found)
+    assert listed.search("for any defense (CBD, ABL, NONE or none)") and listed.search("(Blend, SIG, WaNet)")
+    assert not listed.search("the BadNets trigger") and not listed.search("CBD's weight")

@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 
 from cbd_core.runs import RunDir
-from cbd_core.timing import (duration_text, estimate, queue_forecast, run_timing, similar_durations, timing_family,
-                             total_stages)
+from cbd_core.timing import duration_text, estimate, queue_forecast, run_timing, similar_durations, total_stages
 
 STARTED = "2026-01-01T10:00:00+00:00"
 
@@ -63,7 +62,7 @@ def test_similar_durations_match_timing_settings_and_device(tmp_path):
     finished(5.0, device="cuda")  # other device
     RunDir.create(tmp_path, config, state="failed", seconds=1.0, device="cpu")  # not finished well
     assert similar_durations(config, "cpu", tmp_path) == [30.0]
-    assert timing_family(config, "cpu") != timing_family(config, "cuda")
+    assert similar_durations(config, "cuda", tmp_path) == [5.0]
 
 
 def test_run_timing_of_a_running_run(tmp_path):

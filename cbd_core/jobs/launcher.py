@@ -181,7 +181,7 @@ def recover_orphans(root: str | Path | None = None) -> list[str]:
     marked failed, keeping what they wrote. Returns their ids. A run trained by the CLI or `matrix`
     in the same root is left alone while its process lives; unreadable runs are skipped."""
     recovered = []
-    for run in list_runs(root):
+    for run in list_runs(root):  # by state and recorded owner, not a match of configs (run_index's)
         try:
             status = run.status()
             state = status.get("state")

@@ -40,7 +40,7 @@ def _claim(run: RunDir) -> bool:
 def _waiting(root: str | Path | None) -> list[tuple[RunDir, str]]:
     """(run, its queue) for every queued, unclaimed run, oldest first: one status read per run."""
     found = []
-    for run in reversed(list_runs(root)):
+    for run in reversed(list_runs(root)):  # by state and claim (the queue), not a match of configs
         status = run.status()
         if status.get("state") == "queued" and not run.is_claimed():
             found.append((run, status.get("queue", "cpu")))

@@ -64,7 +64,7 @@ def _run_being_mapped(root: Path, worker_pid: int | None, any_owner: bool = Fals
     epoch-by-epoch maps and names this worker as its owner; with `any_owner`, when the worker says it is
     analysing, whoever trained it), or None. A map can take half a minute the first time, during which
     the next queued run waits."""
-    for run in list_runs(root):
+    for run in list_runs(root):  # by state and owner, not a match of configs (run_index's)
         status = run.status()
         if "computing" not in (status.get("analysis"), status.get("epoch_analysis")):
             continue

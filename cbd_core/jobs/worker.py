@@ -232,7 +232,7 @@ class Worker:
 
         if self.slot != 0:
             return False  # one slot per device is enough for this light work
-        for run in list_runs(self.root):
+        for run in list_runs(self.root):  # by state and files, not a match of configs (run_index's)
             status = run.status()
             if status.get("state") == "done" and status.get("analysis") not in ("done", "failed", "computing") \
                     and not has_umap(run):

@@ -107,6 +107,7 @@ def load_metrics(run: RunDir) -> list[dict[str, Any]]:
 def _runs_stamp(root: Path) -> tuple[tuple[str, int], ...]:
     """Each run folder's id and its status.json's modification time: it changes whenever a run is
     created, deleted or changes state (a baseline's summary is written before its status says done)."""
+    # every run, for a cache stamp: nothing compared
     return tuple(sorted((run.run_id, run.status_mtime()) for run in list_runs(root)))
 
 
@@ -246,7 +247,7 @@ def pick_run(label: str = "Run", only: Callable[[dict[str, Any], dict[str, Any]]
     is chosen for the user: the page never switches run silently. Unreadable runs are flagged. Shows a
     hint and returns None when no run qualifies (or none is chosen yet)."""
     candidates, labels = [], {}
-    every = list_runs(runs_root_path())
+    every = list_runs(runs_root_path())  # every run, listed for display (a filter, not a match between runs)
     for run in every:
         if run.problem():
             continue
@@ -386,9 +387,17 @@ def non_finite_warning(values: Any, what: str) -> bool:
 def judging_defenses() -> str:
     """'CBD, ABL or NONE': the registered defenses that score individual samples, for hints."""
     from cbd_core.defenses import DEFENSES
+    from cbd_core.text import either
 
-    titles = [d.title for d in DEFENSES.values() if d.suspicion_meaning]
-    return ", ".join(titles[:-1]) + (" or " if len(titles) > 1 else "") + titles[-1]
+    return either([d.title for d in DEFENSES.values() if d.suspicion_meaning])
+
+
+def defending_defenses() -> str:
+    """'CBD, ABL, NONE or ASD': every registered defense but the undefended baseline, in menu order."""
+    from cbd_core.defenses import DEFENSES
+    from cbd_core.text import either
+
+    return either([d.title for name, d in DEFENSES.items() if name != verdicts.UNDEFENDED])
 
 
 def glossary(*terms: str) -> None:
