@@ -52,14 +52,14 @@ def run_cell(out: Path, wanted: RunConfig) -> RunDir:
     return run
 
 
-def precisions(run: RunDir) -> tuple[float, float, np.ndarray]:
+def precisions(run: RunDir) -> tuple[float, float]:
     record = run.arrays("sample_weights")
     epochs = list(record["isolation_loss_epochs"])
     poisoned = np.asarray(record["is_poisoned"], dtype=bool)
     ratio = run.config()["defense_params"]["isolation_ratio"]
     official = isolate_lowest(window_loss(epochs[:OFFICIAL_EPOCHS], "last"), ratio)
     default = isolate_lowest(window_loss(epochs, "window"), ratio)
-    return float(poisoned[official].mean()), float(poisoned[default].mean()), default
+    return float(poisoned[official].mean()), float(poisoned[default].mean())
 
 
 def main() -> None:
@@ -83,7 +83,7 @@ def main() -> None:
             for seed in args.seeds:
                 cells = []
                 for threads in args.threads:
-                    official, window, _ = precisions(run_cell(args.out, config(attack, rate, seed, threads)))
+                    official, window = precisions(run_cell(args.out, config(attack, rate, seed, threads)))
                     official_all.append(official)
                     window_all.append(window)
                     cells.append(f"{official:.2f} / {window:.2f}")

@@ -65,7 +65,7 @@ at which the poison drops to the bottom of the ranking moves with the thread cou
 10% (seeds 0-4 x 1, 2 and 4 threads, 10 isolation epochs recorded) it was epoch 2 in some runs and 5
 or 10 in others, and even once learned the lowest 1% can be clean for one epoch (seed 0, one thread:
 precision 1.0, 0.1, 1.0 in epochs 2-4). With the old 4 epochs ranked on the last one, 3 of 15 runs
-isolated no poison at all (precision 0.0, 0.0, 0.3); whether ABL worked depended on the thread count,
+isolated little or no poison (precision 0.0, 0.0, 0.3); whether ABL worked depended on the thread count,
 not the data. Hence the default `isolation_score="window"`: rank the geometric mean of the losses
 after each epoch of the second half of isolation (epochs 5-8), so one shaken epoch does not reorder
 the suspects, and 8 epochs so that late learners are caught. `isolation_score="last"` keeps the

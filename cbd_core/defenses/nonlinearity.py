@@ -534,12 +534,18 @@ class NONE(Defense):
                 probe = reset
             activation = summed_activation(model, layers, ctx.train.x, probe)
             filtered = natural_breaks_upper(activation) if len(activation) else np.zeros(len(ctx.train), bool)
-            for layer in layers:
-                reset_channels(layer, reset[layer.name], p["reset_mode"], reset_generator)
             kept = torch.from_numpy(np.flatnonzero(~filtered)).to(ctx.device)
             kept_data = Tensors(ctx.train.x[kept], ctx.train.y[kept])
-            if p["reset_mode"] == "reinit":
-                recalibrate_batch_norm(model, kept_data.x)
+            if p["finetune_from"] == "scratch":
+                # What the first phase learned (the trigger with it) is dropped, not reset neuron by neuron;
+                # only the filter's verdict carries over (the channels it would reset are still recorded).
+                model = ctx.build_model()
+                layers = neuron_layers(model)
+            else:
+                for layer in layers:
+                    reset_channels(layer, reset[layer.name], p["reset_mode"], reset_generator)
+                if p["reset_mode"] == "reinit":
+                    recalibrate_batch_norm(model, kept_data.x)
 
             report = ctx.flagged_report(filtered)
             reports.append(report)
@@ -549,11 +555,6 @@ class NONE(Defense):
             n_reset = sum(len(c) for c in reset.values())
             auroc = ctx.detection_auroc(activation)
 
-            if p["finetune_from"] == "scratch":
-                # What the first phase learned (the trigger with it) is dropped, not reset neuron by neuron;
-                # only the filter's verdict carries over.
-                model = ctx.build_model()
-                layers = neuron_layers(model)
             optimizer = sgd(model, p["finetune_lr"], p["weight_decay"])
             kept_steps = -(-len(kept) // p["batch_size"])
             if p["finetune_schedule"] == "cosine":
