@@ -21,6 +21,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from cbd_core import lesson, verdicts
 from cbd_core.analysis.embeddings import compute_umap, configure_numba_cache
@@ -128,6 +129,11 @@ def test_every_step_on_a_projector(server):
                 assert cut_link_labels(page) == [], where
                 if step == 4:  # step 5's training image, starred on both maps (f_B's and f_C's)
                     page.locator(".js-plotly-plot").last.scroll_into_view_if_needed()
+                    try:  # plotly draws after the script is idle; a busy machine may take seconds
+                        page.wait_for_function(f"(name) => JSON.stringify(({STAR_DRAWN})(name)) === '[true,true]'",
+                                               arg=MARK_NAME, timeout=30_000)
+                    except PlaywrightTimeout:
+                        pass  # the assertion below reports what is drawn
                     assert page.evaluate(STAR_DRAWN, MARK_NAME) == [True, True], where
                 texts.append(page.locator("[data-testid='stMain']").inner_text())
                 page.screenshot(path=str(out / f"{name}_step{step}.png"))

@@ -50,13 +50,17 @@ def test_rate_view_draws_the_grid_medians_in_the_browser(grid_root):
             heading.wait_for(timeout=60_000)
             assert page.locator("[data-testid='stException']").count() == 0
             heading.scroll_into_view_if_needed()
-            page.wait_for_timeout(1000)  # let plotly draw
+            # Plotly's bundle loads lazily and draws after the script is idle: wait (up to a minute, CI
+            # machines are busy) until both log-x charts hold their traces, instead of a fixed pause.
+            log_charts = """[...document.querySelectorAll('.js-plotly-plot')]
+                .filter(gd => gd.layout && gd.layout.xaxis && gd.layout.xaxis.type === 'log'
+                              && gd.data && gd.data.length > 0)"""
+            page.wait_for_function(f"() => {log_charts}.length >= 2", timeout=60_000)
             # Every plotly chart's traces, as the browser holds them; ours are the two with a log x axis.
-            charts = page.evaluate("""() => [...document.querySelectorAll('.js-plotly-plot')]
-                .filter(gd => gd.layout && gd.layout.xaxis && gd.layout.xaxis.type === 'log')
-                .map(gd => ({title: gd.layout.yaxis.title.text,
-                             traces: gd.data.filter(t => t.name).map(t => ({name: t.name, x: t.x, y: t.y,
-                                                                           dash: t.line.dash}))}))""")
+            charts = page.evaluate(f"""() => {log_charts}
+                .map(gd => ({{title: gd.layout.yaxis.title.text,
+                             traces: gd.data.filter(t => t.name).map(t => ({{name: t.name, x: t.x, y: t.y,
+                                                                            dash: t.line.dash}}))}}))""")
             page.screenshot(path=str(ARTIFACTS / "compare_rates.png"))
         finally:
             browser.close()
