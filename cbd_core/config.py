@@ -172,7 +172,7 @@ def default_threads() -> int:
 
 def quick_demo_config() -> RunConfig:
     """The Overview's Quick demo: CBD against BadNets at 10% on the embedded mnist5k, target 0, with
-    CBD's defaults (about 20 s on a 2-core laptop CPU). For the browser tests only,
+    CBD's defaults (bench/speed.py times it). For the browser tests only,
     $BACKDOOR_LAB_TINY_DEMO=1 shrinks it to 64 steps of f_B, two epochs of f_C and 1,000 embedded
     samples (f_C is far from done, but every page has something real to draw)."""
     import os

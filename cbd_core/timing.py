@@ -3,6 +3,7 @@
     run_timing(run)        RunTiming(elapsed, remaining, basis) from the run's own files and the
                            finished runs beside it; what the Train page shows under the progress bar
     estimate(...)          the same from plain values (status, metrics, stages, earlier durations)
+    typical_seconds(cfg)   how long a run of these settings usually trains here (the Overview's promise)
     queue_forecast(ids)    when each of several runs will be done, in the order they finish (a batch
                            queued at once: the Lesson's "Prepare this class", a preset pair)
 
@@ -152,6 +153,21 @@ def _seconds_per_stage(device: str, finished: list[tuple[dict[str, Any], dict[st
     return seconds / stages if stages else None
 
 
+def typical_seconds(config: dict[str, Any], device: str, root: str | Path | None,
+                    pool: list[Found] | None = None) -> float | None:
+    """About how many seconds a run of `config` trains on `device`, judged from the finished runs under
+    the root (or in `pool`, a `run_index.scan`): the median of those with the same timing settings
+    (`similar_durations`), else the device's mean seconds per stage over all its finished runs times this
+    run's stages; None when nothing has finished on the device (there is no honest number yet)."""
+    pool = scan(root) if pool is None else pool
+    similar = similar_durations(config, device, root, pool)
+    if similar:
+        return statistics.median(similar)
+    finished = [(found.config, found.status) for found in pool if found.state == "done"]
+    per_stage, stages = _seconds_per_stage(device, finished), total_stages(config)
+    return per_stage * stages if per_stage is not None and stages else None
+
+
 def queue_forecast(run_ids: list[str], root: str | Path | None) -> list[Forecast]:
     """When each of `run_ids` will be done, in the order they will finish (unknown ones last). Every
     device queue is played forward in the workers' order: the runs training now end after their
@@ -166,14 +182,9 @@ def queue_forecast(run_ids: list[str], root: str | Path | None) -> list[Forecast
     pool = scan(root)  # one pass over the runs root: every readable run's config and status
     read = [(found.run, found.status) for found in pool]
     configs: dict[str, dict[str, Any]] = {found.run.run_id: found.config for found in pool}
-    finished = [(found.config, found.status) for found in pool if found.state == "done"]
 
     def typical(config: dict[str, Any], device: str) -> float | None:
-        similar = similar_durations(config, device, root, pool)
-        if similar:
-            return statistics.median(similar)
-        per_stage, stages = _seconds_per_stage(device, finished), total_stages(config)
-        return per_stage * stages if per_stage is not None and stages else None
+        return typical_seconds(config, device, root, pool)
 
     done_at: dict[str, float | None] = {}
     for run, status in read:

@@ -23,7 +23,7 @@ from cbd_core.defenses import defense_or_none
 from cbd_core.explorer import Grid, explorer_grid, fill_command
 from cbd_core.presets import PRESETS
 from cbd_core.runs import RunDir
-from pages.common import (_runs_stamp, defense_title, judged_summary, load_arrays, load_config, page_errors,
+from pages.common import (runs_stamp, defense_title, judged_summary, load_arrays, load_config, page_errors,
                           plot_order, runs_root_path, verdict_banner)
 from pages.common.navigation import follow_app_navigation
 from pages.common.poison_maps import POISONED_COLOUR, map_figure, run_maps
@@ -42,7 +42,7 @@ def _grid_cached(root: str, stamp: tuple[tuple[str, int], ...]) -> Grid:
 
 def grid() -> Grid:
     root = runs_root_path()
-    return _grid_cached(str(root), _runs_stamp(root))
+    return _grid_cached(str(root), runs_stamp(root))
 
 
 def weights_histogram(run: RunDir) -> go.Figure | None:

@@ -33,7 +33,7 @@ from cbd_core.runs import FINISHED, RunDir
 from cbd_core.timing import duration_text, queue_forecast
 from pages.common import (ACTIVE_RUN, active_run_id, class_name, enlarge, load_arrays, load_baseline, load_config,
                           load_metrics, load_models, judged_summary, model_view, page_errors, plot_order, run_label,
-                          runs_root_path, set_active_run, verdict_banner, _runs_stamp, glossary, literal)
+                          runs_root_path, set_active_run, verdict_banner, runs_stamp, glossary, literal)
 from pages.common.attribution_views import (colour_limits, example_index, mean_shares, overlay_figure, run_images,
                                             stored_views, training_example_index)
 from pages.common.intro import backdoor_intro
@@ -96,7 +96,7 @@ def _pairs_cached(root: str, stamp: tuple[tuple[str, int], ...]) -> list[dict[st
 def run_pairs() -> list[dict[str, Any]]:
     """Every CBD run under the runs root with its state and its baseline's (cached until a run changes)."""
     root = runs_root_path()
-    return _pairs_cached(str(root), _runs_stamp(root))
+    return _pairs_cached(str(root), runs_stamp(root))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -109,7 +109,7 @@ def preset_run_ids(preset: Preset) -> list[str]:
     """The CBD runs trained with exactly this preset's settings (any state), newest first. Each call scans
     the runs root (for the cache key), so `main` calls it once per rerun and hands the list down."""
     root = runs_root_path()
-    return _preset_run_ids(str(root), _runs_stamp(root), preset.name)
+    return _preset_run_ids(str(root), runs_stamp(root), preset.name)
 
 
 def choose_preset(pairs: list[dict[str, Any]]) -> Preset:

@@ -190,6 +190,26 @@ def test_overview_names_the_defenses_from_the_registry(runs_root):
     assert f"trains {DEFENSES[demo.defense].title} on them" in said and "poisons 10% of" in said
 
 
+def test_overview_promises_a_duration_only_from_runs_finished_here(runs_root):
+    """The Quick demo's duration is read from finished runs with the demo's (and its baseline's) timing
+    settings on this machine's device, never typed: nothing before any run has finished, then their sum."""
+    from cbd_core.config import quick_demo_config
+    from cbd_core.jobs.settings import device_key
+    from cbd_core.verdicts import baseline_config
+
+    at = open_page("overview")
+    [said] = [m.value for m in at.markdown if "Quick demo" in m.value]
+    assert "about" not in said and " s " not in said  # no finished run: no promise
+    demo = quick_demo_config()
+    device = device_key(demo)
+    RunDir.create(runs_root, demo.to_dict(), state="done", seconds=37.0, device=device)
+    RunDir.create(runs_root, baseline_config(demo.to_dict()), state="done", seconds=14.0, device=device)
+    at = open_page("overview")
+    assert not at.exception
+    [said] = [m.value for m in at.markdown if "Quick demo" in m.value]
+    assert "(about 51 s for it and its undefended twin, judged from runs finished here)" in said
+
+
 def test_overview_queues_a_preset_with_its_baseline(runs_root, monkeypatch):
     from cbd_core.presets import PRESETS
 

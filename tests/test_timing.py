@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from cbd_core.runs import RunDir
-from cbd_core.timing import duration_text, estimate, queue_forecast, run_timing, similar_durations, total_stages
+from cbd_core.timing import (duration_text, estimate, queue_forecast, run_timing, similar_durations, total_stages,
+                             typical_seconds)
 
 STARTED = "2026-01-01T10:00:00+00:00"
 
@@ -63,6 +64,20 @@ def test_similar_durations_match_timing_settings_and_device(tmp_path):
     RunDir.create(tmp_path, config, state="failed", seconds=1.0, device="cpu")  # not finished well
     assert similar_durations(config, "cpu", tmp_path) == [30.0]
     assert similar_durations(config, "cuda", tmp_path) == [5.0]
+
+
+def test_typical_seconds_from_same_settings_else_the_devices_pace(tmp_path):
+    config = {"dataset": "mnist5k", "attack": "badnets", "defense": "cbd", "seed": 0, "threads": 2,
+              "defense_params": {"epochs": 3}, "poison_rate": 0.1}
+    assert typical_seconds(config, "cpu", tmp_path) is None  # nothing finished: no honest number
+    other = {**config, "defense_params": {"epochs": 6}}
+    RunDir.create(tmp_path, other, state="done", seconds=60.0, device="cpu")
+    per_stage = 60.0 / total_stages(other)
+    assert typical_seconds(config, "cpu", tmp_path) == pytest.approx(per_stage * total_stages(config))
+    assert typical_seconds(config, "cuda", tmp_path) is None  # another device's pace says nothing
+    for seconds in (20.0, 30.0, 100.0):
+        RunDir.create(tmp_path, config, state="done", seconds=seconds, device="cpu")
+    assert typical_seconds(config, "cpu", tmp_path) == 30.0  # the median of the same settings
 
 
 def test_run_timing_of_a_running_run(tmp_path):

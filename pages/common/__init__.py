@@ -104,7 +104,7 @@ def load_metrics(run: RunDir) -> list[dict[str, Any]]:
     return _metrics_cached(str(run.path), run.file_mtime("metrics.jsonl"))
 
 
-def _runs_stamp(root: Path) -> tuple[tuple[str, int], ...]:
+def runs_stamp(root: Path) -> tuple[tuple[str, int], ...]:
     """Each run folder's id and its status.json's modification time: it changes whenever a run is
     created, deleted or changes state (a baseline's summary is written before its status says done)."""
     # every run, for a cache stamp: nothing compared
@@ -127,7 +127,7 @@ def load_baseline(run: RunDir) -> verdicts.Baseline:
     if config.get("defense") == verdicts.UNDEFENDED:
         return verdicts.Baseline("none")
     root = run.path.parent
-    return _baseline_cached(str(root), json.dumps(config, sort_keys=True), _runs_stamp(root))
+    return _baseline_cached(str(root), json.dumps(config, sort_keys=True), runs_stamp(root))
 
 
 def judged_summary(run: RunDir) -> dict[str, Any] | None:
