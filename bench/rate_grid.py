@@ -62,11 +62,12 @@ def tables(points: list[GridPoint], datasets: list[str], attacks: list[str], rat
             out += [f"\n**{dataset}, {attack}** (ASR and CA in %, median [min–max] over seeds)\n",
                     "| rate | defense | seeds | ASR | CA | held | made worse |", "|---|---|---|---|---|---|---|"]
             for line in here:
-                ours = [p for p in wanted if (p.dataset, p.attack, p.defense) == (dataset, attack, line.defense)
+                ours = [p for p in wanted if (p.dataset, p.attack, p.line) == (dataset, attack, line.defense)
                         and p.poison_rate == line.poison_rate]
-                base = {p.seed: p for p in wanted if (p.dataset, p.attack, p.defense) == (dataset, attack, rate_grid.UNDEFENDED_LABEL)
-                        and p.poison_rate == line.poison_rate}
-                undefended = line.defense == rate_grid.UNDEFENDED_LABEL
+                setup = ours[0].setup if ours else ""  # a line's baseline is the undefended run of the same setup
+                base = {p.seed: p for p in wanted if (p.dataset, p.attack, p.defense, p.setup)
+                        == (dataset, attack, rate_grid.UNDEFENDED_LABEL, setup) and p.poison_rate == line.poison_rate}
+                undefended = rate_grid.is_undefended(line.defense)
                 out.append(f"| {100 * line.poison_rate:g} % | {line.defense} | {line.seeds} "
                            f"| {pct(line.asr_median, line.asr_min, line.asr_max, line.seeds)} "
                            f"| {pct(line.ca_median, line.ca_min, line.ca_max, line.seeds)} "

@@ -8,8 +8,9 @@ real runs at once instead of queueing a new one for every question.
 The runs and their cells are `cbd_core.rate_grid`'s (`finished_runs`, `GridPoint.cell`: one
 definition of a finished run, its verdict and its cell for the Explorer, the Compare page's "Across
 poison rates" chart and bench/rate_grid.py). The Explorer shows one run per cell: the newest of seed 0
-(the presets' and `fill_command`'s seed), else the newest of any seed, whatever its defense
-parameters or target label (the run's page shows them); unreadable runs are skipped.
+(the presets' and `fill_command`'s seed), else the newest of any seed; a run with the defense's defaults
+before an ablation; whatever its target label (the run's page shows it). Runs with an attack parameter or
+a model set away from the defaults are a different question and left out; unreadable runs are skipped.
 """
 
 from __future__ import annotations
@@ -40,17 +41,30 @@ class Grid:
         return point.verdict if point is not None else None
 
 
+def _preference(point: GridPoint) -> tuple[bool, bool]:
+    """Lower is shown first: the defense with its defaults (an ablation such as "CBD (unfitted=off)"
+    only where no default run exists), then seed 0."""
+    from .defenses import DEFENSES
+
+    default = point.defense_name == verdicts.UNDEFENDED or (
+        point.defense_name in DEFENSES and point.defense == DEFENSES[point.defense_name].title)
+    return (not default, point.seed != 0)
+
+
 def explorer_grid(root: str | Path | None, dataset: str = "mnist5k") -> Grid:
-    """Every finished run on `dataset`, by (attack, rate, defense): the newest of seed 0, else the newest
-    of any seed."""
+    """Every finished run on `dataset` with the attacks' default settings and the default model, by
+    (attack, rate, defense): the newest with the defense's defaults and seed 0, else the newest with
+    its defaults, else the newest of any parameters (`_preference`)."""
     grid = Grid()
     for point in finished_runs(root):  # newest first
         if point.dataset != dataset:
             continue
+        if point.setup:  # another attack setting or model: a different question than the cell asks
+            continue
         _, attack, defense, rate = point.cell
         key = (attack, round(rate, 6), defense)
         held = grid.points.get(key)
-        if held is None or (point.seed == 0 and held.seed != 0):
+        if held is None or _preference(point) < _preference(held):
             grid.points[key] = point
     grid.cells = {key: point.run_id for key, point in grid.points.items()}
     grid.attacks = sorted({k[0] for k in grid.cells})

@@ -10,7 +10,9 @@ A grid cell is (dataset, attack, defense name, poison rate) (`GridPoint.cell`); 
 (the defense with its defaults, or a variant) has its seeds and target labels.
 
 A run's defense is labelled by its title plus any parameter set away from its defaults
-("CBD (unfitted=off)"), so an ablation is a line of its own. Runs that differ only in what does not
+("CBD (unfitted=off)"), so an ablation is a line of its own; an attack parameter or a model set away
+from the defaults (`GridPoint.setup`, "alpha=0.3, model=resnet18") makes a line of its own too
+("Undefended [alpha=0.3]"), never a seed of the default line. Runs that differ only in what does not
 change the data or the defense (threads, device) count as the same seed: the newest is kept.
 Verdicts are judged against the undefended run on the same data that exists now (`verdicts`).
 """
@@ -45,6 +47,12 @@ class GridPoint:
     run_id: str
     defense_name: str = ""  # the registry's name ("cbd"), what `matrix --defenses` takes
     target_label: int | None = None
+    setup: str = ""  # attack parameters and model set away from the defaults ("alpha=0.3"); "" when none
+
+    @property
+    def line(self) -> str:
+        """The chart line this run belongs to: its defense label, plus its setup when it has one."""
+        return f"{self.defense} [{self.setup}]" if self.setup else self.defense
 
     @property
     def cell(self) -> tuple[str, str, str, float]:
@@ -59,7 +67,7 @@ class GridLine:
 
     dataset: str
     attack: str
-    defense: str
+    defense: str  # the line's label (`GridPoint.line`): "CBD", "CBD (unfitted=off)", "Undefended [alpha=0.3]"
     poison_rate: float
     seeds: int
     asr_median: float
@@ -100,6 +108,31 @@ def defense_label(config: dict[str, Any], image_shape: tuple[int, ...] | None) -
     return f"{title} ({', '.join(changed)})" if changed else title
 
 
+def is_undefended(line: str) -> bool:
+    """Whether a line label (`GridPoint.line`, `GridLine.defense`) is an undefended one, drawn dashed."""
+    return line == UNDEFENDED_LABEL or line.startswith(UNDEFENDED_LABEL + " [")
+
+
+def setup_label(config: dict[str, Any], image_shape: tuple[int, ...] | None) -> str:
+    """The attack parameters the run set away from its attack's defaults for this image shape, and its
+    model when one was named: "alpha=0.3, model=resnet18"; "" for the defaults."""
+    from .attacks import ATTACKS
+
+    changed = []
+    attack = ATTACKS.get(str(config.get("attack")))
+    params = config.get("attack_params") or {}
+    if attack is not None and isinstance(params, dict) and params and image_shape and len(image_shape) == 3:
+        try:
+            defaults = attack.defaults(tuple(image_shape))
+        except Exception:  # a hand-edited shape: nothing to compare with
+            defaults = None
+        if defaults is not None:
+            changed = [f"{k}={v}" for k, v in sorted(params.items()) if k in defaults and defaults[k] != v]
+    if config.get("model") is not None:
+        changed.append(f"model={config['model']}")
+    return ", ".join(changed)
+
+
 def finished_runs(root: str | Path | None) -> list[GridPoint]:
     """Every finished, readable run under `root` with a poison rate and a seed, newest first and the
     newest only per (cell, target, seed); its clean_accuracy and attack_success_rate are None (and
@@ -129,13 +162,16 @@ def finished_runs(root: str | Path | None) -> list[GridPoint]:
         if asr is not None:
             result = verdicts.verdict(summary, verdicts.lookup_baseline(config, root, undefended).summary)
         target = config.get("target_label")
-        point = GridPoint(dataset, str(config.get("attack")), defense_label(config, tuple(summary.get("image_shape") or ())),
+        shape = tuple(summary.get("image_shape") or ())
+        point = GridPoint(dataset, str(config.get("attack")), defense_label(config, shape),
                           rate, seed, ca, asr, result, run.run_id, str(config.get("defense") or "?"),
-                          target if isinstance(target, int) and not isinstance(target, bool) else None)
+                          target if isinstance(target, int) and not isinstance(target, bool) else None,
+                          setup_label(config, shape))
         # The newest per chart point. Not a run_index match: a point is keyed by what the chart labels (the
         # dataset's file stem, the defense's title plus its settings away from the defaults of the summary's
-        # image shape), and this module is its one definition for Compare, the Explorer and bench.
-        seen.setdefault((*point.cell, point.defense, point.target_label, seed), point)
+        # image shape, the attack's and model's), and this module is its one definition for Compare, the
+        # Explorer and bench.
+        seen.setdefault((*point.cell, point.line, point.target_label, seed), point)
     return list(seen.values())
 
 
@@ -150,7 +186,7 @@ def summarise(points: Iterable[GridPoint]) -> list[GridLine]:
     dataset, attack, defense (Undefended first) and rate."""
     groups: dict[tuple[str, str, str, float], list[GridPoint]] = {}
     for p in points:
-        groups.setdefault((p.dataset, p.attack, p.defense, p.poison_rate), []).append(p)
+        groups.setdefault((p.dataset, p.attack, p.line, p.poison_rate), []).append(p)
     lines = []
     for (dataset, attack, defense, rate), members in groups.items():
         asr = [m.attack_success_rate for m in members]
@@ -158,7 +194,7 @@ def summarise(points: Iterable[GridPoint]) -> list[GridLine]:
         lines.append(GridLine(dataset, attack, defense, rate, len(members), statistics.median(asr), min(asr), max(asr),
                               statistics.median(ca), min(ca), max(ca),
                               dict(Counter(m.verdict for m in members if m.verdict != verdicts.NOT_APPLICABLE))))
-    return sorted(lines, key=lambda l: (l.dataset, l.attack, l.defense != UNDEFENDED_LABEL, l.defense, l.poison_rate))
+    return sorted(lines, key=lambda l: (l.dataset, l.attack, not is_undefended(l.defense), l.defense, l.poison_rate))
 
 
 def missing_cells(lines: list[GridLine], dataset: str, attack: str) -> list[tuple[str, float]]:

@@ -208,21 +208,21 @@ def rate_figure(lines: list[rate_grid.GridLine], metric: str) -> go.Figure:
     """ASR ("asr") or CA ("ca") in % against the poison rate (log axis): one line per defense through its
     median over seeds, a band from its min to its max, the undefended line dashed grey."""
     fig = go.Figure()
-    defenses = sorted({l.defense for l in lines}, key=lambda d: (d != rate_grid.UNDEFENDED_LABEL, d))
+    defenses = sorted({l.defense for l in lines}, key=lambda d: (not rate_grid.is_undefended(d), d))
     for i, defense in enumerate(defenses):
         own = sorted((l for l in lines if l.defense == defense), key=lambda l: l.poison_rate)
         x = [100 * l.poison_rate for l in own]
         median = [100 * getattr(l, f"{metric}_median") for l in own]
         low = [100 * getattr(l, f"{metric}_min") for l in own]
         high = [100 * getattr(l, f"{metric}_max") for l in own]
-        colour = UNDEFENDED_COLOUR if defense == rate_grid.UNDEFENDED_LABEL else SERIES_COLOURS[i % len(SERIES_COLOURS)]
+        colour = UNDEFENDED_COLOUR if rate_grid.is_undefended(defense) else SERIES_COLOURS[i % len(SERIES_COLOURS)]
         if any(h > lo for h, lo in zip(high, low)):
             fig.add_trace(go.Scatter(x=x + x[::-1], y=high + low[::-1], fill="toself", fillcolor=_rgba(colour, 0.15),
                                      line={"width": 0}, hoverinfo="skip", showlegend=False, legendgroup=defense))
         seeds = [f"{l.seeds} seed{'s' if l.seeds != 1 else ''}" for l in own]
         fig.add_trace(go.Scatter(
             x=x, y=median, mode="lines+markers", name=defense, legendgroup=defense,
-            line={"color": colour, "dash": "dash" if defense == rate_grid.UNDEFENDED_LABEL else "solid"},
+            line={"color": colour, "dash": "dash" if rate_grid.is_undefended(defense) else "solid"},
             customdata=list(zip(low, high, seeds)),
             hovertemplate=f"<b>{defense}</b><br>rate %{{x:g}} %<br>median %{{y:.1f}} % "
                           "[%{customdata[0]:.1f}–%{customdata[1]:.1f}]<br>%{customdata[2]}<extra></extra>"))

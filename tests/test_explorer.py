@@ -82,3 +82,37 @@ def test_explorer_and_rate_grid_share_one_scan(tmp_path):
     assert bare.run_id not in {p.run_id for p in grid_points(tmp_path)}
     assert {(p.attack, p.poison_rate, p.defense_name): p.verdict for p in grid_points(tmp_path)} == \
         {k: grid.verdict(*k) for k in grid.cells if grid.cells[k] != bare.run_id}
+
+
+def _done(root, config, asr, shape=(28, 28, 1)):
+    run = RunDir.create(root, config, state="done")
+    write_json(run.path / "summary.json", {**config, "clean_accuracy": 0.95, "attack_success_rate": asr,
+                                           "image_shape": list(shape)})
+    return run
+
+
+def test_other_attack_settings_and_models_are_lines_of_their_own(tmp_path):
+    """Runs on the same seed that differ in an attack parameter or the model are different questions:
+    each is a line of its own (never a seed of the default line, never collapsed to the newest), with its
+    own undefended line, dashed; the Explorer shows only the default setting."""
+    from cbd_core.rate_grid import grid_points, is_undefended, summarise
+
+    base = {"dataset": "mnist5k", "attack": "blend", "poison_rate": 0.05, "seed": 0, "target_label": 0}
+    default = _done(tmp_path, {**base, "defense": "undefended", "attack_params": {"alpha": 0.2}}, 0.97)
+    _done(tmp_path, {**base, "defense": "undefended", "attack_params": {"alpha": 0.05}}, 0.30)
+    _done(tmp_path, {**base, "defense": "undefended", "model": "resnet18"}, 0.99)
+    lines = {line.defense: line.asr_median for line in summarise(grid_points(tmp_path))}
+    assert lines == {"Undefended": 0.97, "Undefended [alpha=0.05]": 0.30, "Undefended [model=resnet18]": 0.99}
+    assert all(is_undefended(name) for name in lines) and not is_undefended("CBD (max_weight=1.0)")
+    grid = explorer_grid(tmp_path)
+    assert grid.cells == {("blend", 0.05, "undefended"): default.run_id}
+
+
+def test_explorer_shows_the_defaults_before_a_newer_ablation(tmp_path):
+    base = {"dataset": "mnist5k", "attack": "badnets", "poison_rate": 0.01, "seed": 0, "target_label": 0,
+            "defense": "cbd"}
+    default = _done(tmp_path, {**base, "defense_params": {"max_weight": 3.0}}, 0.006)
+    ablation = _done(tmp_path, {**base, "defense_params": {"max_weight": 1.0}}, 0.97)  # newer
+    assert explorer_grid(tmp_path).cells == {("badnets", 0.01, "cbd"): default.run_id}
+    shutil.rmtree(default.path)
+    assert explorer_grid(tmp_path).cells == {("badnets", 0.01, "cbd"): ablation.run_id}  # better than nothing
