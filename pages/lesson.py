@@ -695,13 +695,18 @@ def main() -> None:
         if prepare_class():
             return
         st.subheader("Or one attack")
-    top = st.columns([2, 3])
-    with top[0]:
-        preset = choose_preset(pairs)
-    preset_ids = preset_run_ids(preset)  # once per rerun: each call scans the runs root
-    with top[1]:
-        run = choose_run(preset, pairs, preset_ids)
-    preset_status(preset, pairs, preset_ids)
+    # On a projector the step is what the class reads: the teacher's choice of attack and run folds into
+    # one line, so at 1280x720 a step's pictures start on the first screen instead of under the selectors.
+    chooser = st.expander("CBD, step by step: the attack and the run", icon=":material/tune:") if presenting() \
+        else st.container()
+    with chooser:
+        top = st.columns([2, 3])
+        with top[0]:
+            preset = choose_preset(pairs)
+        preset_ids = preset_run_ids(preset)  # once per rerun: each call scans the runs root
+        with top[1]:
+            run = choose_run(preset, pairs, preset_ids)
+        preset_status(preset, pairs, preset_ids)
     if run is None:
         return
     config = load_config(run)
@@ -719,8 +724,8 @@ def main() -> None:
     glossary("ASR", "CA", "CE", "UMAP", "AUROC")
 
 
-st.title("CBD, step by step")
-if not presenting():  # on a projector the step itself gets the room
+if not presenting():  # on a projector the step itself gets the room (the expander above the step names it)
+    st.title("CBD, step by step")
     st.caption("One real run, step by step: the attack, how the two models train, whether CBD's weights find the "
                "poison, what each model sees and where it looks, and the verdict. Share the page's link: it opens on "
                "the same run and step.")
