@@ -4,9 +4,10 @@ it, and the Quick demo button that queues the preset run and opens its live prog
 
 from __future__ import annotations
 
+import pages.warm  # noqa: F401  first: every heavy import, once per process (see pages/warm)
+
 import json
 
-import pages.warm  # noqa: F401  first: every heavy import, once per process (see pages/warm)
 import streamlit as st
 
 from cbd_core import jobs, verdicts
