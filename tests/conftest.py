@@ -167,8 +167,9 @@ def no_worker(monkeypatch):
 
 # Tests that train runs or render pages take seconds each; `pytest -m "not slow"` leaves them out (under
 # a minute), `make test` runs everything. A test is slow when it asks for a fixture that trains or
-# starts the app, or lives in a module that drives the app or a browser; others mark themselves.
-SLOW_FIXTURES = {"finished_runs", "patch_dataset", "no_worker"}
+# starts the app (or a Ray cluster), or lives in a module that drives the app or a browser; others mark
+# themselves (@pytest.mark.slow: each took over a second here, 2 cores).
+SLOW_FIXTURES = {"finished_runs", "patch_dataset", "no_worker", "undefended_run", "cbd_pair", "ray_head"}
 
 
 def pytest_collection_modifyitems(config, items):

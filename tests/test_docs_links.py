@@ -10,6 +10,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 README_MAX_LINES = 100  # issue 19: the README had grown to 1,036 lines; the detail belongs in docs/
+README_IMAGE_MAX_BYTES = 200_000  # a picture the README shows is checked in: small (issue 19)
+IMAGE_SUFFIXES = (".png", ".svg", ".jpg", ".jpeg", ".gif", ".webp")
 
 FENCE = re.compile(r"^\s*(```|~~~)")
 CODE_SPAN = re.compile(r"(`+)(.+?)\1")
@@ -109,8 +111,24 @@ def test_readme_is_short_and_keeps_the_two_commands_and_a_picture():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     assert len(text.splitlines()) <= README_MAX_LINES, "move the detail into docs/"
     assert re.search(r"^make app\b", text, re.M) and re.search(r"^make test\b", text, re.M)
-    images = [target for _, target in links(ROOT / "README.md") if target.endswith((".png", ".svg", ".jpg"))]
-    assert images, "the README shows no picture"
+    assert readme_images(), "the README shows no picture"
+
+
+def readme_images() -> list[str]:
+    """The relative targets of the README's links that name an image file."""
+    return [target for _, target in links(ROOT / "README.md")
+            if not EXTERNAL.match(target) and target.partition("#")[0].lower().endswith(IMAGE_SUFFIXES)]
+
+
+def test_every_readme_image_exists_and_is_small():
+    """The pictures are checked in (tests/e2e/test_readme_pictures.py makes them): each must be there and
+    stay under README_IMAGE_MAX_BYTES, so a clone stays light."""
+    images = readme_images()
+    missing = [target for target in images if not (ROOT / target).is_file()]
+    assert not missing, f"README images that are not in the repository: {missing}"
+    large = {target: (ROOT / target).stat().st_size for target in images
+             if (ROOT / target).stat().st_size > README_IMAGE_MAX_BYTES}
+    assert not large, f"README images over {README_IMAGE_MAX_BYTES:,} bytes: {large}"
 
 
 def test_the_checker_reports_a_missing_file_and_a_missing_anchor(tmp_path):

@@ -51,6 +51,7 @@ def test_compute_umap_writes_one_finite_map_per_model(cbd_run):
     assert not list(cbd_run.path.glob(".*.tmp"))  # written through a temporary file and renamed
 
 
+@pytest.mark.slow
 def test_same_seed_same_map_and_the_seed_matters():
     rng = np.random.default_rng(3)
     features = rng.standard_normal((120, 24)).astype(np.float32)

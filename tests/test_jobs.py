@@ -220,6 +220,7 @@ def test_tiny_demo_preset(monkeypatch):
     assert tiny.defense_params["epochs"] == 2 and tiny.defense_params["backdoor_steps"] == 64
 
 
+@pytest.mark.slow
 def test_real_worker_process(tmp_path, monkeypatch):
     """ensure_workers starts a separate worker process that trains a queued run on the full mnist5k,
     runs its analysis step, and stops on SIGTERM. (No features are kept, so the map step has nothing

@@ -46,6 +46,7 @@ def test_perturbation_stays_in_the_budget_and_the_trigger_is_on_top(poisoned):
         train.x[chosen], data.params)[:, region])
 
 
+@pytest.mark.slow
 def test_the_perturbation_makes_the_images_hard_for_the_surrogate(tiny_sets, poisoned):
     train, _, data = poisoned
     attack = get_attack("label_consistent")
@@ -61,6 +62,7 @@ def test_the_perturbation_makes_the_images_hard_for_the_surrogate(tiny_sets, poi
     assert loss(hard) > loss(train.x[targets]) + 1.0
 
 
+@pytest.mark.slow
 def test_perturbations_are_computed_once_per_data_and_seed(tiny_sets, monkeypatch):
     train, test = tiny_sets
     calls = []

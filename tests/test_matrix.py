@@ -62,6 +62,7 @@ def test_matrix_rejects_bad_grid(capsys):
     assert "attack" in err and "cbd.mi_weight" in err and "jobs" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_matrix_resumes_a_grid_on_an_npz_dataset(tmp_path, tiny_sets, capsys):
     """A user's .npz: its defaults depend on its image shape, so "already done" must resolve them
     against the file, or every cell would run again."""

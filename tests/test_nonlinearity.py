@@ -120,6 +120,7 @@ def _activations(model, layers, x):
         tap.close()
 
 
+@pytest.mark.slow
 def test_reset_zero_silences_a_cnn_channel_for_good():
     torch.manual_seed(0)
     model = build_model("cnn", 1, 10).eval()
@@ -177,6 +178,7 @@ def test_reset_reinit_redraws_the_weights():
     assert consumer.weight[:, 5].abs().sum() > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["preact-resnet18", "wrn-16-1"])
 @pytest.mark.parametrize("mode", ["zero", "reinit"])
 def test_reset_runs_on_resnets(name, mode):

@@ -50,6 +50,7 @@ def _only_run(root: Path) -> RunDir:
     return runs[0]
 
 
+@pytest.mark.slow
 def test_cli_matrix_and_worker_give_identical_numbers(tmp_path, npz_file):
     # 1. The CLI, in a process whose environment asks for one thread.
     cli = _cli(["run", "--npz", str(npz_file), *FLAGS, "--out", str(tmp_path / "cli"), "--json"], threads_env="1")
@@ -118,6 +119,7 @@ def test_training_restores_the_process_settings(tmp_path, patch_dataset):
     assert torch.get_num_threads() == before
 
 
+@pytest.mark.slow
 def test_submit_rejects_bad_input_without_queueing(tmp_path):
     result = subprocess.run([sys.executable, "-m", "cbd_core", "submit", "--poison-rate", "0.9", "--out",
                              str(tmp_path), "--no-worker"], cwd=ROOT, capture_output=True, text=True, timeout=120)

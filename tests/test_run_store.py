@@ -404,6 +404,7 @@ def _cli_run(root, epochs: int) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_a_real_cli_run_in_the_apps_root_survives_recovery_and_ends_clean(tmp_path):
     """Fault 2 end to end: `python -m cbd_core run` trains in the app's root while recovery runs (as the
     app does every 30 s); it is never marked failed, cannot be deleted meanwhile, and ends done with
@@ -487,6 +488,7 @@ def test_a_reused_pid_does_not_keep_a_dead_owner_alive(tmp_path, live_process):
     assert current.owner_alive() is True and jobs.recover_orphans(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_the_apps_cancel_stops_a_cli_run(tmp_path):
     """The Runs page offers Cancel on a CLI run in its root: the CLI honours the same cancel file."""
     process = _cli_run(tmp_path, epochs=100)
@@ -535,6 +537,7 @@ def test_a_claimed_run_is_recovered_by_its_claimers_pid(tmp_path, live_process):
     assert alive.status()["state"] == "queued"
 
 
+@pytest.mark.slow
 def test_a_real_worker_survives_write_errors_and_records_the_reason(tmp_path):
     """Fault 6 with a real worker process: its files may not grow past 200 kB (RLIMIT_FSIZE, as a full
     disk would refuse them), so every model file fails to write. Each run ends failed with that reason,

@@ -2,6 +2,7 @@
 
 import sys
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -52,6 +53,7 @@ def test_adam_matches_torch_optim_bit_for_bit():
     assert _same(mine, reference)
 
 
+@pytest.mark.slow
 def test_training_never_imports_dynamo():
     """torch.optim's first step imports torch._dynamo (0.8 s); ours must not (checked in a fresh process)."""
     import subprocess

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from conftest import ROOT
 
 ENTRY_FILES = [ROOT / "app.py", *sorted((ROOT / "pages").glob("*.py"))]
@@ -47,6 +49,7 @@ RACE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_threads_opening_pages_at_once_get_whole_modules():
     done = subprocess.run([sys.executable, "-c", RACE, str(ROOT)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
