@@ -85,6 +85,19 @@ def _finite(value: Any) -> float | None:
     return float(value)
 
 
+def _changed(component: Any, params: Any, image_shape: tuple[int, ...] | None, skip: tuple[str, ...] = ()) -> list[str]:
+    """"k=v" for each of `params` (a run's attack_params or defense_params) that differs from the
+    component's defaults for this image shape; none when there is nothing to compare with (no
+    component, a hand-edited shape or params)."""
+    if component is None or not isinstance(params, dict) or not params or not image_shape or len(image_shape) != 3:
+        return []
+    try:
+        defaults = component.defaults(tuple(image_shape))
+    except Exception:  # a hand-edited shape: nothing to compare with
+        return []
+    return [f"{k}={v}" for k, v in sorted(params.items()) if k in defaults and defaults[k] != v and k not in skip]
+
+
 def defense_label(config: dict[str, Any], image_shape: tuple[int, ...] | None) -> str:
     """The defense's title, plus the parameters the run set away from the defense's defaults."""
     from .defenses import DEFENSES
@@ -95,17 +108,9 @@ def defense_label(config: dict[str, Any], image_shape: tuple[int, ...] | None) -
         return name
     if name == verdicts.UNDEFENDED:
         return UNDEFENDED_LABEL  # the baseline of every line: its training settings are not a variant
-    title = defense.title
-    params = config.get("defense_params") or {}
-    if not params or not image_shape or len(image_shape) != 3:
-        return title
-    try:
-        defaults = defense.defaults(tuple(image_shape))
-    except Exception:  # a hand-edited shape: the title alone
-        return title
     # epochs follow the defense's main model in every grid line, so they do not make a variant
-    changed = [f"{k}={v}" for k, v in sorted(params.items()) if k in defaults and defaults[k] != v and k != "epochs"]
-    return f"{title} ({', '.join(changed)})" if changed else title
+    changed = _changed(defense, config.get("defense_params"), image_shape, skip=("epochs",))
+    return f"{defense.title} ({', '.join(changed)})" if changed else defense.title
 
 
 def is_undefended(line: str) -> bool:
@@ -118,16 +123,7 @@ def setup_label(config: dict[str, Any], image_shape: tuple[int, ...] | None) -> 
     model when one was named: "alpha=0.3, model=resnet18"; "" for the defaults."""
     from .attacks import ATTACKS
 
-    changed = []
-    attack = ATTACKS.get(str(config.get("attack")))
-    params = config.get("attack_params") or {}
-    if attack is not None and isinstance(params, dict) and params and image_shape and len(image_shape) == 3:
-        try:
-            defaults = attack.defaults(tuple(image_shape))
-        except Exception:  # a hand-edited shape: nothing to compare with
-            defaults = None
-        if defaults is not None:
-            changed = [f"{k}={v}" for k, v in sorted(params.items()) if k in defaults and defaults[k] != v]
+    changed = _changed(ATTACKS.get(str(config.get("attack"))), config.get("attack_params"), image_shape)
     if config.get("model") is not None:
         changed.append(f"model={config['model']}")
     return ", ".join(changed)
