@@ -173,13 +173,13 @@ def default_threads() -> int:
 def quick_demo_config() -> RunConfig:
     """The Overview's Quick demo: CBD against BadNets at 10% on the embedded mnist5k, target 0, with
     CBD's defaults (bench/speed.py times it). For the browser tests only,
-    $BACKDOOR_LAB_TINY_DEMO=1 shrinks it to 64 steps of f_B, two epochs of f_C and 1,000 embedded
-    samples (f_C is far from done, but every page has something real to draw)."""
+    $BACKDOOR_LAB_TINY_DEMO=1 shrinks it to 64 steps of f_B, two one-epoch probes, two epochs of f_C and
+    1,000 embedded samples (f_C is far from done, but every page has something real to draw)."""
     import os
 
     config = RunConfig(dataset="mnist5k", attack="badnets", poison_rate=0.1, target_label=0, defense="cbd", seed=0)
     if os.environ.get("BACKDOOR_LAB_TINY_DEMO") == "1":
-        config = dataclasses.replace(config, defense_params={"backdoor_steps": 64, "epochs": 2},
+        config = dataclasses.replace(config, defense_params={"backdoor_steps": 64, "epochs": 2, "probe_epochs": 1},
                                      embedding_samples=1000)
     return config
 

@@ -28,6 +28,9 @@ class Param:
     choices: tuple[str, ...] | None = None
     # A path the user gives by uploading a file of one of these types (pages show an uploader for it).
     upload: tuple[str, ...] | None = None
+    # What a run that predates this parameter did, as a value of it (None: not known, or the same as
+    # today's default): how a grid labels an older run's config that does not name the parameter.
+    before: Any = None
 
     def check(self, value: Any, attack: str) -> Any:
         label = f"{attack}.{self.name}"

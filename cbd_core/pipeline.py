@@ -203,7 +203,7 @@ def _train_and_record(config: RunConfig, data: PoisonedData, run: RunDir, device
                          augmentation=default_augmentation(train.image_shape), seed=config.seed, device=device,
                          progress=progress, _eval_sets=eval_sets, _poison_mask=data.is_poisoned,
                          _log=run.append_metrics, _is_cancelled=is_cancelled, _on_epoch=recorder.record,
-                         _total_epochs=defense.total_epochs(config.defense_params),
+                         _total_epochs=defense.progress_stages(config.defense_params),
                          _embedding_index=torch.from_numpy(subset).to(device) if len(subset) else None)
     if len(subset):
         recorder.reuse(ctx.remembered_embedding, subset)

@@ -88,13 +88,17 @@ def _finite(value: Any) -> float | None:
 def _changed(component: Any, params: Any, image_shape: tuple[int, ...] | None, skip: tuple[str, ...] = ()) -> list[str]:
     """"k=v" for each of `params` (a run's attack_params or defense_params) that differs from the
     component's defaults for this image shape; none when there is nothing to compare with (no
-    component, a hand-edited shape or params)."""
+    component, a hand-edited shape or params). A parameter the run's config does not name (the run
+    predates it) counts as what such runs did (`Param.before`), so an older run is never taken for
+    one with today's defaults."""
     if component is None or not isinstance(params, dict) or not params or not image_shape or len(image_shape) != 3:
         return []
     try:
         defaults = component.defaults(tuple(image_shape))
     except Exception:  # a hand-edited shape: nothing to compare with
         return []
+    older = {p.name: p.before for p in getattr(component, "params", ()) if p.before is not None}
+    params = {**{k: v for k, v in older.items() if k not in params}, **params}
     return [f"{k}={v}" for k, v in sorted(params.items()) if k in defaults and defaults[k] != v and k not in skip]
 
 

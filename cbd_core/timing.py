@@ -13,7 +13,9 @@ before it) to now, or to `finished`. The remaining time comes, in this order, fr
      device; `run_index.SAME_TIMING`): the median of their durations minus the time already spent,
      while the run is within it;
   2. this run's own pace: the mean seconds per finished stage (an epoch, or one of CBD's f_B stages;
-     `elapsed_seconds` of metrics.jsonl) times the stages still to go (the defense's `total_epochs`);
+     `elapsed_seconds` and `stage` of metrics.jsonl) times the stages still to go (the defense's
+     `progress_stages`: epochs that write no line, CBD's probes, count too, and the share of the run
+     done in status.json's progress says how many of them have ended since the last line);
   3. nothing yet: before the first stage ends there is no honest number.
 Both are estimates: a shared CPU slows every run, and the last stage is followed by a few seconds of
 saving and the map.
@@ -76,13 +78,20 @@ def estimate(status: dict[str, Any], metrics: list[dict[str, Any]], total_stages
                              f"judged from {runs} with the same settings, typically {typical:.0f} s in all")
     stages = [m for m in metrics if isinstance(m.get("elapsed_seconds"), (int, float))]
     if stages and total_stages:
-        per_stage = float(stages[-1]["elapsed_seconds"]) / len(stages)
-        left = max(0, total_stages - len(stages))
+        # Stages ended by the last line: its `stage` (unreported epochs before it included), else its position.
+        stage = stages[-1].get("stage")
+        done = stage if isinstance(stage, int) and not isinstance(stage, bool) and len(stages) <= stage <= total_stages \
+            else len(stages)
+        paced, per_stage = done, float(stages[-1]["elapsed_seconds"]) / done
         progress = status.get("progress") if isinstance(status.get("progress"), dict) else {}
+        share = progress.get("run_fraction")
+        if isinstance(share, (int, float)) and not isinstance(share, bool) and 0 <= share <= 1:
+            done = max(done, int(share * total_stages + 1e-6))  # epochs without a line ended since (CBD's probes)
+        left = max(0, total_stages - done)
         step, steps = progress.get("step"), progress.get("steps")
         within = step / steps if isinstance(step, int) and isinstance(steps, int) and steps > 0 and left else 0.0
         return RunTiming(elapsed, max(0.0, per_stage * (left - within)),
-                         f"judged from this run's pace: {per_stage:.1f} s per stage over {len(stages)} finished, "
+                         f"judged from this run's pace: {per_stage:.1f} s per stage over {paced} finished, "
                          f"{left} of {total_stages} to go")
     return RunTiming(elapsed, None, "an estimate follows when the first stage ends")
 
@@ -98,12 +107,13 @@ def similar_durations(config: dict[str, Any], device: Any, root: str | Path | No
 
 
 def total_stages(config: dict[str, Any]) -> int | None:
-    """Stages (metric lines) a run with this config writes in all: the defense's `total_epochs`."""
+    """Stages a run with this config trains in all: the defense's `progress_stages` (its metric lines
+    and the epochs that write none, CBD's probes)."""
     from .defenses import defense_or_none
 
     defense = defense_or_none(config.get("defense"))
     try:
-        return int(defense.total_epochs(config.get("defense_params") or {})) if defense else None
+        return int(defense.progress_stages(config.get("defense_params") or {})) if defense else None
     except (KeyError, TypeError, ValueError):
         return None
 

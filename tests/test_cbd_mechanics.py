@@ -269,11 +269,11 @@ def test_cached_f_b_features_change_only_f_cs_phase(tmp_path, patch_dataset):
 # -- f_C's start: a probe learns the weights, the kept f_C starts afresh from them
 
 def test_kept_f_c_starts_from_the_probes_weights_with_the_poison_left_out(tmp_path, patch_dataset):
-    """With `probe_epochs=4, drop_below=0.25` two f_C in a row (the probes) train only to learn the
-    weights, and the kept f_C starts from theirs: from its first step the poisoned samples, which f_B
-    fits and the probes do not, carry no weight. With the defaults (`probe_epochs=0`, the former rule)
-    f_C's first epoch trains on f_B's view alone, where no sample is left out. The run records what the
-    probe decided."""
+    """With the defaults (`probe_epochs=4, probe_rounds=2, drop_below=0.25`) two f_C in a row (the
+    probes) train only to learn the weights, and the kept f_C starts from theirs: from its first step the
+    poisoned samples, which f_B fits and the probes do not, carry no weight. With `probe_epochs=0,
+    drop_below=0` (the former rule) f_C's first epoch trains on f_B's view alone, where no sample is
+    left out. The run records what the probe decided."""
     import numpy as np
 
     from cbd_core.config import RunConfig
@@ -282,28 +282,32 @@ def test_kept_f_c_starts_from_the_probes_weights_with_the_poison_left_out(tmp_pa
 
     patch_dataset(600, 100)
     start = {}
-    for probe_epochs in (4, None):
+    for former in (False, True):
         params = {"epochs": 1, "batch_size": 64}  # f_B's default 256 steps: it catches BadNets here
-        if probe_epochs is not None:
-            params.update(probe_epochs=probe_epochs, drop_below=0.25)
+        if former:
+            params.update(probe_epochs=0, drop_below=0.0)
         prepared = prepare(RunConfig(defense="cbd", device="cpu", embedding_samples=0, threads=1,
                                      defense_params=params))
-        run = RunDir.create(tmp_path / str(probe_epochs), prepared.config.to_dict())
-        summary = execute(prepared, run)
+        run = RunDir.create(tmp_path / str(former), prepared.config.to_dict())
+        shares = []
+        summary = execute(prepared, run, progress=lambda event: shares.append(event.run_fraction))
+        # The probes write no line but count in the run's progress: it only moves on, and ends whole.
+        assert shares == sorted(shares) and shares[-1] == 1.0
+        assert [m["stage"] for m in run.metrics()] == [1, 2, 3, 4, 5 if former else 13]
         record = run.arrays("sample_weights")
         poisoned = record["is_poisoned"].astype(bool)
         weights = record["weights"]
         assert weights.shape == (2, 600) and np.all((weights >= 0) & (weights <= 1))
         assert [m["epoch"] for m in run.metrics() if m["phase"] == "f_C"] == [1]  # the probe is not reported
-        start[probe_epochs] = (weights[0], poisoned, summary["weight_guard"])
+        start[former] = (weights[0], poisoned, summary["weight_guard"])
 
-    weights, poisoned, guard = start[4]
+    weights, poisoned, guard = start[False]
     assert guard["probe_epochs"] == 4 and guard["probe_rounds"] == 2 and guard["drop_below"] == 0.25
     assert np.mean(weights[poisoned] == 0) >= 0.9  # the poison is left out of f_C's first epoch
     # ... and far fewer clean samples (here about 0.4 after a probe of 40 steps; 0.05-0.13 on mnist5k)
     assert np.mean(weights[~poisoned] == 0) <= 0.5
     assert guard["dropped_share_per_epoch"][0] == pytest.approx(np.mean(weights == 0), abs=1e-4)
 
-    weights, poisoned, guard = start[None]
+    weights, poisoned, guard = start[True]
     assert guard["probe_epochs"] == 0 and guard["drop_below"] == 0.0 and guard["dropped_share_per_epoch"] == []
     assert not np.any(weights == 0)  # f_B's view alone: every sample counts

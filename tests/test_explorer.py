@@ -109,10 +109,30 @@ def test_other_attack_settings_and_models_are_lines_of_their_own(tmp_path):
 
 
 def test_explorer_shows_the_defaults_before_a_newer_ablation(tmp_path):
+    from cbd_core.defenses import DEFENSES
+
     base = {"dataset": "mnist5k", "attack": "badnets", "poison_rate": 0.01, "seed": 0, "target_label": 0,
             "defense": "cbd"}
-    default = _done(tmp_path, {**base, "defense_params": {"max_weight": 3.0}}, 0.006)
-    ablation = _done(tmp_path, {**base, "defense_params": {"max_weight": 1.0}}, 0.97)  # newer
+    defaults = DEFENSES["cbd"].defaults((28, 28, 1))  # what config.json holds: every parameter, resolved
+    default = _done(tmp_path, {**base, "defense_params": defaults}, 0.006)
+    ablation = _done(tmp_path, {**base, "defense_params": {**defaults, "max_weight": 1.0}}, 0.97)  # newer
     assert explorer_grid(tmp_path).cells == {("badnets", 0.01, "cbd"): default.run_id}
     shutil.rmtree(default.path)
     assert explorer_grid(tmp_path).cells == {("badnets", 0.01, "cbd"): ablation.run_id}  # better than nothing
+
+
+def test_a_run_older_than_a_parameter_is_not_taken_for_todays_default(tmp_path):
+    """A CBD run from before the probes (its config names neither `probe_epochs` nor `drop_below`)
+    trained with the former rule: the grid labels it so (from `Param.before`), a line apart from a run
+    with today's defaults, never a seed of it."""
+    from cbd_core.defenses import DEFENSES
+    from cbd_core.rate_grid import grid_points, summarise
+
+    base = {"dataset": "mnist5k", "attack": "blend", "poison_rate": 0.01, "seed": 0, "target_label": 0,
+            "defense": "cbd"}
+    today = DEFENSES["cbd"].defaults((28, 28, 1))
+    older = {k: v for k, v in today.items() if k not in ("probe_epochs", "probe_rounds", "drop_below")}
+    _done(tmp_path, {**base, "defense_params": today}, 0.01)
+    _done(tmp_path, {**base, "defense_params": older}, 0.97)  # newer folder, older code
+    lines = {line.defense: line.asr_median for line in summarise(grid_points(tmp_path))}
+    assert lines == {"CBD": 0.01, "CBD (drop_below=0.0, probe_epochs=0)": 0.97}

@@ -89,6 +89,25 @@ def test_run_timing_of_a_running_run(tmp_path):
     timing = run_timing(run, now="2026-01-01T10:00:08+00:00")
     assert timing.elapsed == 8 and timing.remaining == pytest.approx(6.0)  # 2 epochs of 3 s to go
     assert total_stages({"defense": "cbd", "defense_params": {"epochs": 5}}) == 4 + 5  # f_B's stages, f_C's epochs
+    probed = {"epochs": 10, "probe_epochs": 4, "probe_rounds": 2, "weighting": "stable"}
+    assert total_stages({"defense": "cbd", "defense_params": probed}) == 4 + 8 + 10  # the probes' epochs too
+    assert total_stages({"defense": "cbd", "defense_params": {**probed, "weighting": "paper"}}) == 4 + 10
+
+
+def test_epochs_without_a_line_count_as_stages():
+    """CBD's probes train 8 epochs between f_B's last line and f_C's first and write no line: the pace
+    counts them (the line's `stage`, the progress's share of the run), so the estimate neither drops them
+    while they train nor takes them for slow f_C epochs afterwards."""
+    f_b = [{"phase": "f_B", "epoch": i, "elapsed_seconds": 2.0 * i, "stage": i} for i in (1, 2, 3, 4)]
+    # Half-way through the probes (4 of 8 ended): 14 stages of 2 s to go, not 18.
+    probing = estimate(running(phase="probe", epoch=1, step=0, steps=10, run_fraction=8 / 22), f_b, 22, [],
+                       now="2026-01-01T10:00:17+00:00")
+    assert probing.remaining == pytest.approx(28.0) and "14 of 22 to go" in probing.basis
+    # The first f_C epoch ended at 26 s, the 13th stage: 2 s per stage, 9 to go (not 26/5 s over 17).
+    f_c = f_b + [{"phase": "f_C", "epoch": 1, "elapsed_seconds": 26.0, "stage": 13}]
+    fitting = estimate(running(phase="f_C", epoch=2, step=0, steps=10, run_fraction=13 / 22), f_c, 22, [],
+                       now="2026-01-01T10:00:27+00:00")
+    assert fitting.remaining == pytest.approx(18.0) and "2.0 s per stage over 13 finished, 9 of 22" in fitting.basis
 
 
 def test_duration_text():

@@ -46,9 +46,11 @@ class DefenseContext:
     # position in metrics.jsonl), the line and the model; the pipeline records features through it.
     _on_epoch: Callable[[int, dict[str, Any], nn.Module], None] = lambda number, line, model: None
     _started: float = field(default_factory=time.perf_counter)
-    # Progress of the whole run: every phase's epochs (Defense.total_epochs), how many have ended.
+    # Progress of the whole run: every phase's epochs, reported or not (Defense.progress_stages), and
+    # how many have ended: those with a metrics line, and those without one (CBD's probes).
     _total_epochs: int = 0
     _epochs_done: int = 0
+    _unreported_done: int = 0
     _epoch_started: float = field(default_factory=time.perf_counter)
     # Training samples whose features the run keeps for its embeddings (None: none kept here).
     _embedding_index: torch.Tensor | None = None
@@ -89,7 +91,8 @@ class DefenseContext:
         self.progress(ProgressEvent(phase, epoch, epochs, step, steps, **self._run_progress(step / max(1, steps))))
 
     def _run_progress(self, within_epoch: float) -> dict[str, float | None]:
-        fraction = min(1.0, (self._epochs_done + within_epoch) / self._total_epochs) if self._total_epochs > 0 \
+        done = self._epochs_done + self._unreported_done
+        fraction = min(1.0, (done + within_epoch) / self._total_epochs) if self._total_epochs > 0 \
             else None
         return {"run_fraction": fraction, "elapsed_seconds": round(time.perf_counter() - self._started, 3)}
 
@@ -109,6 +112,15 @@ class DefenseContext:
                 "precision": hits / flagged.sum() if flagged.any() else float("nan"),
                 "recall": hits / self._poison_mask.sum() if self._poison_mask.any() else float("nan")}
 
+    def end_unreported_epoch(self, phase: str, epoch: int, epochs: int) -> None:
+        """An epoch that writes no metrics line (CBD's probes, which train only to learn the weights):
+        counted in the run's progress, so the bar and its estimate move on through it."""
+        self._unreported_done += 1
+        self._epoch_started = time.perf_counter()
+        self.progress(ProgressEvent(phase, epoch, epochs, **self._run_progress(0.0)))
+        if self._is_cancelled():
+            raise Cancelled()
+
     def capture_report(self, loss: np.ndarray, model: nn.Module) -> dict[str, Any]:
         """Did a deliberately backdoored model (CBD's f_B) have the trigger? From its per-sample
         training loss against the true poison mask and its ASR on the triggered test set (shown,
@@ -127,8 +139,10 @@ class DefenseContext:
         """Score `model` on the test sets, log the epoch's line, report it; returns the line."""
         line = {"phase": phase, "epoch": epoch, "epochs": epochs, **self._eval_sets.evaluate(model), **extra}
         now = time.perf_counter()
-        # elapsed: since training started; epoch_seconds: this epoch alone, its scoring included.
-        line.update(elapsed_seconds=round(now - self._started, 3), epoch_seconds=round(now - self._epoch_started, 3))
+        # elapsed: since training started; epoch_seconds: this epoch alone, its scoring included; stage: the
+        # run's epochs ended with this one, unreported ones included (timing reads its pace from it).
+        line.update(elapsed_seconds=round(now - self._started, 3), epoch_seconds=round(now - self._epoch_started, 3),
+                    stage=self._epochs_done + self._unreported_done + 1)
         self._epoch_started = now
         self._epochs_done += 1
         self._log(line)
@@ -287,7 +301,12 @@ class Defense:
         return resolve_params(self.name, self.params, self.defaults(image_shape), overrides)
 
     def total_epochs(self, params: dict[str, Any]) -> int:
+        """Epochs (metric lines) a run with these parameters writes, every phase's."""
         return int(params.get("epochs", 0))
+
+    def progress_stages(self, params: dict[str, Any]) -> int:
+        """Epochs a run with these parameters trains, with a line or not: what its progress counts."""
+        return self.total_epochs(params)
 
     def train(self, ctx: DefenseContext) -> DefenseResult:
         raise NotImplementedError
