@@ -138,7 +138,7 @@ def test_a_ray_run_is_analysed_by_the_task_that_trained_it(tmp_path, npz_file, r
     from cbd_core.analysis.attributions import VIEWS_FILE, stored_trigger_shares
     from cbd_core.analysis.embeddings import has_epoch_umap, has_umap
     from cbd_core.config import RunConfig
-    from cbd_core.jobs import submit_once, workers
+    from cbd_core.jobs import Worker, submit_once, workers
 
     config = RunConfig(dataset="npz", npz_path=str(npz_file), attack="badnets", poison_rate=0.1,
                        defense="undefended", seed=8, device="cpu", threads=1, embedding_samples=200,
@@ -153,3 +153,5 @@ def test_a_ray_run_is_analysed_by_the_task_that_trained_it(tmp_path, npz_file, r
     assert has_umap(run) and has_epoch_umap(run) and run.has_arrays(VIEWS_FILE)
     assert set(stored_trigger_shares(run) or {}), "no attribution shares"
     assert workers(tmp_path) == [], "a local worker was started: the analysis must be the task's own"
+    # and a local worker on this root later finds nothing to fill in: its backfill does not redo the task's work
+    assert Worker(tmp_path, "cpu")._backfill_one() is False
