@@ -1,7 +1,7 @@
 """Ray as the engine past one machine, on a REAL local Ray cluster started by this module (2 CPUs,
 stopped at the end; no mock): `matrix --ray ADDRESS` trains every cell as a Ray task that writes the run
-folder into the same runs root, with the same numbers as the local grid, and a run queued for the cluster
-can be cancelled while it waits."""
+folder into the same runs root, with the same numbers as the local grid, a run queued for the cluster
+can be cancelled while it waits, and a run's maps and attribution shares are computed by its own task."""
 
 from __future__ import annotations
 
@@ -37,6 +37,26 @@ def ray_head():
         ray.shutdown()
 
 
+def _wait_until_its_task_exits(run, timeout: float = 240) -> None:
+    """Wait until the run's Ray actor has exited (trained, analysed, its share freed), so the next test
+    finds both of the cluster's CPUs free."""
+    import time
+
+    import ray
+
+    def alive() -> bool:
+        try:
+            ray.get_actor(f"run-{run.run_id}", namespace=cluster.NAMESPACE)
+        except ValueError:  # no live actor holds the name: it exited
+            return False
+        return True
+
+    deadline = time.monotonic() + timeout
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive(), f"run {run.run_id}: its task still holds its share after {timeout} s"
+
+
 def test_matrix_on_ray_gives_the_local_numbers(tmp_path, npz_file, ray_head):
     assert main(["matrix", "--datasets", str(npz_file), *GRID, "--out", str(tmp_path / "local")]) == 0
     # Another process, as a user would type it: the grid as Ray tasks on the cluster at that address.
@@ -59,6 +79,8 @@ def test_matrix_on_ray_gives_the_local_numbers(tmp_path, npz_file, ray_head):
              for m in local.metrics()]
     assert [(m["phase"], m["epoch"], m["clean_accuracy"], m["attack_success_rate"], m.get("train_loss"))
             for m in remote.metrics()] == curve
+    _wait_until_its_task_exits(remote)  # its maps and shares, computed after `matrix` has returned
+    assert remote.status()["analysis"] == "done", remote.status()
 
 
 def test_a_ray_run_can_be_cancelled_and_says_so(tmp_path, npz_file, ray_head):
@@ -104,3 +126,32 @@ def test_a_running_ray_run_stops_on_cancel_and_a_failing_one_says_why(tmp_path, 
     failed = wait_for(second, timeout=180, poll=0.2)
     assert failed["state"] == "failed", failed
     assert "own.npz" in failed["error"], failed["error"]
+    for stopped in (first, second):  # neither is analysed: only a run that ends done is
+        _wait_until_its_task_exits(stopped)
+        assert "analysis" not in stopped.status(), stopped.status()
+
+
+def test_a_ray_run_is_analysed_by_the_task_that_trained_it(tmp_path, npz_file, ray_head):
+    """No local worker serves this runs root, yet once the run's Ray task has exited (freeing its share),
+    the run folder holds its UMAP map, its epoch maps and its attribution shares and views, with each
+    step's outcome in status.json as the local worker records it."""
+    from cbd_core.analysis.attributions import VIEWS_FILE, stored_trigger_shares
+    from cbd_core.analysis.embeddings import has_epoch_umap, has_umap
+    from cbd_core.config import RunConfig
+    from cbd_core.jobs import Worker, submit_once, workers
+
+    config = RunConfig(dataset="npz", npz_path=str(npz_file), attack="badnets", poison_rate=0.1,
+                       defense="undefended", seed=8, device="cpu", threads=1, embedding_samples=200,
+                       defense_params={"epochs": 1, "batch_size": 64})
+    run = submit_once(config, tmp_path, start_worker=False, ray=ray_head).run
+    assert wait_for(run, timeout=180, poll=0.2)["state"] == "done"
+    _wait_until_its_task_exits(run)
+    status = run.status()
+    assert status["owner"]["kind"] == "ray"
+    assert status["analysis"] == "done" and status["epoch_analysis"] == "done", status
+    assert {"attribution_shares_seconds", "attribution_views_seconds"} <= status.keys(), status
+    assert has_umap(run) and has_epoch_umap(run) and run.has_arrays(VIEWS_FILE)
+    assert set(stored_trigger_shares(run) or {}), "no attribution shares"
+    assert workers(tmp_path) == [], "a local worker was started: the analysis must be the task's own"
+    # and a local worker on this root later finds nothing to fill in: its backfill does not redo the task's work
+    assert Worker(tmp_path, "cpu")._backfill_one() is False

@@ -2,8 +2,9 @@
 
 One job per file: `settings` (names, timings, slots per device), `locks` (a held lock is a live
 worker), `queue` (claim, cancel, positions), `submission` (queueing a run and its baseline), `launcher` (the one owner of the workers'
-lifetime: starting them, recovery by recorded owner, stopping them) and `worker` (the loop that
-trains). This package re-exports what callers use.
+lifetime: starting them, recovery by recorded owner, stopping them), `worker` (the loop that
+trains), `run_analysis` (a finished run's maps and attribution shares, computed by whoever trained it) and
+`cluster` (Ray). This package re-exports what callers use.
 
 Any widget click reruns a Streamlit script, which would kill a training loop inside it; so the
 dashboard only *queues* a run (a run folder whose status is "queued") and a worker process trains
@@ -20,7 +21,8 @@ itself, so it survives an app restart, a closed tab, several browser sessions.
     python -m cbd_core worker --root R --device cpu [--slot 0]     one worker, in the foreground
 
 With $BACKDOOR_LAB_RAY_ADDRESS (or `ray=` on submit) a run waits in the queue "ray" and a Ray task
-trains it instead (`cluster`), through the same `worker.train_queued_run`.
+trains it instead (`cluster`), through the same `worker.train_queued_run`, then analyses it through the
+same `run_analysis.analyse_finished_run`.
 
 A worker holds an exclusive lock on `<root>/.workers/<device>-<slot>.lock` for as long as it lives:
 the lock is what says "a worker is alive", so a crashed worker (even `kill -9`) frees its slot at

@@ -1,8 +1,8 @@
 """The worker loop: one slot of one device trains its queue's runs one after another through the CLI's
 own code path (`pipeline.train_run`), writes throttled progress into each run's status, and
 stays warm between runs (torch imported once, umap-learn's kernels compiled once): it computes each
-finished run's UMAP map and attribution shares before taking the next, and fills in maps missing
-from older runs when idle.
+finished run's UMAP map and attribution shares before taking the next (`run_analysis`, the steps a Ray
+task runs too), and fills in maps missing from older runs when idle.
 
 Its info file, `<root>/.workers/<device>-<slot>.json`, says what it is doing (`state`): "booting"
 (written by the launcher before the process starts, then by the worker while it imports torch and
@@ -29,6 +29,7 @@ from ..runs import IllegalTransition, RunDir, RunGone, describe_error, list_runs
 from .launcher import recover_orphans
 from .locks import _lock_path, _pid_alive, _try_lock, write_info
 from .queue import queued_runs
+from .run_analysis import analyse_epochs, analyse_finished_run
 from .settings import IDLE_POLL_S, PROGRESS_EVERY_S, WAKE_POLL_S, WORKERS_DIR, wake_file_name
 
 class Worker:
@@ -182,49 +183,15 @@ class Worker:
             self._record(run, state, **fields)
 
     def _analyse(self, run: RunDir) -> None:
-        """The UMAP map of a finished run, so the Embeddings page never waits on it."""
+        """The maps and attribution shares of a finished run (`run_analysis`), so its pages never wait on
+        them; the info file says "analysing" meanwhile."""
         if run.status().get("state") != "done" or self.stopping:
             return
-        from ..analysis.attributions import compute_attribution_views, compute_trigger_shares
-        from ..analysis.embeddings import compute_umap
-
         self._set_state("analysing")
-        # the run stays done either way; the page says the map failed and why
-        self._step(run, "analysis", "UMAP", compute_umap)
-        self._analyse_epochs(run)
         try:
-            # Once per run, what the Attributions page would otherwise compute in the app server's process
-            # (one session at a time): its 100-image shares, then each kept test image's maps and predictions.
-            for field, compute in (("attribution_shares", compute_trigger_shares),
-                                   ("attribution_views", compute_attribution_views)):
-                started = time.perf_counter()
-                try:
-                    compute(run)
-                    run.update_status(**{f"{field}_seconds": round(time.perf_counter() - started, 2)})
-                except Exception as err:
-                    self.log(f"run {run.run_id}: {field.replace('_', ' ')} failed: {type(err).__name__}: {err}")
+            analyse_finished_run(run, self.log)
         finally:
             self._set_state("ready")
-
-    def _analyse_epochs(self, run: RunDir) -> None:
-        """The epoch-by-epoch maps (umap_epochs.npz) of a run that recorded its models while training."""
-        from ..analysis.embeddings import compute_epoch_umap
-
-        if not run.has_arrays("epoch_features"):
-            return
-        # the final maps stay either way; the page says why the animation is missing
-        self._step(run, "epoch_analysis", "epoch maps", compute_epoch_umap)
-
-    def _step(self, run: RunDir, field: str, title: str, compute: Any) -> None:
-        """Run one analysis of `run`, recording `<field>` (computing, done or failed), its timings
-        (`<field>_seconds`) or its error (`<field>_error`) in status.json."""
-        try:
-            run.update_status(**{field: "computing"})
-            timings = compute(run)
-            run.update_status(**{field: "done", f"{field}_seconds": timings})
-        except Exception as err:
-            run.update_status(**{field: "failed", f"{field}_error": f"{type(err).__name__}: {err}"})
-            self.log(f"run {run.run_id}: {title} failed: {type(err).__name__}: {err}")
 
     def _backfill_one(self) -> bool:
         """Compute the map of one finished run that lacks it (older runs, a run made by the CLI)."""
@@ -242,7 +209,7 @@ class Worker:
                     and run.has_arrays("epoch_features") and not has_epoch_umap(run):
                 self._set_state("analysing")
                 try:
-                    self._analyse_epochs(run)
+                    analyse_epochs(run, self.log)
                 finally:
                     self._set_state("ready")
                 return True
