@@ -297,7 +297,7 @@ def epoch_notes(run: RunDir) -> bool:
         st.info("The epoch animation needs a run made by a newer version of the lab: this run did not record its "
                 "models while they trained. Train it again (same settings) to watch its maps form.")
         return False
-    map_note(run, "epoch_analysis", "this run's maps epoch by epoch", "a few seconds", has_epoch_umap)
+    map_note(run, "epoch_analysis", "the epoch by epoch layout of this run's maps", "a few seconds", has_epoch_umap)
     return False
 
 
