@@ -38,7 +38,11 @@
                           `RunDir.claim` / `request_cancel` alone
 
 status.json also holds `schema_version` (SCHEMA_VERSION) and, from the moment a run trains, `owner`:
-{kind: worker | cli | matrix, pid, host, started} (a worker's also device and slot).
+{kind: worker | cli | matrix | ray, pid, host, started} (a worker's also device and slot, a Ray task's its
+node). Once a done run is analysed it also holds `analysis` and `epoch_analysis` (computing, done or
+failed) and, beside each, `analysis_by` / `epoch_analysis_by`: a record of the same shape naming the
+process that computes (or computed) that map, so a "computing" whose process is gone can be told
+(`jobs.run_analysis.map_progress`).
 
 Every file is written under a temporary name and renamed, so a crash never leaves half a file;
 metrics.jsonl is appended a whole line at a time and readers skip a torn last line.
@@ -188,7 +192,7 @@ def _kind(value: Any) -> str:
 _STATUS_TYPES: dict[str, type | tuple[type, ...]] = {
     "progress": dict, "worker": dict, "owner": dict, "error": str, "queue": str, "created": str,
     "started": str, "finished": str, "device": str, "analysis": str, "analysis_error": str,
-    "epoch_analysis": str, "epoch_analysis_error": str,
+    "epoch_analysis": str, "epoch_analysis_error": str, "analysis_by": dict, "epoch_analysis_by": dict,
     "seconds": (int, float), "schema_version": int,
 }
 
@@ -229,6 +233,24 @@ def pid_alive(pid: Any) -> bool:
         return True
     except OverflowError:
         return False
+    return True
+
+
+def recorded_process_alive(record: dict[str, Any] | None) -> bool | None:
+    """Whether the process an `owner_record` names is provably alive (True), provably gone (False), or
+    cannot be told from here (None: another host, no record or no pid). The run's owner is one such
+    record; the process computing a run's map (`jobs.run_analysis`) is another."""
+    if not isinstance(record, dict) or not record.get("pid"):
+        return None
+    host = record.get("host")
+    if host is not None and host != socket.gethostname():
+        return None
+    if not pid_alive(record.get("pid")):
+        return False
+    started = process_start_time(record["pid"])
+    recorded = _parse_iso(record.get("started"))
+    if started is not None and recorded is not None and started > recorded + 5:
+        return False  # the pid was reused by a process that started after the record was written
     return True
 
 
@@ -677,19 +699,7 @@ class RunDir:
     def owner_alive(self, status: dict[str, Any] | None = None) -> bool | None:
         """Whether the process training this run is provably alive (True), provably gone (False), or
         cannot be told from here (None: another host, no owner recorded)."""
-        owner = self.owner(status)
-        if owner is None or not owner.get("pid"):
-            return None
-        host = owner.get("host")
-        if host is not None and host != socket.gethostname():
-            return None
-        if not pid_alive(owner.get("pid")):
-            return False
-        started = process_start_time(owner["pid"])
-        recorded = _parse_iso(owner.get("started"))
-        if started is not None and recorded is not None and started > recorded + 5:
-            return False  # the pid was reused by a process that started after the owner recorded itself
-        return True
+        return recorded_process_alive(self.owner(status))
 
     # -- writing (the worker or CLI that runs it, never a page) --------------------------------
     def _write(self, name: str, data: bytes) -> None:

@@ -24,6 +24,7 @@ from cbd_core.analysis.attributions import (
     trigger_mass_share,
 )
 from cbd_core.attacks import ATTACKS
+from cbd_core.jobs.run_analysis import map_progress
 from pages.common import (
     delivered_model,
     enlarge,
@@ -148,8 +149,11 @@ def main() -> None:
         maps = {name: attribution_map(models[name], image, None, method) for name in names}
         probs = {name: predict_proba(models[name], image) for name in names}
         if at_rest:
+            # Whoever analyses the run (the background worker, or a Ray-trained run's own task) writes its views
+            # right after its maps.
             st.caption("These maps are computed by the app itself: this run has no stored views "
-                       "(`attribution_views.npz`, which the background worker writes when a run it trained ends).")
+                       f"(`attribution_views.npz`, which {map_progress(run, 'analysis').by} writes after the run "
+                       "is done).")
     tops = colour_limits(maps, per_model=not shared_scale)
     # At least two columns, so a single model's map is as big as each of CBD's two.
     for column, name in zip(st.columns(max(2, len(names))), names):

@@ -10,9 +10,10 @@ the others' suspicion as a rank); poisoned samples are crosses on top, plain dot
 Click a point to see its image, labels and every model's prediction; box or lasso several to count
 them and see their images.
 
-The maps come from the run's umap.npz and umap_epochs.npz, which the background worker computes once
-a run is done; this page only reads them (and waits for them when they are not there yet). The
-figures themselves are built in pages/common/maps.py.
+The maps come from the run's umap.npz and umap_epochs.npz, which the background worker (or, for a run
+trained on Ray, the run's own task) computes once a run is done; this page only reads them, and while
+they are missing says who is computing them, or that it stopped half-way and who computes them again
+(`run_analysis.map_progress`). The figures themselves are built in pages/common/maps.py.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import streamlit as st
 from cbd_core.analysis.embeddings import EPOCH_UMAP_FILE, UMAP_FILE, has_epoch_umap, has_umap, model_names_in
 from cbd_core.defenses import defense_or_none
 from cbd_core.epoch_features import EPOCH_FEATURES_FILE
+from cbd_core.jobs.run_analysis import FAILED, INTERRUPTED, PENDING, analyser, map_progress
 from cbd_core.runs import RunDir
 from pages.common import (class_name, defense_title, delivered_model, enlarge, explain, load_arrays, load_config,
                           load_metrics, judged_summary, model_view, non_finite_warning, page_errors, phase_title,
@@ -242,28 +244,46 @@ def selection_grid(run: RunDir, points: dict[str, Any], samples: list[int], clas
 
 
 def waiting_for_map(run: RunDir) -> None:
-    """Say why there is no map yet; poll for it while the worker can still make it."""
+    """Say why there is no map yet; poll for it while someone can still make it."""
+    map_note(run, "analysis", "this run's map", "UMAP takes from a few seconds to about half a minute", has_umap)
+
+
+def map_note(run: RunDir, field: str, what: str, takes: str, ready: Any) -> None:
+    """Who is computing the map `field` (`what`, which `takes` so long), from the run's status: the background
+    worker or a Ray-trained run's own task; or that it stopped half-way (`run_analysis.map_progress`: its
+    process is gone), and whether the worker computes it again; or why it failed. Polls until it is `ready`."""
     from cbd_core import jobs
 
-    status = run.status()
-    if status.get("analysis") == "failed":
-        st.error(f"The background worker could not compute this run's map: {status.get('analysis_error')}")
+    progress = map_progress(run, field)
+    if progress.state == FAILED:
+        st.error(f"{capital(progress.by)} could not compute {what}: {progress.reason}")
         return
-    if not any(w.alive for w in jobs.workers(run.path.parent)):
-        st.warning("No background worker is running to compute this run's map; it starts with the app "
-                   "(reload the page in a moment). This page shows the map as soon as it is ready.")
-    else:
-        st.info("The background worker is computing this run's map (UMAP takes from a few seconds to about half a "
-                "minute). This page shows it as soon as it is ready.")
-    rerun_when_done(run, "analysis", has_umap)
+    worker_alive = any(w.alive for w in jobs.workers(run.path.parent))
+    when_ready = "This page shows it as soon as it is ready."
+    if progress.state == INTERRUPTED:
+        again = ("The background worker computes it again." if worker_alive else
+                 "No background worker is running to compute it again; it starts with the app (reload the page in "
+                 "a moment).")
+        st.warning(f"{capital(progress.by)} stopped before {what} was done: {progress.reason}. {again} {when_ready}")
+    elif progress.state == PENDING and progress.by == analyser(None) and not worker_alive:
+        st.warning(f"No background worker is running to compute {what}; it starts with the app (reload the page "
+                   f"in a moment). {when_ready}")
+    else:  # computing, or about to: the worker's next step, or a Ray run's task right after training
+        st.info(f"{capital(progress.by)} is computing {what} ({takes}). {when_ready}")
+    rerun_when_changed(run, field, ready, progress.state)
 
 
-def rerun_when_done(run: RunDir, field: str, ready: Any) -> None:
-    """Every 2 s, rerun the page once `ready(run)` or the worker's step `field` failed."""
+def capital(words: str) -> str:
+    return words[:1].upper() + words[1:]
+
+
+def rerun_when_changed(run: RunDir, field: str, ready: Any, shown: str) -> None:
+    """Every 2 s, rerun the page once `ready(run)`, or once the map's progress is no longer the `shown` one
+    (it failed, stopped half-way, or is computed again), so the note above stays true."""
 
     @st.fragment(run_every=2)
     def poll() -> None:
-        if ready(run) or run.status().get(field) == "failed":
+        if ready(run) or map_progress(run, field).state != shown:
             st.rerun()
 
     poll()
@@ -277,13 +297,7 @@ def epoch_notes(run: RunDir) -> bool:
         st.info("The epoch animation needs a run made by a newer version of the lab: this run did not record its "
                 "models while they trained. Train it again (same settings) to watch its maps form.")
         return False
-    status = run.status()
-    if status.get("epoch_analysis") == "failed":
-        st.error(f"The background worker could not lay out this run's epochs: {status.get('epoch_analysis_error')}")
-        return False
-    st.info("The background worker is laying out this run's maps epoch by epoch (a few seconds). This page shows "
-            "them as soon as they are ready.")
-    rerun_when_done(run, "epoch_analysis", has_epoch_umap)
+    map_note(run, "epoch_analysis", "the epoch by epoch layout of this run's maps", "a few seconds", has_epoch_umap)
     return False
 
 

@@ -104,6 +104,36 @@ def test_worker_backfills_maps_of_finished_runs(tmp_path, patch_dataset, fake_an
     assert fake_analysis == [f"epochs {run.run_id}"] and run.status()["epoch_analysis"] == "done"
 
 
+def test_worker_backfill_redoes_a_map_whose_process_died(tmp_path, fake_analysis):
+    """A map's "computing" left by a process that died half-way (the worker killed, a Ray node lost) was
+    skipped by the backfill for ever; a map whose process lives is still left to it."""
+    import subprocess
+    import sys
+
+    from cbd_core.runs import owner_record
+
+    killed = subprocess.Popen([sys.executable, "-c", "pass"])
+    killed.wait()
+    dead = {**owner_record("worker", device="cpu", slot=0), "pid": killed.pid}
+    abandoned = RunDir.create(tmp_path, _config().to_dict(), state="done", analysis="computing", analysis_by=dead,
+                              epoch_analysis="computing", epoch_analysis_by=dead)
+    abandoned.save_arrays("epoch_features", index=np.arange(3))
+    live = {**owner_record("ray", node="abc"), "pid": os.getppid()}  # alive, and not this process
+    busy = RunDir.create(tmp_path, _config(seed=1).to_dict(), state="done", owner=live, analysis="computing",
+                         analysis_by=live)
+
+    worker = jobs.Worker(tmp_path, "cpu")
+    assert worker._backfill_one() is True
+    assert fake_analysis == [abandoned.run_id, f"epochs {abandoned.run_id}", f"shares {abandoned.run_id}",
+                             f"views {abandoned.run_id}"]
+    status = abandoned.status()
+    assert status["analysis"] == "done" and status["epoch_analysis"] == "done"
+    assert status["analysis_by"]["kind"] == "worker" and status["analysis_by"]["pid"] == os.getpid()
+    fake_analysis.clear()
+    assert worker._backfill_one() is False
+    assert fake_analysis == [] and busy.status()["analysis"] == "computing"
+
+
 def test_cancel_a_running_run(tmp_path, patch_dataset, fake_analysis):
     patch_dataset(600, 100)
     run = jobs.submit(_config(defense_params={"epochs": 30, "batch_size": 32}), tmp_path, start_worker=False)

@@ -169,6 +169,23 @@ def test_a_run_with_the_workers_views_renders_without_loading_a_model(finished_r
     assert not at.exception and loads == [ids["cbd"]]
 
 
+def test_a_ray_runs_missing_views_are_credited_to_its_task(finished_runs, tmp_path, monkeypatch):
+    """The views the page computes itself are the ones whoever analyses the run would have stored: for a run
+    trained on Ray, its task on the cluster, not "the background worker"."""
+    import os
+
+    from cbd_core.runs import RunDir, owner_record
+
+    root, ids = finished_runs
+    shutil.copytree(root / ids["undefended"], tmp_path / ids["undefended"])
+    task = {**owner_record("ray", node="abc"), "pid": os.getppid()}
+    RunDir(tmp_path / ids["undefended"]).update_status(owner=task, analysis="done", analysis_by=task)
+    at = open_page(monkeypatch, tmp_path, ids["undefended"])
+    assert not at.exception and not at.error
+    (note,) = [c.value for c in at.caption if "computed by the app itself" in c.value]
+    assert "which the run's task on the Ray cluster" in note and "background worker" not in note
+
+
 def chart_specs(at: AppTest) -> list[dict]:
     import json
 

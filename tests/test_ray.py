@@ -139,6 +139,7 @@ def test_a_ray_run_is_analysed_by_the_task_that_trained_it(tmp_path, npz_file, r
     from cbd_core.analysis.embeddings import has_epoch_umap, has_umap
     from cbd_core.config import RunConfig
     from cbd_core.jobs import Worker, submit_once, workers
+    from cbd_core.jobs.run_analysis import map_progress
 
     config = RunConfig(dataset="npz", npz_path=str(npz_file), attack="badnets", poison_rate=0.1,
                        defense="undefended", seed=8, device="cpu", threads=1, embedding_samples=200,
@@ -149,6 +150,9 @@ def test_a_ray_run_is_analysed_by_the_task_that_trained_it(tmp_path, npz_file, r
     status = run.status()
     assert status["owner"]["kind"] == "ray"
     assert status["analysis"] == "done" and status["epoch_analysis"] == "done", status
+    # each map names the task that computed it, so the pages say so (and a lost task can be told)
+    assert status["analysis_by"]["kind"] == "ray" and status["analysis_by"]["node"] == status["owner"]["node"]
+    assert map_progress(run, "analysis").by.startswith("the run's task on the Ray cluster")
     assert {"attribution_shares_seconds", "attribution_views_seconds"} <= status.keys(), status
     assert has_umap(run) and has_epoch_umap(run) and run.has_arrays(VIEWS_FILE)
     assert set(stored_trigger_shares(run) or {}), "no attribution shares"

@@ -18,7 +18,8 @@ A run that ends done is then analysed by the same task, with the same share, thr
 `run_analysis.analyse_finished_run` (the local worker's own steps): its UMAP map, its epoch maps, its
 attribution shares and views land in the run folder and each step's outcome in its status, so neither
 the app's worker nor the Attributions page computes them on the class server (the worker's backfill
-skips a run whose maps exist or whose status says how they went). The run is "done" while its
+skips a run whose maps exist or whose status says how they went, unless the task died while it computed
+them: each map's status names the task's process, `run_analysis.map_progress`). The run is "done" while its
 analysis runs, as with the local worker; a step that fails says so in the status and the run stays done.
 A cancelled or failed run is not analysed.
 
@@ -92,7 +93,7 @@ def _trainer_class():
             try:
                 state = train_queued_run(run, owner, stopping=lambda: False, record=record, log=log)
                 if state == "done":
-                    _analyse_here(run, log)
+                    _analyse_here(run, log, {"kind": "ray", "node": owner["node"]})
                 return state
             finally:
                 ray.actor.exit_actor()  # free the run's CPU/GPU share at once
@@ -100,11 +101,12 @@ def _trainer_class():
     return RunTrainer
 
 
-def _analyse_here(run: RunDir, log: Callable[[str], None]) -> None:
+def _analyse_here(run: RunDir, log: Callable[[str], None], by: dict[str, Any]) -> None:
     """A trained run's maps and attribution shares, in the task that trained it, within its CPU/GPU share
     (Ray shows the actor only its GPU share; torch is held to its CPUs here, since training restored the
     process's own thread count). The run is done already and stays so: an error no step could record
-    (its folder deleted, a full disk) is only logged."""
+    (its folder deleted, a full disk) is only logged; its "computing" names this task (`by`), whose
+    process exits next, so `run_analysis.map_progress` reads it as interrupted and a local worker redoes it."""
     import torch
 
     from ..analysis.embeddings import configure_numba_cache
@@ -116,7 +118,7 @@ def _analyse_here(run: RunDir, log: Callable[[str], None]) -> None:
         log(f"run {run.run_id}: no numba cache: {describe_error(err)}")
     try:
         torch.set_num_threads(max(1, int(task_resources(run.config())["num_cpus"])))
-        analyse_finished_run(run, log)
+        analyse_finished_run(run, log, by)
     except Exception as err:
         log(f"run {run.run_id}: analysis stopped: {describe_error(err)}")
 

@@ -5,7 +5,8 @@ showing "queued" for half a minute without a word.
 
 It reads only what exists: the slot locks (a held lock is a live worker, see `locks`), the info file
 each worker writes once it runs its loop (its `state`: "analysing" is busy, like "training"), and the
-`analysis` / `epoch_analysis` fields a worker sets in a finished run's status while it computes its maps. A worker whose lock is held but whose info file does not
+`analysis` / `epoch_analysis` fields a worker sets in a finished run's status while it computes its maps
+(with `<field>_by` naming it; one whose process is gone counts for nobody: `run_analysis.map_progress`). A worker whose lock is held but whose info file does not
 name a live process yet, or says "booting", is "starting" (Python, torch and the data loading).
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from ..runs import list_runs, pid_alive, runs_root
 from .locks import slot_is_alive, workers
+from .run_analysis import COMPUTING, map_progress
 from .settings import workers_per_device
 
 NONE, STARTING, IDLE, BUSY = "none", "starting", "idle", "busy"
@@ -66,9 +68,12 @@ def _run_being_mapped(root: Path, worker_pid: int | None, any_owner: bool = Fals
     the next queued run waits."""
     for run in list_runs(root):  # by state and owner, not a match of configs (run_index's)
         status = run.status()
-        if "computing" not in (status.get("analysis"), status.get("epoch_analysis")):
-            continue
-        owner = run.owner(status) or {}
-        if any_owner or (owner.get("kind") == "worker" and owner.get("pid") == worker_pid):
-            return run.run_id
+        for field in ("analysis", "epoch_analysis"):
+            # A "computing" whose process is gone is nobody's work (run_analysis's one reading of it).
+            if status.get(field) != "computing" or map_progress(run, field, status).state != COMPUTING:
+                continue
+            # Who computes it (older statuses name no one there: then whoever trained it).
+            by = status.get(f"{field}_by") if isinstance(status.get(f"{field}_by"), dict) else run.owner(status) or {}
+            if any_owner or (by.get("kind") == "worker" and by.get("pid") == worker_pid):
+                return run.run_id
     return None

@@ -29,7 +29,7 @@ from ..runs import IllegalTransition, RunDir, RunGone, describe_error, list_runs
 from .launcher import recover_orphans
 from .locks import _lock_path, _pid_alive, _try_lock, write_info
 from .queue import queued_runs
-from .run_analysis import analyse_epochs, analyse_finished_run
+from .run_analysis import INTERRUPTED, PENDING, MapProgress, analyse_epochs, analyse_finished_run, map_progress
 from .settings import IDLE_POLL_S, PROGRESS_EVERY_S, WAKE_POLL_S, WORKERS_DIR, wake_file_name
 
 class Worker:
@@ -189,31 +189,45 @@ class Worker:
             return
         self._set_state("analysing")
         try:
-            analyse_finished_run(run, self.log)
+            analyse_finished_run(run, self.log, self._analyser())
         finally:
             self._set_state("ready")
 
+    def _analyser(self) -> dict[str, Any]:
+        """Who computes a map, for its `<field>_by` record: this worker (run_analysis adds pid, host, time)."""
+        return {"kind": "worker", "device": self.device, "slot": self.slot}
+
     def _backfill_one(self) -> bool:
-        """Compute the map of one finished run that lacks it (older runs, a run made by the CLI)."""
+        """Compute the map of one finished run that lacks it (older runs, a run made by the CLI), or
+        whose computing was interrupted (its process died half-way: `run_analysis.map_progress`)."""
         from ..analysis.embeddings import has_epoch_umap, has_umap
 
         if self.slot != 0:
             return False  # one slot per device is enough for this light work
         for run in list_runs(self.root):  # by state and files, not a match of configs (run_index's)
             status = run.status()
-            if status.get("state") == "done" and status.get("analysis") not in ("done", "failed", "computing") \
-                    and not has_umap(run):
+            if status.get("state") != "done":
+                continue
+            # idle_here: this worker computes no map between runs, so a "computing" of its own is left over.
+            final = map_progress(run, "analysis", status, idle_here=True)
+            if final.state in (PENDING, INTERRUPTED) and not has_umap(run):
+                self._say_why(run, "map", final)
                 self._analyse(run)
                 return True
-            if status.get("state") == "done" and status.get("epoch_analysis") not in ("done", "failed", "computing") \
-                    and run.has_arrays("epoch_features") and not has_epoch_umap(run):
+            epochs = map_progress(run, "epoch_analysis", status, idle_here=True)
+            if epochs.state in (PENDING, INTERRUPTED) and run.has_arrays("epoch_features") and not has_epoch_umap(run):
+                self._say_why(run, "epoch maps", epochs)
                 self._set_state("analysing")
                 try:
-                    analyse_epochs(run, self.log)
+                    analyse_epochs(run, self.log, self._analyser())
                 finally:
                     self._set_state("ready")
                 return True
         return False
+
+    def _say_why(self, run: RunDir, what: str, progress: MapProgress) -> None:
+        if progress.state == INTERRUPTED:
+            self.log(f"run {run.run_id}: computing its {what} again: {progress.by} stopped ({progress.reason})")
 
     def _warm_up(self) -> None:
         from ..analysis.embeddings import warm_up
