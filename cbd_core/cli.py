@@ -24,6 +24,7 @@ import sys
 import time
 from typing import Any
 
+from .text import rate_percent
 from .errors import UserInputError
 from .runs import RunGone
 
@@ -198,7 +199,7 @@ def format_table(summary: dict[str, Any]) -> str:
             ("robust accuracy (RA)", summary["robust_accuracy"])]
     if summary.get("poison_detection_auroc") is not None:
         rows.append(("poison detection AUROC", summary["poison_detection_auroc"]))
-    lines = [f"{summary['defense']} vs {summary['attack']} at {summary['poison_rate']:.0%} on {summary['dataset']} "
+    lines = [f"{summary['defense']} vs {summary['attack']} at {rate_percent(summary['poison_rate'])} on {summary['dataset']} "
              f"(seed {summary['seed']}, {summary['poisoned_samples']} poisoned of {summary['train_samples']})"]
     lines += [f"  {name:<27} {value:6.3f}" for name, value in rows]
     lines.append(f"  {'seconds':<27} {summary['seconds']:6.1f}  on {summary['device']}")

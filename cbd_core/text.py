@@ -20,6 +20,11 @@ def pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
 
+def rate_percent(value: float) -> str:
+    """A poison rate as a percentage that rounding never hides: 0.005 -> "0.5%", 0.1 -> "10%"."""
+    return f"{100 * value:g}%"
+
+
 def points(value: float) -> str:
     """A difference of two fractions in percentage points, e.g. "1.2 points"."""
     return f"{abs(value) * 100:.1f} points"

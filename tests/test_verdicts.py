@@ -281,3 +281,12 @@ def test_the_attack_did_not_take_hold_only_where_the_defended_run_agrees():
     base = summary(0.30, "undefended")
     assert "did not take hold even without a defense" in text(summary(0.02), base)
     assert "did not take hold even without a defense" not in text(summary(0.60), base)  # made worse
+
+
+def test_a_poison_rate_below_one_percent_is_not_rounded_to_zero(tmp_path):
+    """A 0.5 % run was labelled "trojan 0%" in every page's run picker (and "at 0%" by the CLI)."""
+    from cbd_core.text import rate_percent
+    from pages.common import run_label
+
+    assert rate_percent(0.005) == "0.5%" and rate_percent(0.1) == "10%" and rate_percent(0.025) == "2.5%"
+    assert " 0.5% · " in run_label(make_run(tmp_path, poison_rate=0.005))

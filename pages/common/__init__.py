@@ -21,6 +21,7 @@ from cbd_core import verdicts
 from cbd_core.defenses import defense_or_none
 from cbd_core.defenses.base import PLAIN_MODEL, ModelView
 from cbd_core.errors import UserInputError
+from cbd_core.text import rate_percent
 from cbd_core.runs import RunDir, list_runs, runs_root
 
 log = logging.getLogger("backdoor_lab")
@@ -206,7 +207,7 @@ def run_label(run: RunDir, status: dict[str, Any] | None = None) -> str:
         return f"{run.run_id} (unreadable)"
     state = (status or run.status()).get("state", "?")
     rate = config.get("poison_rate", 0)
-    rate = f"{rate:.0%}" if isinstance(rate, (int, float)) else "?"
+    rate = rate_percent(rate) if isinstance(rate, (int, float)) else "?"
     return (f"{config.get('defense')} · {config.get('attack')} {rate} · "
             f"{config.get('dataset')} · seed {config.get('seed')} · {state} · {run.run_id}")
 
