@@ -29,11 +29,11 @@ import streamlit as st
 from cbd_core.analysis.embeddings import EPOCH_UMAP_FILE, UMAP_FILE, has_epoch_umap, has_umap, model_names_in
 from cbd_core.defenses import defense_or_none
 from cbd_core.epoch_features import EPOCH_FEATURES_FILE
-from cbd_core.jobs.run_analysis import FAILED, INTERRUPTED, PENDING, analyser, map_progress
+from cbd_core.jobs.run_analysis import FAILED, map_progress
 from cbd_core.runs import RunDir
 from pages.common import (class_name, defense_title, delivered_model, enlarge, explain, load_arrays, load_config,
-                          load_metrics, judged_summary, model_view, non_finite_warning, page_errors, phase_title,
-                          pick_run, plot_order, glossary)
+                          load_metrics, judged_summary, map_note, model_view, non_finite_warning, page_errors,
+                          phase_title, pick_run, plot_order, glossary)
 from pages.common.maps import (POISONED_CLEAN, POISONED_VIEWS, SUSPICION, TRAINING_LABEL,
                                TRUE_CLASS, WEIGHT, animated_figure, colour_groups, epoch_timeline,
                                hover_texts, map_figure)
@@ -243,38 +243,12 @@ def selection_grid(run: RunDir, points: dict[str, Any], samples: list[int], clas
         st.caption(f"The first {len(shown)} of the {len(positions):,} selected images.")
 
 
-def waiting_for_map(run: RunDir) -> None:
-    """Say why there is no map yet; poll for it while someone can still make it."""
-    map_note(run, "analysis", "this run's map", "UMAP takes from a few seconds to about half a minute", has_umap)
-
-
-def map_note(run: RunDir, field: str, what: str, takes: str, ready: Any) -> None:
-    """Who is computing the map `field` (`what`, which `takes` so long), from the run's status: the background
-    worker or a Ray-trained run's own task; or that it stopped half-way (`run_analysis.map_progress`: its
-    process is gone), and whether the worker computes it again; or why it failed. Polls until it is `ready`."""
-    from cbd_core import jobs
-
-    progress = map_progress(run, field)
-    if progress.state == FAILED:
-        st.error(f"{capital(progress.by)} could not compute {what}: {progress.reason}")
-        return
-    worker_alive = any(w.alive for w in jobs.workers(run.path.parent))
-    when_ready = "This page shows it as soon as it is ready."
-    if progress.state == INTERRUPTED:
-        again = ("The background worker computes it again." if worker_alive else
-                 "No background worker is running to compute it again; it starts with the app (reload the page in "
-                 "a moment).")
-        st.warning(f"{capital(progress.by)} stopped before {what} was done: {progress.reason}. {again} {when_ready}")
-    elif progress.state == PENDING and progress.by == analyser(None) and not worker_alive:
-        st.warning(f"No background worker is running to compute {what}; it starts with the app (reload the page "
-                   f"in a moment). {when_ready}")
-    else:  # computing, or about to: the worker's next step, or a Ray run's task right after training
-        st.info(f"{capital(progress.by)} is computing {what} ({takes}). {when_ready}")
-    rerun_when_changed(run, field, ready, progress.state)
-
-
-def capital(words: str) -> str:
-    return words[:1].upper() + words[1:]
+def wait_for_map(run: RunDir, field: str, what: str, ready: Any) -> None:
+    """Say why the map `field` (`what`) is not there yet: who is computing it, or that it stopped half-way or
+    failed (pages.common.map_note); poll until it is `ready` while someone can still make it."""
+    progress = map_note(run, field, what, then="This page shows it as soon as it is ready.")
+    if progress.state != FAILED:
+        rerun_when_changed(run, field, ready, progress.state)
 
 
 def rerun_when_changed(run: RunDir, field: str, ready: Any, shown: str) -> None:
@@ -297,7 +271,7 @@ def epoch_notes(run: RunDir) -> bool:
         st.info("The epoch animation needs a run made by a newer version of the lab: this run did not record its "
                 "models while they trained. Train it again (same settings) to watch its maps form.")
         return False
-    map_note(run, "epoch_analysis", "the epoch by epoch layout of this run's maps", "a few seconds", has_epoch_umap)
+    wait_for_map(run, "epoch_analysis", "the epoch by epoch layout of this run's maps", has_epoch_umap)
     return False
 
 
@@ -311,7 +285,7 @@ def render() -> None:
         st.info("This run kept no features to map (it has no embeddings.npz).")
         return
     if not has_umap(run):
-        waiting_for_map(run)
+        wait_for_map(run, "analysis", "this run's map", has_umap)
         return
     stamp = _stamp(run)
     points = point_table(str(run.path), stamp)

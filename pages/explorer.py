@@ -23,8 +23,8 @@ from cbd_core.defenses import defense_or_none
 from cbd_core.explorer import Grid, explorer_grid, fill_command
 from cbd_core.presets import PRESETS
 from cbd_core.runs import RunDir
-from pages.common import (runs_stamp, defense_title, judged_summary, load_arrays, load_config, page_errors,
-                          plot_order, runs_root_path, verdict_banner)
+from pages.common import (runs_stamp, defense_title, judged_summary, load_arrays, load_config, map_note,
+                          page_errors, plot_order, runs_root_path, verdict_banner)
 from pages.common.navigation import follow_app_navigation
 from pages.common.poison_maps import POISONED_COLOUR, map_figure, run_maps
 from pages.common.presentation import plotly_chart
@@ -90,7 +90,7 @@ def show_cell(run: RunDir) -> None:
     with right:
         points = run_maps(run)
         if points is None or not points["xy"]:
-            st.caption("This run's maps are not computed yet (the background worker makes them after a run).")
+            map_note(run, "analysis", "this run's maps")  # who computes them, or that it stopped or failed
         else:
             names = plot_order(points["xy"], load_config(run).get("defense"))
             for column, name in zip(st.columns(len(names)), names):

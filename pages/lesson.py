@@ -32,8 +32,8 @@ from cbd_core.presets import PRESETS, Preset, measured_text
 from cbd_core.runs import FINISHED, RunDir
 from cbd_core.timing import duration_text, queue_forecast
 from pages.common import (ACTIVE_RUN, active_run_id, class_name, enlarge, load_arrays, load_baseline, load_config,
-                          load_metrics, load_models, judged_summary, model_view, page_errors, plot_order, run_label,
-                          runs_root_path, set_active_run, verdict_banner, runs_stamp, glossary, literal)
+                          load_metrics, load_models, judged_summary, map_note, model_view, page_errors, plot_order,
+                          run_label, runs_root_path, set_active_run, verdict_banner, runs_stamp, glossary, literal)
 from pages.common.attribution_views import (colour_limits, example_index, mean_shares, overlay_figure, run_images,
                                             stored_views, training_example_index)
 from pages.common.intro import backdoor_intro
@@ -530,8 +530,9 @@ def step_weights(ctx: Lesson) -> None:
 def step_maps(ctx: Lesson) -> None:
     points = run_maps(ctx.run)
     if points is None or not points["xy"]:
-        st.info("This run's maps are not ready: the background worker computes them after the run (up to half a "
-                "minute). The **Embeddings** page waits for them; come back to this step in a moment.")
+        # Not always the worker's: a Ray-trained run's own task maps it, and a map can stop half-way or fail.
+        map_note(ctx.run, "analysis", "this run's maps",
+                 then="The **Embeddings** page waits for them; come back to this step in a moment.")
         st.page_link("pages/embeddings.py", label="The Embeddings page →")
         return
     names = plot_order(points["xy"], ctx.config.get("defense"))

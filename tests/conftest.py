@@ -153,6 +153,28 @@ def open_page(name: str, run: str | None = None, session_state: dict | None = No
 
 
 @pytest.fixture
+def dead_pid() -> int:
+    """The pid of a process of this machine that has exited (a worker or a Ray task killed half-way)."""
+    import subprocess
+
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def mapped_by_ray_task(run) -> tuple[dict, str]:
+    """Make `run` (a done run) a Ray-trained one whose task is computing its map now (a live process of this
+    machine: the test's parent); returns the task's record and how the pages name it."""
+    import socket
+
+    from cbd_core.runs import owner_record
+
+    task = {**owner_record("ray", node="abc"), "pid": os.getppid()}
+    run.update_status(owner=task, analysis="computing", analysis_by=task)
+    return task, f"The run's task on the Ray cluster (on {socket.gethostname()})"
+
+
+@pytest.fixture
 def no_worker(monkeypatch):
     """No background worker process: `ensure_workers` does nothing (tests run workers in-process)."""
     import cbd_core.jobs

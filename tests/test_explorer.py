@@ -11,7 +11,7 @@ import pytest
 from cbd_core.analysis.embeddings import compute_umap, configure_numba_cache
 from cbd_core.explorer import explorer_grid, fill_command
 from cbd_core.runs import RunDir, write_json
-from conftest import app_at_page
+from conftest import app_at_page, mapped_by_ray_task
 
 configure_numba_cache()  # before umap is first imported in this process
 
@@ -56,12 +56,43 @@ def test_page_switches_between_real_runs_and_names_the_missing_cell(finished_run
     assert len(at.get("plotly_chart")) == 3  # the weights histogram and both maps
     at.select_slider(key="explorer_rate").set_value(0.05).run()
     assert not at.exception and "20990101-000000-002-low" in captions()
-    assert "maps are not computed yet" in captions() and len(at.get("plotly_chart")) == 1
+    assert len(at.get("plotly_chart")) == 1  # no maps: a note says why, as the Embeddings page does
+    assert [w.value for w in at.warning] == ["No background worker is running to compute this run's maps; it starts "
+                                             "with the app (reload the page in a moment)."]
     assert [m.value for m in at.metric if m.label.startswith("attack success")] == ["1.0%"]
     at.selectbox(key="explorer_defense").set_value("undefended").run()  # no undefended run at 5%
     assert not at.exception
     code = [c.value for c in at.code]
     assert code == [fill_command("mnist5k", ["badnets"], [0.05], ["undefended", "cbd"])], code
+
+
+def test_a_cell_without_maps_names_who_computes_them_or_why_they_failed(finished_runs, tmp_path, monkeypatch,
+                                                                        dead_pid):
+    """Not always "the background worker": a Ray-trained run's own task maps it, and a map can stop half-way
+    or fail (run_analysis.map_progress, worded as on the Embeddings page)."""
+    source, ids = finished_runs
+    copy_at_rate(source / ids["cbd"], tmp_path, "20990101-000000-001-ray", 0.1, 0.9)
+    run = RunDir(tmp_path / "20990101-000000-001-ray")
+    task, ray_task = mapped_by_ray_task(run)
+    monkeypatch.setenv("BACKDOOR_LAB_RUNS", str(tmp_path))
+    at = app_at_page("explorer").run()
+    assert not at.exception and len(at.get("plotly_chart")) == 1  # the weights, no maps
+    assert [i.value for i in at.info] == [f"{ray_task} is computing this run's maps (UMAP takes from a few "
+                                          "seconds to about half a minute)."]
+    assert not any("background worker" in text for text in [c.value for c in at.caption] + [i.value for i in at.info])
+
+    run.update_status(analysis_by={**task, "pid": dead_pid})  # the task's process, lost half-way
+    at = app_at_page("explorer").run()
+    assert not at.exception and not at.info
+    (warning,) = [w.value for w in at.warning]
+    assert warning.startswith(f"{ray_task} stopped before finishing this run's maps: its process, pid {dead_pid}, "
+                              "has stopped. No background worker is running to compute it again")
+
+    run.update_status(analysis="failed", analysis_error="ValueError: no features")
+    at = app_at_page("explorer").run()
+    assert not at.exception and not at.warning and not at.info
+    assert [e.value for e in at.error if "could not compute" in e.value] == [
+        f"{ray_task} could not compute this run's maps: ValueError: no features"]
 
 
 def test_explorer_and_rate_grid_share_one_scan(tmp_path):

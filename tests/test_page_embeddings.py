@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 
 from cbd_core.analysis.embeddings import EPOCH_UMAP_FILE, UMAP_FILE, compute_epoch_umap, compute_umap, configure_numba_cache
 from cbd_core.runs import RunDir
-from conftest import app_at_page
+from conftest import app_at_page, mapped_by_ray_task
 
 configure_numba_cache()  # before umap is first imported in this process
 
@@ -60,35 +60,25 @@ def test_without_a_map_the_page_says_the_worker_is_on_it(finished_runs, tmp_path
     assert not (tmp_path / ids["cbd"] / f"{UMAP_FILE}.npz").exists()  # the page never computes it
 
 
-def test_a_ray_runs_map_names_its_task_and_says_when_that_task_died(finished_runs, tmp_path, monkeypatch):
+def test_a_ray_runs_map_names_its_task_and_says_when_that_task_died(finished_runs, tmp_path, monkeypatch, dead_pid):
     """A Ray-trained run's map is computed by its task on the cluster, not by "the background worker" (none
     runs here); a "computing" whose process died says it stopped, instead of waiting for it for ever."""
-    import os
-    import subprocess
-    import sys
-
-    from cbd_core.runs import owner_record
-
     root, ids = finished_runs
     shutil.copytree(root / ids["cbd"], tmp_path / ids["cbd"])
     (tmp_path / ids["cbd"] / f"{UMAP_FILE}.npz").unlink(missing_ok=True)
     run = RunDir(tmp_path / ids["cbd"])
-    task = {**owner_record("ray", node="abc"), "pid": os.getppid()}  # a live process of this machine
-    run.update_status(owner=task, analysis="computing", analysis_by=task)
+    task, ray_task = mapped_by_ray_task(run)
     monkeypatch.setenv("BACKDOOR_LAB_RUNS", str(tmp_path))
     at = open_page(ids["cbd"])
     assert not at.exception and not at.error and not at.warning
-    assert any(i.value.startswith("The run's task on the Ray cluster") and "is computing this run's map" in i.value
-               for i in at.info), [i.value for i in at.info]
+    assert any(i.value.startswith(f"{ray_task} is computing this run's map") for i in at.info), [i.value for i in at.info]
 
-    killed = subprocess.Popen([sys.executable, "-c", "pass"])  # the task's process, lost half-way
-    killed.wait()
-    run.update_status(analysis_by={**task, "pid": killed.pid})
+    run.update_status(analysis_by={**task, "pid": dead_pid})  # the task's process, lost half-way
     at = open_page(ids["cbd"])
     assert not at.exception and not at.error
     (warning,) = [w.value for w in at.warning]
-    assert warning.startswith("The run's task on the Ray cluster") and "stopped before this run's map was done" in warning
-    assert f"pid {killed.pid}" in warning and "No background worker is running to compute it again" in warning
+    assert warning.startswith(f"{ray_task} stopped before finishing this run's map")
+    assert f"pid {dead_pid}" in warning and "No background worker is running to compute it again" in warning
     assert not any("is computing" in i.value for i in at.info)
 
 

@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 from cbd_core import lesson, verdicts
 from cbd_core.analysis.embeddings import compute_umap, configure_numba_cache
 from cbd_core.runs import RunDir, list_runs, now_iso, write_json
-from conftest import ROOT, app_at_page
+from conftest import ROOT, app_at_page, mapped_by_ray_task
 from pages.common import phase_title
 
 configure_numba_cache()  # before umap is first imported in this process
@@ -336,3 +336,29 @@ def test_a_run_without_what_the_star_needs_says_so(lesson_root, tmp_path, monkey
     assert not maps.exception and not marked_traces(maps)
     if damage == "damaged_embeddings":  # the maps are there, the star is not, and the page says why
         assert len(maps.get("plotly_chart")) == 2 and "No ★ on these maps: This run kept no poisoned" in page_text(maps)
+
+
+def test_step_4_without_maps_names_who_computes_them_or_that_it_stopped(lesson_root, tmp_path, monkeypatch,
+                                                                          dead_pid):
+    """Not always "the background worker": a Ray-trained run's own task maps it, and a map can stop half-way
+    (run_analysis.map_progress, worded as on the Embeddings page)."""
+    source, ids = lesson_root
+    copy_pair(source, ids, tmp_path)
+    (tmp_path / ids["cbd"] / "umap.npz").unlink()
+    run = RunDir(tmp_path / ids["cbd"])
+    task, ray_task = mapped_by_ray_task(run)
+    monkeypatch.setenv("BACKDOOR_LAB_RUNS", str(tmp_path))
+    at = open_lesson(ids["cbd"], 4)
+    assert not at.exception and not at.get("plotly_chart") and not at.warning
+    said = (f"{ray_task} is computing this run's maps (UMAP takes from a few seconds to about half a minute). The "
+            "**Embeddings** page waits for them; come back to this step in a moment.")
+    assert said in [i.value for i in at.info], [i.value for i in at.info]
+    assert "background worker" not in page_text(at)
+
+    run.update_status(analysis_by={**task, "pid": dead_pid})  # the task's process, lost half-way
+    at = open_lesson(ids["cbd"], 4)
+    assert not at.exception and not at.get("plotly_chart")
+    (warning,) = [w.value for w in at.warning]
+    assert warning.startswith(f"{ray_task} stopped before finishing this run's maps: its process, pid {dead_pid}, "
+                              "has stopped. No background worker is running to compute it again")
+    assert not any("is computing" in i.value for i in at.info)

@@ -5,24 +5,14 @@ it (the background worker, or a Ray-trained run's own task). No training here.""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from cbd_core.jobs.run_analysis import (COMPUTING, DONE, FAILED, INTERRUPTED, PENDING, STALE_AFTER_S, analyser,
-                                        map_progress)
+from cbd_core.jobs.run_analysis import (COMPUTING, DONE, FAILED, INTERRUPTED, NOTE_FAILED, NOTE_STALLED,
+                                        NOTE_UNDER_WAY, PENDING, STALE_AFTER_S, analyser, map_note_text, map_progress)
 from cbd_core.runs import RunDir, owner_record
 from conftest import fast_config
-
-
-@pytest.fixture
-def dead_pid() -> int:
-    """The pid of a process of this machine that has exited (a worker killed half-way through a map)."""
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()
-    return process.pid
 
 
 def done_run(root, **status) -> RunDir:
@@ -105,6 +95,47 @@ def test_who_computes_a_map_is_read_from_the_status(tmp_path, dead_pid):
     assert map_progress(done_run(tmp_path, owner=ray_owner, analysis="done"), "analysis").state == DONE
     assert "Ray cluster" in map_progress(done_run(tmp_path, owner=ray_owner, analysis="done"), "analysis").by
     assert analyser(None) == analyser(owner_record("worker")) == "the background worker"
+
+
+def test_the_record_of_who_computes_a_map_is_its_by_else_whoever_trained_the_run(tmp_path):
+    """The one reading of `<field>_by` (the worker state asks it which run a worker maps): the record names
+    the process; statuses written before it existed name whoever trained the run, a worker or a Ray task,
+    while a CLI run's maps are a worker's backfill, whichever (None)."""
+    trainer = {**owner_record("worker", device="cpu", slot=0), "pid": os.getppid()}
+    mapper = {**owner_record("worker", device="cpu", slot=1), "pid": os.getppid()}
+    assert map_progress(done_run(tmp_path, owner=trainer, analysis="computing", analysis_by=mapper),
+                        "analysis").record == mapper
+    assert map_progress(done_run(tmp_path, owner=trainer, analysis="computing"), "analysis").record == trainer
+    assert map_progress(done_run(tmp_path, worker={"device": "cpu", "slot": 0, "pid": 7}, analysis="done"),
+                        "analysis").record == {"kind": "worker", "device": "cpu", "slot": 0, "pid": 7}  # older runs
+    assert map_progress(done_run(tmp_path, owner=owner_record("cli"), analysis="computing"), "analysis").record is None
+    assert map_progress(done_run(tmp_path, owner=owner_record("cli")), "analysis").record is None
+
+
+def test_what_a_page_says_of_a_map_it_cannot_show(tmp_path, dead_pid):
+    """One wording for the Embeddings, Lesson and Explorer pages: who is computing it, or that it stopped or
+    failed, and whether a worker runs to compute it again."""
+    ray = {**owner_record("ray", node="abc"), "pid": os.getppid(), "host": "node-7"}
+    computing = map_progress(done_run(tmp_path, owner=ray, analysis="computing", analysis_by=ray), "analysis")
+    assert map_note_text(computing, "analysis", "this run's maps", worker_running=False) == (
+        NOTE_UNDER_WAY, "The run's task on the Ray cluster (on node-7) is computing this run's maps (UMAP takes from "
+                        "a few seconds to about half a minute).")
+    stopped = map_progress(done_run(tmp_path, analysis="computing", analysis_by=worker_record(dead_pid)), "analysis")
+    tone, text = map_note_text(stopped, "epoch_analysis", "the epoch maps", worker_running=True)
+    assert tone == NOTE_STALLED and text == (f"The background worker stopped before finishing the epoch maps: its "
+                                             f"process, pid {dead_pid}, has stopped. The background worker computes "
+                                             "it again.")
+    assert "No background worker is running to compute it again" in map_note_text(stopped, "analysis", "x", False)[1]
+    waiting = map_progress(done_run(tmp_path, owner=owner_record("cli")), "analysis")
+    assert map_note_text(waiting, "analysis", "this run's map", worker_running=False) == (
+        NOTE_STALLED, "No background worker is running to compute this run's map; it starts with the app (reload "
+                      "the page in a moment).")
+    assert map_note_text(waiting, "analysis", "this run's map", worker_running=True)[0] == NOTE_UNDER_WAY
+    failed = map_progress(done_run(tmp_path, analysis="failed", analysis_error="ValueError: no features"), "analysis")
+    assert map_note_text(failed, "analysis", "this run's map", worker_running=True) == (
+        NOTE_FAILED, "The background worker could not compute this run's map: ValueError: no features")
+    done = map_progress(done_run(tmp_path, analysis="done"), "analysis")  # yet the page cannot read its file
+    assert map_note_text(done, "analysis", "this run's map", worker_running=True)[0] == NOTE_FAILED
 
 
 class MapProgressLike:

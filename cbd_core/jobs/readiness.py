@@ -5,9 +5,10 @@ showing "queued" for half a minute without a word.
 
 It reads only what exists: the slot locks (a held lock is a live worker, see `locks`), the info file
 each worker writes once it runs its loop (its `state`: "analysing" is busy, like "training"), and the
-`analysis` / `epoch_analysis` fields a worker sets in a finished run's status while it computes its maps
-(with `<field>_by` naming it; one whose process is gone counts for nobody: `run_analysis.map_progress`). A worker whose lock is held but whose info file does not
-name a live process yet, or says "booting", is "starting" (Python, torch and the data loading).
+`analysis` / `epoch_analysis` fields a worker sets in a finished run's status while it computes its maps,
+read as `run_analysis.map_progress` reads them (who computes one: `<field>_by`, else whoever trained the
+run; one whose process is gone counts for nobody). A worker whose lock is held but whose info file does
+not name a live process yet, or says "booting", is "starting" (Python, torch and the data loading).
 """
 
 from __future__ import annotations
@@ -69,11 +70,12 @@ def _run_being_mapped(root: Path, worker_pid: int | None, any_owner: bool = Fals
     for run in list_runs(root):  # by state and owner, not a match of configs (run_index's)
         status = run.status()
         for field in ("analysis", "epoch_analysis"):
-            # A "computing" whose process is gone is nobody's work (run_analysis's one reading of it).
-            if status.get(field) != "computing" or map_progress(run, field, status).state != COMPUTING:
-                continue
-            # Who computes it (older statuses name no one there: then whoever trained it).
-            by = status.get(f"{field}_by") if isinstance(status.get(f"{field}_by"), dict) else run.owner(status) or {}
-            if any_owner or (by.get("kind") == "worker" and by.get("pid") == worker_pid):
+            if status.get(field) != "computing":
+                continue  # most runs: no process to look up
+            # A "computing" whose process is gone is nobody's work, and who computes it is run_analysis's
+            # reading too (older statuses name no one: then whoever trained it).
+            progress = map_progress(run, field, status)
+            by = progress.record or {}
+            if progress.state == COMPUTING and (any_owner or (by.get("kind") == "worker" and by.get("pid") == worker_pid)):
                 return run.run_id
     return None

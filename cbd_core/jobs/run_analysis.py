@@ -4,7 +4,8 @@ run's Ray task) so no page, and no class server, computes it while someone waits
     analyse_finished_run(run, log, by)   its UMAP map, its epoch maps, its attribution shares and views
     analyse_epochs(run, log, by)         the epoch maps alone (the worker's backfill of older runs)
     map_progress(run, field)             where one map stands: pending, computing, interrupted, failed, done,
-                                         and who computes it, in words (the backfill and the pages ask it)
+                                         and who computes it (the backfill, the worker state and the pages ask it)
+    map_note_text(progress, ...)         what a page says of a map it cannot show yet, in words
 
 Each step writes its file into the run folder (`runs` documents them) and its outcome into status.json:
 the maps as `analysis` / `epoch_analysis` ("computing", then "done" with `<field>_seconds`, or "failed"
@@ -95,14 +96,22 @@ class MapProgress:
     """Where one map (`analysis` or `epoch_analysis`) of a done run stands, read from its status.json."""
 
     state: str  # PENDING (not begun), COMPUTING, INTERRUPTED (its process is gone), FAILED or DONE
-    by: str  # who computes it, computed it, or will: "the background worker", "the run's task on the Ray cluster"
+    # The process that computes it, computed it, or will (an owner_record: kind worker or ray, pid, host);
+    # None: a background worker's backfill, whichever worker takes it.
+    record: dict[str, Any] | None
     reason: str | None = None  # INTERRUPTED: why it counts as abandoned; FAILED: the error
+
+    @property
+    def by(self) -> str:
+        """Who computes it, in words: "the background worker", "the run's task on the Ray cluster (on …)"."""
+        return analyser(self.record)
 
 
 def map_progress(run: RunDir, field: str, status: dict[str, Any] | None = None, idle_here: bool = False) -> MapProgress:
     """Where the map `field` ("analysis" or "epoch_analysis") of `run` stands: the one reading of a
-    "computing" that no live process holds (INTERRUPTED), for the worker's backfill, which computes
-    PENDING and INTERRUPTED maps again, and for the pages, which say who is at it or that it stopped.
+    "computing" that no live process holds (INTERRUPTED), and of who computes a map, for the worker's
+    backfill, which computes PENDING and INTERRUPTED maps again, for the worker state (which run a worker
+    is mapping), and for the pages, which say who is at it or that it stopped.
 
     `idle_here`: the caller is a process computing no map at this moment (the worker between runs), so a
     "computing" recorded by this very process is a step that ended without recording how (the "failed"
@@ -110,24 +119,27 @@ def map_progress(run: RunDir, field: str, status: dict[str, Any] | None = None, 
     status = status if status is not None else run.status()
     state = status.get(field)
     owner = run.owner(status)
-    ray_owner = owner if owner is not None and owner.get("kind") == "ray" else None
-    record = status.get(f"{field}_by")
-    if not isinstance(record, dict):
-        record = None
-    # A map recorded before `<field>_by` existed was computed by a Ray run's task, or else by the worker.
-    by = analyser(record or ray_owner)
+    if owner is not None and owner.get("kind") not in ("ray", "worker"):
+        owner = None  # a CLI run's maps are computed by a worker's backfill, whichever
+    recorded = status.get(f"{field}_by")
+    if not isinstance(recorded, dict):
+        recorded = None
+    # A map recorded before `<field>_by` existed was computed by whoever trained the run, a Ray run's task
+    # or a worker (else by a worker's backfill).
+    record = recorded or owner
     if state == "done":
-        return MapProgress(DONE, by)
+        return MapProgress(DONE, record)
     if state == "failed":
-        return MapProgress(FAILED, by, str(status.get(f"{field}_error") or "no reason was recorded"))
+        return MapProgress(FAILED, record, str(status.get(f"{field}_error") or "no reason was recorded"))
     if state == "computing":
-        why = _abandoned(record, record.get("started"), idle_here) if record else _silent_for(run)
-        return MapProgress(INTERRUPTED if why else COMPUTING, by, why)
+        why = _abandoned(recorded, recorded.get("started"), idle_here) if recorded else _silent_for(run)
+        return MapProgress(INTERRUPTED if why else COMPUTING, record, why)
     # Not begun: a Ray run's own task maps it right after training, unless that task is gone; any other
     # run waits for a local worker's backfill.
+    ray_owner = owner if owner is not None and owner.get("kind") == "ray" else None
     if ray_owner is not None and _abandoned(ray_owner, status.get("finished"), idle_here=False) is None:
-        return MapProgress(PENDING, analyser(ray_owner))
-    return MapProgress(PENDING, analyser(None))
+        return MapProgress(PENDING, ray_owner)
+    return MapProgress(PENDING, None)
 
 
 def analyser(record: dict[str, Any] | None) -> str:
@@ -140,6 +152,35 @@ def analyser(record: dict[str, Any] | None) -> str:
     if kind in ("worker", None):
         return "the background worker"
     return f"the {kind} process"
+
+
+# How long each map takes, as a page says it while one is computed.
+MAP_TAKES = {"analysis": "UMAP takes from a few seconds to about half a minute", "epoch_analysis": "a few seconds"}
+# The tone of a page's note on a map it cannot show (map_note_text's first value): it failed, or cannot be read
+# (nobody computes it again); nobody is at it now (it stopped half-way, or waits for a worker that does not
+# run); or someone is computing it.
+NOTE_FAILED, NOTE_STALLED, NOTE_UNDER_WAY = "failed", "stalled", "under way"
+
+
+def map_note_text(progress: MapProgress, field: str, what: str, worker_running: bool) -> tuple[str, str]:
+    """(tone, sentence): what a page says of the map `field` (`what`, e.g. "this run's maps") while it cannot
+    show it, from its `progress`: who is computing it (the background worker or a Ray-trained run's own
+    task), or that it stopped half-way and whether a worker computes it again (`worker_running`: one runs
+    under this runs root), or why it failed. The Embeddings, Lesson and Explorer pages say it in these words."""
+    by = progress.by[:1].upper() + progress.by[1:]
+    no_worker = "it starts with the app (reload the page in a moment)."
+    if progress.state == FAILED:
+        return NOTE_FAILED, f"{by} could not compute {what}: {progress.reason}"
+    if progress.state == DONE:  # recorded as done, yet its file is gone or unreadable: nobody computes it again
+        return NOTE_FAILED, f"{by} computed {what}, but what it wrote is missing from the run folder or cannot be read."
+    if progress.state == INTERRUPTED:
+        again = ("The background worker computes it again." if worker_running else
+                 f"No background worker is running to compute it again; {no_worker}")
+        return NOTE_STALLED, f"{by} stopped before finishing {what}: {progress.reason}. {again}"
+    if progress.state == PENDING and progress.record is None and not worker_running:
+        return NOTE_STALLED, f"No background worker is running to compute {what}; {no_worker}"
+    # computing, or about to: the worker's next step, or a Ray run's task right after training
+    return NOTE_UNDER_WAY, f"{by} is computing {what} ({MAP_TAKES[field]})."
 
 
 def _abandoned(record: dict[str, Any], since: Any, idle_here: bool) -> str | None:

@@ -17,10 +17,12 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import streamlit as st
 
-from cbd_core import verdicts
+from cbd_core import jobs, verdicts
 from cbd_core.defenses import defense_or_none
 from cbd_core.defenses.base import PLAIN_MODEL, ModelView
 from cbd_core.errors import UserInputError
+from cbd_core.jobs.run_analysis import (NOTE_FAILED, NOTE_STALLED, NOTE_UNDER_WAY, MapProgress, map_note_text,
+                                        map_progress)
 from cbd_core.text import rate_percent
 from cbd_core.runs import RunDir, list_runs, runs_root
 
@@ -162,6 +164,21 @@ def verdict_banner(run: RunDir, status: dict[str, Any] | None = None) -> str:
     show, icon = BANNERS[result]
     show(text, icon=icon)
     return result
+
+
+MAP_NOTES = {NOTE_FAILED: st.error, NOTE_STALLED: st.warning, NOTE_UNDER_WAY: st.info}
+
+
+def map_note(run: RunDir, field: str, what: str, then: str = "") -> MapProgress:
+    """Say why the map `field` ("analysis", "epoch_analysis") of `run`, `what` in the sentence, cannot be
+    shown: who is computing it, or that it stopped half-way or failed (`run_analysis.map_note_text`'s words, so
+    every page says it alike), in a banner of its tone; `then`, what the page offers meanwhile, follows
+    unless nobody will compute it. Returns the map's progress (a page that polls compares it)."""
+    progress = map_progress(run, field)
+    worker_running = any(w.alive for w in jobs.workers(run.path.parent))
+    tone, text = map_note_text(progress, field, what, worker_running)
+    MAP_NOTES[tone](f"{text} {then}" if then and tone != NOTE_FAILED else text)
+    return progress
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
