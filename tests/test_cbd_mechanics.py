@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from cbd_core.defenses.cbd import MIDiscriminator, cbd_weights, class_balanced, guard_unfitted, normalise_batch
+from cbd_core.defenses.cbd import (MIDiscriminator, cbd_weights, class_balanced, guard_unfitted, normalise_batch,
+                                   shortcut_samples)
 
 
 def test_cbd_weights_formula():
@@ -87,6 +88,28 @@ def test_unfitted_samples_get_at_most_their_class_median():
     assert torch.all(guarded <= weights)
     same, none = guard_unfitted(weights, torch.zeros(14), labels, math.log(10))
     assert torch.equal(same, weights) and not none.any()
+
+
+def test_shortcut_samples_are_those_f_c_fits_far_better_than_f_b_within_their_class():
+    gen = torch.Generator().manual_seed(0)
+    # Two classes of 200: a clean sample's difficulty is shared by both models (log CE_C follows log CE_B
+    # with noise); in class 1 five samples are among f_B's hardest yet f_C fits them with ease (an uncaught
+    # trigger), and in class 0 five are f_B's easiest and f_C's hardest (a caught one: not a shortcut).
+    labels = torch.cat((torch.zeros(200, dtype=torch.long), torch.ones(200, dtype=torch.long)))
+    log_b = torch.randn(400, generator=gen) - 3.0
+    log_c = log_b + 0.3 * torch.randn(400, generator=gen)
+    log_b[200:205], log_c[200:205] = -0.5, -5.0
+    log_b[:5], log_c[:5] = -9.0, 0.5
+    flagged = shortcut_samples(log_b.exp(), log_c.exp(), labels, cut=3.5)
+    assert flagged[200:205].all()
+    assert not flagged[:5].any()  # what f_B fits far better is the weights' business, not this guard's
+    assert int(flagged.sum()) <= 5 + 2  # at most a clean straggler or two
+    # The cut is per class: in a class whose every ratio is as low, those five are ordinary.
+    shifted = log_c.clone()
+    shifted[205:400] = log_b[205:400] - 4.5 + 0.3 * torch.randn(195, generator=gen)  # ratio about -4.5, as theirs
+    assert not shortcut_samples(log_b.exp(), shifted.exp(), labels, cut=3.5)[200:205].any()
+    # A class whose ratios are all equal has no spread and no outlier.
+    assert not shortcut_samples(torch.ones(4), torch.ones(4), torch.zeros(4, dtype=torch.long), 3.5).any()
 
 
 def _critic_estimate(dependent: bool, seed: int, steps: int = 200, dim: int = 8):
@@ -285,7 +308,7 @@ def test_kept_f_c_starts_from_the_probes_weights_with_the_poison_left_out(tmp_pa
     for former in (False, True):
         params = {"epochs": 1, "batch_size": 64}  # f_B's default 256 steps: it catches BadNets here
         if former:
-            params.update(probe_epochs=0, drop_below=0.0)
+            params.update(probe_epochs=0, drop_below=0.0, shortcut_cut=0.0)
         prepared = prepare(RunConfig(defense="cbd", device="cpu", embedding_samples=0, threads=1,
                                      defense_params=params))
         run = RunDir.create(tmp_path / str(former), prepared.config.to_dict())
@@ -307,7 +330,13 @@ def test_kept_f_c_starts_from_the_probes_weights_with_the_poison_left_out(tmp_pa
     # ... and far fewer clean samples (here about 0.4 after a probe of 40 steps; 0.05-0.13 on mnist5k)
     assert np.mean(weights[~poisoned] == 0) <= 0.5
     assert guard["dropped_share_per_epoch"][0] == pytest.approx(np.mean(weights == 0), abs=1e-4)
+    # The shortcut guard looked after each of the probes' 8 epochs and f_C's one; its set only grows. f_B
+    # caught BadNets here, so the poison is what f_B fits far better, not what f_C does: it flags few.
+    counts = guard["shortcut_samples_per_epoch"]
+    assert guard["shortcut_cut"] == 3.0 and len(counts) == 9 and counts == sorted(counts)
+    assert counts[-1] <= 0.1 * len(weights)
 
     weights, poisoned, guard = start[True]
     assert guard["probe_epochs"] == 0 and guard["drop_below"] == 0.0 and guard["dropped_share_per_epoch"] == []
+    assert guard["shortcut_cut"] == 0.0 and guard["shortcut_samples_per_epoch"] == []
     assert not np.any(weights == 0)  # f_B's view alone: every sample counts

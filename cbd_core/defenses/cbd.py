@@ -150,6 +150,29 @@ def guard_unfitted(weights: torch.Tensor, ce_backdoor: torch.Tensor, labels: tor
     return torch.where(unfitted, torch.minimum(weights, medians[labels]), weights), unfitted
 
 
+def shortcut_samples(ce_backdoor: torch.Tensor, ce_clean: torch.Tensor, labels: torch.Tensor,
+                     cut: float) -> torch.Tensor:
+    """Which samples f_C fits far better than f_B, compared with the other samples of their label: the
+    log-ratio log(CE_C / CE_B) is a low outlier of its class, more than `cut` robust standard deviations
+    (1.4826 median absolute deviations) below the class's median. f_B and f_C are the same network
+    trained on the same images, so a clean image's difficulty for one predicts it for the other; an
+    image that f_C fits with ease while f_B keeps it among its hardest is one that f_C fits by something
+    f_B did not learn. When f_B caught the trigger the poison sits at the other end (CE_B small), so this
+    only speaks when f_B missed it: at low poisoning rates f_B learns the digits first, a poisoned image's
+    target label contradicts them (CE_B among its class's highest), w = CE_B / (CE_B + CE_C) gives it
+    the largest weight there is, and f_C learned the trigger from it. Reads only training data."""
+    ratio = ce_clean.clamp_min(LOSS_FLOOR).log() - ce_backdoor.clamp_min(LOSS_FLOOR).log()
+    flagged = torch.zeros_like(labels, dtype=torch.bool)
+    for c in torch.unique(labels).tolist():
+        in_class = labels == c
+        values = ratio[in_class]
+        median = values.median()
+        spread = 1.4826 * (values - median).abs().median()
+        if float(spread) > 0:
+            flagged[in_class] = values < median - cut * spread
+    return flagged
+
+
 def normalise_batch(weights: torch.Tensor) -> torch.Tensor:
     """Scale weights to mean 1 over the batch, so the loss scale does not depend on them."""
     return weights * (len(weights) / weights.sum().clamp_min(1e-12))
@@ -245,6 +268,9 @@ class CBD(Defense):
         Param("drop_below", float, "stable: a sample whose weight is below this fraction of its class's mean, once "
               "the weights carry f_C's evidence (after the probe, or once kept), is left out (0 = never)", 0.0, 1.0,
               before=0.0),
+        Param("shortcut_cut", float, "stable: a sample whose log(CE_C / CE_B) falls this many robust standard "
+              "deviations below its class's median (f_C fits it far better than f_B does) gets no weight from then "
+              "on (0 = never)", 0.0, 20.0, before=0.0),
     )
 
     def diagnosis(self, summary):
@@ -292,7 +318,7 @@ class CBD(Defense):
                 "backdoor_lr": 0.05, "epochs": 10 if small else 40, "lr": 0.05, "batch_size": 128,
                 "weight_decay": 5e-4, "mi_weight": 0.1, "disc_lr": 1e-3, "backdoor_features": "cached",
                 "weighting": "stable", "max_weight": 3.0, "unfitted": "guard", "keep_lowest_from": "caught_up",
-                "probe_epochs": 4, "probe_rounds": 2, "drop_below": 0.25}
+                "probe_epochs": 4, "probe_rounds": 2, "drop_below": 0.25, "shortcut_cut": 3.0}
 
     def total_epochs(self, params):
         return F_B_STAGES + params["epochs"]
@@ -353,9 +379,19 @@ class CBD(Defense):
         need_b = not stable or p["mi_weight"] > 0  # f_B's view of each batch: for the MI term or live weights
         probed = stable and p["probe_epochs"] > 0
 
-        def weights_from(ce_c: torch.Tensor) -> torch.Tensor:
+        # "shortcut" guard: a sample f_C ever fitted far better than f_B (`shortcut_samples`, once f_C has
+        # trained an epoch) gets no weight from then on, in the probes and in the kept f_C alike.
+        shortcut = torch.zeros_like(ctx.train.y, dtype=torch.bool)
+        shortcut_counts = []
+
+        def weights_from(ce_c: torch.Tensor, trained: bool = True) -> torch.Tensor:
+            nonlocal shortcut
             fresh = cbd_weights(ce_b_full, ce_c)
-            return guard_unfitted(fresh, ce_b_full, ctx.train.y, chance_loss)[0] if guard else fresh
+            fresh = guard_unfitted(fresh, ce_b_full, ctx.train.y, chance_loss)[0] if guard else fresh
+            if stable and trained and p["shortcut_cut"] > 0:
+                shortcut = shortcut | shortcut_samples(ce_b_full, ce_c, ctx.train.y, p["shortcut_cut"])
+                shortcut_counts.append(int(shortcut.sum()))
+            return torch.where(shortcut, torch.zeros_like(fresh), fresh)
 
         def balanced(weights_now: torch.Tensor, dropping: bool) -> torch.Tensor:
             """The weights an epoch trains on: balanced per class, capped, and (once the weights carry f_C's
@@ -449,6 +485,7 @@ class CBD(Defense):
                         weights_now = torch.minimum(weights_now, fresh) if memory_from is not None else fresh
                 else:
                     weights_now = fresh
+                weights_now = torch.where(shortcut, torch.zeros_like(weights_now), weights_now)
                 if probe:
                     ctx.end_unreported_epoch("probe", epoch, epochs)
                     continue
@@ -463,7 +500,7 @@ class CBD(Defense):
             return weights_now, rows, memory_from, capped, dropped
 
         f_c = ctx.build_model()
-        weights_now = weights_from(ctx.per_sample_loss(f_c))  # before f_C trains
+        weights_now = weights_from(ctx.per_sample_loss(f_c), trained=False)  # before f_C trains
         if probed:
             weights_now = train_f_c(f_c, p["probe_epochs"], weights_now, probe=True, informed=False)[0]
             weights_now = class_balanced(weights_now, ctx.train.y, INF)
@@ -487,4 +524,5 @@ class CBD(Defense):
                          "probe_epochs": p["probe_epochs"], "probe_rounds": p["probe_rounds"],
                          "drop_below": p["drop_below"],
                          "dropped_share_per_epoch": dropped_shares,
+                         "shortcut_cut": p["shortcut_cut"], "shortcut_samples_per_epoch": shortcut_counts,
                      } if stable else None})
