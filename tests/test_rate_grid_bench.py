@@ -1,0 +1,59 @@
+"""bench/rate_grid.py's README block: one row per attack and rate, from finished runs, between markers."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+from cbd_core.rate_grid import GridPoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("rate_grid_bench", ROOT / "bench" / "rate_grid.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _point(defense, seed, asr, ca, verdict, rate=0.01, attack="blend"):
+    return GridPoint("mnist5k", attack, defense, rate, seed, ca, asr, verdict, f"{defense}-{seed}-{rate}",
+                     defense_name="cbd" if defense == "CBD" else "undefended")
+
+
+def test_compact_table_counts_held_and_made_worse_against_the_same_seeds_baseline():
+    bench = _bench()
+    points = [_point("Undefended", s, 0.98, 0.97, "") for s in range(3)]
+    points += [_point("CBD", 0, 0.01, 0.965, "removed"),  # held: ASR <= 2 %, CA 0.5 points below
+               _point("CBD", 1, 0.01, 0.94, "removed"),  # ASR low but CA 3 points below: not held
+               _point("CBD", 2, 0.99, 0.97, "made worse")]
+    points.append(_point("CBD", 0, 0.5, 0.97, "reduced", attack="badnets"))  # no undefended twin
+    table = bench.compact_tables(points, ["mnist5k"], ["badnets", "blend"], [0.01])
+    rows = [line for line in table.splitlines() if line.startswith("| blend")]
+    assert rows == ["| blend | 1 % | 3 | 98.0 [98.0–98.0] | 1.0 [1.0–99.0] | 1/3 | 1 |"]
+    assert "| badnets | 1 % | 1 | – | 50.0 | n/a | 0 |" in table
+
+
+def test_readme_block_is_replaced_between_its_markers_only(tmp_path):
+    bench = _bench()
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{bench.README_START}\nold table\n{bench.README_END}\noutro\n")
+    bench.replace_between_markers(readme, "new table\n")
+    assert readme.read_text() == f"intro\n{bench.README_START}\nnew table\n{bench.README_END}\noutro\n"
+    readme.write_text("no block here\n")
+    with pytest.raises(SystemExit):
+        bench.replace_between_markers(readme, "x")
+
+
+def test_the_readme_holds_a_generated_rate_grid():
+    """README's rate grid is the script's output with its date and command, not a hand-typed table."""
+    bench = _bench()
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index(bench.README_START) + len(bench.README_START):text.index(bench.README_END)]
+    assert re.match(r"\nGenerated \d{4}-\d{2}-\d{2} by `python bench/rate_grid\.py [^`]*--readme README\.md[^`]*`\.",
+                    block)
+    assert "| attack | rate | seeds | undefended ASR |" in block
