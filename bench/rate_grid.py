@@ -140,6 +140,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--defenses", nargs="+", default=["cbd"], help="besides the undefended model")
     parser.add_argument("--no-train", action="store_true", help="only tabulate the finished runs under --out")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at a time")
     parser.add_argument("--write", type=Path, help="also write the tables to this Markdown file")
     parser.add_argument("--readme", type=Path, help="also fill this file's rate-grid block with one row per attack "
                         "and rate")
@@ -150,7 +151,7 @@ def main() -> None:
         # rate by rate, so an interrupted grid has whole rates rather than a scatter
         cells = [Cell(d, attack, spec, seed, rate) for rate in args.rates for d in args.datasets
                  for attack in args.attacks for seed in args.seeds for spec in specs]
-        run_matrix(cells, args.out, report=lambda line: print(line, file=sys.stderr, flush=True))
+        run_matrix(cells, args.out, jobs=args.jobs, report=lambda line: print(line, file=sys.stderr, flush=True))
     points = grid_points(args.out)
     text = tables(points, args.datasets, args.attacks, args.rates)
     print(text)
