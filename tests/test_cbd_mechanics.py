@@ -112,6 +112,21 @@ def test_shortcut_samples_are_those_f_c_fits_far_better_than_f_b_within_their_cl
     assert not shortcut_samples(torch.ones(4), torch.ones(4), torch.zeros(4, dtype=torch.long), 3.5).any()
 
 
+def test_a_failed_run_says_what_the_shortcut_guard_left_out():
+    """Where f_B missed the poison the diagnosis names the guard's catch, read from the summary, and
+    falls back to the former sentence for a run without the guard (or one where it left nothing out)."""
+    from cbd_core.defenses.cbd import CBD
+
+    missed = {"f_b_capture": {"detection_auroc": 0.13, "captured": False}}
+    guarded = {**missed, "weight_guard": {"shortcut_report": {"samples": 51, "precision": 0.2, "recall": 0.65}}}
+    said = CBD().diagnosis(guarded)
+    assert "shortcut guard left out 51 samples" in said and "65% of the poisoned images" in said
+    assert "as from any others" not in said
+    for summary in (missed, {**missed, "weight_guard": {"shortcut_report": None}},
+                    {**missed, "weight_guard": {"shortcut_report": {"samples": 0, "recall": 0.0}}}):
+        assert "f_C learned from the poisoned images as from any others." in CBD().diagnosis(summary)
+
+
 def _critic_estimate(dependent: bool, seed: int, steps: int = 200, dim: int = 8):
     """Train a fresh critic to climb the MI estimate, then score a large fresh sample in eval mode."""
     torch.manual_seed(seed)
@@ -335,8 +350,10 @@ def test_kept_f_c_starts_from_the_probes_weights_with_the_poison_left_out(tmp_pa
     counts = guard["shortcut_samples_per_epoch"]
     assert guard["shortcut_cut"] == 3.0 and len(counts) == 9 and counts == sorted(counts)
     assert counts[-1] <= 0.1 * len(weights)
+    assert guard["shortcut_report"]["samples"] == counts[-1]  # with its precision and recall (reporting only)
 
     weights, poisoned, guard = start[True]
     assert guard["probe_epochs"] == 0 and guard["drop_below"] == 0.0 and guard["dropped_share_per_epoch"] == []
     assert guard["shortcut_cut"] == 0.0 and guard["shortcut_samples_per_epoch"] == []
+    assert guard["shortcut_report"] is None
     assert not np.any(weights == 0)  # f_B's view alone: every sample counts

@@ -195,6 +195,19 @@ def normalise_batch(weights: torch.Tensor) -> torch.Tensor:
     return weights * (len(weights) / weights.sum().clamp_min(1e-12))
 
 
+def shortcut_sentence(summary) -> str | None:
+    """What the shortcut guard did about a poison f_B missed, from the run's summary (None when the run
+    had no guard or it left nothing out)."""
+    guard = summary.get("weight_guard")
+    report = guard.get("shortcut_report") if isinstance(guard, dict) else None
+    if not isinstance(report, dict) or not number(report.get("samples")):
+        return None
+    samples, recall = int(report["samples"]), number(report.get("recall"))
+    share = "" if recall is None else f", {recall:.0%} of the poisoned images among them"
+    return (f"CBD's shortcut guard left out {samples} samples that f_C fitted far better than f_B{share}; the "
+            "poisoned images it missed, or caught only after f_C had learned from them, were enough for the trigger.")
+
+
 class MIDiscriminator(nn.Module):
     """T(z_B, z_C): a two-layer MLP on the concatenated features, spectrally normalised (1-Lipschitz
     per layer, as a WGAN critic must be), with dropout as in the official estimator."""
@@ -295,7 +308,8 @@ class CBD(Defense):
         f_b = capture.read_f_b(summary)  # the one definition of "f_B's loss singled out the poison"
         if f_b.singled_out is False:
             return " ".join(s for s in (capture.singled_out_sentence(f_b), capture.why_they_differ(f_b),
-                                        "f_C learned from the poisoned images as from any others.") if s)
+                                        shortcut_sentence(summary)
+                                        or "f_C learned from the poisoned images as from any others.") if s)
         if auroc is not None and auroc >= GOOD_DETECTION_AUROC:
             return (f"The weights did find the poison (detection AUROC {auroc:.3f}), but f_C learned the trigger "
                     "anyway.")
@@ -542,4 +556,8 @@ class CBD(Defense):
                          "drop_below": p["drop_below"],
                          "dropped_share_per_epoch": dropped_shares,
                          "shortcut_cut": p["shortcut_cut"], "shortcut_samples_per_epoch": shortcut_counts,
+                         # reporting only (the mask is never used): how much of the poison the guard left out
+                         "shortcut_report": {"samples": int(shortcut.sum()),
+                                             **ctx.flagged_report(shortcut.cpu().numpy())}
+                         if p["shortcut_cut"] > 0 else None,
                      } if stable else None})
