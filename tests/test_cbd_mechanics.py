@@ -321,7 +321,9 @@ def test_kept_f_c_starts_from_the_probes_weights_with_the_poison_left_out(tmp_pa
     patch_dataset(600, 100)
     start = {}
     for former in (False, True):
-        params = {"epochs": 1, "batch_size": 64}  # f_B's default 256 steps: it catches BadNets here
+        # f_B's default 256 steps: it catches BadNets here. The opt-in shortcut guard rides along with the
+        # probes, to check what it records.
+        params = {"epochs": 1, "batch_size": 64, "shortcut_cut": 3.0}
         if former:
             params.update(probe_epochs=0, drop_below=0.0, shortcut_cut=0.0)
         prepared = prepare(RunConfig(defense="cbd", device="cpu", embedding_samples=0, threads=1,
