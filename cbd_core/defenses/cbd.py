@@ -90,8 +90,8 @@ restores the paper's behaviour, and bench/defense_quality.py --cbd-variants meas
      was about half a point lower; at 20% it failed on 8 of 9 runs (ASR 87-100%, CA down to 86.5%): the
      poison is two thirds of the target class there, so the class's median ratio is the poison's and the
      clean images of the target class become the outliers; the guard left out all or nearly all of
-     them on 7 of the 9 runs. A median per
-     class assumes the poison is a minority of its class, which a rule for every rate cannot assume.
+     them on 7 of the 9 runs. A median per class assumes the poison is a minority of its class, which a
+     rule for every rate cannot assume.
      Capping every weight at the class mean instead (`max_weight=1`) did not help at 0.5% (Trojan seed 0:
      85.4%; Blend seed 0: 90.3%). docs/benchmarks.md ("Across poison rates") has the grid.
 - The official estimator divides each layer by the *square root* of its spectral norm, which does
@@ -180,7 +180,11 @@ def shortcut_samples(ce_backdoor: torch.Tensor, ce_clean: torch.Tensor, labels: 
     f_B did not learn. When f_B caught the trigger the poison sits at the other end (CE_B small), so this
     only speaks when f_B missed it: at low poisoning rates f_B learns the digits first, a poisoned image's
     target label contradicts them (CE_B among its class's highest), w = CE_B / (CE_B + CE_C) gives it
-    the largest weight there is, and f_C learned the trigger from it. Reads only training data."""
+    the largest weight there is, and f_C learned the trigger from it. Reads only training data.
+
+    The class's median stands for its clean images only while the poison is a minority of the class: at
+    20% poisoning (two thirds of the target class) the real images of that class are the outliers and are
+    flagged instead, which is why the guard is opt-in (module docstring, point 4)."""
     ratio = ce_clean.clamp_min(LOSS_FLOOR).log() - ce_backdoor.clamp_min(LOSS_FLOOR).log()
     flagged = torch.zeros_like(labels, dtype=torch.bool)
     for c in torch.unique(labels).tolist():
@@ -303,7 +307,8 @@ class CBD(Defense):
               before=0.0),
         Param("shortcut_cut", float, "stable: a sample whose log(CE_C / CE_B) falls this many robust standard "
               "deviations below its class's median (f_C fits it far better than f_B does) gets no weight from then "
-              "on (0 = never)", 0.0, 20.0, before=0.0),
+              "on (0 = never, the default: at high poisoning rates it leaves out the target class's real images)",
+              0.0, 20.0, before=0.0),
     )
 
     def diagnosis(self, summary):
