@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cbd_core import verdicts  # noqa: E402
 from cbd_core.matrix import Cell, DefenseSpec, run_matrix  # noqa: E402
 from cbd_core import rate_grid  # noqa: E402
-from cbd_core.rate_grid import GridPoint, grid_points, summarise  # noqa: E402
+from cbd_core.rate_grid import GridLine, GridPoint, grid_points, summarise  # noqa: E402
 
 ASR_TARGET = 0.02
 CA_COST_TARGET = 0.02
@@ -54,9 +54,26 @@ def held(ours: list[GridPoint], base: dict[int, GridPoint]) -> str:
     return f"{ok}/{len(paired)}"
 
 
+def in_grid(points: list[GridPoint], datasets: list[str], attacks: list[str], rates: list[float],
+            default_setup_only: bool = False) -> list[GridPoint]:
+    """The finished runs that belong to the grid (with `default_setup_only`, only those with the attack's and
+    model's defaults)."""
+    return [p for p in points if p.dataset in datasets and p.attack in attacks
+            and not (default_setup_only and p.setup) and any(abs(p.poison_rate - r) < 1e-12 for r in rates)]
+
+
+def line_and_twins(wanted: list[GridPoint], line: GridLine) -> tuple[list[GridPoint], dict[int, GridPoint]]:
+    """A line's runs and, by seed, the undefended runs of the same setup it is judged against."""
+    ours = [p for p in wanted if (p.dataset, p.attack, p.line, p.poison_rate)
+            == (line.dataset, line.attack, line.defense, line.poison_rate)]
+    setup = ours[0].setup if ours else ""  # a line's baseline is the undefended run of the same setup
+    base = {p.seed: p for p in wanted if (p.dataset, p.attack, p.defense, p.setup, p.poison_rate)
+            == (line.dataset, line.attack, rate_grid.UNDEFENDED_LABEL, setup, line.poison_rate)}
+    return ours, base
+
+
 def tables(points: list[GridPoint], datasets: list[str], attacks: list[str], rates: list[float]) -> str:
-    wanted = [p for p in points if p.dataset in datasets and p.attack in attacks
-              and any(abs(p.poison_rate - r) < 1e-12 for r in rates)]
+    wanted = in_grid(points, datasets, attacks, rates)
     lines = summarise(wanted)
     out = []
     for dataset in datasets:
@@ -67,16 +84,11 @@ def tables(points: list[GridPoint], datasets: list[str], attacks: list[str], rat
             out += [f"\n**{dataset}, {attack}** (ASR and CA in %, median [min–max] over seeds)\n",
                     "| rate | defense | seeds | ASR | CA | held | made worse |", "|---|---|---|---|---|---|---|"]
             for line in here:
-                ours = [p for p in wanted if (p.dataset, p.attack, p.line) == (dataset, attack, line.defense)
-                        and p.poison_rate == line.poison_rate]
-                setup = ours[0].setup if ours else ""  # a line's baseline is the undefended run of the same setup
-                base = {p.seed: p for p in wanted if (p.dataset, p.attack, p.defense, p.setup)
-                        == (dataset, attack, rate_grid.UNDEFENDED_LABEL, setup) and p.poison_rate == line.poison_rate}
                 undefended = rate_grid.is_undefended(line.defense)
                 out.append(f"| {100 * line.poison_rate:g} % | {line.defense} | {line.seeds} "
                            f"| {pct(line.asr_median, line.asr_min, line.asr_max, line.seeds)} "
                            f"| {pct(line.ca_median, line.ca_min, line.ca_max, line.seeds)} "
-                           f"| {'–' if undefended else held(ours, base)} "
+                           f"| {'–' if undefended else held(*line_and_twins(wanted, line))} "
                            f"| {'–' if undefended else line.verdicts.get(verdicts.MADE_WORSE, 0)} |")
     return "\n".join(out)
 
@@ -85,8 +97,7 @@ def compact_tables(points: list[GridPoint], datasets: list[str], attacks: list[s
     """One table per dataset, one row per attack and rate: the undefended ASR, then each defense's ASR
     (median [min-max]) with its held and made-worse counts. Runs with the attack's and model's defaults
     only (a changed setup is a line of `tables`)."""
-    wanted = [p for p in points if p.dataset in datasets and p.attack in attacks and not p.setup
-              and any(abs(p.poison_rate - r) < 1e-12 for r in rates)]
+    wanted = in_grid(points, datasets, attacks, rates, default_setup_only=True)
     lines = summarise(wanted)
     out = []
     for dataset in datasets:
@@ -103,18 +114,10 @@ def compact_tables(points: list[GridPoint], datasets: list[str], attacks: list[s
             for rate in sorted({line.poison_rate for line in here if line.attack == attack}):
                 row = {line.defense: line for line in here if line.attack == attack and line.poison_rate == rate}
                 base_line = next((line for name, line in row.items() if rate_grid.is_undefended(name)), None)
-                base = {p.seed: p for p in wanted if (p.dataset, p.attack, p.defense) == (dataset, attack,
-                        rate_grid.UNDEFENDED_LABEL) and p.poison_rate == rate}
-                cells = []
-                for name in defenses:
-                    line = row.get(name)
-                    if line is None:
-                        cells.append("– | – | –")
-                        continue
-                    ours = [p for p in wanted if (p.dataset, p.attack, p.line) == (dataset, attack, name)
-                            and p.poison_rate == rate]
-                    cells.append(f"{pct(line.asr_median, line.asr_min, line.asr_max, line.seeds)} | {held(ours, base)} "
-                                 f"| {line.verdicts.get(verdicts.MADE_WORSE, 0)}")
+                cells = [f"{pct(row[name].asr_median, row[name].asr_min, row[name].asr_max, row[name].seeds)} "
+                         f"| {held(*line_and_twins(wanted, row[name]))} "
+                         f"| {row[name].verdicts.get(verdicts.MADE_WORSE, 0)}" if name in row else "– | – | –"
+                         for name in defenses]
                 seeds = max(line.seeds for line in row.values())
                 undefended = "–" if base_line is None else pct(base_line.asr_median, base_line.asr_min,
                                                                 base_line.asr_max, base_line.seeds)
