@@ -40,6 +40,12 @@ class Grid:
         point = self.points.get((attack, round(rate, 6), defense))
         return point.verdict if point is not None else None
 
+    def line(self, attack: str, rate: float, defense: str) -> str | None:
+        """The line label of the run the cell shows: the defense's title, or a variant's ("CBD
+        (shortcut_cut=3.0)") where the cell has no run with the defense's defaults."""
+        point = self.points.get((attack, round(rate, 6), defense))
+        return point.defense if point is not None else None
+
 
 def _preference(point: GridPoint) -> tuple[bool, bool]:
     """Lower is shown first: the defense with its defaults (an ablation such as "CBD (unfitted=off)"

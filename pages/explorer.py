@@ -105,8 +105,12 @@ def verdicts_across_rates(found: Grid, attack: str, defense: str) -> None:
     included), so a class sees where it holds before moving the slider."""
     if defense == verdicts.UNDEFENDED:
         return
-    parts = [f"{rate:.1%}: {found.verdict(attack, rate, defense) or 'no run yet'}" for rate in found.rates]
-    st.caption(f"{defense_title(defense)} on {attack}, verdict by poison rate: " + " · ".join(parts))
+    title, parts = defense_title(defense), []
+    for rate in found.rates:
+        line = found.line(attack, rate, defense)
+        variant = f" ({line})" if line is not None and line != title else ""  # no run with the defaults there
+        parts.append(f"{rate:.1%}: {found.verdict(attack, rate, defense) or 'no run yet'}{variant}")
+    st.caption(f"{title} on {attack}, verdict by poison rate: " + " · ".join(parts))
 
 
 def main() -> None:
@@ -132,6 +136,9 @@ def main() -> None:
                    icon=":material/grid_off:")
         st.code(fill_command(DATASET, [attack], [rate], found.defenses), language="bash")
         return
+    line = found.line(attack, rate, defense)
+    if line != defense_title(defense):
+        st.caption(f"No {defense_title(defense)} run with its defaults in this cell yet; it shows a variant, {line}.")
     show_cell(RunDir(runs_root_path() / run_id))
 
 

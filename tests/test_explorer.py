@@ -167,3 +167,23 @@ def test_a_run_older_than_a_parameter_is_not_taken_for_todays_default(tmp_path):
     _done(tmp_path, {**base, "defense_params": older}, 0.97)  # newer folder, older code
     lines = {line.defense: line.asr_median for line in summarise(grid_points(tmp_path))}
     assert lines == {"CBD": 0.01, "CBD (drop_below=0.0, probe_epochs=0)": 0.97}
+
+
+def test_a_cell_showing_a_variant_names_it(finished_runs, tmp_path, monkeypatch):
+    """Where a cell has no run with the defense's defaults, the page names the variant it shows (its line
+    label, as the Compare chart and bench/rate_grid.py name it), in the cell and in the verdicts by rate,
+    instead of heading it as the defense with its defaults."""
+    source, ids = finished_runs
+    copy_at_rate(source / ids["cbd"], tmp_path, "20990101-000000-001-variant", 0.1, 0.9)
+    config = json.loads((tmp_path / "20990101-000000-001-variant" / "config.json").read_text())
+    config["defense_params"] = {**config["defense_params"], "shortcut_cut": 3.0}
+    write_json(tmp_path / "20990101-000000-001-variant" / "config.json", config)
+    line = explorer_grid(tmp_path).line("badnets", 0.1, "cbd")
+    assert line.startswith("CBD (") and "shortcut_cut=3.0" in line  # the fixture's short training is in it too
+    monkeypatch.setenv("BACKDOOR_LAB_RUNS", str(tmp_path))
+    at = app_at_page("explorer").run()
+    assert not at.exception
+    assert [c.value for c in at.caption if "shows a variant" in c.value] == [
+        f"No CBD run with its defaults in this cell yet; it shows a variant, {line}."]
+    (by_rate,) = [c.value for c in at.caption if "verdict by poison rate" in c.value]
+    assert by_rate.startswith("CBD on badnets, verdict by poison rate: 10.0%: ") and by_rate.endswith(f"({line})")
