@@ -118,7 +118,9 @@ def compact_tables(points: list[GridPoint], datasets: list[str], attacks: list[s
                          f"| {held(*line_and_twins(wanted, row[name]))} "
                          f"| {row[name].verdicts.get(verdicts.MADE_WORSE, 0)}" if name in row else "– | – | –"
                          for name in defenses]
-                seeds = max(line.seeds for line in row.values())
+                # the defenses' seeds (the undefended column may hold more: every run it has there)
+                seeds = max((line.seeds for name, line in row.items() if not rate_grid.is_undefended(name)),
+                            default=0)
                 undefended = "–" if base_line is None else pct(base_line.asr_median, base_line.asr_min,
                                                                 base_line.asr_max, base_line.seeds)
                 out.append(f"| {attack} | {100 * rate:g} % | {seeds} | {undefended} | " + " | ".join(cells) + " |")

@@ -359,3 +359,19 @@ def test_kept_f_c_starts_from_the_probes_weights_with_the_poison_left_out(tmp_pa
     assert guard["shortcut_cut"] == 0.0 and guard["shortcut_samples_per_epoch"] == []
     assert guard["shortcut_report"] is None
     assert not np.any(weights == 0)  # f_B's view alone: every sample counts
+
+
+def test_shortcut_guard_spares_a_class_whose_poison_is_its_majority():
+    """At high rates f_B catches the trigger: the poison, two thirds of the target class, has a tiny CE_B.
+    The class's median ratio is then the poison's and its real images are the outliers; f_B fits them as
+    well as the other classes' images, so they stay (the whole set's median CE_B would be the poison's
+    once it is half the data)."""
+    gen = torch.Generator().manual_seed(1)
+    labels = torch.cat((torch.zeros(1200, dtype=torch.long), torch.ones(400, dtype=torch.long)))
+    log_b = torch.randn(1600, generator=gen) - 3.0
+    log_c = log_b + 0.3 * torch.randn(1600, generator=gen)
+    log_b[:1000] = -9.0 + 0.2 * torch.randn(1000, generator=gen)  # 1,000 poisoned of class 0's 1,200: f_B's easiest
+    log_c[:1000] = -4.0 + 0.3 * torch.randn(1000, generator=gen)
+    flagged = shortcut_samples(log_b.exp(), log_c.exp(), labels, cut=3.0)
+    assert int(flagged[1000:1200].sum()) <= 0.6 * 200  # most of class 0's 200 real images stay
+    assert not flagged[:1000].any()
