@@ -90,9 +90,9 @@ restores the paper's behaviour, and bench/defense_quality.py --cbd-variants meas
      poison's and its real images were left out); with it, ASR stays at or below 1.2% on every run at
      2-50% and no run at 0.5% is made worse, but at 1% BadNets seed 2 (an attack that did not take hold
      undefended, 1.1%) ends at 22%. Its catch rarely holds poison (its report's recall): where it helps it
-     mostly does so by leaving out a hundred hard clean images, not the poison. Capping every weight at the class mean instead (`max_weight=1`) did not help at
-     0.5% (Trojan seed 0: 85.4%; Blend seed 0: 90.3%). docs/benchmarks.md ("Across poison rates") has
-     the grid.
+     mostly does so by leaving out a hundred hard clean images, not the poison. Capping every weight at
+     the class mean instead (`max_weight=1`) did not help at 0.5% (Trojan seed 0: 85.4%; Blend seed 0:
+     90.3%). docs/benchmarks.md ("Across poison rates") has the grid.
 - The official estimator divides each layer by the *square root* of its spectral norm, which does
   not bound the Lipschitz constant; here it is torch's spectral normalisation (divide by sigma).
 - f_B's features in the MI term (`backdoor_features="cached"`; "per_batch" is the official code's). f_B is
@@ -194,8 +194,8 @@ def shortcut_samples(ce_backdoor: torch.Tensor, ce_clean: torch.Tensor, labels: 
         values = ratio[in_class]
         median = values.median()
         spread = 1.4826 * (values - median).abs().median()
-        others = ce_backdoor[~in_class] if bool((~in_class).any()) else ce_backdoor
         if float(spread) > 0:
+            others = ce_backdoor[~in_class] if bool((~in_class).any()) else ce_backdoor
             flagged[in_class] = (values < median - cut * spread) & (ce_backdoor[in_class] > others.median())
     return flagged
 
