@@ -91,7 +91,12 @@ def shapes(n: int, side: int, rng: np.random.Generator) -> tuple[np.ndarray, np.
     return x, y.astype(np.int64)
 
 
-def build(out: Path) -> dict[str, Path]:
+NAMES = ("mnist1k", "mnist2k", "mnist20", "shapes")
+
+
+def build(out: Path, only: list[str] | None = None) -> dict[str, Path]:
+    """Write the sets (all, or those named in `only`) as .npz files under `out`; their paths by name.
+    Every set is drawn in the same order from one seed, so each is the same whichever are written."""
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(SEED)
     train, test = load_mnist5k()
@@ -105,6 +110,8 @@ def build(out: Path) -> dict[str, Path]:
     sets["shapes"] = dict(x=x, y=y, x_test=x_test, y_test=y_test)
     paths = {}
     for name, arrays in sets.items():
+        if only is not None and name not in only:
+            continue
         paths[name] = out / f"{name}.npz"
         np.savez_compressed(paths[name], **arrays)
     return paths

@@ -4,6 +4,11 @@
     python bench/rate_grid.py --out /tmp/backdoor-lab-bench --rates 0.01 0.1 --seeds 0 1 2
     python bench/rate_grid.py --out /tmp/backdoor-lab-bench --no-train --write bench/results/rate_grid.md
     python bench/rate_grid.py --out /tmp/backdoor-lab-bench --no-train --readme README.md
+    python bench/rate_grid.py --out /tmp/backdoor-lab-bench --datasets mnist2k mnist20 --jobs 2
+
+--datasets takes the app's datasets and the evaluation sets of bench/eval_datasets.py (mnist1k,
+mnist2k, mnist20, shapes: written as .npz files under <out>/datasets and trained from there, so a run's
+dataset is the file's stem, as on the Compare page).
 
 Every cell is an ordinary run through `matrix` (finished cells under --out are reused, so an
 interrupted grid resumes), trained with the defense's defaults. The tables come from
@@ -27,6 +32,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its neighbour eval_datasets, also when imported by path
+
+import eval_datasets  # noqa: E402
 
 from cbd_core import verdicts  # noqa: E402
 from cbd_core.matrix import Cell, DefenseSpec, run_matrix  # noqa: E402
@@ -136,6 +144,14 @@ def replace_between_markers(path: Path, body: str) -> None:
     path.write_text(text[:start + len(README_START)] + "\n" + body.strip("\n") + "\n" + text[end:])
 
 
+def dataset_sources(names: list[str], out: Path) -> dict[str, str]:
+    """What `matrix` trains on for each name: the app's datasets by name, the evaluation sets (built
+    once under <out>/datasets) by their .npz file, whose stem is the name the tables group by."""
+    evaluation = [n for n in names if n in eval_datasets.NAMES]
+    files = eval_datasets.build(out / "datasets", only=evaluation) if evaluation else {}
+    return {n: str(files[n]) if n in files else n for n in names}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="runs root (reused: finished cells are kept)")
@@ -153,8 +169,9 @@ def main() -> None:
 
     if not args.no_train:
         specs = [DefenseSpec("undefended")] + [DefenseSpec.parse(d) for d in args.defenses]
+        sources = dataset_sources(args.datasets, args.out)
         # rate by rate, so an interrupted grid has whole rates rather than a scatter
-        cells = [Cell(d, attack, spec, seed, rate) for rate in args.rates for d in args.datasets
+        cells = [Cell(sources[d], attack, spec, seed, rate) for rate in args.rates for d in args.datasets
                  for attack in args.attacks for seed in args.seeds for spec in specs]
         run_matrix(cells, args.out, jobs=args.jobs, report=lambda line: print(line, file=sys.stderr, flush=True))
     points = grid_points(args.out)

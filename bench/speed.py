@@ -18,6 +18,15 @@ One run prints, each figure the median of `--repeats` (seeds 0, 1, 2, ...), with
 `--cli` adds the former table: a fresh `python -m cbd_core run` process per seed (wall seconds from
 process start, and the run's own seconds). Threads are the config's default (the machine's cores,
 at most 8); workers run with OMP_WAIT_POLICY=PASSIVE, as the launcher starts them.
+
+    python bench/speed.py --against ccbb8db [--repeats 3]
+
+compares this tree with an older commit in one run on one machine, because machines differ 2x in
+speed and only a ratio travels: the commit is unpacked (`git archive`) into a temporary folder, and
+for each tree in turn a worker of *that* tree's code trains *that* tree's Quick demo (seeds 0..n-1,
+after one uncounted run), then a fresh CLI process trains the same seeds. It prints each tree's
+medians, the worker's time over the CLI's (the dashboard path's overhead) and this tree's time
+over the older one's.
 """
 
 from __future__ import annotations
@@ -35,7 +44,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# The code measured: this tree, or (in `--against`'s child processes) an older commit's unpacked copy.
+CODE = Path(os.environ.get("BACKDOOR_LAB_SPEED_CODE", ROOT))
+sys.path.insert(0, str(CODE))
 
 # The competitor: single-thread inference of the small CNN, non-stop, like a page explaining a run.
 COMPETITOR = """
@@ -109,30 +120,101 @@ def epoch_seconds(metrics: list[dict], phase: str) -> float:
     return statistics.median(m["epoch_seconds"] for m in metrics if m["phase"] == phase)
 
 
+def cli_seconds(seed: int, out: Path) -> dict:
+    """A fresh `python -m cbd_core run` of CODE's Quick demo: wall seconds from process start."""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "cbd_core", "run", "--seed", str(seed), "--out", str(out),
+                           "--json"], cwd=CODE, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(CODE)})
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        sys.exit(done.stderr)
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"wall": wall, "seconds": summary["seconds"], "ca": summary["clean_accuracy"],
+            "asr": summary["attack_success_rate"]}
+
+
 def cli_runs(repeats: int, out: Path) -> None:
     print("\n| seed | wall s (fresh process) | run s | CA | ASR |\n|---|---|---|---|---|")
-    walls, runs = [], []
-    for seed in range(repeats):
-        started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "cbd_core", "run", "--seed", str(seed), "--out", str(out),
-                               "--json"], cwd=ROOT, capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
-        wall = time.perf_counter() - started
-        if done.returncode != 0:
-            sys.exit(done.stderr)
-        s = json.loads(done.stdout.strip().splitlines()[-1])
-        walls.append(wall)
-        runs.append(s["seconds"])
-        print(f"| {seed} | {wall:.1f} | {s['seconds']:.1f} | {s['clean_accuracy']:.3f} | "
-              f"{s['attack_success_rate']:.3f} |")
-    print(f"| median | {statistics.median(walls):.1f} | {statistics.median(runs):.1f} | | |")
+    runs = [cli_seconds(seed, out) for seed in range(repeats)]
+    for seed, r in enumerate(runs):
+        print(f"| {seed} | {r['wall']:.1f} | {r['seconds']:.1f} | {r['ca']:.3f} | {r['asr']:.3f} |")
+    print(f"| median | {statistics.median(r['wall'] for r in runs):.1f} | "
+          f"{statistics.median(r['seconds'] for r in runs):.1f} | | |")
+
+
+def one_tree(repeats: int) -> None:
+    """`--against`'s child: CODE's Quick demo through a warm worker, then through the CLI; one JSON line."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import dataclasses
+
+    from cbd_core import jobs
+    from cbd_core.config import quick_demo_config
+
+    root = Path(tempfile.mkdtemp(prefix="backdoor-lab-speed-"))
+    demo = quick_demo_config()
+    start_worker(root)
+    try:
+        timed_run(root, dataclasses.replace(demo, seed=99))  # the worker's first run: not counted
+        wait(lambda: "UMAP warm-up took" in (root / ".workers" / "cpu-0.log").read_text(), 300, 0.2)
+        worker = [timed_run(root, dataclasses.replace(demo, seed=seed)) for seed in range(repeats)]
+    finally:
+        jobs.stop_workers(root)
+    cli = [cli_seconds(seed, root / "cli") for seed in range(repeats)]
+    print(json.dumps({"worker": [{k: r[k] for k in ("done", "ca", "asr")} for r in worker], "cli": cli}))
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def against(rev: str, repeats: int) -> None:
+    old = Path(tempfile.mkdtemp(prefix=f"backdoor-lab-speed-{rev}-"))
+    archive = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    trees = [(rev, old), (f"this tree ({head}{', modified' if dirty else ''})", ROOT)]
+    print(f"{os.cpu_count()} CPU cores; median of {repeats} seeds; load average at the start "
+          f"{os.getloadavg()[0]:.1f}\n")
+    found = {}
+    for name, code in trees:
+        child = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--one-tree", "--repeats",
+                                str(repeats)], cwd=code, capture_output=True, text=True,
+                               env={**os.environ, "BACKDOOR_LAB_SPEED_CODE": str(code), "PYTHONPATH": str(code)})
+        if child.returncode != 0:
+            sys.exit(f"{name}: {child.stderr[-3000:]}")
+        found[name] = json.loads(child.stdout.strip().splitlines()[-1])
+    shutil.rmtree(old, ignore_errors=True)
+    print(f"load average (1 min) at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n")
+    print("| code | Start to done, warm worker (s) | CLI run, fresh process (s) | worker / CLI | "
+          "CA | ASR |\n|---|---|---|---|---|---|")
+    medians = {}
+    for name, runs in found.items():
+        worker = statistics.median(r["done"] for r in runs["worker"])
+        cli = statistics.median(r["wall"] for r in runs["cli"])
+        ca = statistics.median(r["ca"] for r in runs["worker"])
+        asr = statistics.median(r["asr"] for r in runs["worker"])
+        medians[name] = worker
+        print(f"| {name} | {worker:.1f} | {cli:.1f} | {worker / cli:.2f} | {ca:.3f} | {asr:.3f} |")
+    (old_name, this_name) = list(found)
+    print(f"\nStart to done, this tree / {old_name}: {medians[this_name] / medians[old_name]:.2f}")
+    for name, runs in found.items():
+        print(f"  {name} per seed, worker / CLI (s): " + ", ".join(
+            f"{w['done']:.1f} / {c['wall']:.1f}" for w, c in zip(runs["worker"], runs["cli"])))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cli", action="store_true", help="also time fresh CLI processes")
+    parser.add_argument("--against", metavar="COMMIT",
+                        help="compare this tree's Quick demo with COMMIT's, in one run (worker and CLI)")
+    parser.add_argument("--one-tree", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one_tree:
+        return one_tree(args.repeats)
+    if args.against:
+        return against(args.against, args.repeats)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # this process's torch too (submit poisons here)
     import dataclasses
 

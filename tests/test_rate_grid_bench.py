@@ -57,3 +57,21 @@ def test_the_readme_holds_a_generated_rate_grid():
     assert re.match(r"\nGenerated \d{4}-\d{2}-\d{2} by `python bench/rate_grid\.py [^`]*--readme README\.md[^`]*`\.",
                     block)
     assert "| attack | rate | seeds | undefended ASR |" in block
+
+
+def test_evaluation_sets_train_from_their_files_and_are_the_same_whichever_are_built(tmp_path):
+    """`--datasets mnist2k` trains on bench/eval_datasets.py's file (grouped by its stem), and building one
+    set alone draws it exactly as building them all does."""
+    import numpy as np
+
+    bench = _bench()
+    sources = bench.dataset_sources(["mnist5k", "mnist2k"], tmp_path / "alone")
+    assert sources["mnist5k"] == "mnist5k"
+    alone = Path(sources["mnist2k"])
+    assert alone.stem == "mnist2k" and alone.parent == tmp_path / "alone" / "datasets"
+    every = bench.eval_datasets.build(tmp_path / "every")
+    assert set(every) == set(bench.eval_datasets.NAMES)
+    with np.load(alone) as a, np.load(every["mnist2k"]) as b:
+        assert np.bincount(a["y"]).tolist() == [200] * 10
+        for key in ("x", "y", "x_test", "y_test"):
+            assert np.array_equal(a[key], b[key])
