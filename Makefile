@@ -49,6 +49,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/abl_isolation.py --out $(BENCH_OUT) --attacks blend trojan --seeds 0 1 2 --threads 1 2 --write bench/results/abl_isolation_blend_trojan.md
 	$(PY) bench/abl_isolation.py --out $(BENCH_OUT) --rates 0.01 --seeds 0 1 2 --threads 1 2 --write bench/results/abl_isolation_1pct.md
 	$(PY) bench/speed.py
+	$(PY) bench/speed.py --against ccbb8db
 	$(PY) bench/dashboard.py
 
 clean-venv:
