@@ -40,21 +40,24 @@ class Grid:
         point = self.points.get((attack, round(rate, 6), defense))
         return point.verdict if point is not None else None
 
-    def line(self, attack: str, rate: float, defense: str) -> str | None:
-        """The line label of the run the cell shows: the defense's title, or a variant's ("CBD
-        (shortcut_cut=3.0)") where the cell has no run with the defense's defaults."""
+    def variant(self, attack: str, rate: float, defense: str) -> str | None:
+        """The line label of the run the cell shows ("CBD (shortcut_cut=3.0)") where that run is a
+        variant, because the cell has no run with the defense's defaults; None where it has one."""
         point = self.points.get((attack, round(rate, 6), defense))
-        return point.defense if point is not None else None
+        return None if point is None or _with_defaults(point) else point.defense
+
+
+def _with_defaults(point: GridPoint) -> bool:
+    from .defenses import DEFENSES
+
+    return point.defense_name == verdicts.UNDEFENDED or (
+        point.defense_name in DEFENSES and point.defense == DEFENSES[point.defense_name].title)
 
 
 def _preference(point: GridPoint) -> tuple[bool, bool]:
     """Lower is shown first: the defense with its defaults (an ablation such as "CBD (unfitted=off)"
     only where no default run exists), then seed 0."""
-    from .defenses import DEFENSES
-
-    default = point.defense_name == verdicts.UNDEFENDED or (
-        point.defense_name in DEFENSES and point.defense == DEFENSES[point.defense_name].title)
-    return (not default, point.seed != 0)
+    return (not _with_defaults(point), point.seed != 0)
 
 
 def explorer_grid(root: str | Path | None, dataset: str = "mnist5k") -> Grid:

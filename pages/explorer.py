@@ -107,9 +107,9 @@ def verdicts_across_rates(found: Grid, attack: str, defense: str) -> None:
         return
     title, parts = defense_title(defense), []
     for rate in found.rates:
-        line = found.line(attack, rate, defense)
-        variant = f" ({line})" if line is not None and line != title else ""  # no run with the defaults there
-        parts.append(f"{rate:.1%}: {found.verdict(attack, rate, defense) or 'no run yet'}{variant}")
+        variant = found.variant(attack, rate, defense)  # named where no run with the defaults is there
+        parts.append(f"{rate:.1%}: {found.verdict(attack, rate, defense) or 'no run yet'}"
+                     + (f" ({variant})" if variant else ""))
     st.caption(f"{title} on {attack}, verdict by poison rate: " + " · ".join(parts))
 
 
@@ -136,9 +136,9 @@ def main() -> None:
                    icon=":material/grid_off:")
         st.code(fill_command(DATASET, [attack], [rate], found.defenses), language="bash")
         return
-    line = found.line(attack, rate, defense)
-    if line != defense_title(defense):
-        st.caption(f"No {defense_title(defense)} run with its defaults in this cell yet; it shows a variant, {line}.")
+    variant = found.variant(attack, rate, defense)
+    if variant:
+        st.caption(f"No {defense_title(defense)} run with its defaults in this cell yet; it shows a variant, {variant}.")
     show_cell(RunDir(runs_root_path() / run_id))
 
 

@@ -167,6 +167,7 @@ def test_a_run_older_than_a_parameter_is_not_taken_for_todays_default(tmp_path):
     _done(tmp_path, {**base, "defense_params": older}, 0.97)  # newer folder, older code
     lines = {line.defense: line.asr_median for line in summarise(grid_points(tmp_path))}
     assert lines == {"CBD": 0.01, "CBD (drop_below=0.0, probe_epochs=0)": 0.97}
+    assert explorer_grid(tmp_path).variant("blend", 0.01, "cbd") is None  # the cell shows the defaults' run
 
 
 def test_a_cell_showing_a_variant_names_it(finished_runs, tmp_path, monkeypatch):
@@ -178,7 +179,7 @@ def test_a_cell_showing_a_variant_names_it(finished_runs, tmp_path, monkeypatch)
     config = json.loads((tmp_path / "20990101-000000-001-variant" / "config.json").read_text())
     config["defense_params"] = {**config["defense_params"], "shortcut_cut": 3.0}
     write_json(tmp_path / "20990101-000000-001-variant" / "config.json", config)
-    line = explorer_grid(tmp_path).line("badnets", 0.1, "cbd")
+    line = explorer_grid(tmp_path).variant("badnets", 0.1, "cbd")
     assert line.startswith("CBD (") and "shortcut_cut=3.0" in line  # the fixture's short training is in it too
     monkeypatch.setenv("BACKDOOR_LAB_RUNS", str(tmp_path))
     at = app_at_page("explorer").run()
