@@ -102,36 +102,45 @@ def tables(points: list[GridPoint], datasets: list[str], attacks: list[str], rat
 
 
 def compact_tables(points: list[GridPoint], datasets: list[str], attacks: list[str], rates: list[float]) -> str:
-    """One table per dataset, one row per attack and rate: the undefended ASR, then each defense's ASR
-    (median [min-max]) with its held and made-worse counts. Runs with the attack's and model's defaults
-    only (a changed setup is a line of `tables`)."""
+    """One table, one row per attack and rate, the datasets side by side (a rate x size grid in one
+    place): per dataset the defenses' seeds, the undefended ASR, then each defense's ASR (median
+    [min-max]) with its held and made-worse counts. Runs with the attack's and model's defaults only
+    (a changed setup is a line of `tables`)."""
     wanted = in_grid(points, datasets, attacks, rates, default_setup_only=True)
     lines = summarise(wanted)
-    out = []
-    for dataset in datasets:
-        here = [line for line in lines if line.dataset == dataset]
-        defenses = list(dict.fromkeys(line.defense for line in here if not rate_grid.is_undefended(line.defense)))
-        if not defenses:
-            continue
-        out += [f"\n**{dataset}**: ASR in % (median [min–max] over seeds); held = seeds with ASR ≤ 2 % and CA at most "
-                "2 points below the same seed's undefended run; worse = seeds made worse (ASR more than 5 points "
-                "above it)\n",
-                "| attack | rate | seeds | undefended ASR | " + " | ".join(f"{d} ASR | held | worse" for d in defenses) + " |",
-                "|---|---|---|---|" + "---|---|---|" * len(defenses)]
-        for attack in attacks:
-            for rate in sorted({line.poison_rate for line in here if line.attack == attack}):
-                row = {line.defense: line for line in here if line.attack == attack and line.poison_rate == rate}
+    present = [d for d in datasets if any(l.dataset == d and not rate_grid.is_undefended(l.defense) for l in lines)]
+    if not present:
+        return ""
+    defenses = list(dict.fromkeys(line.defense for line in lines
+                                  if line.dataset in present and not rate_grid.is_undefended(line.defense)))
+    prefix = (lambda d: f"{d} ") if len(present) > 1 else (lambda d: "")
+    head = ["attack", "rate"]
+    for d in present:
+        head += [f"{prefix(d)}seeds", f"{prefix(d)}undefended ASR"] + [
+            column for name in defenses for column in (f"{prefix(d)}{name} ASR", "held", "worse")]
+    out = [f"\n**{', '.join(present)}**: ASR in % (median [min–max] over seeds); held = seeds with ASR ≤ 2 % and "
+           "CA at most 2 points below the same seed's undefended run; worse = seeds made worse (ASR more than 5 "
+           "points above it)\n", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for attack in attacks:
+        for rate in sorted({line.poison_rate for line in lines if line.attack == attack and line.dataset in present}):
+            cells = [attack, f"{100 * rate:g} %"]
+            for dataset in present:
+                row = {line.defense: line for line in lines
+                       if (line.dataset, line.attack, line.poison_rate) == (dataset, attack, rate)}
                 base_line = next((line for name, line in row.items() if rate_grid.is_undefended(name)), None)
-                cells = [f"{pct(row[name].asr_median, row[name].asr_min, row[name].asr_max, row[name].seeds)} "
-                         f"| {held(*line_and_twins(wanted, row[name]))} "
-                         f"| {row[name].verdicts.get(verdicts.MADE_WORSE, 0)}" if name in row else "– | – | –"
-                         for name in defenses]
                 # the defenses' seeds (the undefended column may hold more: every run it has there)
-                seeds = max((line.seeds for name, line in row.items() if not rate_grid.is_undefended(name)),
-                            default=0)
-                undefended = "–" if base_line is None else pct(base_line.asr_median, base_line.asr_min,
-                                                                base_line.asr_max, base_line.seeds)
-                out.append(f"| {attack} | {100 * rate:g} % | {seeds} | {undefended} | " + " | ".join(cells) + " |")
+                cells.append(str(max((line.seeds for name, line in row.items()
+                                      if not rate_grid.is_undefended(name)), default=0)))
+                cells.append("–" if base_line is None else pct(base_line.asr_median, base_line.asr_min,
+                                                               base_line.asr_max, base_line.seeds))
+                for name in defenses:
+                    if name in row:
+                        cells += [pct(row[name].asr_median, row[name].asr_min, row[name].asr_max, row[name].seeds),
+                                  held(*line_and_twins(wanted, row[name])),
+                                  str(row[name].verdicts.get(verdicts.MADE_WORSE, 0))]
+                    else:
+                        cells += ["–", "–", "–"]
+            out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 

@@ -9,7 +9,9 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-README_MAX_LINES = 100  # issue 19: the README had grown to 1,036 lines; the detail belongs in docs/
+# issue 19: the README had grown to 1,036 lines; the detail belongs in docs/. 120, not 100, since issues 16 and
+# 17 want the rate x size grid and the measured speed in it.
+README_MAX_LINES = 120
 README_IMAGE_MAX_BYTES = 200_000  # a picture the README shows is checked in: small (issue 19)
 IMAGE_SUFFIXES = (".png", ".svg", ".jpg", ".jpeg", ".gif", ".webp")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import re
 from pathlib import Path
@@ -75,3 +76,22 @@ def test_evaluation_sets_train_from_their_files_and_are_the_same_whichever_are_b
         assert np.bincount(a["y"]).tolist() == [200] * 10
         for key in ("x", "y", "x_test", "y_test"):
             assert np.array_equal(a[key], b[key])
+
+
+def test_compact_table_puts_the_datasets_side_by_side_row_by_row():
+    """The rate x size grid in one table: each (attack, rate) row holds every dataset's group, and a rate
+    one dataset lacks is shown empty there rather than dropped."""
+    bench = _bench()
+
+    def on(dataset, defense, seed, asr, rate=0.01):
+        point = _point(defense, seed, asr, 0.97, "removed" if defense == "CBD" else "", rate=rate)
+        return dataclasses.replace(point, dataset=dataset)
+
+    points = [on("mnist5k", "Undefended", 0, 0.98), on("mnist5k", "CBD", 0, 0.01),
+              on("mnist2k", "Undefended", 0, 0.90), on("mnist2k", "CBD", 0, 0.30),
+              on("mnist5k", "Undefended", 0, 1.0, rate=0.5), on("mnist5k", "CBD", 0, 0.02, rate=0.5)]
+    table = bench.compact_tables(points, ["mnist5k", "mnist2k"], ["blend"], [0.01, 0.5])
+    assert ("| attack | rate | mnist5k seeds | mnist5k undefended ASR | mnist5k CBD ASR | held | worse "
+            "| mnist2k seeds | mnist2k undefended ASR | mnist2k CBD ASR | held | worse |") in table
+    assert "| blend | 1 % | 1 | 98.0 | 1.0 | 1/1 | 0 | 1 | 90.0 | 30.0 | 0/1 | 0 |" in table
+    assert "| blend | 50 % | 1 | 100.0 | 2.0 | 1/1 | 0 | 0 | – | – | – | – |" in table
