@@ -153,6 +153,21 @@ def replace_between_markers(path: Path, body: str) -> None:
     path.write_text(text[:start + len(README_START)] + "\n" + body.strip("\n") + "\n" + text[end:])
 
 
+def asked_for(points: list[GridPoint], defenses: list[str]) -> list[GridPoint]:
+    """The runs of the undefended model and of the defenses asked for, each as its runs are labelled
+    (`rate_grid.defense_label`): a runs root shared with other experiments ("CBD (max_weight=1.0)")
+    does not add their lines to the tables."""
+    from cbd_core.defenses import DEFENSES
+
+    shape = (28, 28, 1)  # a variant's label names its overrides, which do not depend on the image shape
+    labels = set()
+    for text in defenses:
+        spec = DefenseSpec.parse(text)
+        params = DEFENSES[spec.name].resolve(shape, dict(spec.params))
+        labels.add(rate_grid.defense_label({"defense": spec.name, "defense_params": params}, shape))
+    return [p for p in points if rate_grid.is_undefended(p.defense) or p.defense in labels]
+
+
 def dataset_sources(names: list[str], out: Path) -> dict[str, str]:
     """What `matrix` trains on for each name: the app's datasets by name, the evaluation sets (built
     once under <out>/datasets) by their .npz file, whose stem is the name the tables group by."""
@@ -183,7 +198,7 @@ def main() -> None:
         cells = [Cell(sources[d], attack, spec, seed, rate) for rate in args.rates for d in args.datasets
                  for attack in args.attacks for seed in args.seeds for spec in specs]
         run_matrix(cells, args.out, jobs=args.jobs, report=lambda line: print(line, file=sys.stderr, flush=True))
-    points = grid_points(args.out)
+    points = asked_for(grid_points(args.out), args.defenses)
     text = tables(points, args.datasets, args.attacks, args.rates)
     print(text)
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)

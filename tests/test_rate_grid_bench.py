@@ -95,3 +95,14 @@ def test_compact_table_puts_the_datasets_side_by_side_row_by_row():
             "| mnist2k seeds | mnist2k undefended ASR | mnist2k CBD ASR | held | worse |") in table
     assert "| blend | 1 % | 1 | 98.0 | 1.0 | 1/1 | 0 | 1 | 90.0 | 30.0 | 0/1 | 0 |" in table
     assert "| blend | 50 % | 1 | 100.0 | 2.0 | 1/1 | 0 | 0 | – | – | – | – |" in table
+
+
+def test_the_tables_hold_only_the_defenses_asked_for():
+    """Other experiments' runs in the same root (a variant nobody asked to tabulate) stay out of the tables."""
+    bench = _bench()
+    points = [_point("Undefended", 0, 0.98, 0.97, ""), _point("CBD", 0, 0.01, 0.97, "removed"),
+              _point("CBD (max_weight=1.0)", 0, 0.5, 0.97, "persists"),
+              _point("CBD (shortcut_cut=3.0)", 0, 0.02, 0.97, "removed")]
+    assert [p.defense for p in bench.asked_for(points, ["cbd"])] == ["Undefended", "CBD"]
+    assert [p.defense for p in bench.asked_for(points, ["cbd:shortcut_cut=3"])] == ["Undefended",
+                                                                                  "CBD (shortcut_cut=3.0)"]
