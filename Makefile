@@ -43,7 +43,8 @@ bench: $(VENV)/.installed
 	$(PY) bench/cbd_targets.py --out $(BENCH_OUT) --datasets mnist5k --attacks blend badnets --cbd cbd:backdoor_loss=final
 	$(PY) bench/cbd_targets.py --out $(BENCH_OUT) --datasets mnist5k --cbd cbd:mi_weight=0
 	$(PY) bench/cbd_targets.py --out $(BENCH_OUT) --datasets mnist5k mnist1k mnist2k mnist20 --cbd cbd:keep_lowest_from=start
-	$(PY) bench/rate_grid.py --out $(BENCH_OUT) --datasets mnist5k mnist2k --defenses cbd --jobs 2 --write bench/results/rate_grid.md --readme README.md
+	$(PY) bench/rate_grid.py --out $(BENCH_OUT) --datasets mnist5k mnist2k --defenses cbd --jobs 2 --write bench/results/rate_grid_sizes.md --readme README.md
+	$(PY) bench/rate_grid.py --out $(BENCH_OUT) --defenses cbd cbd:probe_epochs=0,drop_below=0 --jobs 2 --write bench/results/rate_grid.md
 	$(PY) bench/rate_grid.py --out $(BENCH_OUT) --defenses cbd:shortcut_cut=3 --jobs 2 --write bench/results/rate_grid_shortcut.md
 	$(PY) bench/defense_quality.py --defenses abl nonlinearity --seeds 0 1 2 --threads 1 --out $(BENCH_OUT)
 	$(PY) bench/abl_isolation.py --out $(BENCH_OUT) --write bench/results/abl_isolation.md
