@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import shlex
+import statistics
 import sys
 from pathlib import Path
 
@@ -101,6 +102,20 @@ def tables(points: list[GridPoint], datasets: list[str], attacks: list[str], rat
     return "\n".join(out)
 
 
+def undefended_asr(wanted: list[GridPoint], dataset: str, attack: str, rate: float) -> str:
+    """The undefended ASR of a cell over the seeds its defenses have (all its runs where no defense has
+    any), so the row compares like with like."""
+    cell = [p for p in wanted if (p.dataset, p.attack) == (dataset, attack) and abs(p.poison_rate - rate) < 1e-12]
+    base = [p for p in cell if rate_grid.is_undefended(p.defense) and not p.setup]
+    defended = {p.seed for p in cell if not rate_grid.is_undefended(p.defense)}
+    if defended and any(p.seed in defended for p in base):
+        base = [p for p in base if p.seed in defended]
+    if not base:
+        return "–"
+    asr = [p.attack_success_rate for p in base]
+    return pct(statistics.median(asr), min(asr), max(asr), len(asr))
+
+
 def compact_tables(points: list[GridPoint], datasets: list[str], attacks: list[str], rates: list[float]) -> str:
     """One table, one row per attack and rate, the datasets side by side (a rate x size grid in one
     place): per dataset the defenses' seeds, the undefended ASR, then each defense's ASR (median
@@ -127,12 +142,9 @@ def compact_tables(points: list[GridPoint], datasets: list[str], attacks: list[s
             for dataset in present:
                 row = {line.defense: line for line in lines
                        if (line.dataset, line.attack, line.poison_rate) == (dataset, attack, rate)}
-                base_line = next((line for name, line in row.items() if rate_grid.is_undefended(name)), None)
-                # the defenses' seeds (the undefended column may hold more: every run it has there)
                 cells.append(str(max((line.seeds for name, line in row.items()
                                       if not rate_grid.is_undefended(name)), default=0)))
-                cells.append("–" if base_line is None else pct(base_line.asr_median, base_line.asr_min,
-                                                               base_line.asr_max, base_line.seeds))
+                cells.append(undefended_asr(wanted, dataset, attack, rate))
                 for name in defenses:
                     if name in row:
                         cells += [pct(row[name].asr_median, row[name].asr_min, row[name].asr_max, row[name].seeds),

@@ -29,6 +29,7 @@ def _point(defense, seed, asr, ca, verdict, rate=0.01, attack="blend"):
 def test_compact_table_counts_held_and_made_worse_against_the_same_seeds_baseline():
     bench = _bench()
     points = [_point("Undefended", s, 0.98, 0.97, "") for s in range(3)]
+    points.append(_point("Undefended", 3, 0.10, 0.97, ""))  # a seed no defense has: not in the row's baseline
     points += [_point("CBD", 0, 0.01, 0.965, "removed"),  # held: ASR <= 2 %, CA 0.5 points below
                _point("CBD", 1, 0.01, 0.94, "removed"),  # ASR low but CA 3 points below: not held
                _point("CBD", 2, 0.99, 0.97, "made worse")]
