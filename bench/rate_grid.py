@@ -102,18 +102,19 @@ def tables(points: list[GridPoint], datasets: list[str], attacks: list[str], rat
     return "\n".join(out)
 
 
-def undefended_asr(wanted: list[GridPoint], dataset: str, attack: str, rate: float) -> str:
-    """The undefended ASR of a cell over the seeds its defenses have (all its runs where no defense has
-    any), so the row compares like with like."""
-    cell = [p for p in wanted if (p.dataset, p.attack) == (dataset, attack) and abs(p.poison_rate - rate) < 1e-12]
-    base = [p for p in cell if rate_grid.is_undefended(p.defense) and not p.setup]
-    defended = {p.seed for p in cell if not rate_grid.is_undefended(p.defense)}
-    if defended and any(p.seed in defended for p in base):
-        base = [p for p in base if p.seed in defended]
-    if not base:
-        return "–"
-    asr = [p.attack_success_rate for p in base]
-    return pct(statistics.median(asr), min(asr), max(asr), len(asr))
+def undefended_asr(wanted: list[GridPoint], row: dict[str, GridLine]) -> str:
+    """A row's undefended ASR over the twins its defenses are judged against (`line_and_twins`), so the
+    row compares like with like; every undefended run there where no defense has a twin."""
+    twins = {}
+    for name, line in row.items():
+        if not rate_grid.is_undefended(name):
+            ours, base = line_and_twins(wanted, line)
+            twins.update({base[p.seed].run_id: base[p.seed] for p in ours if p.seed in base})
+    if twins:
+        asr = [p.attack_success_rate for p in twins.values()]
+        return pct(statistics.median(asr), min(asr), max(asr), len(asr))
+    base = next((line for name, line in row.items() if rate_grid.is_undefended(name)), None)
+    return "–" if base is None else pct(base.asr_median, base.asr_min, base.asr_max, base.seeds)
 
 
 def compact_tables(points: list[GridPoint], datasets: list[str], attacks: list[str], rates: list[float]) -> str:
@@ -144,7 +145,7 @@ def compact_tables(points: list[GridPoint], datasets: list[str], attacks: list[s
                        if (line.dataset, line.attack, line.poison_rate) == (dataset, attack, rate)}
                 cells.append(str(max((line.seeds for name, line in row.items()
                                       if not rate_grid.is_undefended(name)), default=0)))
-                cells.append(undefended_asr(wanted, dataset, attack, rate))
+                cells.append(undefended_asr(wanted, row))
                 for name in defenses:
                     if name in row:
                         cells += [pct(row[name].asr_median, row[name].asr_min, row[name].asr_max, row[name].seeds),

@@ -116,6 +116,15 @@ def timed_run(root: Path, config) -> dict:
     return marks
 
 
+def warm_up(root: Path, demo) -> dict:
+    """The worker's first run (not counted: it pays first-use costs), then its UMAP warm-up; the run's marks."""
+    import dataclasses
+
+    first = timed_run(root, dataclasses.replace(demo, seed=99))
+    wait(lambda: "UMAP warm-up took" in (root / ".workers" / "cpu-0.log").read_text(), 300, 0.2)
+    return first
+
+
 def epoch_seconds(metrics: list[dict], phase: str) -> float:
     return statistics.median(m["epoch_seconds"] for m in metrics if m["phase"] == phase)
 
@@ -155,8 +164,7 @@ def one_tree(repeats: int) -> None:
     demo = quick_demo_config()
     start_worker(root)
     try:
-        timed_run(root, dataclasses.replace(demo, seed=99))  # the worker's first run: not counted
-        wait(lambda: "UMAP warm-up took" in (root / ".workers" / "cpu-0.log").read_text(), 300, 0.2)
+        warm_up(root, demo)
         worker = [timed_run(root, dataclasses.replace(demo, seed=seed)) for seed in range(repeats)]
     finally:
         jobs.stop_workers(root)
@@ -232,8 +240,7 @@ def main() -> None:
         jobs.stop_workers(root)
     start_worker(root)
     demo = quick_demo_config()
-    first = timed_run(root, dataclasses.replace(demo, seed=99))  # the worker's first run: not counted
-    wait(lambda: "UMAP warm-up took" in (root / ".workers" / "cpu-0.log").read_text(), 300, 0.2)
+    first = warm_up(root, demo)
 
     quiet, undefended, busy = [], [], []
     for seed in range(n):
