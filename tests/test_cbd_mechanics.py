@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cbd_core.defenses.cbd import (MIDiscriminator, cbd_weights, class_balanced, guard_unfitted, normalise_batch,
-                                   shortcut_samples)
+                                   per_class_median, shortcut_samples)
 
 
 def test_cbd_weights_formula():
@@ -70,6 +70,31 @@ def test_class_balanced_caps_outliers():
     out = class_balanced(weights, labels, max_weight=3.0)
     assert torch.all(torch.isfinite(out))
     assert out.max().item() <= 3.0 + 1e-6 and out[0].item() == pytest.approx(3.0)
+
+
+def test_class_median_weights_do_not_depend_on_either_models_loss_level():
+    # Two classes; f_B has fitted class 0 a hundred times better than class 1, and f_C is at another level
+    # again. Relative to its class, sample 2 is hard for f_B and ordinary for f_C, sample 5 the reverse.
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    ce_b = torch.tensor([0.01, 0.01, 0.2, 1.0, 1.0, 0.05])
+    ce_c = torch.tensor([0.3, 0.3, 0.3, 0.3, 0.3, 6.0])
+    rel_b, rel_c = per_class_median(ce_b, labels), per_class_median(ce_c, labels)
+    torch.testing.assert_close(rel_b, torch.tensor([1.0, 1.0, 20.0, 1.0, 1.0, 0.05]))
+    w = cbd_weights(rel_b, rel_c)
+    torch.testing.assert_close(w[[0, 1, 3, 4]], torch.full((4,), 0.5))  # as hard for both: neutral
+    assert w[2] > 0.9 and w[5] < 0.01  # harder for f_B than for f_C: up; fitted by f_B far better: down
+    # Scaling either model's losses, overall or per class, changes nothing; the raw formula moves.
+    scale = torch.tensor([10.0, 10.0, 10.0, 0.1, 0.1, 0.1])
+    torch.testing.assert_close(cbd_weights(per_class_median(ce_b * scale, labels), rel_c), w)
+    torch.testing.assert_close(cbd_weights(rel_b, per_class_median(ce_c * 7.0, labels)), w)
+    assert not torch.allclose(cbd_weights(ce_b * scale, ce_c), cbd_weights(ce_b, ce_c))
+    # Sharpness k (CE^k in both places) is a sigmoid of k times the log-ratio: the middle stays, the rest spreads.
+    sharp = cbd_weights(rel_b ** 2, rel_c ** 2)
+    torch.testing.assert_close(sharp, torch.sigmoid(2 * (rel_b.log() - rel_c.log())))
+    torch.testing.assert_close(sharp[[0, 1, 3, 4]], w[[0, 1, 3, 4]])
+    assert sharp[2] > w[2] and sharp[5] < w[5]
+    # A zero loss counts as LOSS_FLOOR, so the ratios stay finite.
+    assert torch.all(torch.isfinite(per_class_median(torch.zeros(3), torch.zeros(3, dtype=torch.long))))
 
 
 def test_unfitted_samples_get_at_most_their_class_median():

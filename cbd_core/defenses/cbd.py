@@ -138,6 +138,15 @@ def checkpoint_steps(total_steps: int, count: int) -> list[int]:
     return sorted({round(total_steps * (i + 1) / count) for i in range(count)})
 
 
+def per_class_median(values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each sample's value divided by the median of its class's values: how hard a sample is for a model
+    relative to the other images of its label, whatever the model's overall loss level."""
+    medians = torch.ones(int(labels.max()) + 1, device=values.device)
+    for c in torch.unique(labels).tolist():
+        medians[c] = values[labels == c].median().clamp_min(LOSS_FLOOR)
+    return values.clamp_min(LOSS_FLOOR) / medians[labels]
+
+
 def class_balanced(weights: torch.Tensor, labels: torch.Tensor, max_weight: float) -> torch.Tensor:
     """Weights divided by their class's mean, so every class keeps its total weight (its count):
     re-weighting then moves weight between samples of a label, never between labels. No sample gets
@@ -313,6 +322,14 @@ class CBD(Defense):
               "harder than the other classes' median image gets no weight from then on (0 = never, the default: "
               "at 3 it made no 0.5% run and no 20-50% run worse, but one at 1%)",
               0.0, 20.0, before=0.0),
+
+        Param("loss_scale", str, "stable: raw: w = CE_B / (CE_B + CE_C) from the losses as they are (the paper); "
+              "class_median: each loss divided by its class's median first, so w compares how hard a sample is for "
+              "each model relative to its label's other images, not f_B's and f_C's overall loss levels",
+              choices=("raw", "class_median"), before="raw"),
+        Param("sharpness", float, "stable: w = CE_B^k / (CE_B^k + CE_C^k), a sigmoid of k times log(CE_B / CE_C): "
+              "above 1 a sample's weight moves further from the middle for the same ratio (1 = the paper's formula)",
+              0.25, 8.0, before=1.0),
     )
 
     def diagnosis(self, summary):
@@ -361,7 +378,8 @@ class CBD(Defense):
                 "backdoor_lr": 0.05, "epochs": 10 if small else 40, "lr": 0.05, "batch_size": 128,
                 "weight_decay": 5e-4, "mi_weight": 0.1, "disc_lr": 1e-3, "backdoor_features": "cached",
                 "weighting": "stable", "max_weight": 3.0, "unfitted": "guard", "keep_lowest_from": "caught_up",
-                "probe_epochs": 4, "probe_rounds": 2, "drop_below": 0.25, "shortcut_cut": 0.0}
+                "probe_epochs": 4, "probe_rounds": 2, "drop_below": 0.25, "shortcut_cut": 0.0,
+                "loss_scale": "raw", "sharpness": 1.0}
 
     def total_epochs(self, params):
         return F_B_STAGES + params["epochs"]
@@ -429,7 +447,11 @@ class CBD(Defense):
 
         def weights_from(ce_c: torch.Tensor, trained: bool = True) -> torch.Tensor:
             nonlocal shortcut
-            fresh = cbd_weights(ce_b_full, ce_c)
+            loss_b, loss_c = ce_b_full, ce_c
+            if p["loss_scale"] == "class_median":
+                loss_b, loss_c = per_class_median(loss_b, ctx.train.y), per_class_median(loss_c, ctx.train.y)
+            # sharpness k: w = CE_B^k / (CE_B^k + CE_C^k), a sigmoid of k times the log-ratio (1: the paper's)
+            fresh = cbd_weights(loss_b ** p["sharpness"], loss_c ** p["sharpness"])
             fresh = guard_unfitted(fresh, ce_b_full, ctx.train.y, chance_loss)[0] if guard else fresh
             if stable and trained and p["shortcut_cut"] > 0:
                 shortcut = shortcut | shortcut_samples(ce_b_full, ce_c, ctx.train.y, p["shortcut_cut"])
