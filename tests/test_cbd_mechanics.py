@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cbd_core.defenses.cbd import (MIDiscriminator, cbd_weights, class_balanced, guard_unfitted, normalise_batch,
-                                   per_class_median, shortcut_samples)
+                                   per_class_median, shortcut_samples, typical_class_median)
 
 
 def test_cbd_weights_formula():
@@ -95,6 +95,20 @@ def test_class_median_weights_do_not_depend_on_either_models_loss_level():
     assert sharp[2] > w[2] and sharp[5] < w[5]
     # A zero loss counts as LOSS_FLOOR, so the ratios stay finite.
     assert torch.all(torch.isfinite(per_class_median(torch.zeros(3), torch.zeros(3, dtype=torch.long))))
+
+
+def test_typical_loss_level_stays_a_clean_images_where_the_poison_is_most_of_its_label():
+    # Ten labels of 10 images; label 0 holds 45 more, poisoned ones that f_B fits a hundred times better,
+    # so they are most of the training set's label 0 and nearly half of the whole set (50 % poisoning).
+    labels = torch.cat((torch.arange(10).repeat_interleave(10), torch.zeros(45, dtype=torch.long)))
+    loss = torch.cat((torch.full((100,), 0.02), torch.full((45,), 0.0002)))
+    loss[:100] *= torch.linspace(0.5, 1.5, 100)  # the clean images' spread
+    assert loss[labels == 0].median() < 0.001  # label 0's own median is the poison's
+    assert 0.01 < float(typical_class_median(loss, labels)) < 0.03  # the typical label's is a clean image's
+    # One number per model: dividing by it keeps every ratio between samples.
+    scaled = loss / typical_class_median(loss, labels)
+    torch.testing.assert_close(scaled[1:] / scaled[:-1], loss[1:] / loss[:-1])
+    assert float(typical_class_median(torch.zeros(4), torch.tensor([0, 0, 1, 1]))) > 0  # never divides by 0
 
 
 def test_unfitted_samples_get_at_most_their_class_median():
@@ -400,3 +414,28 @@ def test_shortcut_guard_spares_a_class_whose_poison_is_its_majority():
     flagged = shortcut_samples(log_b.exp(), log_c.exp(), labels, cut=3.0)
     assert int(flagged[1000:1200].sum()) <= 0.6 * 200  # most of class 0's 200 real images stay
     assert not flagged[:1000].any()
+
+
+def test_typical_loss_scale_still_leaves_out_a_poison_f_b_caught_and_records_its_scale(tmp_path, patch_dataset):
+    """`loss_scale="typical"` divides each model's loss by its level on a typical image before w: where f_B
+    caught the trigger (BadNets here) the poison is still what f_B fits far better than f_C, so it is left out
+    of the kept f_C's first epoch as with the paper's scale, and the summary says which scale the run used."""
+    import numpy as np
+
+    from cbd_core.config import RunConfig
+    from cbd_core.pipeline import execute, prepare
+    from cbd_core.runs import RunDir
+
+    patch_dataset(600, 100)
+    prepared = prepare(RunConfig(defense="cbd", device="cpu", embedding_samples=0, threads=1,
+                                 defense_params={"epochs": 1, "batch_size": 64, "loss_scale": "typical"}))
+    run = RunDir.create(tmp_path / "typical", prepared.config.to_dict())
+    summary = execute(prepared, run)
+    record = run.arrays("sample_weights")
+    poisoned, weights = record["is_poisoned"].astype(bool), record["weights"]
+    assert np.mean(weights[0][poisoned] == 0) >= 0.9
+    assert np.mean(weights[0][~poisoned] == 0) <= 0.5
+    guard = summary["weight_guard"]
+    assert guard["loss_scale"] == "typical" and guard["sharpness"] == 1.0
+    clean_median = float(np.median(record["loss_backdoor"][~poisoned]))
+    assert 0.2 * clean_median < guard["typical_loss_backdoor"] < 5 * clean_median  # a clean image's level

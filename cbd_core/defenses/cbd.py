@@ -147,6 +147,14 @@ def per_class_median(values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return values.clamp_min(LOSS_FLOOR) / medians[labels]
 
 
+def typical_class_median(values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The median, over labels, of each label's median value: a model's loss level on a typical image. Unlike
+    the whole set's median it stays a clean image's where the poison is most of one class (at 50 % poisoning
+    half of the training set carries the target label), since only one label's median is the poison's."""
+    medians = [values[labels == c].median() for c in torch.unique(labels).tolist()]
+    return torch.stack(medians).median().clamp_min(LOSS_FLOOR)
+
+
 def class_balanced(weights: torch.Tensor, labels: torch.Tensor, max_weight: float) -> torch.Tensor:
     """Weights divided by their class's mean, so every class keeps its total weight (its count):
     re-weighting then moves weight between samples of a label, never between labels. No sample gets
@@ -324,9 +332,10 @@ class CBD(Defense):
               0.0, 20.0, before=0.0),
 
         Param("loss_scale", str, "stable: raw: w = CE_B / (CE_B + CE_C) from the losses as they are (the paper); "
-              "class_median: each loss divided by its class's median first, so w compares how hard a sample is for "
-              "each model relative to its label's other images, not f_B's and f_C's overall loss levels",
-              choices=("raw", "class_median"), before="raw"),
+              "typical: each model's loss divided by its level on a typical image (the median over labels of each "
+              "label's median) first, so w compares how hard a sample is for each model, not f_B's and f_C's "
+              "overall loss levels; class_median: divided by its own label's median (breaks where the poison is "
+              "most of its label)", choices=("raw", "typical", "class_median"), before="raw"),
         Param("sharpness", float, "stable: w = CE_B^k / (CE_B^k + CE_C^k), a sigmoid of k times log(CE_B / CE_C): "
               "above 1 a sample's weight moves further from the middle for the same ratio (1 = the paper's formula)",
               0.25, 8.0, before=1.0),
@@ -450,6 +459,9 @@ class CBD(Defense):
             loss_b, loss_c = ce_b_full, ce_c
             if p["loss_scale"] == "class_median":
                 loss_b, loss_c = per_class_median(loss_b, ctx.train.y), per_class_median(loss_c, ctx.train.y)
+            elif p["loss_scale"] == "typical":
+                loss_b = loss_b.clamp_min(LOSS_FLOOR) / typical_class_median(loss_b, ctx.train.y)
+                loss_c = loss_c.clamp_min(LOSS_FLOOR) / typical_class_median(loss_c, ctx.train.y)
             # sharpness k: w = CE_B^k / (CE_B^k + CE_C^k), a sigmoid of k times the log-ratio (1: the paper's)
             fresh = cbd_weights(loss_b ** p["sharpness"], loss_c ** p["sharpness"])
             fresh = guard_unfitted(fresh, ce_b_full, ctx.train.y, chance_loss)[0] if guard else fresh
@@ -588,6 +600,10 @@ class CBD(Defense):
                          "unfitted_samples": int((ce_b_full > chance_loss).sum()),
                          "probe_epochs": p["probe_epochs"], "probe_rounds": p["probe_rounds"],
                          "drop_below": p["drop_below"],
+                         "loss_scale": p["loss_scale"], "sharpness": p["sharpness"],
+                         # "typical": the loss level f_B's CE_B was divided by (f_C's changes every epoch)
+                         "typical_loss_backdoor": round(float(typical_class_median(ce_b_full, ctx.train.y)), 6)
+                         if p["loss_scale"] == "typical" else None,
                          "dropped_share_per_epoch": dropped_shares,
                          "shortcut_cut": p["shortcut_cut"], "shortcut_samples_per_epoch": shortcut_counts,
                          # reporting only (the mask is never used): how much of the poison the guard left out
