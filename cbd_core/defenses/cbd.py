@@ -93,6 +93,15 @@ restores the paper's behaviour, and bench/defense_quality.py --cbd-variants meas
      mostly does so by leaving out a hundred hard clean images, not the poison. Capping every weight at
      the class mean instead (`max_weight=1`) did not help at 0.5% (Trojan seed 0: 85.4%; Blend seed 0:
      90.3%). docs/benchmarks.md ("Across poison rates") has the grid.
+  5. The weights' spread comes from f_B's loss *level* (`loss_scale`, opt-in). On 2,000 images f_B's 256
+     steps are 16 epochs, clean CE_B is ~0.01 while an untrained f_C's CE_C is log K, so w is tiny for
+     every image f_B fitted and the first probe trains on the few f_B did not fit, the poison it missed
+     among them. "typical" divides each model's loss by its loss on a typical image (the median over
+     labels of each label's median, one number per model) before the formula, so w compares how hard a
+     sample is for each model rather than how far each has trained; "class_median" divides by the
+     sample's own label's median, which is the poison's where the poison is most of its label (it broke
+     at 20%). Measured on mnist2k and mnist5k (docs/benchmarks.md, "Weights that do not depend on f_B's
+     loss level"); not the default until the whole rate x size grid has run with it.
 - The official estimator divides each layer by the *square root* of its spectral norm, which does
   not bound the Lipschitz constant; here it is torch's spectral normalisation (divide by sigma).
 - f_B's features in the MI term (`backdoor_features="cached"`; "per_batch" is the official code's). f_B is
