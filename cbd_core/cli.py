@@ -317,11 +317,18 @@ def command_matrix(args: argparse.Namespace) -> int:
     cells = [Cell(dataset, attack, spec, seed, rate)
              for dataset in args.datasets for attack in attacks for rate in args.poison_rates
              for seed in args.seeds for spec in specs]
+    failures: list = []  # a failed cell does not stop the grid: the tables hold the others, the exit code says so
     results = run_matrix(cells, args.out, jobs=args.jobs, epochs=args.epochs, device=args.device, threads=args.threads,
-                         report=lambda line: print(line, file=sys.stderr, flush=True), ray=args.ray)
+                         report=lambda line: print(line, file=sys.stderr, flush=True), ray=args.ray, failures=failures)
     csv_path, md_path, markdown = write_tables(results, runs_root(args.out) / "matrix")
     print(markdown)
     print(f"\nwritten: {csv_path} and {md_path}", file=sys.stderr)
+    if failures:
+        print(f"error: {len(failures)} of {len(cells)} cells failed (the tables hold the other "
+              f"{len(results)}; run the same command again to retry them):", file=sys.stderr)
+        for cell, reason in failures:
+            print(f"  {cell.dataset} {cell.attack} {cell.defense.label} seed {cell.seed}: {reason}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -111,10 +111,16 @@ def _npz_shape(path: str | None, cache: dict) -> tuple[tuple[int, int, int], int
 
 def run_matrix(cells: list[Cell], root: str | Path | None = None, jobs: int = 1, epochs: int | None = None,
                device: str = "auto", threads: int | None = None, report: Callable[[str], None] = print,
-               ray: str | None = None) -> list[tuple[Cell, dict[str, Any]]]:
+               ray: str | None = None, failures: list[tuple[Cell, str]] | None = None) -> list[tuple[Cell, dict[str, Any]]]:
     """Run every cell not already done under the runs root; returns (cell, summary) in cell order.
     With a Ray address (`ray`, else $BACKDOOR_LAB_RAY_ADDRESS) every cell is a Ray task
-    (`jobs.cluster`), all queued at once; `jobs` is then the cluster's business."""
+    (`jobs.cluster`), all queued at once; `jobs` is then the cluster's business.
+
+    A cell that fails (a bug, a full disk, its folder deleted while it trained) does not stop the others:
+    it is reported at once and the grid goes on. With a `failures` list, each failed cell and its reason are
+    appended to it and the finished cells are returned; without one, the grid ends with a UserInputError
+    naming every failed cell once the rest have run. Either way a rerun resumes: only the failed and the
+    missing cells train again."""
     from .jobs.cluster import ray_address
 
     address = ray_address(ray)
@@ -138,17 +144,31 @@ def run_matrix(cells: list[Cell], root: str | Path | None = None, jobs: int = 1,
     report(f"{len(cells)} cells: {len(results)} already done, {len(todo)} to run, "
            + (f"as Ray tasks on {address}" if address else f"{jobs} at a time"))
 
+    failed: list[tuple[Cell, str]] = []
+
     def finished(cell: Cell, summary: dict[str, Any]) -> None:
         results[cell] = summary
         report(f"  {cell.dataset} {cell.attack:<8} {cell.defense.label:<24} seed {cell.seed}: "
                f"CA {summary['clean_accuracy']:.3f} ASR {summary['attack_success_rate']:.3f} "
                f"({summary['seconds']:.0f} s)")
 
+    def failed_cell(cell: Cell, reason: str) -> None:
+        failed.append((cell, reason))
+        report(f"  {cell.dataset} {cell.attack:<8} {cell.defense.label:<24} seed {cell.seed}: FAILED ({reason}); "
+               "the other cells go on")
+
     if address:
-        _run_on_ray(todo, folder, address, finished)
+        _run_on_ray(todo, folder, address, finished, failed_cell)
     elif jobs <= 1:  # in this process: no fork of a torch that already has threads
         for cell, validated in todo:
-            finished(cell, _run_cell(validated.to_dict(), str(folder)))
+            try:
+                summary = _run_cell(validated.to_dict(), str(folder))
+            except KeyboardInterrupt:
+                raise
+            except Exception as err:  # noqa: BLE001 - any failure of one cell is that cell's, not the grid's
+                failed_cell(cell, _reason(err))
+            else:
+                finished(cell, summary)
     else:
         # "spawn": fresh interpreters, since forking a process whose torch runs threads can hang.
         # Cells keep the threads their configs name (give --threads to share the cores out); idle
@@ -160,15 +180,33 @@ def run_matrix(cells: list[Cell], root: str | Path | None = None, jobs: int = 1,
             futures = {pool.submit(_run_cell, validated.to_dict(), str(folder)): cell
                        for cell, validated in todo}
             for future, cell in futures.items():
-                finished(cell, future.result())
-    return [(cell, results[cell]) for cell in cells]
+                try:
+                    summary = future.result()
+                except Exception as err:  # noqa: BLE001 - as above; a crashed worker process lands here too
+                    failed_cell(cell, _reason(err))
+                else:
+                    finished(cell, summary)
+    if failures is not None:
+        failures.extend(failed)
+    elif failed:
+        raise UserInputError(f"{len(failed)} of {len(cells)} cells failed: "
+                             + "; ".join(f"{c.attack}, {c.defense.label}, seed {c.seed}: {why}" for c, why in failed)
+                             + " (the others finished; run the grid again to retry these)", "matrix")
+    return [(cell, results[cell]) for cell in cells if cell in results]
+
+
+def _reason(err: BaseException) -> str:
+    """One line for a failed cell: the error's own message (a traceback, when there is one, is in the run
+    folder's error.txt)."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
 def _run_on_ray(todo: list[tuple[Cell, RunConfig]], folder: Path, address: str,
-                finished: Callable[[Cell, dict[str, Any]], None]) -> None:
+                finished: Callable[[Cell, dict[str, Any]], None], failed_cell: Callable[[Cell, str], None]) -> None:
     """Queue every cell as a Ray task (`jobs.submit_once` in the "ray" queue), then follow the run
-    folders, which the tasks write, until each has ended. A cell that failed or was cancelled stops the
-    grid with its recorded reason, as a failed cell does locally."""
+    folders, which the tasks write, until each has ended. A cell that failed or was cancelled is reported
+    with its recorded reason, as a failed cell is locally, and the others go on."""
     import time
 
     from .jobs import submit_once
@@ -179,10 +217,10 @@ def _run_on_ray(todo: list[tuple[Cell, RunConfig]], folder: Path, address: str,
             time.sleep(0.5)
         summary = run.summary() if status.get("state") == "done" else None
         if summary is None:
-            raise UserInputError(f"run {run.run_id} ({cell.attack}, {cell.defense.label}, seed {cell.seed}) ended "
-                                 f"{status.get('state')} on the Ray cluster: {status.get('error') or 'no reason recorded'}",
-                                 "ray")
-        finished(cell, summary)
+            failed_cell(cell, f"run {run.run_id} ended {status.get('state')} on the Ray cluster: "
+                              f"{status.get('error') or 'no reason recorded'}")
+        else:
+            finished(cell, summary)
 
 
 def median_range(values: list[float | None]) -> str:

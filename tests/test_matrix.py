@@ -42,6 +42,38 @@ def test_matrix_runs_each_cell_once_and_resumes(tmp_path, patch_dataset, capsys)
     assert len([p for p in tmp_path.iterdir() if p.name != "matrix"]) == 2
 
 
+def test_a_failed_cell_does_not_stop_the_grid_and_a_rerun_retries_only_it(tmp_path, patch_dataset, capsys,
+                                                                          monkeypatch):
+    """One cell fails (here its training raises, as a full disk or a folder deleted mid-run would): the
+    cells after it still train, the tables hold them, the exit code and stderr name the failed cell, and
+    the same command again trains that cell alone."""
+    import cbd_core.pipeline as pipeline
+
+    patch_dataset(400, 200)
+    real_train_run = pipeline.train_run
+
+    def seed_1_fails(config, *args, **kwargs):
+        if config.seed == 1:
+            raise OSError(28, "No space left on device")
+        return real_train_run(config, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "train_run", seed_1_fails)
+    argv = ["matrix", "--attacks", "badnets", "--defenses", "undefended", "--seeds", "0", "1", "2",
+            "--epochs", "1", "--device", "cpu", "--out", str(tmp_path)]
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    assert "seed 1: FAILED (OSError: [Errno 28] No space left on device)" in err
+    assert "seed 2: CA" in err  # the cell after the failed one trained
+    assert "1 of 3 cells failed" in err
+    with open(tmp_path / "matrix" / "matrix.csv") as f:
+        assert [r["seed"] for r in csv.DictReader(f)] == ["0", "2"]  # the finished cells are in the tables
+
+    monkeypatch.setattr(pipeline, "train_run", real_train_run)
+    assert main(argv) == 0
+    _, err = capsys.readouterr()
+    assert "2 already done, 1 to run" in err
+
+
 def test_tables_report_median_and_range():
     spec = DefenseSpec("cbd")
     results = [(Cell("mnist5k", "badnets", spec, seed, 0.1),
