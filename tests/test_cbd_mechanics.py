@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from cbd_core.defenses.cbd import (MIDiscriminator, cbd_weights, class_balanced, guard_unfitted, normalise_batch,
-                                   per_class_median, shortcut_samples, typical_class_median)
+from cbd_core.defenses.cbd import (MIDiscriminator, cbd_weights, class_balanced, guard_hardest, guard_unfitted,
+                                   normalise_batch, per_class_median, shortcut_samples, typical_class_median)
 
 
 def test_cbd_weights_formula():
@@ -127,6 +127,42 @@ def test_unfitted_samples_get_at_most_their_class_median():
     assert torch.all(guarded <= weights)
     same, none = guard_unfitted(weights, torch.zeros(14), labels, math.log(10))
     assert torch.equal(same, weights) and not none.any()
+
+
+def test_a_poison_f_b_missed_gets_no_more_than_its_class_lower_quartile_even_below_chance_loss():
+    """Small data: f_B fits every clean image to ~0.01 and the poison it missed only to ~0.3, far below a
+    uniform guess's loss (log 10), so the unfitted guard cannot see it while w gives it the largest weights.
+    Measured against the other classes' images it is among the hardest, and is held at its class's lower
+    quartile; the clean images keep the formula's weight but for the hardest tenth."""
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(10).repeat_interleave(100)
+    ce_b = (0.01 * torch.exp(0.5 * torch.randn(1000, generator=gen)))
+    poison = torch.zeros(1000, dtype=torch.bool)
+    poison[:10] = True  # ten of label 0's images
+    ce_b[poison] = 0.3
+    weights = cbd_weights(ce_b, torch.full((1000,), 0.05))
+    assert float(ce_b.max()) < math.log(10)
+    assert not guard_unfitted(weights, ce_b, labels, math.log(10))[1].any()
+    guarded, hard = guard_hardest(weights, ce_b, labels)
+    assert hard[poison].all()
+    assert 0.05 <= float(hard[~poison].float().mean()) <= 0.15  # about a tenth of the clean images
+    quartile = torch.quantile(weights[labels == 0], 0.25)
+    assert torch.all(guarded[poison] <= quartile + 1e-7)
+    assert torch.all(guarded <= weights)  # it never raises a weight
+    assert torch.equal(guarded[~hard], weights[~hard])
+
+
+def test_hardest_guard_spares_a_class_whose_poison_is_its_majority():
+    """At 50 % poisoning f_B caught the trigger: the poison, most of label 0, has a tiny CE_B. The real zeros
+    are as hard for f_B as the other classes' images, so only the usual tenth of them is guarded, not the
+    class's majority (a threshold from label 0's own images would be the poison's)."""
+    gen = torch.Generator().manual_seed(2)
+    labels = torch.cat((torch.arange(10).repeat_interleave(100), torch.zeros(900, dtype=torch.long)))
+    ce_b = 0.05 * torch.exp(0.5 * torch.randn(1900, generator=gen))
+    ce_b[1000:] = 1e-4  # the poison
+    _, hard = guard_hardest(cbd_weights(ce_b, torch.full((1900,), 0.05)), ce_b, labels)
+    assert not hard[1000:].any()
+    assert int(hard[:100].sum()) <= 25  # label 0's real images
 
 
 def test_shortcut_samples_are_those_f_c_fits_far_better_than_f_b_within_their_class():
@@ -439,3 +475,24 @@ def test_typical_loss_scale_still_leaves_out_a_poison_f_b_caught_and_records_its
     assert guard["loss_scale"] == "typical" and guard["sharpness"] == 1.0
     clean_median = float(np.median(record["loss_backdoor"][~poisoned]))
     assert 0.2 * clean_median < guard["typical_loss_backdoor"] < 5 * clean_median  # a clean image's level
+
+
+def test_relative_guard_records_the_samples_it_held(tmp_path, patch_dataset):
+    """`unfitted="relative"` on a real run: the summary says how many samples f_B found harder than nine in
+    ten of the other classes' images (about a tenth of the set, by that definition) and, for reporting only,
+    how many of them were poisoned; the default records nothing of the kind."""
+    from cbd_core.config import RunConfig
+    from cbd_core.pipeline import execute, prepare
+    from cbd_core.runs import RunDir
+
+    patch_dataset(600, 100)
+    params = {"epochs": 1, "batch_size": 64, "backdoor_steps": 64, "probe_epochs": 1, "probe_rounds": 1}
+    prepared = prepare(RunConfig(defense="cbd", device="cpu", embedding_samples=0, threads=1,
+                                 defense_params={**params, "unfitted": "relative"}))
+    summary = execute(prepared, RunDir.create(tmp_path / "relative", prepared.config.to_dict()))
+    report = summary["weight_guard"]["hardest_report"]
+    assert 0.05 * 600 <= report["flagged"] <= 0.2 * 600
+    assert set(report) == {"flagged", "precision", "recall"}
+    prepared = prepare(RunConfig(defense="cbd", device="cpu", embedding_samples=0, threads=1, defense_params=params))
+    summary = execute(prepared, RunDir.create(tmp_path / "default", prepared.config.to_dict()))
+    assert summary["weight_guard"]["hardest_report"] is None

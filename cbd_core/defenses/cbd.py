@@ -102,6 +102,13 @@ restores the paper's behaviour, and bench/defense_quality.py --cbd-variants meas
      sample's own label's median, which is the poison's where the poison is most of its label (it broke
      at 20%). Measured on mnist2k and mnist5k (docs/benchmarks.md, "Weights that do not depend on f_B's
      loss level"); not the default until the whole rate x size grid has run with it.
+  6. A poison f_B missed can sit far below the chance loss (`unfitted="relative"`, opt-in). On mnist2k at 0.5%
+     the poison's median CE_B is 0.28, so the unfitted guard (CE_B above log K) never sees it, yet it is
+     harder for f_B than nine in ten of the other classes' images; "relative" holds such samples at their
+     class's lower quartile of weight. Measured (docs/benchmarks.md, "A poison f_B missed, measured against
+     the other classes"): mnist2k 0.5% Trojan median ASR 8% against the default's 82%, but mnist5k BadNets 1%
+     seed 2 made worse (59% against 1.1% undefended) with the poison's share of its class's weight at its
+     natural 9%: at 1% and below the outcome moves with more than the weights.
 - The official estimator divides each layer by the *square root* of its spectral norm, which does
   not bound the Lipschitz constant; here it is torch's spectral normalisation (divide by sigma).
 - f_B's features in the MI term (`backdoor_features="cached"`; "per_batch" is the official code's). f_B is
@@ -193,6 +200,29 @@ def guard_unfitted(weights: torch.Tensor, ce_backdoor: torch.Tensor, labels: tor
     for c in torch.unique(labels[unfitted]).tolist():
         medians[c] = weights[labels == c].median()
     return torch.where(unfitted, torch.minimum(weights, medians[labels]), weights), unfitted
+
+
+HARD_QUANTILE = 0.9  # "relative": harder for f_B than this share of the other classes' images
+HARD_WEIGHT_QUANTILE = 0.25  # ... gets at most this quantile of its own class's weights
+
+
+def guard_hardest(weights: torch.Tensor, ce_backdoor: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(guarded weights, which samples were guarded). A sample f_B finds harder than nine in ten images of
+    the other classes gets at most the lower quartile of its class's weights. The unfitted guard's
+    threshold, a uniform guess's loss, is absolute: on small data f_B fits nearly everything well below it,
+    the poison it missed included (mnist2k 0.5 %: its median CE_B 0.28 against log 10), and w then gives
+    that poison the largest weights there are. The other classes' images set the level instead (the poison
+    carries the target's label, so at any rate they are clean). Applied to the formula's weights, before
+    class balancing and the cut of `drop_below`; applied after them instead (to the kept weights), it held
+    mnist5k 1 % better and lost mnist2k 0.5 % (docs/benchmarks.md). Reads only training data."""
+    hard = torch.zeros_like(labels, dtype=torch.bool)
+    caps = torch.zeros(int(labels.max()) + 1, device=weights.device)
+    for c in torch.unique(labels).tolist():
+        in_class = labels == c
+        others = ce_backdoor[~in_class] if bool((~in_class).any()) else ce_backdoor
+        hard[in_class] = ce_backdoor[in_class] > torch.quantile(others.float(), HARD_QUANTILE)
+        caps[c] = torch.quantile(weights[in_class].float(), HARD_WEIGHT_QUANTILE)
+    return torch.where(hard, torch.minimum(weights, caps[labels]), weights), hard
 
 
 def shortcut_samples(ce_backdoor: torch.Tensor, ce_clean: torch.Tensor, labels: torch.Tensor,
@@ -323,8 +353,10 @@ class CBD(Defense):
         Param("max_weight", float, "stable: the most weight a sample may get, in units of its class's mean "
               "weight", 1.0, 100.0),
         Param("unfitted", str, "stable: a sample f_B never fitted (CE_B above a uniform guess's loss) gets at "
-              "most its class's median weight (guard), or the weight the formula gives it (off)",
-              choices=("guard", "off"), before="off"),
+              "most its class's median weight (guard), or the weight the formula gives it (off); relative: the guard, "
+              "and a sample harder for f_B than nine in ten of the other classes' images gets at most its class's "
+              "lower quartile of weight (opt-in: measured at 0.5-2 %, not yet the default)",
+              choices=("guard", "relative", "off"), before="off"),
         Param("keep_lowest_from", str, "stable: each sample keeps its lowest weight once f_C has caught up "
               "with f_B (caught_up: median CE_C <= median CE_B) or from f_C's first epoch (start)",
               choices=("caught_up", "start")),
@@ -453,7 +485,7 @@ class CBD(Defense):
         # 2. The deconfounded model. With a probe ("stable", `probe_epochs` > 0) a first f_C trains that
         # many epochs only to learn the weights; the f_C that is kept then starts afresh from them.
         stable = p["weighting"] == "stable"
-        guard = stable and p["unfitted"] == "guard"
+        guard = stable and p["unfitted"] in ("guard", "relative")
         chance_loss = float(np.log(f_b.fc.out_features))
         need_b = not stable or p["mi_weight"] > 0  # f_B's view of each batch: for the MI term or live weights
         probed = stable and p["probe_epochs"] > 0
@@ -462,6 +494,7 @@ class CBD(Defense):
         # trained an epoch) gets no weight from then on, in the probes and in the kept f_C alike.
         shortcut = torch.zeros_like(ctx.train.y, dtype=torch.bool)
         shortcut_counts = []
+        hardest = torch.zeros_like(ctx.train.y, dtype=torch.bool)
 
         def weights_from(ce_c: torch.Tensor, trained: bool = True) -> torch.Tensor:
             nonlocal shortcut
@@ -474,6 +507,8 @@ class CBD(Defense):
             # sharpness k: w = CE_B^k / (CE_B^k + CE_C^k), a sigmoid of k times the log-ratio (1: the paper's)
             fresh = cbd_weights(loss_b ** p["sharpness"], loss_c ** p["sharpness"])
             fresh = guard_unfitted(fresh, ce_b_full, ctx.train.y, chance_loss)[0] if guard else fresh
+            if stable and p["unfitted"] == "relative":
+                fresh, hardest[:] = guard_hardest(fresh, ce_b_full, ctx.train.y)
             if stable and trained and p["shortcut_cut"] > 0:
                 shortcut = shortcut | shortcut_samples(ce_b_full, ce_c, ctx.train.y, p["shortcut_cut"])
                 shortcut_counts.append(int(shortcut.sum()))
@@ -485,6 +520,7 @@ class CBD(Defense):
             out = class_balanced(weights_now, ctx.train.y, p["max_weight"])
             if dropping and p["drop_below"] > 0:
                 out = torch.where(out < p["drop_below"], torch.zeros_like(out), out)
+
             return out
 
         def train_f_c(f_c: nn.Module, epochs: int, weights_now: torch.Tensor, probe: bool, informed: bool):
@@ -614,6 +650,10 @@ class CBD(Defense):
                          "typical_loss_backdoor": round(float(typical_class_median(ce_b_full, ctx.train.y)), 6)
                          if p["loss_scale"] == "typical" else None,
                          "dropped_share_per_epoch": dropped_shares,
+                         # "relative": the samples harder for f_B than nine in ten of the other classes' images,
+                         # held at their class's lower quartile of weight (the set depends on CE_B alone)
+                         "hardest_report": ctx.flagged_report(hardest.cpu().numpy())
+                         if p["unfitted"] == "relative" else None,
                          "shortcut_cut": p["shortcut_cut"], "shortcut_samples_per_epoch": shortcut_counts,
                          # reporting only (the mask is never used): how much of the poison the guard left out
                          "shortcut_report": {"samples": int(shortcut.sum()),
