@@ -90,7 +90,8 @@ def _changed(component: Any, params: Any, image_shape: tuple[int, ...] | None, s
     component's defaults for this image shape; none when there is nothing to compare with (no
     component, a hand-edited shape or params). A parameter the run's config does not name (the run
     predates it) counts as what such runs did (`Param.before`), so an older run is never taken for
-    one with today's defaults."""
+    one with today's defaults; one the component no longer has (a run from other code: a parameter
+    removed since, a hand-edited name) is named too, so such a run is never taken for them either."""
     if component is None or not isinstance(params, dict) or not params or not image_shape or len(image_shape) != 3:
         return []
     try:
@@ -99,7 +100,8 @@ def _changed(component: Any, params: Any, image_shape: tuple[int, ...] | None, s
         return []
     older = {p.name: p.before for p in getattr(component, "params", ()) if p.before is not None}
     params = {**{k: v for k, v in older.items() if k not in params}, **params}
-    return [f"{k}={v}" for k, v in sorted(params.items()) if k in defaults and defaults[k] != v and k not in skip]
+    return [f"{k}={v}" for k, v in sorted(params.items())
+            if k not in skip and (k not in defaults or defaults[k] != v)]
 
 
 def defense_label(config: dict[str, Any], image_shape: tuple[int, ...] | None) -> str:

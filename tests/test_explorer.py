@@ -170,6 +170,23 @@ def test_a_run_older_than_a_parameter_is_not_taken_for_todays_default(tmp_path):
     assert explorer_grid(tmp_path).variant("blend", 0.01, "cbd") is None  # the cell shows the defaults' run
 
 
+def test_a_run_with_a_parameter_this_code_does_not_know_is_not_taken_for_todays_default(tmp_path):
+    """A run whose config names a parameter the defense no longer has (removed since, or hand-edited)
+    trained with other code: it is a line of its own, named by that parameter, never a seed of the
+    defaults' line, and the cell shows the run with today's defaults."""
+    from cbd_core.defenses import DEFENSES
+    from cbd_core.rate_grid import grid_points, summarise
+
+    base = {"dataset": "mnist5k", "attack": "trojan", "poison_rate": 0.005, "seed": 0, "target_label": 0,
+            "defense": "cbd"}
+    today = DEFENSES["cbd"].defaults((28, 28, 1))
+    _done(tmp_path, {**base, "defense_params": today}, 0.9)
+    _done(tmp_path, {**base, "defense_params": {**today, "weight_ceiling": "typical"}}, 0.5)  # newer folder
+    lines = {line.defense: line.asr_median for line in summarise(grid_points(tmp_path))}
+    assert lines == {"CBD": 0.9, "CBD (weight_ceiling=typical)": 0.5}
+    assert explorer_grid(tmp_path).variant("trojan", 0.005, "cbd") is None
+
+
 def test_a_cell_showing_a_variant_names_it(finished_runs, tmp_path, monkeypatch):
     """Where a cell has no run with the defense's defaults, the page names the variant it shows (its line
     label, as the Compare chart and bench/rate_grid.py name it), in the cell and in the verdicts by rate,
