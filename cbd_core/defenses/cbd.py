@@ -520,7 +520,6 @@ class CBD(Defense):
             out = class_balanced(weights_now, ctx.train.y, p["max_weight"])
             if dropping and p["drop_below"] > 0:
                 out = torch.where(out < p["drop_below"], torch.zeros_like(out), out)
-
             return out
 
         def train_f_c(f_c: nn.Module, epochs: int, weights_now: torch.Tensor, probe: bool, informed: bool):
