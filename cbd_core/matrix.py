@@ -99,6 +99,22 @@ def _run_cell(config_dict: dict[str, Any], root: str) -> dict[str, Any]:
     return train_run(RunConfig.from_dict(config_dict), root, owner=owner_record("matrix"))[1]
 
 
+def _exit_with_grid(grid_pid: int) -> None:
+    """Pool initializer: a cell's process ends when the grid's process does. A pool's worker otherwise
+    outlives a grid killed by a signal (SIGTERM from a job scheduler, `kill`, a closed session): it trains its
+    cell to the end, minutes of CPU nobody sees, beside whatever runs next, and writes a run into the runs
+    root that no grid asked for. Its run folder's owner is then gone, so the run reads as interrupted."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == grid_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-grid", daemon=True).start()
+
+
 def _npz_shape(path: str | None, cache: dict) -> tuple[tuple[int, int, int], int]:
     """(image shape, number of classes) of an .npz dataset, read once per grid."""
     if path not in cache:
@@ -176,7 +192,8 @@ def run_matrix(cells: list[Cell], root: str | Path | None = None, jobs: int = 1,
         import multiprocessing
 
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_exit_with_grid, initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(_run_cell, validated.to_dict(), str(folder)): cell
                        for cell, validated in todo}
             for future, cell in futures.items():

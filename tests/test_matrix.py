@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +117,44 @@ def test_matrix_resumes_a_grid_on_an_npz_dataset(tmp_path, tiny_sets, capsys):
     assert "1 to run" in err and "| mine | badnets | 0.1 | undefended | 1 |" in out
     assert main(argv) == 0
     assert "1 already done, 0 to run" in capsys.readouterr().err
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process states from /proc (Linux)")
+def test_killing_a_grid_ends_the_processes_that_train_its_cells(tmp_path):
+    """A grid killed by a signal (a scheduler's SIGTERM, `kill`) takes its cells' processes with it: they
+    do not train on unseen, beside whatever runs next. Their runs then read as interrupted, not done."""
+    from cbd_core.runs import list_runs
+
+    argv = [sys.executable, "-m", "cbd_core", "matrix", "--datasets", "mnist5k", "--attacks", "badnets",
+            "--defenses", "undefended", "--seeds", "0", "1", "--epochs", "200", "--jobs", "2", "--threads", "1",
+            "--device", "cpu", "--out", str(tmp_path)]
+    grid = subprocess.Popen(argv, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    pids: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(pids) < 2 and time.monotonic() < deadline and grid.poll() is None:
+            time.sleep(0.2)
+            pids = [o["pid"] for o in (run.owner() for run in list_runs(tmp_path)) if o and o.get("pid")]
+        assert len(pids) == 2 and all(_running(p) for p in pids), "both cells should be training"
+        grid.send_signal(signal.SIGTERM)
+        grid.wait(10)
+        deadline = time.monotonic() + 15
+        while any(_running(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_running(p) for p in pids)
+        assert all(run.state() != "done" for run in list_runs(tmp_path))
+    finally:
+        grid.kill()
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
