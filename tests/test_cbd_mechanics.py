@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
-from cbd_core.defenses.cbd import (MIDiscriminator, cbd_weights, class_balanced, guard_hardest, guard_unfitted,
-                                   normalise_batch, per_class_median, shortcut_samples, typical_class_median)
+from cbd_core.defenses.cbd import (INF, MIDiscriminator, cbd_weights, class_balanced, cut_level, guard_hardest,
+                                   guard_unfitted, normalise_batch, per_class_median, shortcut_samples,
+                                   typical_class_median)
 
 
 def test_cbd_weights_formula():
@@ -150,6 +151,35 @@ def test_a_poison_f_b_missed_gets_no_more_than_its_class_lower_quartile_even_bel
     assert torch.all(guarded[poison] <= quartile + 1e-7)
     assert torch.all(guarded <= weights)  # it never raises a weight
     assert torch.equal(guarded[~hard], weights[~hard])
+
+
+def test_a_cut_read_from_a_typical_image_leaves_the_bulk_in_where_a_few_weights_are_large():
+    """Heavy-tailed weights (small data: f_B fits nearly every clean image, so w is tiny for most and large for
+    a few): a quarter of the class's mean lies above nine in ten of its images and would leave them out, but a
+    quarter of a typical image's weight does not; a poison at a hundredth of the bulk's weight is left out
+    either way, and the default (`class_mean`) is the plain fraction of the balanced weights' mean, 1."""
+    labels = torch.arange(10).repeat_interleave(100)
+    raw = torch.full((1000,), 0.02)
+    raw[torch.arange(1000) % 100 >= 90] = 1.0  # a tenth of each class with a large weight
+    raw[:5] = 2e-4  # five poisoned images of label 0
+    balanced = class_balanced(raw, labels, INF)
+    assert cut_level(balanced, labels, 0.25, "class_mean") == 0.25
+    bulk = (raw == 0.02)
+    assert float((balanced[bulk] < 0.25).float().mean()) == 1.0  # the mean's quarter: all of the bulk out
+    level = cut_level(balanced, labels, 0.25, "typical")
+    assert torch.all(balanced[bulk] >= level) and torch.all(balanced[:5] < level)
+
+
+def test_a_cut_read_from_a_typical_image_still_leaves_out_a_poison_that_is_most_of_its_label():
+    """At 50 % poisoning label 0 is nine tenths poison with near-zero weight: its own median is the poison's, but
+    the median over labels is a clean label's, so the poison stays below the cut."""
+    labels = torch.cat((torch.arange(10).repeat_interleave(100), torch.zeros(900, dtype=torch.long)))
+    gen = torch.Generator().manual_seed(0)
+    raw = 0.5 + torch.rand(1900, generator=gen)
+    raw[1000:] = 1e-3
+    balanced = class_balanced(raw, labels, INF)
+    assert torch.all(balanced[1000:] < cut_level(balanced, labels, 0.25, "typical"))
+    assert torch.all(balanced[100:1000] >= cut_level(balanced, labels, 0.25, "typical"))
 
 
 def test_hardest_guard_spares_a_class_whose_poison_is_its_majority():
