@@ -449,8 +449,8 @@ class CBD(Defense):
                 "backdoor_lr": 0.05, "epochs": 10 if small else 40, "lr": 0.05, "batch_size": 128,
                 "weight_decay": 5e-4, "mi_weight": 0.1, "disc_lr": 1e-3, "backdoor_features": "cached",
                 "weighting": "stable", "max_weight": 3.0, "unfitted": "guard", "keep_lowest_from": "caught_up",
-                "probe_epochs": 4, "probe_rounds": 2, "drop_below": 0.25, "cut_scale": "class_mean", "shortcut_cut": 0.0,
-                "loss_scale": "raw", "sharpness": 1.0}
+                "probe_epochs": 4, "probe_rounds": 2, "drop_below": 0.25, "cut_scale": "class_mean",
+                "shortcut_cut": 0.0, "loss_scale": "raw", "sharpness": 1.0}
 
     def total_epochs(self, params):
         return F_B_STAGES + params["epochs"]
@@ -537,7 +537,7 @@ class CBD(Defense):
 
         def balanced(weights_now: torch.Tensor, dropping: bool) -> torch.Tensor:
             """The weights an epoch trains on: balanced per class, capped, and (once the weights carry f_C's
-            evidence) none for a sample below `drop_below` times its class's mean."""
+            evidence) none for a sample below `cut_level` (by default `drop_below` times its class's mean)."""
             out = class_balanced(weights_now, ctx.train.y, p["max_weight"])
             if dropping and p["drop_below"] > 0:
                 out = torch.where(out < cut_level(out, ctx.train.y, p["drop_below"], p["cut_scale"]),
