@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from cbd_core.defenses.cbd import (INF, MIDiscriminator, cbd_weights, class_balanced, cut_level, guard_hardest,
-                                   guard_unfitted, normalise_batch, per_class_median, shortcut_samples,
+from cbd_core.defenses.cbd import (INF, MIDiscriminator, cbd_weights, class_balanced, contradicted_samples, cut_level,
+                                   guard_hardest, guard_unfitted, normalise_batch, per_class_median, shortcut_samples,
                                    typical_class_median)
 
 
@@ -193,6 +193,43 @@ def test_hardest_guard_spares_a_class_whose_poison_is_its_majority():
     _, hard = guard_hardest(cbd_weights(ce_b, torch.full((1900,), 0.05)), ce_b, labels)
     assert not hard[1000:].any()
     assert int(hard[:100].sum()) <= 25  # label 0's real images
+
+
+CHANCE = math.log(10)
+
+
+def test_contradicted_samples_are_read_where_f_b_first_fits_a_typical_image():
+    """The first checkpoint at which a typical image is fitted is the one read: before it every image is
+    above chance (nothing learned), after it f_B has fitted the poison too (by heart or by the trigger), so
+    only that point sees the samples whose label contradicts what f_B learned."""
+    labels = torch.arange(10).repeat_interleave(10)
+    poison = torch.zeros(100, dtype=torch.bool)
+    poison[[3, 17, 55]] = True
+    unlearned = torch.full((100,), 2.5)
+    digits_learned = torch.where(poison, torch.tensor(4.0), torch.tensor(0.02))
+    digits_learned[40] = 3.0  # a clean image f_B still gets wrong: it is marked too (the rule's cost)
+    all_fitted = torch.full((100,), 0.01)
+    flagged, index = contradicted_samples([unlearned, digits_learned, all_fitted], labels, CHANCE)
+    assert index == 1
+    assert flagged.nonzero().flatten().tolist() == [3, 17, 40, 55]
+
+
+def test_contradicted_samples_ignore_a_label_made_mostly_of_fitted_poison():
+    """At 50 % poisoning f_B fits the poison (half the set, one label) at once while the other labels are
+    still unlearned: the whole set's median is then low, a typical image's is not, so the rule waits for the
+    digits and marks nothing of the unlearned classes at that early point."""
+    labels = torch.cat([torch.zeros(60, dtype=torch.long), torch.arange(1, 10).repeat_interleave(5)])
+    early = torch.cat([torch.full((60,), 0.001), torch.full((45,), 3.0)])
+    assert float(early.median()) < 0.1
+    later = torch.cat([torch.full((60,), 0.001), torch.full((45,), 0.05)])
+    flagged, index = contradicted_samples([early, later], labels, CHANCE)
+    assert index == 1 and not bool(flagged.any())
+
+
+def test_contradicted_samples_mark_nothing_when_f_b_never_fits_a_typical_image():
+    labels = torch.arange(10).repeat_interleave(5)
+    flagged, index = contradicted_samples([torch.full((50,), 2.5), torch.full((50,), 0.5)], labels, CHANCE)
+    assert index is None and not bool(flagged.any())
 
 
 def test_shortcut_samples_are_those_f_c_fits_far_better_than_f_b_within_their_class():
@@ -526,3 +563,49 @@ def test_relative_guard_records_the_samples_it_held(tmp_path, patch_dataset):
     prepared = prepare(RunConfig(defense="cbd", device="cpu", embedding_samples=0, threads=1, defense_params=params))
     summary = execute(prepared, RunDir.create(tmp_path / "default", prepared.config.to_dict()))
     assert summary["weight_guard"]["hardest_report"] is None
+
+
+def test_contradicted_samples_get_no_weight_in_a_run_and_the_summary_says_where_f_b_was_read(tmp_path,
+                                                                                          patch_dataset):
+    """`contradicted="leave_out"` on a real run: the summary names the f_B step read and how many samples it
+    left out (with, for reporting only, how many were poisoned), the run records which, and they have no
+    weight in any recorded epoch; "probes" marks the same samples and gives some of them weight back in the
+    kept f_C; the default records nothing of the kind."""
+    import numpy as np
+
+    from cbd_core.config import RunConfig
+    from cbd_core.defenses.cbd import checkpoint_steps
+    from cbd_core.pipeline import execute, prepare
+    from cbd_core.runs import RunDir
+
+    patch_dataset(600, 100)
+    # 192 steps: 20 epochs of 600 images, by which f_B fits a typical image
+    params = {"epochs": 1, "batch_size": 64, "backdoor_steps": 192, "probe_epochs": 1, "probe_rounds": 1}
+    prepared = prepare(RunConfig(defense="cbd", device="cpu", embedding_samples=0, threads=1,
+                                 defense_params={**params, "contradicted": "leave_out"}))
+    run = RunDir.create(tmp_path / "leave_out", prepared.config.to_dict())
+    guard = execute(prepared, run)["weight_guard"]
+    assert guard["contradicted"] == "leave_out"
+    assert guard["contradicted_at_step"] in checkpoint_steps(192, 16)
+    report = guard["contradicted_report"]
+    assert set(report) == {"samples", "flagged", "precision", "recall"} and report["samples"] == report["flagged"]
+    assert 0 < report["samples"] < 0.2 * 600
+    record = run.arrays("sample_weights")
+    contradicted = record["contradicted"].astype(bool)
+    assert contradicted.sum() == report["samples"]
+    assert (record["weights"][:, contradicted] == 0).all()  # in every recorded epoch
+    # "probes": the same samples are left out of the probes only; the kept f_C weighs them by the last
+    # probe's loss, so some of them (the clean images that probe learned anyway) train again
+    prepared = prepare(RunConfig(defense="cbd", device="cpu", embedding_samples=0, threads=1,
+                                 defense_params={**params, "contradicted": "probes"}))
+    run = RunDir.create(tmp_path / "probes", prepared.config.to_dict())
+    guard = execute(prepared, run)["weight_guard"]
+    record = run.arrays("sample_weights")
+    assert guard["contradicted"] == "probes" and guard["contradicted_report"]["samples"] == report["samples"]
+    assert (record["contradicted"].astype(bool) == contradicted).all()  # f_B is the same in both runs
+    assert (record["weights"][0][contradicted] > 0).any()
+    prepared = prepare(RunConfig(defense="cbd", device="cpu", embedding_samples=0, threads=1, defense_params=params))
+    run = RunDir.create(tmp_path / "default", prepared.config.to_dict())
+    guard = execute(prepared, run)["weight_guard"]
+    assert guard["contradicted"] == "keep" and guard["contradicted_report"] is None
+    assert "contradicted" not in run.arrays("sample_weights")
