@@ -434,8 +434,9 @@ class CBD(Defense):
         Param("contradicted", str, "stable: leave_out: a sample whose label f_B rated below a uniform guess at the "
               "first point of its training where it fitted a typical image (it looks mislabelled once the digits are "
               "learned, as the poison does when f_B learns the digits before the trigger) gets no weight; keep: the "
-              "default; probes: left out of the probes only, then weighed by the last probe's loss like any sample "
-              "(opt-in: measured at 0.5-1 %)", choices=("keep", "leave_out", "probes"), before="keep"),
+              "default; probes: left out of the probes only (of every epoch where there are none), then weighed by the "
+              "last probe's loss like any sample (opt-in: measured at 0.5-50 %, not yet the default)",
+              choices=("keep", "leave_out", "probes"), before="keep"),
         Param("loss_scale", str, "stable: raw: w = CE_B / (CE_B + CE_C) from the losses as they are (the paper); "
               "typical: each model's loss divided by its level on a typical image (the median over labels of each "
               "label's median) first, so w compares how hard a sample is for each model, not f_B's and f_C's "
@@ -740,7 +741,7 @@ class CBD(Defense):
                                              **ctx.flagged_report(shortcut.cpu().numpy())}
                          if p["shortcut_cut"] > 0 else None,
                          "contradicted": p["contradicted"],
-                         # "leave_out": the f_B step read and what it left out (the report is reporting only)
+                         # "leave_out" / "probes": the f_B step read and what it marked (the report is reporting only)
                          "contradicted_at_step": None if contradicted_at is None else checkpoints[contradicted_at],
                          "contradicted_report": {"samples": int(contradicted.sum()),
                                                  **ctx.flagged_report(contradicted.cpu().numpy())}
