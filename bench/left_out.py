@@ -6,7 +6,7 @@
 Reads the finished runs under --out (trained by bench/rate_grid.py with `--defenses
 cbd:contradicted=leave_out cbd:contradicted=probes`); trains nothing. One row per run: the rule
 ("leave_out": out of every epoch; "probes": out of the probes only), the f_B step it read (the first
-checkpoint where f_B fitted a typical image), how many training images it left out and how many of those
+checkpoint where f_B fitted a typical image), how many training images it marked and how many of those
 were poisoned (the true mask is only used to score, from the run's `contradicted_report`), the poisoned
 images in the set, the run's ASR beside the undefended run's of the same seed and the default CBD run's
 (when there is one), and its CA beside the undefended run's. Rows are sorted by dataset, attack, rate,
@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--rates", nargs="+", type=float, help="only these poison rates (default: all)")
     parser.add_argument("--write", type=Path, help="also write the table to this Markdown file")
     args = parser.parse_args()
-    header = ("| dataset | attack | rate | seed | rule | f_B step read | left out | poisoned among them "
+    header = ("| dataset | attack | rate | seed | rule | f_B step read | marked | poisoned among them "
               "| ASR undefended | ASR CBD (default) | ASR with the rule | CA undefended | CA with the rule | verdict |")
     table = "\n".join([header, "|---" * header.count(" | ") + "|---|", *rows(args.out, args.datasets, args.rates)])
     print(table)
