@@ -598,7 +598,7 @@ class CBD(Defense):
         def train_f_c(f_c: nn.Module, epochs: int, weights_now: torch.Tensor, probe: bool, informed: bool):
             """Trains f_C for `epochs` from `weights_now`. Returns the last weights, the recorded weights after
             each epoch (none for a probe), the epoch from which each sample kept its lowest weight, and the
-            shares of samples capped and left out in each epoch."""
+            shares of samples capped and left out in each epoch, and f_C's per-sample loss after its last epoch."""
             opt_c = sgd(f_c, p["lr"], p["weight_decay"])
             disc = MIDiscriminator(f_b.feature_dim, f_c.feature_dim).to(ctx.device)
             opt_d = Adam(disc.parameters(), lr=p["disc_lr"], betas=(0.5, 0.999))
@@ -691,27 +691,27 @@ class CBD(Defense):
                               mi_estimate=round(tally_mi.mean(), 6) if p["mi_weight"] > 0 else None,
                               poison_detection_auroc=ctx.detection_auroc(1.0 - w),
                               mean_weight=float(w.mean()), memory_from=memory_from)
-            return weights_now, rows, memory_from, capped, dropped
+            return weights_now, rows, memory_from, capped, dropped, ce_c_full
 
         f_c = ctx.build_model()
         weights_now = weights_from(ctx.per_sample_loss(f_c), trained=False)  # before f_C trains
         if probed:
-            weights_now = train_f_c(f_c, p["probe_epochs"], weights_now, probe=True, informed=False)[0]
+            weights_now, *_, probe_loss = train_f_c(f_c, p["probe_epochs"], weights_now, probe=True, informed=False)
             weights_now = class_balanced(weights_now, ctx.train.y, INF)
             for _ in range(p["probe_rounds"] - 1):  # each further probe starts afresh from the last one's weights
-                f_c = ctx.build_model()
-                weights_now = train_f_c(f_c, p["probe_epochs"], weights_now, probe=True, informed=True)[0]
+                weights_now, *_, probe_loss = train_f_c(ctx.build_model(), p["probe_epochs"], weights_now, probe=True,
+                                                        informed=True)
             if p["contradicted"] == "probes" and bool(contradicted.any()):
                 # The last probe learned without them; its loss now gives them the formula's weight (in units
                 # of their class's mean, as the others'): small for a poison it never learned, so the cut
                 # leaves it out, and a clean image it learned anyway gets its say back.
                 left_out[:] = False
-                readmitted = class_balanced(weights_from(ctx.per_sample_loss(f_c), trained=False), ctx.train.y, INF)
+                readmitted = class_balanced(weights_from(probe_loss, trained=False), ctx.train.y, INF)
                 weights_now = torch.where(contradicted, readmitted, weights_now)
             f_c = ctx.build_model()
         history = [(balanced(weights_now, True) / p["max_weight"] if probed else weights_now).cpu().numpy()]
-        weights_now, rows, memory_from, capped_shares, dropped_shares = train_f_c(f_c, p["epochs"], weights_now,
-                                                                                  probe=False, informed=probed)
+        weights_now, rows, memory_from, capped_shares, dropped_shares, _ = train_f_c(f_c, p["epochs"], weights_now,
+                                                                                     probe=False, informed=probed)
         history += rows
 
         weights = np.stack(history).astype(np.float32)
