@@ -5,8 +5,9 @@
 
 Reads the finished runs under --out (trained by bench/rate_grid.py with `--defenses
 cbd:contradicted=leave_out cbd:contradicted=probes`); trains nothing. One row per run: the rule
-("leave_out": out of every epoch; "probes": out of the probes only), the f_B step it read (the first
-checkpoint where f_B fitted a typical image), how many training images it marked and how many of those
+("leave_out": out of every epoch; "probes": out of the probes only; ", by label" with
+`contradicted_read=label`), the f_B step it read (the first checkpoint where f_B fitted a typical image;
+by label, the range of the steps where each label was read), how many training images it marked and how many of those
 were poisoned (the true mask is only used to score, from the run's `contradicted_report`), the poisoned
 images in the set, the run's ASR beside the undefended run's of the same seed and the default CBD run's
 (when there is one), and its CA beside the undefended run's. Rows are sorted by dataset, attack, rate,
@@ -38,6 +39,18 @@ def ca_text(point) -> str:
     return "–" if point is None else f"{100 * point.clean_accuracy:.1f}"
 
 
+def rule_text(guard: dict) -> str:
+    """"leave_out" / "probes", with ", by label" where each label was read where f_B knew its digit."""
+    return f"{guard.get('contradicted')}" + (", by label" if guard.get("contradicted_read") == "label" else "")
+
+
+def step_text(guard: dict) -> str:
+    """The f_B step read; by label, the range of the labels' steps after it ("64 (labels 64-112)")."""
+    first = guard.get("contradicted_at_step", "–")
+    steps = [s for s in (guard.get("contradicted_label_steps") or {}).values() if s is not None]
+    return f"{first} (labels {min(steps)}–{max(steps)})" if steps else f"{first}"
+
+
 def rows(root: Path, datasets: list[str] | None, rates: list[float] | None) -> list[str]:
     points = rate_grid.grid_points(root)
     by_line = {(p.dataset, p.attack, p.poison_rate, p.seed, p.line): p for p in points}
@@ -55,7 +68,7 @@ def rows(root: Path, datasets: list[str] | None, rates: list[float] | None) -> l
         key = (p.dataset, p.attack, p.poison_rate, p.seed)
         undefended = by_line.get((*key, rate_grid.UNDEFENDED_LABEL))
         out.append(f"| {p.dataset} | {p.attack} | {100 * p.poison_rate:g} % | {p.seed} "
-                   f"| {guard.get('contradicted')} | {guard.get('contradicted_at_step', '–')} "
+                   f"| {rule_text(guard)} | {step_text(guard)} "
                    f"| {report.get('samples', '–')} | {caught} / {poisoned} "
                    f"| {asr_text(undefended)} | {asr_text(by_line.get((*key, 'CBD')))} | {asr_text(p)} "
                    f"| {ca_text(undefended)} | {ca_text(p)} | {p.verdict} |")

@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from cbd_core.defenses.cbd import (INF, MIDiscriminator, cbd_weights, class_balanced, contradicted_samples, cut_level,
+from cbd_core.defenses.cbd import (INF, MIDiscriminator, cbd_weights, class_balanced, contradicted_by_label,
+                                  contradicted_samples, cut_level,
                                    guard_hardest, guard_unfitted, normalise_batch, per_class_median, shortcut_samples,
                                    typical_class_median)
 
@@ -230,6 +231,29 @@ def test_contradicted_samples_mark_nothing_when_f_b_never_fits_a_typical_image()
     labels = torch.arange(10).repeat_interleave(5)
     flagged, index = contradicted_samples([torch.full((50,), 2.5), torch.full((50,), 0.5)], labels, CHANCE)
     assert index is None and not bool(flagged.any())
+
+
+def test_contradicted_by_label_reads_each_label_where_f_b_knows_its_digit():
+    """At the typical image's checkpoint label 2 is not learned yet (its median image above 0.1): read there,
+    its unlearned images would be marked as if mislabelled. Read label by label, label 2 waits for the
+    checkpoint where f_B fits its median image and only its image still wrong there is marked; the poison
+    (label 0, learned with the others) is read at the first point, as before; a label never fitted marks
+    nothing."""
+    labels = torch.arange(10).repeat_interleave(10)
+    poison = torch.zeros(100, dtype=torch.bool)
+    poison[[3, 7]] = True
+    typical = torch.where(poison, torch.tensor(4.0), torch.tensor(0.02))
+    typical[20:30] = 3.0  # label 2: nothing learned yet
+    typical[90:100] = 3.0  # label 9: never learned
+    later = torch.full((100,), 0.01)
+    later[[3, 7]] = 0.01  # by now the poison is fitted (by heart or by its trigger)
+    later[25] = 2.9  # a 2 that f_B still gets wrong once it knows 2s
+    later[90:100] = 3.0
+    typical_read, _ = contradicted_samples([typical, later], labels, CHANCE)
+    assert typical_read.sum() == 2 + 10 + 10
+    flagged, start, read_at = contradicted_by_label([torch.full((100,), 2.5), typical, later], labels, CHANCE)
+    assert start == 1 and read_at[0] == 1 and read_at[2] == 2 and read_at[9] is None
+    assert flagged.nonzero().flatten().tolist() == [3, 7, 25]
 
 
 def test_shortcut_samples_are_those_f_c_fits_far_better_than_f_b_within_their_class():
@@ -604,6 +628,25 @@ def test_contradicted_samples_get_no_weight_in_a_run_and_the_summary_says_where_
     assert guard["contradicted"] == "probes" and guard["contradicted_report"]["samples"] == report["samples"]
     assert (record["contradicted"].astype(bool) == contradicted).all()  # f_B is the same in both runs
     assert (record["weights"][0][contradicted] > 0).any()
+    # read by label: each label at or after the typical image's step; a label read at that very step marks what
+    # the typical reading marked of it (same f_B), and what is marked has no weight either
+    prepared = prepare(RunConfig(defense="cbd", device="cpu", embedding_samples=0, threads=1,
+                                 defense_params={**params, "contradicted": "leave_out",
+                                                 "contradicted_read": "label"}))
+    run = RunDir.create(tmp_path / "by_label", prepared.config.to_dict())
+    by_label = execute(prepared, run)["weight_guard"]
+    assert by_label["contradicted_read"] == "label"
+    assert by_label["contradicted_at_step"] == guard["contradicted_at_step"]
+    steps = {int(c): s for c, s in by_label["contradicted_label_steps"].items()}
+    assert set(steps) == set(range(10))
+    assert all(s is None or s >= by_label["contradicted_at_step"] for s in steps.values())
+    record = run.arrays("sample_weights")
+    marked, labels = record["contradicted"].astype(bool), record["label"]
+    assert marked.sum() == by_label["contradicted_report"]["samples"]
+    assert (record["weights"][:, marked] == 0).all()
+    same_step = np.isin(labels, [c for c, s in steps.items() if s == by_label["contradicted_at_step"]])
+    assert same_step.any() and (marked[same_step] == contradicted[same_step]).all()
+    assert not marked[np.isin(labels, [c for c, s in steps.items() if s is None])].any()
     prepared = prepare(RunConfig(defense="cbd", device="cpu", embedding_samples=0, threads=1, defense_params=params))
     run = RunDir.create(tmp_path / "default", prepared.config.to_dict())
     guard = execute(prepared, run)["weight_guard"]
