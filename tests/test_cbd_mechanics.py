@@ -618,6 +618,7 @@ def test_contradicted_samples_get_no_weight_in_a_run_and_the_summary_says_where_
     contradicted = record["contradicted"].astype(bool)
     assert contradicted.sum() == report["samples"]
     assert (record["weights"][:, contradicted] == 0).all()  # in every recorded epoch
+    without = record["weights"]
     # "probes": the same samples are left out of the probes only; the kept f_C weighs them by the last
     # probe's loss, so some of them (the clean images that probe learned anyway) train again
     prepared = prepare(RunConfig(defense="cbd", device="cpu", embedding_samples=0, threads=1,
@@ -628,6 +629,18 @@ def test_contradicted_samples_get_no_weight_in_a_run_and_the_summary_says_where_
     assert guard["contradicted"] == "probes" and guard["contradicted_report"]["samples"] == report["samples"]
     assert (record["contradicted"].astype(bool) == contradicted).all()  # f_B is the same in both runs
     assert (record["weights"][0][contradicted] > 0).any()
+    # "with" the scale: the same samples leave training, yet keep their place in their class's mean weight, so
+    # the others' weights (balanced by that mean, cut below a quarter of it) are not those of "without"
+    prepared = prepare(RunConfig(defense="cbd", device="cpu", embedding_samples=0, threads=1,
+                                 defense_params={**params, "contradicted": "leave_out",
+                                                 "contradicted_scale": "with"}))
+    run = RunDir.create(tmp_path / "with_scale", prepared.config.to_dict())
+    with_scale = execute(prepared, run)["weight_guard"]
+    assert with_scale["contradicted_scale"] == "with"
+    record = run.arrays("sample_weights")
+    assert (record["contradicted"].astype(bool) == contradicted).all()
+    assert (record["weights"][:, contradicted] == 0).all()
+    assert not np.allclose(record["weights"][0][~contradicted], without[0][~contradicted])
     # read by label: each label at or after the typical image's step; a label read at that very step marks what
     # the typical reading marked of it (same f_B), and what is marked has no weight either
     prepared = prepare(RunConfig(defense="cbd", device="cpu", embedding_samples=0, threads=1,

@@ -466,6 +466,11 @@ class CBD(Defense):
               "fits a typical image (measured at 0.5-50 %); label: each label's samples read from there on, where "
               "f_B first fits that label's median image, so an image of a digit it has not learned yet is not "
               "taken for mislabelled", choices=("typical", "label"), before="typical"),
+        Param("contradicted_scale", str, "stable, with contradicted: without: the samples left out also leave "
+              "their class's mean weight, which balances the class and sets the cut (measured at 0.5-50 %); with: "
+              "they keep their weight there and only their training is removed, so every other sample's weight "
+              "and the cut are what they would be without the rule",
+              choices=("without", "with"), before="without"),
         Param("loss_scale", str, "stable: raw: w = CE_B / (CE_B + CE_C) from the losses as they are (the paper); "
               "typical: each model's loss divided by its level on a typical image (the median over labels of each "
               "label's median) first, so w compares how hard a sample is for each model, not f_B's and f_C's "
@@ -523,7 +528,8 @@ class CBD(Defense):
                 "weight_decay": 5e-4, "mi_weight": 0.1, "disc_lr": 1e-3, "backdoor_features": "cached",
                 "weighting": "stable", "max_weight": 3.0, "unfitted": "guard", "keep_lowest_from": "caught_up",
                 "probe_epochs": 4, "probe_rounds": 2, "drop_below": 0.25, "cut_scale": "class_mean",
-                "shortcut_cut": 0.0, "contradicted": "keep", "contradicted_read": "typical", "loss_scale": "raw", "sharpness": 1.0}
+                "shortcut_cut": 0.0, "contradicted": "keep", "contradicted_read": "typical",
+                "contradicted_scale": "without", "loss_scale": "raw", "sharpness": 1.0}
 
     def total_epochs(self, params):
         return F_B_STAGES + params["epochs"]
@@ -600,7 +606,14 @@ class CBD(Defense):
                                                                                      chance_loss)
             else:
                 contradicted, contradicted_at = contradicted_samples(fb_losses, ctx.train.y, chance_loss)
-        left_out = contradicted.clone()  # what gets no weight now, besides the shortcut guard's
+        # "without": what gets no weight now, besides the shortcut guard's (its class's mean and cut move with it);
+        # "with": the weights keep them, and only the epochs' training weights leave them out (`not_trained`)
+        keep_scale = p["contradicted_scale"] == "with"
+        left_out = torch.zeros_like(contradicted) if keep_scale else contradicted.clone()
+        not_trained = contradicted.clone() if keep_scale else torch.zeros_like(contradicted)
+
+        def trained_only(weights: torch.Tensor) -> torch.Tensor:
+            return torch.where(not_trained, torch.zeros_like(weights), weights)
 
         def weights_from(ce_c: torch.Tensor, trained: bool = True) -> torch.Tensor:
             nonlocal shortcut
@@ -649,7 +662,7 @@ class CBD(Defense):
                 epoch_weights = None
                 if stable:
                     dropping = informed or memory_from is not None
-                    epoch_weights = balanced(weights_now, dropping)
+                    epoch_weights = trained_only(balanced(weights_now, dropping))
                     capped.append(round(float((epoch_weights >= p["max_weight"] - 1e-6).float().mean()), 4))
                     if dropping and p["drop_below"] > 0:
                         dropped.append(round(float((epoch_weights == 0).float().mean()), 4))
@@ -719,7 +732,8 @@ class CBD(Defense):
                     continue
                 # After a probe the run records the weights exactly as f_C trains on them (in units of
                 # max_weight, so in [0, 1]); otherwise the formula's weights, which "stable" balances.
-                w = (balanced(weights_now, True) / p["max_weight"] if informed else weights_now).cpu().numpy()
+                w = trained_only(balanced(weights_now, True) / p["max_weight"] if informed else weights_now)
+                w = w.cpu().numpy()
                 rows.append(w)
                 ctx.end_epoch("f_C", epoch, p["epochs"], f_c, train_loss=round(tally_loss.mean(), 5),
                               mi_estimate=round(tally_mi.mean(), 6) if p["mi_weight"] > 0 else None,
@@ -735,7 +749,9 @@ class CBD(Defense):
             for _ in range(p["probe_rounds"] - 1):  # each further probe starts afresh from the last one's weights
                 weights_now, *_, probe_loss = train_f_c(ctx.build_model(), p["probe_epochs"], weights_now, probe=True,
                                                         informed=True)
-            if p["contradicted"] == "probes" and bool(contradicted.any()):
+            if p["contradicted"] == "probes" and keep_scale:
+                not_trained[:] = False  # their weights already are the last probe's verdict, as every sample's
+            elif p["contradicted"] == "probes" and bool(contradicted.any()):
                 # The last probe learned without them; its loss now gives them the formula's weight (in units
                 # of their class's mean, as the others'): small for a poison it never learned, so the cut
                 # leaves it out, and a clean image it learned anyway gets its say back.
@@ -743,7 +759,7 @@ class CBD(Defense):
                 readmitted = class_balanced(weights_from(probe_loss, trained=False), ctx.train.y, INF)
                 weights_now = torch.where(contradicted, readmitted, weights_now)
             f_c = ctx.build_model()
-        history = [(balanced(weights_now, True) / p["max_weight"] if probed else weights_now).cpu().numpy()]
+        history = [trained_only(balanced(weights_now, True) / p["max_weight"] if probed else weights_now).cpu().numpy()]
         weights_now, rows, memory_from, capped_shares, dropped_shares, _ = train_f_c(f_c, p["epochs"], weights_now,
                                                                                      probe=False, informed=probed)
         history += rows
@@ -777,7 +793,7 @@ class CBD(Defense):
                          "contradicted": p["contradicted"],
                          # "leave_out" / "probes": the f_B step read and what it marked (the report is reporting only)
                          "contradicted_at_step": None if contradicted_at is None else checkpoints[contradicted_at],
-                         "contradicted_read": p["contradicted_read"],
+                         "contradicted_read": p["contradicted_read"], "contradicted_scale": p["contradicted_scale"],
                          # "label": the f_B step each label was read at (None: f_B never fitted its median image)
                          "contradicted_label_steps": {str(c): None if i is None else checkpoints[i]
                                                       for c, i in label_read_at.items()}
