@@ -6,8 +6,9 @@
 Reads the finished runs under --out (trained by bench/rate_grid.py with `--defenses
 cbd:contradicted=leave_out cbd:contradicted=probes`); trains nothing. One row per run: the rule
 ("leave_out": out of every epoch; "probes": out of the probes only; ", by label" with
-`contradicted_read=label`), the f_B step it read (the first checkpoint where f_B fitted a typical image;
-by label, the range of the steps where each label was read), how many training images it marked and how many of those
+`contradicted_read=label`; ", scale kept" with `contradicted_scale=with`), the f_B step it read (the
+first checkpoint where f_B fitted a typical image; by label, the range of the steps where each label was
+read), how many training images it marked and how many of those
 were poisoned (the true mask is only used to score, from the run's `contradicted_report`), the poisoned
 images in the set, the run's ASR beside the undefended run's of the same seed and the default CBD run's
 (when there is one), and its CA beside the undefended run's. Rows are sorted by dataset, attack, rate,
@@ -40,8 +41,10 @@ def ca_text(point) -> str:
 
 
 def rule_text(guard: dict) -> str:
-    """"leave_out" / "probes", with ", by label" where each label was read where f_B knew its digit."""
-    return f"{guard.get('contradicted')}" + (", by label" if guard.get("contradicted_read") == "label" else "")
+    """"leave_out" / "probes", with ", by label" where each label was read where f_B knew its digit and
+    ", scale kept" where the samples left out kept their place in their class's mean weight."""
+    return (f"{guard.get('contradicted')}" + (", by label" if guard.get("contradicted_read") == "label" else "")
+            + (", scale kept" if guard.get("contradicted_scale") == "with" else ""))
 
 
 def step_text(guard: dict) -> str:
