@@ -643,31 +643,28 @@ def test_contradicted_samples_get_no_weight_in_a_run_and_the_summary_says_where_
     assert guard["contradicted"] == "probes" and guard["contradicted_report"]["samples"] == report["samples"]
     assert (record["contradicted"].astype(bool) == contradicted).all()  # f_B is the same in both runs
     assert (record["weights"][0][contradicted] > 0).any()
+
+    def leave_out_run(name: str, **variant):
+        prepared = prepare(RunConfig(defense="cbd", device="cpu", embedding_samples=0, threads=1,
+                                     defense_params={**params, "contradicted": "leave_out", **variant}))
+        run = RunDir.create(tmp_path / name, prepared.config.to_dict())
+        return execute(prepared, run)["weight_guard"], run.arrays("sample_weights")
+
     # "with" the scale: the same samples leave training, yet keep their place in their class's mean weight, so
     # the others' weights (balanced by that mean, cut below a quarter of it) are not those of "without"
-    prepared = prepare(RunConfig(defense="cbd", device="cpu", embedding_samples=0, threads=1,
-                                 defense_params={**params, "contradicted": "leave_out",
-                                                 "contradicted_scale": "with"}))
-    run = RunDir.create(tmp_path / "with_scale", prepared.config.to_dict())
-    with_scale = execute(prepared, run)["weight_guard"]
+    with_scale, record = leave_out_run("with_scale", contradicted_scale="with")
     assert with_scale["contradicted_scale"] == "with"
-    record = run.arrays("sample_weights")
     assert (record["contradicted"].astype(bool) == contradicted).all()
     assert (record["weights"][:, contradicted] == 0).all()
     assert not np.allclose(record["weights"][0][~contradicted], without[0][~contradicted])
     # read by label: each label at or after the typical image's step; a label read at that very step marks what
     # the typical reading marked of it (same f_B), and what is marked has no weight either
-    prepared = prepare(RunConfig(defense="cbd", device="cpu", embedding_samples=0, threads=1,
-                                 defense_params={**params, "contradicted": "leave_out",
-                                                 "contradicted_read": "label"}))
-    run = RunDir.create(tmp_path / "by_label", prepared.config.to_dict())
-    by_label = execute(prepared, run)["weight_guard"]
+    by_label, record = leave_out_run("by_label", contradicted_read="label")
     assert by_label["contradicted_read"] == "label"
     assert by_label["contradicted_at_step"] == guard["contradicted_at_step"]
     steps = {int(c): s for c, s in by_label["contradicted_label_steps"].items()}
     assert set(steps) == set(range(10))
     assert all(s is None or s >= by_label["contradicted_at_step"] for s in steps.values())
-    record = run.arrays("sample_weights")
     marked, labels = record["contradicted"].astype(bool), record["label"]
     assert marked.sum() == by_label["contradicted_report"]["samples"]
     assert (record["weights"][:, marked] == 0).all()

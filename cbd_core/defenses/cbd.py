@@ -291,13 +291,13 @@ def contradicted_by_label(checkpoint_losses: list[torch.Tensor], labels: torch.T
                           chance_loss: float) -> tuple[torch.Tensor, int | None, dict[int, int | None]]:
     """`contradicted_samples` read label by label: each label's samples at the first checkpoint, from the one
     where f_B fits a typical image on, at which f_B also fits that label's median image (a label it never
-    fits marks nothing). At the typical image's checkpoint some digits are not learned yet (on mnist5k at 20 %
-    a third of the 2s were above chance there, most of the clean images marked), and an image of a digit f_B
-    has not learned is not contradicted, only unknown; read where its digit is known, f_B's verdict on it is
-    the one `contradicted_samples` means. The poison carries the target label, whose median image is fitted
-    early at any rate (the clean target images are learned as early as other digits and the poison adds
-    its trigger), so its reading point hardly moves. Returns (which samples, the typical image's checkpoint
-    index, each label's checkpoint index)."""
+    fits marks nothing). At the typical image's checkpoint some digits are not learned yet (mnist5k Trojan 20 %
+    seed 0: 154 of the 337 images marked there were 2s), and an image of a digit f_B has not learned is not
+    contradicted, only unknown; read where its digit is known, f_B's verdict on it is the one
+    `contradicted_samples` means. The cost, measured: the poison carries the target label, and where f_B learns
+    that label late it has fitted the poison by the label's reading point and marks none of it (mnist2k Blend
+    0.5 % seed 3: 0 of 10, against 10 of 10 read at the typical image's point). Returns (which samples, the
+    typical image's checkpoint index, each label's checkpoint index)."""
     marked, start = contradicted_samples(checkpoint_losses, labels, chance_loss)
     if start is None:
         return marked, None, {}
