@@ -51,6 +51,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/rate_grid.py --out $(BENCH_OUT) --datasets mnist2k mnist5k --attacks badnets trojan blend --rates 0.005 0.01 --defenses cbd cbd:cut_scale=typical cbd:unfitted=relative,cut_scale=typical --jobs 2 --write bench/results/rate_grid_typical_cut.md
 	$(PY) bench/rate_grid.py --out $(BENCH_OUT) --datasets mnist20 --attacks badnets trojan blend --rates 0.01 --defenses cbd --jobs 2 --write bench/results/rate_grid_mnist20.md
 	$(PY) bench/rate_grid.py --out $(BENCH_OUT) --datasets mnist5k mnist2k mnist20 --rates 0.005 0.01 0.02 0.1 0.2 0.5 --defenses cbd cbd:contradicted=leave_out cbd:contradicted=probes --jobs 2 --write bench/results/rate_grid_contradicted.md
+	$(PY) bench/rate_grid.py --out $(BENCH_OUT) --datasets mnist5k mnist2k --rates 0.005 0.02 0.1 0.2 --defenses cbd cbd:contradicted=leave_out cbd:contradicted=probes cbd:contradicted=leave_out,contradicted_read=label cbd:contradicted=probes,contradicted_read=label cbd:contradicted=leave_out,contradicted_scale=with --jobs 2 --write bench/results/rate_grid_contradicted_variants.md
 	$(PY) bench/left_out.py --out $(BENCH_OUT) --write bench/results/left_out.md
 	$(PY) bench/defense_quality.py --defenses abl nonlinearity --seeds 0 1 2 --threads 1 --out $(BENCH_OUT)
 	$(PY) bench/abl_isolation.py --out $(BENCH_OUT) --write bench/results/abl_isolation.md

@@ -538,8 +538,8 @@ class CBD(Defense):
             # measured: readmitted by the probe that kept their scale, the marked poison trains as under the
             # default, and 5 of 10 mnist2k 0.5 % runs were made worse (docs/benchmarks.md)
             raise UserInputError("cbd: contradicted_scale=with works with contradicted=leave_out only; with probes "
-                                 "it made 5 of 10 runs at 0.5 % poisoning worse than no defense",
-                                 "contradicted_scale")
+                                 "it made runs at 0.5 % poisoning worse than no defense (docs/benchmarks.md, "
+                                 "\"Two ways to mark less or move less\")", "contradicted_scale")
         return params
 
     def defaults(self, image_shape):
