@@ -3,6 +3,9 @@ real runs at once instead of queueing a new one for every question.
 
     explorer_grid(root, dataset)         Grid: the rates, attacks and defenses present, and per cell the
                                          newest finished run (seed 0 first, the presets' seed)
+    explorer_grids(root)                 {dataset: Grid} for every dataset with finished runs, from one
+                                         scan (the embedded data first): a grid on 2,000 images or a
+                                         user's .npz is explored as the embedded one is
     fill_command(dataset, attacks, rates, defenses)   the command that trains missing cells (`matrix`)
 
 The runs and their cells are `cbd_core.rate_grid`'s (`finished_runs`, `GridPoint.cell`: one
@@ -21,11 +24,14 @@ from pathlib import Path
 from . import verdicts
 from .rate_grid import GridPoint, finished_runs
 
+EMBEDDED = "mnist5k"  # the presets' and the class's data
 Key = tuple[str, float, str]  # (attack, poison rate, defense name): a rate_grid cell on one dataset
 
 
 @dataclass
 class Grid:
+    dataset: str = EMBEDDED
+    source: str = EMBEDDED  # what `matrix --datasets` takes to fill a cell: the dataset's name or its .npz file
     attacks: list[str] = field(default_factory=list)
     rates: list[float] = field(default_factory=list)
     defenses: list[str] = field(default_factory=list)  # registry names, undefended first
@@ -60,26 +66,32 @@ def _preference(point: GridPoint) -> tuple[bool, bool]:
     return (not _with_defaults(point), point.seed != 0)
 
 
-def explorer_grid(root: str | Path | None, dataset: str = "mnist5k") -> Grid:
-    """Every finished run on `dataset` with the attacks' default settings and the default model, by
-    (attack, rate, defense): the newest with the defense's defaults and seed 0, else the newest with
-    its defaults, else the newest of any parameters (`_preference`)."""
-    grid = Grid()
+def explorer_grids(root: str | Path | None) -> dict[str, Grid]:
+    """Every finished run with the attacks' default settings and the default model, by dataset and then
+    by (attack, rate, defense): per cell the newest with the defense's defaults and seed 0, else the newest
+    with its defaults, else the newest of any parameters (`_preference`). The embedded data's grid comes
+    first, the others by name."""
+    grids: dict[str, Grid] = {}
     for point in finished_runs(root):  # newest first
-        if point.dataset != dataset:
-            continue
         if point.setup:  # another attack setting or model: a different question than the cell asks
             continue
+        grid = grids.setdefault(point.dataset, Grid(point.dataset, point.source or point.dataset))
         _, attack, defense, rate = point.cell
         key = (attack, round(rate, 6), defense)
         held = grid.points.get(key)
         if held is None or _preference(point) < _preference(held):
             grid.points[key] = point
-    grid.cells = {key: point.run_id for key, point in grid.points.items()}
-    grid.attacks = sorted({k[0] for k in grid.cells})
-    grid.rates = sorted({k[1] for k in grid.cells})
-    grid.defenses = sorted({k[2] for k in grid.cells}, key=lambda d: (d != verdicts.UNDEFENDED, d))
-    return grid
+    for grid in grids.values():
+        grid.cells = {key: point.run_id for key, point in grid.points.items()}
+        grid.attacks = sorted({k[0] for k in grid.cells})
+        grid.rates = sorted({k[1] for k in grid.cells})
+        grid.defenses = sorted({k[2] for k in grid.cells}, key=lambda d: (d != verdicts.UNDEFENDED, d))
+    return {name: grids[name] for name in sorted(grids, key=lambda name: (name != EMBEDDED, name))}
+
+
+def explorer_grid(root: str | Path | None, dataset: str = EMBEDDED) -> Grid:
+    """`explorer_grids`' grid of one dataset (an empty one where it has no finished run)."""
+    return explorer_grids(root).get(dataset) or Grid(dataset, dataset)
 
 
 def fill_command(dataset: str, attacks: list[str], rates: list[float], defenses: list[str]) -> str:

@@ -48,6 +48,7 @@ class GridPoint:
     defense_name: str = ""  # the registry's name ("cbd"), what `matrix --defenses` takes
     target_label: int | None = None
     setup: str = ""  # attack parameters and model set away from the defaults ("alpha=0.3"); "" when none
+    source: str = ""  # what `matrix --datasets` takes for the run's data: the dataset's name or its .npz file
 
     @property
     def line(self) -> str:
@@ -158,8 +159,8 @@ def finished_runs(root: str | Path | None) -> list[GridPoint]:
         rate, seed = _finite(config.get("poison_rate")), config.get("seed")
         if rate is None or isinstance(seed, bool) or not isinstance(seed, int):
             continue
-        dataset = str(config.get("npz_path") or config.get("dataset") or "?")
-        dataset = Path(dataset).stem if dataset.endswith(".npz") else dataset
+        source = str(config.get("npz_path") or config.get("dataset") or "?")
+        dataset = Path(source).stem if source.endswith(".npz") else source
         result = verdicts.NOT_APPLICABLE
         if asr is not None:
             result = verdicts.verdict(summary, verdicts.lookup_baseline(config, root, undefended).summary)
@@ -168,7 +169,7 @@ def finished_runs(root: str | Path | None) -> list[GridPoint]:
         point = GridPoint(dataset, str(config.get("attack")), defense_label(config, shape),
                           rate, seed, ca, asr, result, run.run_id, str(config.get("defense") or "?"),
                           target if isinstance(target, int) and not isinstance(target, bool) else None,
-                          setup_label(config, shape))
+                          setup_label(config, shape), source)
         # The newest per chart point. Not a run_index match: a point is keyed by what the chart labels (the
         # dataset's file stem, the defense's title plus its settings away from the defaults of the summary's
         # image shape, the attack's and model's), and this module is its one definition for Compare, the

@@ -20,7 +20,7 @@ from cbd_core import verdicts
 from cbd_core.palette import CLEAN_GREY
 from cbd_core.attacks import ATTACKS
 from cbd_core.defenses import defense_or_none
-from cbd_core.explorer import Grid, explorer_grid, fill_command
+from cbd_core.explorer import EMBEDDED, Grid, explorer_grids, fill_command
 from cbd_core.presets import PRESETS
 from cbd_core.runs import RunDir
 from pages.common import (runs_stamp, defense_title, judged_summary, load_arrays, load_config, map_note,
@@ -31,18 +31,28 @@ from pages.common.presentation import plotly_chart
 
 follow_app_navigation()
 
-DATASET = "mnist5k"  # the presets' and the class's data
 PRESET_DEFENSE = next(iter(PRESETS.values())).config().defense  # the defense the Lesson teaches, shown first
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _grid_cached(root: str, stamp: tuple[tuple[str, int], ...]) -> Grid:
-    return explorer_grid(root, DATASET)
+def _grids_cached(root: str, stamp: tuple[tuple[str, int], ...]) -> dict[str, Grid]:
+    return explorer_grids(root)
 
 
-def grid() -> Grid:
+def grids() -> dict[str, Grid]:
+    """Every dataset's grid (the embedded data's first), read once per change of the runs root."""
     root = runs_root_path()
-    return _grid_cached(str(root), runs_stamp(root))
+    return _grids_cached(str(root), runs_stamp(root))
+
+
+def forget_choices_not_in(found: Grid) -> None:
+    """Another dataset's grid may lack the rate, attack or defense chosen on the last one: such a choice is
+    dropped, so the control starts from its default on this grid whatever a widget does with a value that
+    is no longer among its options."""
+    for key, options in (("explorer_rate", found.rates), ("explorer_attack", found.attacks),
+                         ("explorer_defense", found.defenses)):
+        if key in st.session_state and st.session_state[key] not in options:
+            del st.session_state[key]
 
 
 def weights_histogram(run: RunDir) -> go.Figure | None:
@@ -114,12 +124,17 @@ def verdicts_across_rates(found: Grid, attack: str, defense: str) -> None:
 
 
 def main() -> None:
-    found = grid()
-    if not found.cells:
-        st.info("No finished runs on the embedded data yet. Fill the grid before class, for example:",
-                icon=":material/grid_on:")
-        st.code(fill_command(DATASET, ["all"], [0.01, 0.05, 0.1], ["undefended", "cbd"]), language="bash")
+    found_all = grids()
+    if not found_all:
+        st.info("No finished runs yet. Fill the grid before class, for example:", icon=":material/grid_on:")
+        st.code(fill_command(EMBEDDED, ["all"], [0.01, 0.05, 0.1], ["undefended", "cbd"]), language="bash")
         return
+    names = list(found_all)
+    dataset = names[0] if len(names) == 1 else st.selectbox(
+        "dataset", names, key="explorer_dataset",
+        help="Every dataset with finished runs in the runs root; the embedded data first.")
+    found = found_all[dataset]
+    forget_choices_not_in(found)
     c1, c2, c3 = st.columns([3, 3, 2])
     rate = c1.select_slider("poison rate", found.rates, value=found.rates[-1], format_func=lambda r: f"{r:.1%}",
                             key="explorer_rate")
@@ -131,10 +146,10 @@ def main() -> None:
     verdicts_across_rates(found, attack, defense)
     run_id = found.run_id(attack, rate, defense)
     if run_id is None:
-        st.warning(f"No finished {defense_title(defense)} run of {attack} at {rate:.1%} on {DATASET} yet. "
+        st.warning(f"No finished {defense_title(defense)} run of {attack} at {rate:.1%} on {found.dataset} yet. "
                    "This trains it (with the other cells of the row; cells already done are reused):",
                    icon=":material/grid_off:")
-        st.code(fill_command(DATASET, [attack], [rate], found.defenses), language="bash")
+        st.code(fill_command(found.source, [attack], [rate], found.defenses), language="bash")
         return
     variant = found.variant(attack, rate, defense)
     if variant:

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from cbd_core.analysis.embeddings import compute_umap, configure_numba_cache
-from cbd_core.explorer import explorer_grid, fill_command
+from cbd_core.explorer import explorer_grid, explorer_grids, fill_command
 from cbd_core.runs import RunDir, write_json
 from conftest import app_at_page, mapped_by_ray_task
 
@@ -205,3 +205,62 @@ def test_a_cell_showing_a_variant_names_it(finished_runs, tmp_path, monkeypatch)
         f"No CBD run with its defaults in this cell yet; it shows a variant, {line}."]
     (by_rate,) = [c.value for c in at.caption if "verdict by poison rate" in c.value]
     assert by_rate.startswith("CBD on badnets, verdict by poison rate: 10.0%: ") and by_rate.endswith(f"({line})")
+
+
+def on_npz(root, run_id: str, npz_path: str) -> None:
+    """Make a copied run say it was trained on a user's .npz file (its config and summary edited)."""
+    for name in ("config.json", "summary.json"):
+        data = json.loads((root / run_id / name).read_text())
+        data.update({"dataset": "npz", "npz_path": npz_path})
+        write_json(root / run_id / name, data)
+
+
+def test_every_dataset_with_finished_runs_has_its_own_grid(tmp_path):
+    base = {"attack": "badnets", "defense": "cbd", "poison_rate": 0.1, "seed": 0}
+    embedded = RunDir.create(tmp_path, {**base, "dataset": "mnist5k"}, state="done")
+    small = RunDir.create(tmp_path, {**base, "dataset": "npz", "npz_path": "/data/mnist2k.npz", "poison_rate": 0.005},
+                          state="done")
+    grids = explorer_grids(tmp_path)
+    assert list(grids) == ["mnist5k", "mnist2k"]  # the embedded data first
+    assert grids["mnist2k"].cells == {("badnets", 0.005, "cbd"): small.run_id}
+    assert grids["mnist5k"].cells == {("badnets", 0.1, "cbd"): embedded.run_id}
+    assert (grids["mnist2k"].source, grids["mnist5k"].source) == ("/data/mnist2k.npz", "mnist5k")
+    assert explorer_grid(tmp_path, "mnist2k").cells == grids["mnist2k"].cells
+    assert explorer_grid(tmp_path, "cifar10").cells == {}
+
+
+def test_page_explores_a_grid_on_another_dataset(finished_runs, tmp_path, monkeypatch):
+    """A runs root holding runs on the embedded data and on a user's .npz: the page offers both datasets,
+    the embedded one first; choosing the other shows its runs (its rates, which the embedded grid lacks,
+    replace the rate chosen there) and names the .npz file in the command that fills its missing cell."""
+    source, ids = finished_runs
+    copy_at_rate(source / ids["cbd"], tmp_path, "20990101-000000-001-embedded", 0.1, 0.9)
+    copy_at_rate(source / ids["cbd"], tmp_path, "20990101-000000-002-small", 0.02, 0.05)
+    on_npz(tmp_path, "20990101-000000-002-small", "/data/mnist2k.npz")
+    monkeypatch.setenv("BACKDOOR_LAB_RUNS", str(tmp_path))
+    at = app_at_page("explorer").run()
+    assert not at.exception
+    captions = lambda: " ".join(c.value for c in at.caption)  # noqa: E731
+    assert at.selectbox(key="explorer_dataset").options == ["mnist5k", "mnist2k"]
+    assert "20990101-000000-001-embedded" in captions()
+    at.selectbox(key="explorer_dataset").set_value("mnist2k").run()
+    assert not at.exception
+    assert "20990101-000000-002-small" in captions() and "20990101-000000-001-embedded" not in captions()
+    assert [m.value for m in at.metric if m.label.startswith("attack success")] == ["5.0%"]
+    at.selectbox(key="explorer_defense").set_value("cbd").run()
+    assert at.select_slider(key="explorer_rate").value == 0.02
+    copy_at_rate(source / ids["undefended"], tmp_path, "20990101-000000-003-small-base", 0.05, 0.99)
+    on_npz(tmp_path, "20990101-000000-003-small-base", "/data/mnist2k.npz")
+    at.run()
+    at.selectbox(key="explorer_defense").set_value("undefended").run()
+    at.select_slider(key="explorer_rate").set_value(0.02).run()  # no undefended run at 2 % on mnist2k
+    assert not at.exception
+    assert [c.value for c in at.code] == [fill_command("/data/mnist2k.npz", ["badnets"], [0.02], ["undefended", "cbd"])]
+    assert "on mnist2k" in " ".join(w.value for w in at.warning)
+
+
+def test_a_runs_root_with_no_finished_run_says_how_to_fill_the_grid(tmp_path, monkeypatch):
+    monkeypatch.setenv("BACKDOOR_LAB_RUNS", str(tmp_path))
+    at = app_at_page("explorer").run()
+    assert not at.exception and not at.selectbox
+    assert [c.value for c in at.code] == [fill_command("mnist5k", ["all"], [0.01, 0.05, 0.1], ["undefended", "cbd"])]
