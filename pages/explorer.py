@@ -130,7 +130,7 @@ def main() -> None:
         st.code(fill_command(EMBEDDED, ["all"], [0.01, 0.05, 0.1], ["undefended", "cbd"]), language="bash")
         return
     names = list(found_all)
-    dataset = names[0] if len(names) == 1 else st.selectbox(
+    dataset = names[0] if len(names) == 1 else st.columns([1, 3])[0].selectbox(
         "dataset", names, key="explorer_dataset",
         help="Every dataset with finished runs in the runs root; the embedded data first.")
     found = found_all[dataset]
