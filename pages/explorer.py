@@ -136,8 +136,12 @@ def main() -> None:
     found = found_all[dataset]
     forget_choices_not_in(found)
     c1, c2, c3 = st.columns([3, 3, 2])
-    rate = c1.select_slider("poison rate", found.rates, value=found.rates[-1], format_func=lambda r: f"{r:.1%}",
-                            key="explorer_rate")
+    if len(found.rates) == 1:  # a slider with one stop shows the rate twice and moves nowhere
+        rate = found.rates[0]
+        c1.markdown(f"poison rate  \n**{rate:.1%}**, the only rate with finished runs here")
+    else:
+        rate = c1.select_slider("poison rate", found.rates, value=found.rates[-1], format_func=lambda r: f"{r:.1%}",
+                                key="explorer_rate")
     attack = c2.segmented_control("attack", found.attacks, key="explorer_attack", required=True,
                                   default=found.attacks[0],
                                   format_func=lambda a: ATTACKS[a].title if a in ATTACKS else a)
