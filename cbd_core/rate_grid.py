@@ -208,3 +208,41 @@ def missing_cells(lines: list[GridLine], dataset: str, attack: str) -> list[tupl
     defenses = sorted({l.defense for l in here})
     have = {(l.defense, l.poison_rate) for l in here}
     return [(d, r) for d in defenses for r in rates if (d, r) not in have]
+
+
+def runs_like(points: Iterable[GridPoint], dataset: str, attack: str, poison_rate: float, line: str,
+              setup: str = "") -> tuple[GridLine | None, GridLine | None]:
+    """(the line `line` of this dataset, attack, rate and attack setup, the undefended line beside it) over
+    `points`, each None where no finished run has it: what the runs already here say about a setting
+    before a new run of it starts."""
+    undefended = UNDEFENDED_LABEL + (f" [{setup}]" if setup else "")
+    wanted = f"{line} [{setup}]" if setup else line
+    found: dict[str, GridLine] = {}
+    for grid_line in summarise(p for p in points if p.dataset == dataset and p.attack == attack
+                               and round(p.poison_rate, 6) == round(poison_rate, 6) and p.setup == setup):
+        found[grid_line.defense] = grid_line
+    return found.get(wanted), (None if wanted == undefended else found.get(undefended))
+
+
+def _asr_spread(line: GridLine) -> str:
+    if line.seeds == 1:
+        return f"{line.asr_median:.1%}"
+    return f"{line.asr_median:.1%} [{line.asr_min:.1%}–{line.asr_max:.1%}]"
+
+
+def runs_like_sentence(line: GridLine | None, undefended: GridLine | None) -> str | None:
+    """One sentence on the finished runs of a setting (its verdicts by count, its ASR median [min–max] over
+    seeds, the undefended runs' beside it), saying outright when one was made worse; None without runs."""
+    if line is None:
+        return None
+    seeds = f"{line.seeds} seed{'s' if line.seeds != 1 else ''}"
+    counts = ", ".join(f"{verdict} on {line.verdicts[verdict]}" for verdict in verdicts.VERDICTS
+                       if line.verdicts.get(verdict))
+    text = (f"Finished runs here with these settings ({line.defense}, {seeds}): "
+            + (f"{counts}; " if counts and not is_undefended(line.defense) else "")
+            + f"attack success rate {_asr_spread(line)}"
+            + (f" against {_asr_spread(undefended)} undefended" if undefended is not None else "") + ".")
+    worse = line.verdicts.get(verdicts.MADE_WORSE, 0)
+    if worse:
+        text += f" On {worse} of them {line.defense} left the attack stronger than no defense did; a new run may too."
+    return text

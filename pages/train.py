@@ -8,12 +8,13 @@ the CLI and queues a run folder; the live panel is a fragment that re-reads that
 from __future__ import annotations
 
 import pages.warm  # noqa: F401  first: every heavy import, once per process (see pages/warm)
+from pathlib import Path
 from typing import Any
 
 import plotly.graph_objects as go
 import streamlit as st
 
-from cbd_core import jobs, verdicts
+from cbd_core import jobs, rate_grid, verdicts
 from cbd_core.attacks import ATTACKS
 from cbd_core.config import RunConfig, poison_rate_in_words, poison_rate_warnings
 from cbd_core.data import DATASETS
@@ -21,8 +22,10 @@ from cbd_core.defenses import DEFENSES
 from cbd_core.errors import UserInputError
 from cbd_core.palette import PHASE_COLOURS
 from cbd_core.runs import FINISHED, RunDir, list_runs
+from cbd_core.text import number
 from pages.common import (active_run_id, chart_config, defense_title, explain, literal, load_config, load_metrics,
-                          judged_summary, page_errors, phase_title, runs_root_path, set_active_run, verdict_banner)
+                          judged_summary, page_errors, phase_title, runs_root_path, runs_stamp, set_active_run,
+                          verdict_banner)
 from pages.common.navigation import follow_app_navigation
 from pages.common.presentation import plotly_chart  # sized for presentation mode
 from pages.common.run_progress import run_progress
@@ -141,6 +144,34 @@ def settings_form() -> RunConfig | None:
                      defense_params=changed, device=device, npz_path=carried.npz_path if dataset == "npz" else None)
 
 
+@st.cache_data(show_spinner=False, max_entries=4)
+def _grid_points(root: str, stamp: tuple[tuple[str, int], ...]) -> list[rate_grid.GridPoint]:
+    return rate_grid.grid_points(root)
+
+
+def runs_like_note(config: RunConfig) -> None:
+    """What the finished runs in the runs root with these very settings (data, attack and its setting,
+    rate, defense and its parameters, any seed) say, before Start: their verdicts and attack success
+    rates, a "made worse" among them said outright. Nothing where there are none."""
+    info = DATASETS.get(config.dataset)
+    if info is None and config.defense_params:  # a user's .npz: its image shape, hence the defaults, unknown here
+        return
+    dataset = info.name if info is not None else Path(config.npz_path or "?").stem
+    shape = info.image_shape if info is not None else None
+    try:
+        params = DEFENSES[config.defense].resolve(shape or (28, 28, 1), config.defense_params)
+    except UserInputError:
+        return  # Start says what is wrong with them
+    as_run = {**config.to_dict(), "defense_params": params}  # a run's config.json holds every parameter
+    root = runs_root_path()
+    points = _grid_points(str(root), runs_stamp(root))
+    line, undefended = rate_grid.runs_like(points, dataset, config.attack, config.poison_rate,
+                                           rate_grid.defense_label(as_run, shape), rate_grid.setup_label(as_run, shape))
+    sentence = rate_grid.runs_like_sentence(line, undefended)
+    if sentence is not None:
+        st.caption(f":material/history: {sentence}")
+
+
 @st.cache_resource(show_spinner=False)
 def available_devices() -> list[str]:
     import torch
@@ -239,9 +270,11 @@ def live_panel() -> None:
         st.caption("The curves appear when the first epoch ends.")
     if summary:
         c1, c2, c3 = st.columns(3)
-        c1.metric("clean accuracy", f"{summary['clean_accuracy']:.1%}")
-        c2.metric("attack success rate", f"{summary['attack_success_rate']:.1%}")
-        c3.metric("seconds", f"{summary['seconds']:.0f}")
+        # a summary may be hand-edited or cut short: a figure it lacks reads "n/a", the page goes on
+        ca, asr, seconds = (number(summary.get(k)) for k in ("clean_accuracy", "attack_success_rate", "seconds"))
+        c1.metric("clean accuracy", "n/a" if ca is None else f"{ca:.1%}")
+        c2.metric("attack success rate", "n/a" if asr is None else f"{asr:.1%}")
+        c3.metric("seconds", "n/a" if seconds is None else f"{seconds:.0f}")
         st.page_link("pages/sample_weights.py", label="See the per-sample weights →")
         st.page_link("pages/embeddings.py", label="See the embeddings →")
         st.page_link("pages/attributions.py", label="See where each model looks →")
@@ -287,6 +320,7 @@ st.divider()
 st.subheader("Start a new run")
 with page_errors():
     config = settings_form()
+    runs_like_note(config)
     remembered("train_with_baseline", True)
     with_baseline = config.defense != verdicts.UNDEFENDED and st.checkbox(
         "also train the undefended baseline (reused if it exists)", key="train_with_baseline",

@@ -142,3 +142,41 @@ def test_a_finished_run_reads_done(runs_root, patch_dataset, monkeypatch):
     assert "Took" in captions(at) and "Elapsed" not in captions(at)
     assert "deconfounded" not in " ".join(m.value for m in at.metric) and "training" not in \
         [m.value for m in at.metric]
+
+
+def test_runs_already_here_with_the_same_settings_are_said_before_start(runs_root):
+    """Before Start, the page says what the finished runs with these very settings say (their verdicts and
+    attack success rates, any seed), a "made worse" among them outright; not for other settings, not for a
+    variant of the defense's parameters."""
+    base = {"dataset": "mnist5k", "attack": "badnets", "poison_rate": 0.005, "target_label": 0}
+    for seed, undefended_asr, cbd_asr in ((0, 0.01, 0.9), (1, 0.02, 0.01)):
+        for defense, asr in (("undefended", undefended_asr), ("cbd", cbd_asr)):
+            config = {**base, "seed": seed, "defense": defense}
+            run = RunDir.create(runs_root, config, state="done")
+            write_json(run.path / "summary.json", {**config, "clean_accuracy": 0.97, "attack_success_rate": asr,
+                                                   "image_shape": [28, 28, 1]})
+    at = open_page("train")
+    assert "Finished runs here" not in captions(at)  # 10 %: no run has it
+    at.number_input(key="train_rate_percent").set_value(0.5).run()
+    assert ("Finished runs here with these settings (CBD, 2 seeds): made worse on 1, removed on 1; attack success "
+            "rate 45.5% [1.0%–90.0%] against 1.5% [1.0%–2.0%] undefended. On 1 of them CBD left the attack "
+            "stronger than no defense did; a new run may too.") in captions(at)
+    at.selectbox(key="train_defense").set_value("undefended").run()
+    assert "Finished runs here with these settings (Undefended, 2 seeds): attack success rate 1.5% [1.0%–2.0%]." \
+        in captions(at)
+    at.selectbox(key="train_defense").set_value("cbd").run()
+    at.number_input(key="train_cbd_drop_below").set_value(0.5).run()  # a variant: those runs do not answer it
+    assert "Finished runs here" not in captions(at)
+
+
+def test_a_finished_run_whose_summary_lacks_figures_reads_not_available(runs_root):
+    """A summary cut short or hand-edited (no seconds, a NaN, text for a number): the live panel says "n/a" for
+    each figure it lacks instead of failing the page."""
+    config = {"dataset": "mnist5k", "attack": "badnets", "poison_rate": 0.1, "target_label": 0, "seed": 0,
+              "defense": "undefended"}
+    run = RunDir.create(runs_root, config, state="done")
+    (run.path / "summary.json").write_text('{"clean_accuracy": NaN, "attack_success_rate": 0.5, "seconds": "ten"}')
+    at = open_page("train")
+    assert not at.exception
+    figures = {m.label: m.value for m in at.metric if m.label in ("clean accuracy", "attack success rate", "seconds")}
+    assert figures == {"clean accuracy": "n/a", "attack success rate": "50.0%", "seconds": "n/a"}
