@@ -211,15 +211,16 @@ def missing_cells(lines: list[GridLine], dataset: str, attack: str) -> list[tupl
 
 
 def runs_like(points: Iterable[GridPoint], dataset: str, attack: str, poison_rate: float, line: str,
-              setup: str = "") -> tuple[GridLine | None, GridLine | None]:
-    """(the line `line` of this dataset, attack, rate and attack setup, the undefended line beside it) over
-    `points`, each None where no finished run has it: what the runs already here say about a setting
-    before a new run of it starts."""
+              setup: str = "", target_label: int | None = None) -> tuple[GridLine | None, GridLine | None]:
+    """(the line `line` of this dataset, attack, rate, attack setup and target label (any, where None), the
+    undefended line beside it) over `points`, each None where no finished run has it: what the runs already
+    here say about a setting before a new run of it starts."""
     undefended = UNDEFENDED_LABEL + (f" [{setup}]" if setup else "")
     wanted = f"{line} [{setup}]" if setup else line
     found: dict[str, GridLine] = {}
     for grid_line in summarise(p for p in points if p.dataset == dataset and p.attack == attack
-                               and round(p.poison_rate, 6) == round(poison_rate, 6) and p.setup == setup):
+                               and round(p.poison_rate, 6) == round(poison_rate, 6) and p.setup == setup
+                               and (target_label is None or p.target_label == target_label)):
         found[grid_line.defense] = grid_line
     return found.get(wanted), (None if wanted == undefended else found.get(undefended))
 

@@ -151,7 +151,7 @@ def _grid_points(root: str, stamp: tuple[tuple[str, int], ...]) -> list[rate_gri
 
 def runs_like_note(config: RunConfig) -> None:
     """What the finished runs in the runs root with these very settings (data, attack and its setting,
-    rate, defense and its parameters, any seed) say, before Start: their verdicts and attack success
+    rate, target, defense and its parameters, any seed) say, before Start: their verdicts and attack success
     rates, a "made worse" among them said outright. Nothing where there are none."""
     info = DATASETS.get(config.dataset)
     if info is None and config.defense_params:  # a user's .npz: its image shape, hence the defaults, unknown here
@@ -166,7 +166,8 @@ def runs_like_note(config: RunConfig) -> None:
     root = runs_root_path()
     points = _grid_points(str(root), runs_stamp(root))
     line, undefended = rate_grid.runs_like(points, dataset, config.attack, config.poison_rate,
-                                           rate_grid.defense_label(as_run, shape), rate_grid.setup_label(as_run, shape))
+                                           rate_grid.defense_label(as_run, shape), rate_grid.setup_label(as_run, shape),
+                                           config.target_label)
     sentence = rate_grid.runs_like_sentence(line, undefended)
     if sentence is not None:
         st.caption(f":material/history: {sentence}")

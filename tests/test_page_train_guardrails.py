@@ -161,6 +161,9 @@ def test_runs_already_here_with_the_same_settings_are_said_before_start(runs_roo
     assert ("Finished runs here with these settings (CBD, 2 seeds): made worse on 1, removed on 1; attack success "
             "rate 45.5% [1.0%–90.0%] against 1.5% [1.0%–2.0%] undefended. On 1 of them CBD left the attack "
             "stronger than no defense did; a new run may too.") in captions(at)
+    at.number_input(key="train_target").set_value(3).run()  # another target: another question
+    assert "Finished runs here" not in captions(at)
+    at.number_input(key="train_target").set_value(0).run()
     at.selectbox(key="train_defense").set_value("undefended").run()
     assert "Finished runs here with these settings (Undefended, 2 seeds): attack success rate 1.5% [1.0%–2.0%]." \
         in captions(at)
