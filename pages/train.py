@@ -24,7 +24,7 @@ from cbd_core.palette import PHASE_COLOURS
 from cbd_core.runs import FINISHED, RunDir, list_runs
 from cbd_core.text import number
 from pages.common import (active_run_id, chart_config, defense_title, explain, literal, load_config, load_metrics,
-                          judged_summary, page_errors, phase_title, runs_root_path, runs_stamp, set_active_run,
+                          finished_stamp, judged_summary, page_errors, phase_title, runs_root_path, set_active_run,
                           verdict_banner)
 from pages.common.navigation import follow_app_navigation
 from pages.common.presentation import plotly_chart  # sized for presentation mode
@@ -145,7 +145,7 @@ def settings_form() -> RunConfig | None:
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def _grid_points(root: str, stamp: tuple[tuple[str, int], ...]) -> list[rate_grid.GridPoint]:
+def _grid_points(root: str, stamp: tuple[tuple[str, int, int], ...]) -> list[rate_grid.GridPoint]:
     return rate_grid.grid_points(root)
 
 
@@ -164,7 +164,7 @@ def runs_like_note(config: RunConfig) -> None:
         return  # Start says what is wrong with them
     as_run = {**config.to_dict(), "defense_params": params}  # a run's config.json holds every parameter
     root = runs_root_path()
-    points = _grid_points(str(root), runs_stamp(root))
+    points = _grid_points(str(root), finished_stamp(root))  # read again when a run finishes, not as one trains
     line, undefended = rate_grid.runs_like(points, dataset, config.attack, config.poison_rate,
                                            rate_grid.defense_label(as_run, shape), rate_grid.setup_label(as_run, shape),
                                            config.target_label)

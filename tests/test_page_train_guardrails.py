@@ -183,3 +183,25 @@ def test_a_finished_run_whose_summary_lacks_figures_reads_not_available(runs_roo
     assert not at.exception
     figures = {m.label: m.value for m in at.metric if m.label in ("clean accuracy", "attack success rate", "seconds")}
     assert figures == {"clean accuracy": "n/a", "attack success rate": "50.0%", "seconds": "n/a"}
+
+
+def test_the_stamp_of_finished_runs_holds_while_a_run_trains_and_moves_when_one_finishes(runs_root):
+    """The Train page's note on the runs already here is cached on `finished_stamp`: a training run rewrites
+    its status.json with its progress every moment, which must not make every form change read the whole
+    runs root again; a run that finishes (its summary, then its state) must."""
+    import os
+
+    from pages.common import finished_stamp
+
+    config = {"dataset": "mnist5k", "attack": "badnets", "poison_rate": 0.1, "target_label": 0, "seed": 0,
+              "defense": "cbd"}
+    run = RunDir.create(runs_root, config, state="running")
+    before = finished_stamp(runs_root)
+    status = run.path / "status.json"
+    os.utime(status, ns=(status.stat().st_atime_ns, status.stat().st_mtime_ns + 10**9))  # progress written
+    assert finished_stamp(runs_root) == before
+    write_json(run.path / "summary.json", {**config, "clean_accuracy": 0.9, "attack_success_rate": 0.01})
+    after_summary = finished_stamp(runs_root)
+    assert after_summary != before
+    os.utime(status, ns=(status.stat().st_atime_ns, status.stat().st_mtime_ns + 10**9))  # the state turns done
+    assert finished_stamp(runs_root) != after_summary

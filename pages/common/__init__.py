@@ -114,6 +114,18 @@ def runs_stamp(root: Path) -> tuple[tuple[str, int], ...]:
     return tuple(sorted((run.run_id, run.status_mtime()) for run in list_runs(root)))
 
 
+def finished_stamp(root: Path) -> tuple[tuple[str, int, int], ...]:
+    """`runs_stamp` for readers of finished runs only: each run's summary.json modification time and, once it
+    has one, its status.json's (the state turns done after the summary is written). A training run's
+    progress rewrites its status.json every moment; this stamp ignores that, so a cache keyed on it holds
+    while runs train."""
+    stamps = []
+    for run in list_runs(root):  # every run, for a cache stamp: nothing compared
+        summary = run.summary_mtime()
+        stamps.append((run.run_id, summary, run.status_mtime() if summary else 0))
+    return tuple(sorted(stamps))
+
+
 @st.cache_data(show_spinner=False, max_entries=256)
 def _baseline_cached(root: str, config_json: str, stamp: tuple[tuple[str, int], ...]) -> verdicts.Baseline:
     import json
