@@ -26,7 +26,7 @@ from cbd_core.errors import UserInputError
 from cbd_core.metrics import auroc
 from cbd_core.palette import SERIES_COLOURS, UNDEFENDED_COLOUR
 from cbd_core.runs import RunDir, list_runs
-from pages.common import (runs_stamp, chart_config, defense_title, enlarge, explain, judging_defenses, load_arrays, load_config,
+from pages.common import (finished_stamp, chart_config, defense_title, enlarge, explain, judging_defenses, load_arrays, load_config,
                           load_summary, non_finite_warning, page_errors, pick_run, report_download, runs_root_path,
                           verdict_banner)
 from pages.common.navigation import follow_app_navigation
@@ -192,8 +192,8 @@ def heatmap(table: pd.DataFrame, column: str, good_high: bool) -> go.Figure:
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def rate_lines(root: str, stamp: tuple[tuple[str, int], ...]) -> list[rate_grid.GridLine]:
-    """Median and min-max over seeds per (dataset, attack, defense, rate), re-read when a run changes."""
+def rate_lines(root: str, stamp: tuple[tuple[str, int, int], ...]) -> list[rate_grid.GridLine]:
+    """Median and min-max over seeds per (dataset, attack, defense, rate), re-read when a run finishes."""
     return rate_grid.summarise(rate_grid.grid_points(root))
 
 
@@ -238,7 +238,7 @@ def rate_figure(lines: list[rate_grid.GridLine], metric: str) -> go.Figure:
 def rate_view(root: Path) -> None:
     """The picture of where each defense holds: ASR and CA against the poison rate for one dataset and
     attack, from every finished run (cbd_core.rate_grid, the same numbers bench/rate_grid.py prints)."""
-    lines = rate_lines(str(root), runs_stamp(root))
+    lines = rate_lines(str(root), finished_stamp(root))  # finished runs only: a training run's progress is no change
     pairs = sorted({(l.dataset, l.attack) for l in lines})
     if not pairs:
         return

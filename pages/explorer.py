@@ -23,7 +23,7 @@ from cbd_core.defenses import defense_or_none
 from cbd_core.explorer import EMBEDDED, Grid, explorer_grids, fill_command
 from cbd_core.presets import PRESETS
 from cbd_core.runs import RunDir
-from pages.common import (runs_stamp, defense_title, judged_summary, load_arrays, load_config, map_note,
+from pages.common import (finished_stamp, defense_title, judged_summary, load_arrays, load_config, map_note,
                           page_errors, plot_order, runs_root_path, verdict_banner)
 from pages.common.navigation import follow_app_navigation
 from pages.common.poison_maps import POISONED_COLOUR, map_figure, run_maps
@@ -35,14 +35,15 @@ PRESET_DEFENSE = next(iter(PRESETS.values())).config().defense  # the defense th
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _grids_cached(root: str, stamp: tuple[tuple[str, int], ...]) -> dict[str, Grid]:
+def _grids_cached(root: str, stamp: tuple[tuple[str, int, int], ...]) -> dict[str, Grid]:
     return explorer_grids(root)
 
 
 def grids() -> dict[str, Grid]:
-    """Every dataset's grid (the embedded data's first), read once per change of the runs root."""
+    """Every dataset's grid (the embedded data's first), read again when a run finishes or is deleted (not
+    while one trains: its progress changes no cell)."""
     root = runs_root_path()
-    return _grids_cached(str(root), runs_stamp(root))
+    return _grids_cached(str(root), finished_stamp(root))
 
 
 def forget_choices_not_in(found: Grid) -> None:
