@@ -12,9 +12,11 @@ and training turns them into float tensors on the device once (see `to_tensor`).
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -257,6 +259,39 @@ def load_dataset(name: str, data_root: str | Path | None = None, download: bool 
     classes = DATASETS[name].num_classes
     train, test = (ImageSet(x, y, classes, *([names] if names else [])) for x, y, names in splits)
     return train, test
+
+
+def data_source(config: dict) -> str:
+    """Which data a run's config (config.json as a dict) trained on: its .npz file's path as the config
+    holds it, or the named dataset ("?" when the config says neither)."""
+    path = config.get("npz_path")
+    if isinstance(path, str) and path and (config.get("dataset") in (None, "npz")):
+        return path
+    dataset = config.get("dataset")
+    return dataset if isinstance(dataset, str) and dataset else "?"
+
+
+def dataset_labels(sources: Iterable[str]) -> dict[str, str]:
+    """What every page calls each data source (`data_source`): a named dataset its name; an .npz the name
+    its file was uploaded under (`uploads.upload_name`), else its file stem. Where two different sources
+    would be called the same (two `mnist2k.npz` in different folders, a file named after a built-in set),
+    every .npz among them is followed by its path, so no page merges runs on different data. The one
+    definition for the Runs page, Compare, the Explorer and the rate grid."""
+    from .uploads import upload_name
+
+    def is_file(source: str) -> bool:
+        return source not in DATASETS and source != "?"
+
+    sources = list(dict.fromkeys(sources))
+    named = {s: (upload_name(s) or Path(s).stem or s) if is_file(s) else s for s in sources}
+    shared = Counter(named.values())
+    return {s: f"{label} ({s})" if shared[label] > 1 and is_file(s) else label for s, label in named.items()}
+
+
+def dataset_label(config: dict) -> str:
+    """What the pages call one run's data (`dataset_labels` of its `data_source`), where no other run is beside it."""
+    source = data_source(config)
+    return dataset_labels([source])[source]
 
 
 def to_tensor(x: np.ndarray, device=None):

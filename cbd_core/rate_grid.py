@@ -22,11 +22,12 @@ from __future__ import annotations
 import math
 import statistics
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
 from . import verdicts
+from .data import data_source, dataset_labels
 from .errors import UserInputError
 from .run_index import scan
 
@@ -159,23 +160,24 @@ def finished_runs(root: str | Path | None) -> list[GridPoint]:
         rate, seed = _finite(config.get("poison_rate")), config.get("seed")
         if rate is None or isinstance(seed, bool) or not isinstance(seed, int):
             continue
-        source = str(config.get("npz_path") or config.get("dataset") or "?")
-        dataset = Path(source).stem if source.endswith(".npz") else source
+        source = data_source(config)
         result = verdicts.NOT_APPLICABLE
         if asr is not None:
             result = verdicts.verdict(summary, verdicts.lookup_baseline(config, root, undefended).summary)
         target = config.get("target_label")
         shape = tuple(summary.get("image_shape") or ())
-        point = GridPoint(dataset, str(config.get("attack")), defense_label(config, shape),
+        point = GridPoint(source, str(config.get("attack")), defense_label(config, shape),
                           rate, seed, ca, asr, result, run.run_id, str(config.get("defense") or "?"),
                           target if isinstance(target, int) and not isinstance(target, bool) else None,
                           setup_label(config, shape), source)
         # The newest per chart point. Not a run_index match: a point is keyed by what the chart labels (the
-        # dataset's file stem, the defense's title plus its settings away from the defaults of the summary's
-        # image shape, the attack's and model's), and this module is its one definition for Compare, the
-        # Explorer and bench.
+        # data, the defense's title plus its settings away from the defaults of the summary's image shape,
+        # the attack's and model's), and this module is its one definition for Compare, the Explorer and bench.
         seen.setdefault((*point.cell, point.line, point.target_label, seed), point)
-    return list(seen.values())
+    # Keyed by source above; each point then takes its data's name (`data.dataset_labels`), which differs
+    # between different files even where their names would not.
+    labels = dataset_labels(p.source for p in seen.values())
+    return [replace(p, dataset=labels[p.source]) for p in seen.values()]
 
 
 def grid_points(root: str | Path | None) -> list[GridPoint]:
@@ -210,15 +212,16 @@ def missing_cells(lines: list[GridLine], dataset: str, attack: str) -> list[tupl
     return [(d, r) for d in defenses for r in rates if (d, r) not in have]
 
 
-def runs_like(points: Iterable[GridPoint], dataset: str, attack: str, poison_rate: float, line: str,
+def runs_like(points: Iterable[GridPoint], source: str, attack: str, poison_rate: float, line: str,
               setup: str = "", target_label: int | None = None) -> tuple[GridLine | None, GridLine | None]:
-    """(the line `line` of this dataset, attack, rate, attack setup and target label (any, where None), the
+    """(the line `line` of this data (`source`: `data.data_source` of a config), attack, rate, attack setup and
+    target label (any, where None), the
     undefended line beside it) over `points`, each None where no finished run has it: what the runs already
     here say about a setting before a new run of it starts."""
     undefended = UNDEFENDED_LABEL + (f" [{setup}]" if setup else "")
     wanted = f"{line} [{setup}]" if setup else line
     found: dict[str, GridLine] = {}
-    for grid_line in summarise(p for p in points if p.dataset == dataset and p.attack == attack
+    for grid_line in summarise(p for p in points if p.source == source and p.attack == attack
                                and round(p.poison_rate, 6) == round(poison_rate, 6) and p.setup == setup
                                and (target_label is None or p.target_label == target_label)):
         found[grid_line.defense] = grid_line

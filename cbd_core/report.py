@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from . import capture, verdicts
+from .data import dataset_label
 from .palette import CLEAN_COLOUR, PHASE_COLOURS, POISONED_COLOUR
 from .text import number, pct
 from .runs import RunDir, now_iso
@@ -200,7 +201,7 @@ def html_report(run: RunDir) -> str:
         record = None
 
     title = (f"{config.get('defense')} against {config.get('attack')} at {100 * float(config.get('poison_rate', 0)):g} % "
-             f"on {config.get('dataset')}, seed {config.get('seed')}")
+             f"on {dataset_label(config)}, seed {config.get('seed')}")
     parts = [f"<h1>Backdoor Lab: {html.escape(title)}</h1>",
              f"<p class=meta>Run <code>{html.escape(run.run_id)}</code> · state <strong>{html.escape(state)}</strong>"
              f" · report made {html.escape(now_iso())}</p>"]

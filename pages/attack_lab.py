@@ -25,8 +25,8 @@ from cbd_core.attacks.base import amplified_difference
 from cbd_core.config import RunConfig
 from cbd_core.data import DATASETS, ImageSet, load_dataset, load_npz
 from cbd_core.text import either
-from cbd_core.uploads import MAX_BYTES, save_upload
-from pages.common import enlarge, explain, page_errors, runs_root_path
+from cbd_core.uploads import MAX_BYTES, save_upload, upload_name
+from pages.common import enlarge, explain, literal, page_errors, runs_root_path
 from pages.common.navigation import follow_app_navigation
 from pages.common.presentation import plotly_chart  # sized for presentation mode
 from pages.common.settings import AttackSettings
@@ -202,7 +202,7 @@ def _stored_upload(kind: str, uploaded: Any) -> str | None:
     memo = st.session_state.setdefault("attack_lab_uploads", {})
     memo_key = f"{kind}:{uploaded.file_id}"
     if memo_key not in memo:
-        memo[memo_key] = str(save_upload(runs_root_path(), uploaded.getvalue(), kind))
+        memo[memo_key] = str(save_upload(runs_root_path(), uploaded.getvalue(), kind, name=uploaded.name))
     return memo[memo_key]
 
 
@@ -212,7 +212,8 @@ def _earlier_upload(path: str | None, what: str, forget_key: str) -> str | None:
         return None
     if st.checkbox(f"Forget the {what} uploaded earlier", key=forget_key):
         return None
-    st.caption(f"Using the {what} uploaded earlier (`{Path(path).name}`); upload another to replace it.")
+    st.caption(f"Using the {what} uploaded earlier ({literal(upload_name(path) or Path(path).name)}); "
+               "upload another to replace it.")
     return path
 
 

@@ -22,6 +22,7 @@ import streamlit as st
 from cbd_core import rate_grid, verdicts
 from cbd_core.attacks import ATTACKS
 from cbd_core.defenses import DEFENSES, defense_or_none
+from cbd_core.data import data_source, dataset_labels
 from cbd_core.errors import UserInputError
 from cbd_core.metrics import auroc
 from cbd_core.palette import SERIES_COLOURS, UNDEFENDED_COLOUR
@@ -87,13 +88,16 @@ def finished_runs_table() -> pd.DataFrame:
         rows.append({
             "run_id": run.run_id, "defense": defense, "defense_settings": defense_note,
             "Defense": defense_title(defense), "attack": attack, "attack_settings": attack_note,
-            "Attack": attack, "Dataset": config.get("dataset"), "Rate": 100 * float(config.get("poison_rate", 0)),
+            "Attack": attack, "Dataset": data_source(config), "Rate": 100 * float(config.get("poison_rate", 0)),
             "Seed": config.get("seed"), "Model": summary.get("model"),
             "CA": _percent(summary.get("clean_accuracy")), "ASR": _percent(summary.get("attack_success_rate")),
             "RA": _percent(summary.get("robust_accuracy")), "Verdict": verdicts.verdict(summary, verdicts.lookup_baseline(config, root, undefended).summary),
             "AUROC": summary.get("poison_detection_auroc"),
             "Seconds": summary.get("seconds"),
         })
+    labels = dataset_labels(r["Dataset"] for r in rows)  # each run's data by its name, as on every page
+    for r in rows:
+        r["Dataset"] = labels[r["Dataset"]]
     return pd.DataFrame(rows)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import streamlit as st
 
 from cbd_core import jobs, verdicts
+from cbd_core.data import data_source, dataset_labels
 from cbd_core.runs import FINISHED, ODD_NAME_PROBLEM, RunDir, list_runs, odd_run_folders
 from pages.common import (ACTIVE_RUN, DOWNLOAD_ONLY, active_run_id, defense_title, literal, load_baseline,
                           load_config, load_summary, missing_run_note, page_errors, report_download, run_label, runs_root_path,
@@ -42,7 +43,7 @@ def row(run: RunDir, positions: dict[str, int]) -> dict[str, Any]:
         "state": state, "verdict": verdicts.verdict(summary, load_baseline(run).summary) if status.get("state") == "done" else "",
         "defense": defense_title(config.get("defense")),
         "attack": config.get("attack"), "poison rate": _percent(config.get("poison_rate")),
-        "dataset": config.get("dataset"),
+        "dataset": data_source(config),  # named by `table`, which sees every run's data
         "seed": config.get("seed"), "clean accuracy": summary.get("clean_accuracy"),
         "attack success rate": summary.get("attack_success_rate"), "robust accuracy": summary.get("robust_accuracy"),
         "seconds": summary.get("seconds") or status.get("seconds"), "created": status.get("created"),
@@ -68,8 +69,12 @@ def table() -> None:
     root = runs_root_path()
     positions = jobs.queue_positions(root)
     odd = [{"state": ODD_NAME_PROBLEM, "run": name} for name in odd_run_folders(root)]  # escaped: every character shows
-    # every run, listed for display
-    st.dataframe([row(run, positions) for run in list_runs(root)] + odd, hide_index=True, width="stretch",
+    rows = [row(run, positions) for run in list_runs(root)]  # every run, listed for display
+    labels = dataset_labels(r["dataset"] for r in rows if "dataset" in r)
+    for r in rows:
+        if "dataset" in r:
+            r["dataset"] = labels[r["dataset"]]
+    st.dataframe(rows + odd, hide_index=True, width="stretch",
                  column_config={"clean accuracy": fraction, "attack success rate": fraction,
                                 "robust accuracy": fraction,
                                 "poison rate": st.column_config.NumberColumn(

@@ -8,7 +8,6 @@ the CLI and queues a run folder; the live panel is a fragment that re-reads that
 from __future__ import annotations
 
 import pages.warm  # noqa: F401  first: every heavy import, once per process (see pages/warm)
-from pathlib import Path
 from typing import Any
 
 import plotly.graph_objects as go
@@ -17,7 +16,7 @@ import streamlit as st
 from cbd_core import jobs, rate_grid, verdicts
 from cbd_core.attacks import ATTACKS
 from cbd_core.config import RunConfig, poison_rate_in_words, poison_rate_warnings
-from cbd_core.data import DATASETS
+from cbd_core.data import DATASETS, data_source, dataset_label
 from cbd_core.defenses import DEFENSES
 from cbd_core.errors import UserInputError
 from cbd_core.palette import PHASE_COLOURS
@@ -156,7 +155,6 @@ def runs_like_note(config: RunConfig) -> None:
     info = DATASETS.get(config.dataset)
     if info is None and config.defense_params:  # a user's .npz: its image shape, hence the defaults, unknown here
         return
-    dataset = info.name if info is not None else Path(config.npz_path or "?").stem
     shape = info.image_shape if info is not None else None
     try:
         params = DEFENSES[config.defense].resolve(shape or (28, 28, 1), config.defense_params)
@@ -165,7 +163,7 @@ def runs_like_note(config: RunConfig) -> None:
     as_run = {**config.to_dict(), "defense_params": params}  # a run's config.json holds every parameter
     root = runs_root_path()
     points = _grid_points(str(root), finished_stamp(root))  # read again when a run finishes, not as one trains
-    line, undefended = rate_grid.runs_like(points, dataset, config.attack, config.poison_rate,
+    line, undefended = rate_grid.runs_like(points, data_source(config.to_dict()), config.attack, config.poison_rate,
                                            rate_grid.defense_label(as_run, shape), rate_grid.setup_label(as_run, shape),
                                            config.target_label)
     sentence = rate_grid.runs_like_sentence(line, undefended)
@@ -245,7 +243,7 @@ def live_panel() -> None:
     if was_active and state in FINISHED:
         st.rerun()
     st.markdown(f"**{literal(defense_title(config['defense']))}** against **{literal(config['attack'])}** at "
-                f"{config['poison_rate'] * 100:g} % on {literal(config['dataset'])} (seed {literal(config['seed'])}) · "
+                f"{config['poison_rate'] * 100:g} % on {literal(dataset_label(config))} (seed {literal(config['seed'])}) · "
                 f"run `{run.run_id}`")
     metrics = load_metrics(run)  # read again only when the file changes: the estimate and the curves
     run_progress(run, status, config, metrics)

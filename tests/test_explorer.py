@@ -3,9 +3,12 @@ missing cell that says the command filling it."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cbd_core.analysis.embeddings import compute_umap, configure_numba_cache
@@ -227,6 +230,40 @@ def test_every_dataset_with_finished_runs_has_its_own_grid(tmp_path):
     assert (grids["mnist2k"].source, grids["mnist5k"].source) == ("/data/mnist2k.npz", "mnist5k")
     assert explorer_grid(tmp_path, "mnist2k").cells == grids["mnist2k"].cells
     assert explorer_grid(tmp_path, "cifar10").cells == {}
+
+
+def test_different_files_of_one_name_are_different_grids_and_an_upload_keeps_its_name(tmp_path):
+    """Two .npz files called mnist2k.npz in different folders (and one named after the embedded set) are
+    different data: each is a grid of its own, named with its path; a dataset uploaded on the dashboard is
+    called what its file was called, not by the content hash it is stored under."""
+    from cbd_core.data import data_source, dataset_labels
+    from cbd_core.uploads import save_upload
+
+    buffer = io.BytesIO()
+    rng = np.random.default_rng(0)
+    np.savez(buffer, x=rng.integers(0, 255, (40, 28, 28, 1), dtype=np.uint8), y=np.arange(40) % 10)
+    uploaded = save_upload(tmp_path, buffer.getvalue(), "dataset", name="C:\\class\\traffic_signs.npz")
+    assert uploaded.stem != "traffic_signs"  # stored under its content's hash
+    base = {"attack": "badnets", "defense": "cbd", "poison_rate": 0.1, "seed": 0, "dataset": "npz"}
+    runs = {path: RunDir.create(tmp_path / "runs", {**base, "npz_path": path}, state="done")
+            for path in ("/a/mnist2k.npz", "/b/mnist2k.npz", "/c/mnist5k.npz", str(uploaded))}
+    embedded = RunDir.create(tmp_path / "runs", {**base, "dataset": "mnist5k", "npz_path": None}, state="done")
+    grids = explorer_grids(tmp_path / "runs")
+    assert list(grids) == ["mnist5k", "mnist2k (/a/mnist2k.npz)", "mnist2k (/b/mnist2k.npz)",
+                           "mnist5k (/c/mnist5k.npz)", "traffic_signs"]
+    assert grids["mnist5k"].cells == {("badnets", 0.1, "cbd"): embedded.run_id}
+    for label, path in (("mnist2k (/b/mnist2k.npz)", "/b/mnist2k.npz"), ("traffic_signs", str(uploaded))):
+        assert grids[label].cells == {("badnets", 0.1, "cbd"): runs[path].run_id} and grids[label].source == path
+    # the same definition names a single run's data on the Runs page and in Compare's table
+    assert dataset_labels([data_source({**base, "npz_path": str(uploaded)})]) == {str(uploaded): "traffic_signs"}
+    # a second upload of the same content under another name keeps the first name; a hand-edited name
+    # file is shown only as plain characters, and an unreadable one falls back to the file's stem
+    assert save_upload(tmp_path, buffer.getvalue(), "dataset", name="other.npz") == uploaded
+    assert dataset_labels([str(uploaded)])[str(uploaded)] == "traffic_signs"
+    Path(str(uploaded) + ".name").write_text("**bold** \u202eevil")
+    assert dataset_labels([str(uploaded)])[str(uploaded)] == "bold evil"
+    Path(str(uploaded) + ".name").write_bytes(b"\xff\xfe")
+    assert dataset_labels([str(uploaded)])[str(uploaded)] == uploaded.stem
 
 
 def test_page_explores_a_grid_on_another_dataset(finished_runs, tmp_path, monkeypatch):

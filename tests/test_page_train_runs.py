@@ -136,6 +136,34 @@ def test_runs_page_lists_downloads_and_deletes(runs_root, finished_runs):
     assert not (runs_root / ids["cbd"]).exists() and (runs_root / ids["undefended"]).exists()
 
 
+def test_runs_and_compare_call_an_uploaded_dataset_by_its_file_name(runs_root, finished_runs):
+    """A dataset uploaded on the dashboard is stored under its content's hash; the Runs page and Compare's
+    table call its runs by the name the file had ("traffic_signs"), not "npz" or the hash, and keep runs
+    on another file apart from them."""
+    import io
+
+    import numpy as np
+
+    from cbd_core.runs import write_json
+    from cbd_core.uploads import save_upload
+
+    buffer = io.BytesIO()
+    np.savez(buffer, x=np.random.default_rng(0).integers(0, 255, (40, 28, 28, 1), dtype=np.uint8), y=np.arange(40) % 10)
+    uploaded = save_upload(runs_root, buffer.getvalue(), "dataset", name="traffic_signs.npz")
+    root, ids = finished_runs
+    for defense, path in (("cbd", str(uploaded)), ("undefended", "/elsewhere/digits.npz")):
+        shutil.copytree(root / ids[defense], runs_root / ids[defense])
+        config = json.loads((runs_root / ids[defense] / "config.json").read_text())
+        write_json(runs_root / ids[defense] / "config.json", {**config, "dataset": "npz", "npz_path": path})
+    at = open_page("runs")
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert sorted(table["dataset"].tolist()) == ["digits", "traffic_signs"]
+    at = open_page("compare")
+    assert not at.exception
+    assert at.multiselect(key="compare_datasets").options == ["digits", "traffic_signs"]
+
+
 def test_runs_page_empty_root(runs_root):
     at = open_page("runs")
     assert not at.exception and at.info

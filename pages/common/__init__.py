@@ -18,6 +18,7 @@ import numpy as np
 import streamlit as st
 
 from cbd_core import jobs, verdicts
+from cbd_core.data import dataset_label
 from cbd_core.defenses import defense_or_none
 from cbd_core.defenses.base import PLAIN_MODEL, ModelView
 from cbd_core.errors import UserInputError
@@ -238,7 +239,7 @@ def run_label(run: RunDir, status: dict[str, Any] | None = None) -> str:
     rate = config.get("poison_rate", 0)
     rate = rate_percent(rate) if isinstance(rate, (int, float)) else "?"
     return (f"{config.get('defense')} · {config.get('attack')} {rate} · "
-            f"{config.get('dataset')} · seed {config.get('seed')} · {state} · {run.run_id}")
+            f"{dataset_label(config)} · seed {config.get('seed')} · {state} · {run.run_id}")
 
 
 def unreadable_note(runs: list[RunDir]) -> None:
