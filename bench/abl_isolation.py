@@ -8,9 +8,10 @@ Each cell is an ordinary ABL run (`python -m cbd_core run --defense abl --thread
 defaults' isolation length, one clean epoch and no unlearning (only isolation is measured; what
 follows it cannot change the isolated set). The run records every isolation epoch's per-sample
 losses (`isolation_loss_epochs`), so both rankings are read from the same run with ABL's own
-`window_loss`: the official one (the loss after epoch 4, the old default length, "last") and the
-default one (the geometric mean over the second half of isolation, "window"). Finished runs under
---out are reused. Precision is the share of the isolated 1 % that is really poisoned; the true
+`window_loss`: the official one (the loss after epoch 4, the old default length, "last"), the
+geometric mean over the second half of isolation ("window", the default until 2026-12-08) and the
+default, each sample's mean rank by loss over that half ("ranks"). Finished runs under --out are
+reused. Precision is the share of the isolated 1 % that is really poisoned; the true
 mask is only used to score.
 """
 
@@ -52,14 +53,18 @@ def run_cell(out: Path, wanted: RunConfig) -> RunDir:
     return run
 
 
-def precisions(run: RunDir) -> tuple[float, float]:
+RANKINGS = ("official", "window", "ranks")
+
+
+def precisions(run: RunDir) -> tuple[float, float, float]:
     record = run.arrays("sample_weights")
     epochs = list(record["isolation_loss_epochs"])
     poisoned = np.asarray(record["is_poisoned"], dtype=bool)
     ratio = run.config()["defense_params"]["isolation_ratio"]
     official = isolate_lowest(window_loss(epochs[:OFFICIAL_EPOCHS], "last"), ratio)
-    default = isolate_lowest(window_loss(epochs, "window"), ratio)
-    return float(poisoned[official].mean()), float(poisoned[default].mean())
+    window = isolate_lowest(window_loss(epochs, "window"), ratio)
+    ranks = isolate_lowest(window_loss(epochs, "ranks"), ratio)
+    return float(poisoned[official].mean()), float(poisoned[window].mean()), float(poisoned[ranks].mean())
 
 
 def main() -> None:
@@ -74,31 +79,32 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     isolation_epochs = ABL().defaults((28, 28, 1))["isolation_epochs"]
 
-    rows = ["| attack | rate | seed | " + " | ".join(f"{t} thr: official / window" for t in args.threads) + " |",
+    rows = ["| attack | rate | seed | " + " | ".join(f"{t} thr: " + " / ".join(RANKINGS) for t in args.threads) + " |",
             "|---|---|---|" + "---|" * len(args.threads)]
-    official_all: list[float] = []
-    window_all: list[float] = []
+    found: dict[str, list[float]] = {name: [] for name in RANKINGS}
     for attack in args.attacks:
         for rate in args.rates:
             for seed in args.seeds:
                 cells = []
                 for threads in args.threads:
-                    official, window = precisions(run_cell(args.out, config(attack, rate, seed, threads)))
-                    official_all.append(official)
-                    window_all.append(window)
-                    cells.append(f"{official:.2f} / {window:.2f}")
-                    print(f"{attack} {rate:g} seed {seed} threads {threads}: official {official:.2f}, "
-                          f"window {window:.2f}", flush=True)
+                    values = precisions(run_cell(args.out, config(attack, rate, seed, threads)))
+                    for name, value in zip(RANKINGS, values):
+                        found[name].append(value)
+                    cells.append(" / ".join(f"{v:.2f}" for v in values))
+                    print(f"{attack} {rate:g} seed {seed} threads {threads}: " +
+                          ", ".join(f"{name} {v:.2f}" for name, v in zip(RANKINGS, values)), flush=True)
                 rows.append(f"| {attack} | {100 * rate:g} % | {seed} | " + " | ".join(cells) + " |")
 
     def tally(values: list[float]) -> str:
         return (f"median {statistics.median(values):.2f}, min {min(values):.2f}, "
                 f"{sum(v >= 0.9 for v in values)}/{len(values)} runs >= 0.9")
 
-    lines = [f"ABL isolation precision (share of the isolated 1 % that is poisoned), mnist5k. official = the loss "
-             f"after epoch {OFFICIAL_EPOCHS}, the old default; window = the default, the geometric mean of the losses "
-             f"over epochs {isolation_epochs // 2 + 1}-{isolation_epochs} (`isolation_score=window`).", "",
-             *rows, "", f"official: {tally(official_all)}; window: {tally(window_all)}."]
+    window = f"epochs {isolation_epochs // 2 + 1}-{isolation_epochs}"
+    lines = [f"ABL isolation precision (share of the isolated 1 % that is poisoned), mnist5k, {isolation_epochs} isolation "
+             f"epochs. official = the loss after epoch {OFFICIAL_EPOCHS} (the code's ranking at the old length); "
+             f"window = the geometric mean of the losses over {window} (`isolation_score=window`); ranks = the default, "
+             f"each sample's mean rank by loss over {window} (`isolation_score=ranks`).", "",
+             *rows, "", "; ".join(f"{name}: {tally(found[name])}" for name in RANKINGS) + "."]
     table = "\n".join(lines)
     print()
     print(table)
