@@ -261,6 +261,33 @@ def load_dataset(name: str, data_root: str | Path | None = None, download: bool 
     return train, test
 
 
+NAME_SUFFIX = ".name"  # beside an uploaded data file (uploads.save_upload): the name it had when first uploaded
+MAX_NAME_CHARS = 60
+
+
+def readable_name(name: str) -> str:
+    """A file name as the pages may show it: its stem, letters, digits and ` -_.+()` only (no Markdown,
+    no control or bidi characters such as U+202E, which reverses the text after it), at most 60 of them;
+    "" when nothing is left."""
+    stem = name.replace("\\", "/").rsplit("/", 1)[-1]
+    stem = stem[:-len(".npz")] if stem.lower().endswith(".npz") else stem
+    kept = "".join(ch for ch in stem if ch.isalnum() or ch in " -_.+()")
+    return " ".join(kept.split())[:MAX_NAME_CHARS].strip()
+
+
+def upload_name(path: str | Path) -> str | None:
+    """The name a stored upload's file had (`save_upload`'s `name`), or None: no name was kept, or its
+    file is not a plain, small, readable text (any file under a runs root may be hand-edited)."""
+    sidecar = Path(str(path) + NAME_SUFFIX)
+    try:
+        if sidecar.is_symlink() or not sidecar.is_file() or sidecar.stat().st_size > 4 * MAX_NAME_CHARS:
+            return None
+        text = sidecar.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return readable_name(text) or None
+
+
 def data_source(config: dict) -> str:
     """Which data a run's config (config.json as a dict) trained on: its .npz file's path as the config
     holds it, or the named dataset ("?" when the config says neither)."""
@@ -273,12 +300,10 @@ def data_source(config: dict) -> str:
 
 def dataset_labels(sources: Iterable[str]) -> dict[str, str]:
     """What every page calls each data source (`data_source`): a named dataset its name; an .npz the name
-    its file was uploaded under (`uploads.upload_name`), else its file stem. Where two different sources
+    its file was uploaded under (`upload_name`), else its file stem. Where two different sources
     would be called the same (two `mnist2k.npz` in different folders, a file named after a built-in set),
     every .npz among them is followed by its path, so no page merges runs on different data. The one
     definition for the Runs page, Compare, the Explorer and the rate grid."""
-    from .uploads import upload_name
-
     def is_file(source: str) -> bool:
         return source not in DATASETS and source != "?"
 

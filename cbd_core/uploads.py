@@ -9,7 +9,7 @@ Everything is checked before anything is kept: the image must open with PIL, the
 SHA-256), never the user's file name, so the same upload always lands on the same path and a run's
 config can point at it for good. The name the user's file had is kept beside it (`<stored name>.name`,
 the first one given to that content), so the pages call an uploaded dataset what its owner called it
-(`upload_name`, read by `data.dataset_labels`). Writes go to a temporary name and are renamed, so a
+(`data.upload_name`, read by `data.dataset_labels`). Writes go to a temporary name and are renamed, so a
 crash never leaves half a file. A bad upload is one `UserInputError` naming the field it was meant for.
 """
 
@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Literal
 
+from .data import NAME_SUFFIX, readable_name
 from .errors import UserInputError
 from .runs import _atomic_write_bytes  # temp name + rename, as for every run file
 
@@ -54,7 +55,7 @@ def content_name(data: bytes, kind: UploadKind) -> str:
 
 def save_upload(root: str | Path, data: bytes, kind: UploadKind, name: str | None = None) -> Path:
     """Validate an uploaded file and store it under `<root>/uploads/`; returns its path. `name`, the
-    file name it was uploaded under, is kept beside it for the pages (`upload_name`).
+    file name it was uploaded under, is kept beside it for the pages (`data.upload_name`).
 
     `kind` is "pattern" (an image PIL can open; stored re-encoded as RGB PNG) or "dataset" (an npz
     that `load_npz` accepts; stored as uploaded). Too large, empty, corrupt or wrong input raises
@@ -83,20 +84,6 @@ def save_upload(root: str | Path, data: bytes, kind: UploadKind, name: str | Non
     return target
 
 
-NAME_SUFFIX = ".name"  # beside a stored upload: the name its file had when it was first uploaded
-MAX_NAME_CHARS = 60
-
-
-def readable_name(name: str) -> str:
-    """A file name as the pages may show it: its stem, letters, digits and ` -_.+()` only (no Markdown,
-    no control or bidi characters such as U+202E, which reverses the text after it), at most 60 of them;
-    "" when nothing is left."""
-    stem = name.replace("\\", "/").rsplit("/", 1)[-1]
-    stem = stem[:-len(".npz")] if stem.lower().endswith(".npz") else stem
-    kept = "".join(ch for ch in stem if ch.isalnum() or ch in " -_.+()")
-    return " ".join(kept.split())[:MAX_NAME_CHARS].strip()
-
-
 def _remember_name(target: Path, name: str | None) -> None:
     """Keep the upload's own file name beside it; the first name given to a content stays. Best effort:
     a full disk or a read-only folder costs the name, never the upload."""
@@ -108,19 +95,6 @@ def _remember_name(target: Path, name: str | None) -> None:
         _atomic_write_bytes(sidecar, label.encode())
     except OSError:
         pass
-
-
-def upload_name(path: str | Path) -> str | None:
-    """The name a stored upload's file had (`save_upload`'s `name`), or None: no name was kept, or its
-    file is not a plain, small, readable text (any file under a runs root may be hand-edited)."""
-    sidecar = Path(str(path) + NAME_SUFFIX)
-    try:
-        if sidecar.is_symlink() or not sidecar.is_file() or sidecar.stat().st_size > 4 * MAX_NAME_CHARS:
-            return None
-        text = sidecar.read_bytes().decode("utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
-    return readable_name(text) or None
 
 
 def _pattern_as_png(data: bytes, field: str) -> bytes:

@@ -23,9 +23,9 @@ import streamlit as st
 from cbd_core.attacks import ATTACKS, Attack, get_attack
 from cbd_core.attacks.base import amplified_difference
 from cbd_core.config import RunConfig
-from cbd_core.data import DATASETS, ImageSet, load_dataset, load_npz
+from cbd_core.data import DATASETS, ImageSet, load_dataset, load_npz, upload_name
 from cbd_core.text import either
-from cbd_core.uploads import MAX_BYTES, save_upload, upload_name
+from cbd_core.uploads import MAX_BYTES, save_upload
 from pages.common import enlarge, explain, literal, page_errors, runs_root_path
 from pages.common.navigation import follow_app_navigation
 from pages.common.presentation import plotly_chart  # sized for presentation mode

@@ -146,13 +146,15 @@ def test_own_npz_dataset_previews(lab, tmp_path, mnist5k):
     train, _ = mnist5k
     buffer = io.BytesIO()
     np.savez_compressed(buffer, x=train.x[SPREAD, :, :, 0], y=train.y[SPREAD])
-    path = save_upload(tmp_path / "runs", buffer.getvalue(), "dataset")
+    path = save_upload(tmp_path / "runs", buffer.getvalue(), "dataset", name="my_digits.npz")
     lab.session_state["attack_settings"] = AttackSettings(**{"dataset": "npz", "attack": "badnets", "poison_rate": 0.1,
                                             "target_label": 0, "attack_params": {}, "npz_path": str(path)})
     at = lab.run()
     assert not at.exception and not at.error
     assert at.session_state["attack_settings"].npz_path == str(path)
     assert any("24 poisoned of 241" in m.value for m in at.markdown)  # ~80% of 300 kept for training
+    # the earlier upload is called by its file's name, not the content hash it is stored under
+    assert any("(my_digits)" in c.value for c in at.caption) and not any(path.name in c.value for c in at.caption)
 
 
 def test_npz_that_comes_poisoned_shows_its_own_mask(lab, tmp_path, mnist5k):
