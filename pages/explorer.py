@@ -23,7 +23,7 @@ from cbd_core.defenses import defense_or_none
 from cbd_core.explorer import EMBEDDED, Grid, explorer_grids, fill_command
 from cbd_core.presets import PRESETS
 from cbd_core.runs import RunDir
-from pages.common import (finished_stamp, defense_title, judged_summary, load_arrays, load_config, map_note,
+from pages.common import (finished_stamp, defense_title, judged_summary, literal, load_arrays, load_config, map_note,
                           page_errors, plot_order, runs_root_path, verdict_banner)
 from pages.common.navigation import follow_app_navigation
 from pages.common.poison_maps import POISONED_COLOUR, map_figure, run_maps
@@ -121,7 +121,8 @@ def verdicts_across_rates(found: Grid, attack: str, defense: str) -> None:
         variant = found.variant(attack, rate, defense)  # named where no run with the defaults is there
         parts.append(f"{rate:.1%}: {found.verdict(attack, rate, defense) or 'no run yet'}"
                      + (f" ({variant})" if variant else ""))
-    st.caption(f"{title} on {attack}, verdict by poison rate: " + " · ".join(parts))
+    # The data is named here too: with one dataset in the runs root there is no dataset choice to show it.
+    st.caption(f"{title} on {attack} ({literal(found.dataset)} data), verdict by poison rate: " + " · ".join(parts))
 
 
 def main() -> None:

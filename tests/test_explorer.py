@@ -207,7 +207,7 @@ def test_a_cell_showing_a_variant_names_it(finished_runs, tmp_path, monkeypatch)
     assert [c.value for c in at.caption if "shows a variant" in c.value] == [
         f"No CBD run with its defaults in this cell yet; it shows a variant, {line}."]
     (by_rate,) = [c.value for c in at.caption if "verdict by poison rate" in c.value]
-    assert by_rate.startswith("CBD on badnets, verdict by poison rate: 10.0%: ") and by_rate.endswith(f"({line})")
+    assert by_rate.startswith("CBD on badnets (mnist5k data), verdict by poison rate: 10.0%: ") and by_rate.endswith(f"({line})")
 
 
 def on_npz(root, run_id: str, npz_path: str) -> None:
