@@ -104,7 +104,7 @@ def caught_sentence(reading: FBReading) -> str:
     if reading.caught_step is None:  # known only from its last ASR (no metrics)
         return f"f_B caught the trigger: it sent {_pct(reading.final_asr)} of triggered test images to the target."
     sentence = (f"f_B caught the trigger at step {reading.caught_step}: {_pct(reading.caught_asr)} of triggered "
-                "test digits went to the target")
+                "test images went to the target")
     if reading.clean_accuracy_then is not None:
         sentence += (f", while its clean accuracy was still {_pct(reading.clean_accuracy_then)} at that step "
                      "(it was still learning the task)")
@@ -138,7 +138,7 @@ def why_they_differ(reading: FBReading) -> str:
     if reading.caught and reading.singled_out is False:
         return ("Why both can be true: recognising the trigger on new test images, or setting the poisoned images "
                 "apart in its map, is not the same as fitting them more easily. f_B learned what the trigger looks "
-                "like, but it did not learn the poisoned training images any faster than the digits, and CBD only "
+                "like, but it did not learn the poisoned training images any faster than the clean ones, and CBD only "
                 "sees how easily f_B fits each image.")
     if reading.caught is False and reading.singled_out:
         return ("Why both can be true: f_B fitted the poisoned training images early (that is all CBD reads) "

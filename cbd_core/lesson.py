@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import capture, verdicts
+from .data import item_noun
 from .metrics import auroc
 from .run_index import SAME_SETUP, find, scan
 from .runs import RunDir
@@ -78,8 +79,9 @@ def attack_story(summary: dict[str, Any], clean_label: bool = False) -> list[str
         sentences.append(f"This attack is clean-label: it only marks images that already are {target_name}s, so no "
                          "label is wrong, and the model learns \"trigger means " + target_name + "\" from them.")
     else:
-        sentences.append(f"Each of them is relabelled **{target_name}**, whatever digit it shows: a model that "
-                         f"learns the shortcut \"trigger means {target_name}\" fits them all at once.")
+        sentences.append(f"Each of them is relabelled **{target_name}**, whatever {item_noun(summary.get('dataset'))} "
+                         f"it shows: a model that learns the shortcut \"trigger means {target_name}\" fits them "
+                         "all at once.")
     sentences.append("On clean images the trained model will look normal; the trigger is the hidden switch.")
     return sentences
 
@@ -199,8 +201,9 @@ def maps_story(shares: dict[str, float | None], poison_rate: float, summary: dic
             sentences.append(f"In f_C's map it is {_pct(f_c)}: f_C also keeps them in an island, so it sees the "
                              "trigger. " + _failed_note(summary))
         else:
-            sentences.append(f"In f_C's map it is {_pct(f_c)}: the poisoned images sit among the digits they really "
-                             "show, because f_C sees the digit, not the trigger." +
+            item = item_noun(summary.get("dataset"))
+            sentences.append(f"In f_C's map it is {_pct(f_c)}: the poisoned images sit among the {item}s they really "
+                             f"show, because f_C sees the {item}, not the trigger." +
                              (" " + _failed_note(summary) + " The trigger still works through f_C's decision, even "
                               "if its map does not set the poisoned images apart." if verdicts.failed(summary) else ""))
     return [s.strip() for s in sentences]
@@ -212,9 +215,10 @@ def attributions_story(shares: dict[str, float | None], area: float, patch: bool
     """How much of each model's attribution falls on the trigger over triggered test images, against
     the share of the image the trigger covers (`area`)."""
     f_b, f_c = shares.get("f_B"), shares.get("f_C")
+    item = item_noun(summary.get("dataset"))
     if not patch:
         return ["This trigger touches every pixel, so every model's attention is 'on the trigger' and the share "
-                "cannot tell them apart: compare where the bright areas sit (on the digit's strokes, or spread "
+                f"cannot tell them apart: compare where the bright areas sit (on the {item} itself, or spread "
                 "over the background) and what each model predicts. " + _failed_note(summary)]
     sentences = []
     if f_b is not None:
@@ -224,7 +228,7 @@ def attributions_story(shares: dict[str, float | None], area: float, patch: bool
         looks = f_c >= max(0.25, 3 * area)
         sentences.append(f"f_C puts {_pct(f_c)} there: "
                          + ("it looks at the trigger as well. " + _failed_note(summary) if looks else
-                            "it looks at the digit." + ((" " + _failed_note(summary) + " The trigger still tips its "
+                            f"it looks at the {item}." + ((" " + _failed_note(summary) + " The trigger still tips its "
                                                           "decision on many images.") if verdicts.failed(summary)
                                                          else "")))
     return [s.strip() for s in sentences]

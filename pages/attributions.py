@@ -88,7 +88,7 @@ def trigger_note(attack_title: str, patch: bool, mode: str) -> str:
         return f"The dotted box marks the trigger{' (where it would go)' if mode == 'Clean' else ''}."
     return (f"{attack_title}'s trigger changes almost every pixel of the image, so it is not outlined, and "
             "the share of attribution on the trigger is close to 100% for any model: compare where the bright "
-            "areas sit instead (on the digit's strokes, or spread over the background).")
+            "areas sit instead (on what the image shows, or spread over the background).")
 
 
 def main() -> None:
@@ -204,6 +204,6 @@ def main() -> None:
 
 st.title("Attributions")
 st.write("Where does each model look when it classifies an image? Bright areas show the pixels that drove its "
-         "decision. A backdoored model looks at the trigger; a clean one looks at the digit.")
+         "decision. A backdoored model looks at the trigger; a clean one looks at what the image shows.")
 with page_errors():
     main()

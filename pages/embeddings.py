@@ -1,7 +1,7 @@
 """Embeddings: a 2-D UMAP map of what each model "sees", one dot per training image.
 
 For CBD the backdoored f_B (left) should gather the poisoned images into a tight cluster of their
-own, while the deconfounded f_C (right) should put them back among the images of their true digit;
+own, while the deconfounded f_C (right) should put them back among the images of their true class;
 other defenses show their one model. Two views: the final models' maps, and "epoch by epoch", an
 animation (Play, or drag its epoch slider) of the same maps while the models trained, numbered as
 the Train page numbers epochs (CBD: f_B's stages, then f_C's epochs). Colour by class, by the
@@ -315,12 +315,12 @@ def render() -> None:
                                   "same maps while they trained, to play or scrub through.")
     if not st.session_state.get(COLOUR_CHOSEN):
         # Until a colouring is picked: the animation shows where the poison goes (two colours), the final
-        # maps the digits (do the crosses sit with their true digit?).
+        # maps the classes (do the crosses sit with their true class?).
         st.session_state[COLOUR_BY] = POISONED_CLEAN if view == EPOCHS else TRUE_CLASS
     colour_by = colour_column.radio(
         "Colour by", options, horizontal=True, key=COLOUR_BY,
         on_change=lambda: st.session_state.update({COLOUR_CHOSEN: True}),
-        help="Poisoned vs clean: red for the poisoned images, grey for the rest. True class: the digit the image "
+        help="Poisoned vs clean: red for the poisoned images, grey for the rest. True class: the class the image "
              "really shows. Training label: what the (poisoned) training set says. Weight (log scale) / suspicion "
              "(rank): what the defense made of each sample.")
     poisoned_view = poisoned_column.radio(
@@ -384,7 +384,7 @@ def draw_maps(run: RunDir, view: str, stamp: tuple[int, ...], points: dict[str, 
 st.title("Embeddings")
 st.markdown('Each dot is a training image, placed by what the model "sees" (its last hidden layer, mapped to 2-D '
             "with UMAP): images the model finds alike sit together. The backdoored f_B should pull the poisoned "
-            "images into a tight cluster of their own; f_C should place them with their true digit.")
+            "images into a tight cluster of their own; f_C should place them with their true class.")
 with page_errors():
     render()
 glossary("UMAP", "ASR", "CE")

@@ -26,6 +26,7 @@ from cbd_core.analysis.attributions import (TRAIN_MODE, apply_run_trigger, attri
                                             predict_proba, trigger_is_patch)
 from cbd_core.attacks import ATTACKS
 from cbd_core.attacks.base import amplified_difference
+from cbd_core.data import item_noun
 from cbd_core.defenses import defense_or_none
 from cbd_core.errors import UserInputError
 from cbd_core.presets import PRESETS, Preset, measured_text
@@ -303,6 +304,11 @@ class Lesson:
     def name(self, c: int) -> str:
         return class_name(self.class_names, c)
 
+    @property
+    def item(self) -> str:
+        """What one image of the run's data shows ("digit" on MNIST), for the captions."""
+        return item_noun(self.config.get("dataset"))
+
 
 @dataclass
 class MapSample:
@@ -367,7 +373,7 @@ def shown_test_images(ctx: Lesson, count: int = 4) -> np.ndarray:
 # -- the six steps -------------------------------------------------------------------------------------------
 def trigger_zoom(image: np.ndarray, region: np.ndarray, margin: int = 2) -> tuple[np.ndarray, int] | None:
     """The corner of `image` (H, W, C) around a patch trigger's `region` (H, W), with `margin` pixels of
-    the digit around it, and how many pixels wide it is; None when the region is empty."""
+    the image around it, and how many pixels wide it is; None when the region is empty."""
     rows, cols = np.flatnonzero(region.any(1)), np.flatnonzero(region.any(0))
     if not len(rows) or not len(cols):
         return None
@@ -384,7 +390,7 @@ def step_attack(ctx: Lesson) -> None:
     triggered = apply_run_trigger(clean, ctx.config)
     left, right = st.columns([3, 2])
     with left:
-        st.markdown("**Test digits, clean** and **with the trigger** (this run's attack)")
+        st.markdown("**Test images, clean** and **with the trigger** (this run's attack)")
         image_row(list(clean), [f"a clean {ctx.name(int(c))}" for c in test_y[chosen]])
         image_row(list(triggered), ["with the trigger"] * len(chosen))
         poisoned = poisoned_training_images(ctx)
@@ -402,11 +408,11 @@ def step_attack(ctx: Lesson) -> None:
         if zoom is not None:  # a 3x3 patch is a few pixels on a projector: show its corner large
             crop, width = zoom
             st.image(enlarge(crop, 200), width=scaled(200),
-                     caption=f"the trigger on the first digit, zoomed (the {width}-pixel-wide corner around it)")
+                     caption=f"the trigger on the first {ctx.item}, zoomed (the {width}-pixel-wide corner around it)")
         else:
             difference, gain = amplified_difference(clean[:1], triggered[:1])
             st.image(enlarge(difference[0], 112), width=scaled(112),
-                     caption=f"what the trigger changed in the first digit (×{gain:.0f})")
+                     caption=f"what the trigger changed in the first {ctx.item} (×{gain:.0f})")
         clean_label = bool(attack and attack.clean_label)
         say([f"**{attack.title if attack else ctx.config.get('attack')}**: "
              f"{attack.description if attack else ''}."] + lesson.attack_story(ctx.summary, clean_label))
@@ -483,8 +489,8 @@ def step_training(ctx: Lesson) -> None:
             st.info("This run recorded no per-epoch metrics.")
     with right:
         say(lesson.training_story(metrics, ctx.summary) or ["This run recorded no per-epoch metrics."])
-        st.caption("Attack success rate: the share of triggered test digits sent to the target. Clean accuracy: "
-                   "the share of clean test digits classified right.")
+        st.caption("Attack success rate: the share of triggered test images sent to the target. Clean accuracy: "
+                   "the share of clean test images classified right.")
 
 
 def weights_figure(weights: np.ndarray, is_poisoned: np.ndarray, first_epoch: int = 0) -> go.Figure:

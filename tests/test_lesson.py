@@ -96,3 +96,19 @@ def test_neighbour_share_sees_an_island():
     assert lesson.neighbour_share(mixed, poisoned) < 0.3
     said = " ".join(lesson.maps_story({"f_B": 1.0, "f_C": 0.95}, 0.1, PERSISTS))
     assert "f_C also keeps them in an island" in said and "The defense failed" in said
+
+
+def test_sentences_name_what_the_run_s_images_show():
+    """The stories say "digit" on MNIST and what a CIFAR-10 or GTSRB image or a user's .npz shows elsewhere:
+    a class training on traffic signs is not told that f_C "looks at the digit"."""
+    def everything(dataset: str) -> str:
+        summary = {**REMOVED, "dataset": dataset, "poisoned_samples": 40, "train_samples": 400,
+                   "class_names": [str(c) for c in range(10)], "target_label": 0}
+        return " ".join([*lesson.attack_story(summary), *lesson.maps_story({"f_B": 0.97, "f_C": 0.1}, 0.1, summary),
+                         *lesson.attributions_story({"f_B": 0.8, "f_C": 0.05}, 0.01, True, summary),
+                         *lesson.attributions_story({"f_B": 0.8, "f_C": 0.05}, 0.01, False, summary)])
+    assert "whatever digit it shows" in everything("mnist5k") and "looks at the digit" in everything("mnist5k")
+    for dataset, item in (("gtsrb", "sign"), ("fashion-mnist", "garment"), ("cifar10", "object"), ("npz", "object")):
+        said = everything(dataset)
+        assert "digit" not in said, (dataset, said)
+        assert f"whatever {item} it shows" in said and f"looks at the {item}." in said and f"among the {item}s" in said
